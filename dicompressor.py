@@ -1,0 +1,2401 @@
+#!/usr/bin/env python3
+"""DicomPressor: merge, split, inspect and summarize DICOM files, one portable script.
+
+Usage (see ``python3 dicompressor.py -h``)::
+
+    python3 dicompressor.py -j -f /data/patient_folder      # merge slices per series
+    python3 dicompressor.py -s -f merged.dcm                # split a multi-frame file
+    python3 dicompressor.py --info file.dcm [--json]
+    python3 dicompressor.py --summary /data [--json]
+
+Sections (each opened by a ``# ==== N. name ====`` banner, in dependency order):
+
+1. Header: this docstring, imports, ``__version__``.
+2. Constants and configuration: limits, DICOM tables with their PS3 citation, options.
+3. Errors and logging: ``DicomPressorError``, the logger, ``ActionResult``.
+4. Generic helpers: atomic writes, safe names, progress on a terminal.
+5. DICOM helpers: reading, grouping, slice sorting, frame access, streamed writing.
+6. Actions: one function per action, then the ``ACTIONS`` registry.
+7. Batch: job folders, running an action over them.
+9. CLI: ``build_parser()``, ``main()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypedDict
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+__version__ = "0.1.0"
+
+# ==== 2. Constants and configuration ====
+
+DONE_MARKER = ".dicompressor_done"
+PROG = "dicompressor"
+UID_PREFIX = "1.2.826.0.1.3680043.10.1443."  # pydicom's org root is not ours; see README
+
+#: Exit codes of the CLI (STYLE.md "Errors").
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+#: File name endings that are never DICOM; such files in a job folder are passed over
+#: silently (our own exports and notes among them).
+NON_DICOM_SUFFIXES = frozenset(
+    ".txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi "
+    ".mov .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg "
+    ".yaml .yml .lock .tmp .part".split()
+)
+
+#: PS3.4 B.5 storage SOP classes used by merge and split.
+CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4")
+PET_IMAGE = UID("1.2.840.10008.5.1.4.1.1.128")
+LEGACY_CT = UID("1.2.840.10008.5.1.4.1.1.2.2")
+LEGACY_MR = UID("1.2.840.10008.5.1.4.1.1.4.4")
+LEGACY_PET = UID("1.2.840.10008.5.1.4.1.1.128.1")
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+MF_SINGLE_BIT_SC = UID("1.2.840.10008.5.1.4.1.1.7.1")
+MF_GRAY_BYTE_SC = UID("1.2.840.10008.5.1.4.1.1.7.2")
+MF_GRAY_WORD_SC = UID("1.2.840.10008.5.1.4.1.1.7.3")
+MF_TRUE_COLOR_SC = UID("1.2.840.10008.5.1.4.1.1.7.4")
+US_IMAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
+US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
+ENHANCED_CT = UID("1.2.840.10008.5.1.4.1.1.2.1")
+ENHANCED_MR = UID("1.2.840.10008.5.1.4.1.1.4.1")
+ENHANCED_PET = UID("1.2.840.10008.5.1.4.1.1.130")
+
+#: Modality -> (classic single-frame SOP class, Legacy Converted Enhanced SOP class),
+#: PS3.3 A.70-A.72.
+LEGACY_BY_MODALITY: dict[str, tuple[UID, UID]] = {
+    "CT": (CT_IMAGE, LEGACY_CT),
+    "MR": (MR_IMAGE, LEGACY_MR),
+    "PT": (PET_IMAGE, LEGACY_PET),
+}
+#: Legacy Converted Enhanced SOP class -> its Frame Type functional group (PS3.3 C.8.15.3.1,
+#: C.8.13.5.1, C.8.22.5.1).
+FRAME_TYPE_SEQUENCE: dict[str, str] = {
+    LEGACY_CT: "CTImageFrameTypeSequence",
+    LEGACY_MR: "MRImageFrameTypeSequence",
+    LEGACY_PET: "PETFrameTypeSequence",
+}
+#: Multi-frame SOP class -> the single-frame class its frames become on split.
+SINGLE_FRAME_CLASS: dict[str, UID] = {
+    LEGACY_CT: CT_IMAGE,
+    LEGACY_MR: MR_IMAGE,
+    LEGACY_PET: PET_IMAGE,
+    ENHANCED_CT: CT_IMAGE,
+    ENHANCED_MR: MR_IMAGE,
+    ENHANCED_PET: PET_IMAGE,
+    US_MULTIFRAME: US_IMAGE,
+    MF_GRAY_BYTE_SC: SECONDARY_CAPTURE,
+    MF_GRAY_WORD_SC: SECONDARY_CAPTURE,
+    MF_TRUE_COLOR_SC: SECONDARY_CAPTURE,
+    MF_SINGLE_BIT_SC: SECONDARY_CAPTURE,
+}
+
+#: Attributes that must agree for slices to share one multi-frame stack (DESIGN.md §3).
+STACK_KEYWORDS = (
+    "SOPClassUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+)
+
+#: Per-slice attributes that merge moves into functional groups (PS3.3 C.7.6.16.2).
+#: keyword -> functional group sequence keyword.
+FUNCTIONAL_GROUP_OF: dict[str, str] = {
+    "PixelSpacing": "PixelMeasuresSequence",
+    "SliceThickness": "PixelMeasuresSequence",
+    "SpacingBetweenSlices": "PixelMeasuresSequence",
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+    "ImagePositionPatient": "PlanePositionSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleType": "PixelValueTransformationSequence",
+    "WindowCenter": "FrameVOILUTSequence",
+    "WindowWidth": "FrameVOILUTSequence",
+    "WindowCenterWidthExplanation": "FrameVOILUTSequence",
+    "VOILUTFunction": "FrameVOILUTSequence",
+}
+
+#: Attributes of a single-frame instance that the multi-frame header replaces or drops
+#: (identity, pixel description and multi-frame bookkeeping).
+NOT_COPIED_TO_MULTIFRAME = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "SeriesInstanceUID",
+        "InstanceNumber",
+        "ImageType",
+        "NumberOfFrames",
+        "FrameIncrementPointer",
+        "PixelData",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+        "DataSetTrailingPadding",
+        "SliceLocation",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "ReferencedImageSequence",
+        "SourceImageSequence",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+        "PixelPaddingRangeLimit",
+        "ContentDate",
+        "ContentTime",
+        "AcquisitionDate",
+        "AcquisitionTime",
+        "AcquisitionDateTime",
+        "AcquisitionNumber",
+        "IconImageSequence",
+        "ImagesInAcquisition",
+        "ReferencedPerformedProcedureStepSequence",
+        "ConversionType",
+    }
+    | set(FUNCTIONAL_GROUP_OF)
+)
+
+#: Top-level attributes that the Legacy Converted Enhanced IODs hold in their own modules
+#: (PS3.3 A.70-A.72: Patient, Clinical Trial Subject, General/Patient/Clinical Trial Study,
+#: General/Clinical Trial Series, Frame of Reference, Synchronization, General and
+#: Enhanced General Equipment, Image Pixel, Contrast/Bolus, Enhanced CT/MR/PET Image,
+#: Acquisition Context, Device, Specimen, SOP Common, Common Instance Reference). A
+#: shared source attribute outside this set goes into the Unassigned Shared Converted
+#: Attributes Sequence (C.7.6.16.2.25), where split finds it again.
+LEGACY_TOP_LEVEL = frozenset(
+    """
+    PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence TypeOfPatientID
+    PatientBirthDate PatientBirthTime PatientSex QualityControlSubject OtherPatientIDsSequence
+    OtherPatientNames EthnicGroup PatientComments PatientSpeciesDescription
+    PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
+    BreedRegistrationSequence ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization
+    PatientIdentityRemoved DeidentificationMethod DeidentificationMethodCodeSequence
+    StrainDescription StrainNomenclature StrainCodeSequence GeneticModificationsSequence
+    ClinicalTrialSponsorName ClinicalTrialProtocolID ClinicalTrialProtocolName
+    ClinicalTrialSiteID ClinicalTrialSiteName ClinicalTrialSubjectID ClinicalTrialSubjectReadingID
+    StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
+    ReferringPhysicianIdentificationSequence ConsultingPhysicianName StudyID AccessionNumber
+    IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
+    NameOfPhysiciansReadingStudy ReferencedStudySequence ProcedureCodeSequence
+    ReasonForPerformedProcedureCodeSequence
+    AdmittingDiagnosesDescription AdmittingDiagnosesCodeSequence PatientAge PatientSize
+    PatientWeight PatientBodyMassIndex Occupation AdditionalPatientHistory AdmissionID
+    IssuerOfAdmissionIDSequence ServiceEpisodeID ServiceEpisodeDescription MedicalAlerts
+    Allergies SmokingStatus PregnancyStatus LastMenstrualDate PatientState
+    ClinicalTrialTimePointID ClinicalTrialTimePointDescription ClinicalTrialCoordinatingCenterName
+    ClinicalTrialSeriesID ClinicalTrialSeriesDescription
+    Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
+    PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
+    SeriesDescription SeriesDescriptionCodeSequence OperatorsName
+    OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
+    RelatedSeriesSequence BodyPartExamined PatientPosition RequestAttributesSequence
+    PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+    PerformedProcedureStepDescription PerformedProtocolCodeSequence
+    CommentsOnThePerformedProcedureStep AnatomicalOrientationType
+    FrameOfReferenceUID PositionReferenceIndicator
+    SynchronizationFrameOfReferenceUID SynchronizationTrigger AcquisitionTimeSynchronized
+    TimeSource TimeDistributionProtocol NTPSourceAddress
+    Manufacturer InstitutionName InstitutionAddress StationName InstitutionalDepartmentName
+    ManufacturerModelName DeviceSerialNumber SoftwareVersions GantryID SpatialResolution
+    DateOfLastCalibration TimeOfLastCalibration PixelPaddingValue DeviceUID UDISequence
+    ManufacturerDeviceClassUID
+    SamplesPerPixel PhotometricInterpretation Rows Columns BitsAllocated BitsStored HighBit
+    PixelRepresentation PlanarConfiguration PixelAspectRatio ICCProfile ColorSpace
+    ContrastBolusAgent ContrastBolusAgentSequence ContrastBolusRoute ContrastBolusVolume
+    ContrastBolusStartTime ContrastBolusStopTime ContrastBolusTotalDose ContrastFlowRate
+    ContrastFlowDuration ContrastBolusIngredient ContrastBolusIngredientConcentration
+    ImageComments QualityControlImage BurnedInAnnotation RecognizableVisualFeatures
+    ReferencedRawDataSequence ReferencedWaveformSequence ReferencedImageEvidenceSequence
+    SourceImageEvidenceSequence ReferencedPresentationStateSequence
+    AcquisitionContextSequence AcquisitionContextDescription DeviceSequence
+    SpecimenIdentificationSequence
+    SpecificCharacterSet InstanceCreatorUID TimezoneOffsetFromUTC
+    CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
+    MappingResourceIdentificationSequence LongitudinalTemporalInformationModified
+    OriginalAttributesSequence StudiesContainingOtherReferencedInstancesSequence
+    """.split()
+)
+
+#: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
+NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+#: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"})
+
+#: pip package per compressed transfer syntax, for "missing codec" errors.
+CODEC_PACKAGE: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+}
+
+#: Relative tolerance when deciding that slice spacing is uniform, and the factor of
+#: the typical spacing above which a step is reported as a gap.
+SPACING_TOLERANCE = 0.01
+GAP_FACTOR = 1.5
+#: Geometry values are compared after rounding to this many decimals (mm, cosines).
+GEOMETRY_DECIMALS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Options of one run, shared by every action (built by the CLI or the API)."""
+
+    output_dir: Path | None = None
+    json: bool = False
+    keep_beside: bool = True
+
+
+# ==== 3. Errors and logging ====
+
+
+class DicomPressorError(Exception):
+    """An expected failure with a message for the user and an HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class UsageError(DicomPressorError):
+    """Flags that cannot work together; the CLI exits 2."""
+
+
+LOG = logging.getLogger("dicompressor")
+
+
+class _LevelFormatter(logging.Formatter):
+    """Format records as the spec's ``[INFO] message`` lines."""
+
+    def __init__(self, *, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"[{record.levelname}] {record.getMessage()}"
+        if self.timestamps:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            text = f"{stamp} {text}"
+        return text
+
+
+@dataclasses.dataclass
+class ActionResult:
+    """What an action produced: output files, log lines, per-file failures, a report."""
+
+    outputs: list[Path] = dataclasses.field(default_factory=list)
+    log: list[str] = dataclasses.field(default_factory=list)
+    failures: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    report: list[str] = dataclasses.field(default_factory=list)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inputs_used: int = 0
+
+    def info(self, message: str) -> None:
+        """Record an informational log line."""
+        self.log.append(f"[INFO] {message}")
+        LOG.info(message)
+
+    def warn(self, message: str) -> None:
+        """Record a warning log line."""
+        self.log.append(f"[WARNING] {message}")
+        LOG.warning(message)
+
+    def fail(self, path: Path, message: str) -> None:
+        """Record that one input failed; the action goes on with the others."""
+        self.failures.append((path, message))
+        self.log.append(f"[ERROR] {path.name}: {message}")
+        LOG.error("%s: %s", path, message)
+
+
+# ==== 4. Generic helpers ====
+
+
+def safe_component(text: str, *, default: str = "Patient", max_len: int = 64) -> str:
+    """Reduce text to a file-name component of letters, digits, '-', '_' and '.'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
+    cleaned = re.sub(r"_+", "_", cleaned)[:max_len].strip("._-")
+    return cleaned or default
+
+
+def unique_path(path: Path) -> Path:
+    """Return path, or path with ``_1``, ``_2``... before the suffix if it exists."""
+    if not path.exists():
+        return path
+    stem, suffix = path.name[: -len(path.suffix)] if path.suffix else path.name, path.suffix
+    n = 1
+    while True:
+        candidate = path.with_name(f"{stem}_{n}{suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path) -> Iterator[BinaryIO]:
+    """Write a file through a temp file in the same folder, renamed over target on success.
+
+    The temp file is removed on any failure, so no partial output is ever left at target.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def reserve_unique(path: Path) -> Path:
+    """Claim a free name next to path (``_1``, ``_2``...) by creating it empty with O_EXCL."""
+    candidate = path
+    n = 0
+    while True:
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            n += 1
+            stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+            candidate = path.with_name(f"{stem}_{n}{path.suffix}")
+            continue
+        os.close(fd)
+        return candidate
+
+
+def copy_unique(source: Path, folder: Path) -> Path:
+    """Copy source into folder atomically, never overwriting (``_1``, ``_2``...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = reserve_unique(folder / source.name)
+    try:
+        with atomic_output(target) as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise
+    return target
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as ``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """A one-line progress display on a terminal: done/total, rate and time left.
+
+    It draws only when its stream is a TTY and it is enabled, so log files, pipes and
+    ``--quiet`` stay clean.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: Any = None,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        unit: str = "files",
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.label = label
+        self.unit = unit
+        self.clock = clock
+        self.start = clock()
+        self.last_draw = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        """Report that done of total items are finished."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        if done < total and now - self.last_draw < 0.2:
+            return
+        self.last_draw = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else 0.0
+        text = (
+            f"\r{self.label}: {done}/{total} {self.unit} "
+            f"({rate:.1f}/s, {format_duration(left)} left)"
+        )
+        self.stream.write(text.ljust(70))
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
+    """Progress callback that shows nothing."""
+
+
+# ==== 5. DICOM helpers ====
+
+
+def new_uid() -> UID:
+    """Return a new UID under DicomPressor's root."""
+    return generate_uid(prefix=UID_PREFIX)
+
+
+def has_dicm_prefix(path: Path) -> bool:
+    """Tell whether the file has the 128-byte preamble followed by ``DICM``."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_candidate(path: Path) -> bool:
+    """Tell whether a file in a job folder should be read as DICOM.
+
+    Hidden files (markers, locks, temp files) and files with a clearly non-DICOM ending
+    are passed over; everything else is a candidate, and one that fails to read is
+    reported by name.
+    """
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.name.upper() == "DICOMDIR":
+        return False
+    return path.suffix.lower() not in NON_DICOM_SUFFIXES or has_dicm_prefix(path)
+
+
+def transfer_syntax_of(ds: Dataset) -> UID:
+    """Return the dataset's transfer syntax UID (Explicit VR Little Endian if unknown)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return UID(uid) if uid else ExplicitVRLittleEndian
+
+
+def uid_name(uid: str) -> str:
+    """Return the standard name of a UID, or the UID itself when it is unknown."""
+    name = UID(uid).name
+    return name if name and name != uid else str(uid)
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """Return NumberOfFrames as an int (1 when absent or unreadable)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+@dataclasses.dataclass
+class PixelLocation:
+    """Where the pixel data value of a file lies, read without loading it."""
+
+    offset: int
+    length: int  # 0xFFFFFFFF for encapsulated (undefined length)
+    file_size: int
+
+    @property
+    def encapsulated(self) -> bool:
+        """Tell whether the pixel data is encapsulated (compressed)."""
+        return self.length == 0xFFFFFFFF
+
+
+def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
+    """Read a file's dataset without loading large values; locate its pixel data.
+
+    Raises DicomPressorError naming the problem when the file is not readable DICOM or
+    when its pixel data is shorter than declared (a truncated file).
+    """
+    try:
+        size = path.stat().st_size
+        ds = pydicom.dcmread(path, defer_size=4096)
+    except InvalidDicomError as exc:
+        raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
+    except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError) as exc:
+        raise DicomPressorError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+    if "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
+    location = None
+    if 0x7FE00010 in ds:
+        raw = ds.get_item(0x7FE00010)
+        tell = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", None)
+        if tell is None or length is None:  # small value read whole: find it by length
+            elem = ds[0x7FE00010]
+            length = len(elem.value) if elem.value is not None else 0
+            tell = -1
+        location = PixelLocation(offset=int(tell), length=int(length), file_size=size)
+        if tell >= 0 and not location.encapsulated and tell + length > size:
+            raise DicomPressorError(
+                f"truncated: (7FE0,0010) Pixel Data declares {length} bytes, "
+                f"the file holds {max(0, size - tell)}"
+            )
+    return ds, location
+
+
+def expected_frame_bytes(ds: Dataset) -> int:
+    """Return the size in bytes of one native frame (PS3.5 8.1.1)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    bits = int(ds.BitsAllocated)
+    if bits == 1:
+        return (rows * cols * samples + 7) // 8
+    return rows * cols * samples * (bits // 8)
+
+
+def check_pixel_description(ds: Dataset) -> None:
+    """Raise DicomPressorError when the Image Pixel attributes cannot describe a frame."""
+    problems = []
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored"):
+        value = ds.get(keyword)
+        if value is None:
+            problems.append(f"{keyword} is missing")
+        elif not isinstance(value, int) or value <= 0:
+            problems.append(f"{keyword} value of {value!r} is invalid")
+    if not problems and ds.BitsAllocated not in (1, 8, 16, 32, 64):
+        problems.append(f"BitsAllocated value of {ds.BitsAllocated} is not 1, 8, 16, 32 or 64")
+    if not problems and ds.BitsStored > ds.BitsAllocated:
+        problems.append(
+            f"BitsStored ({ds.BitsStored}) is larger than BitsAllocated ({ds.BitsAllocated})"
+        )
+    if problems:
+        raise DicomPressorError("bad Image Pixel description: " + "; ".join(problems))
+
+
+def read_item_header(handle: BinaryIO) -> tuple[int, int]:
+    """Read an encapsulation item header; return (tag, length)."""
+    raw = handle.read(8)
+    if len(raw) < 8:
+        raise DicomPressorError("truncated encapsulated pixel data")
+    group, element, length = struct.unpack("<HHL", raw)
+    return (group << 16) | element, length
+
+
+def scan_fragments(path: Path, location: PixelLocation) -> tuple[list[int], list[tuple[int, int]]]:
+    """Return (basic offset table, [(offset, length) of each fragment]) of a file."""
+    offsets: list[int] = []
+    fragments: list[tuple[int, int]] = []
+    with path.open("rb") as handle:
+        handle.seek(location.offset)
+        tag, length = read_item_header(handle)
+        if tag != 0xFFFEE000:
+            raise DicomPressorError("encapsulated pixel data does not start with an item")
+        table = handle.read(length)
+        if len(table) < length:
+            raise DicomPressorError("truncated basic offset table")
+        offsets = list(struct.unpack(f"<{length // 4}L", table[: length // 4 * 4]))
+        while True:
+            tag, length = read_item_header(handle)
+            if tag == 0xFFFEE0DD:
+                break
+            if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
+                raise DicomPressorError(f"bad item (tag {tag:08X}) in encapsulated pixel data")
+            start = handle.tell()
+            if start + length > location.file_size:
+                raise DicomPressorError(
+                    f"truncated: a pixel data fragment declares {length} bytes, "
+                    f"the file holds {location.file_size - start}"
+                )
+            fragments.append((start, length))
+            handle.seek(length, os.SEEK_CUR)
+    if not fragments:
+        raise DicomPressorError("encapsulated pixel data holds no fragment")
+    return offsets, fragments
+
+
+def frame_fragments(
+    offsets: list[int], fragments: list[tuple[int, int]], n_frames: int
+) -> list[list[tuple[int, int]]]:
+    """Group fragments into frames using the basic offset table (PS3.5 A.4)."""
+    if n_frames == 1:
+        return [fragments]
+    if len(fragments) == n_frames:
+        return [[f] for f in fragments]
+    if len(offsets) == n_frames:
+        first = fragments[0][0] - 8
+        frames: list[list[tuple[int, int]]] = [[] for _ in range(n_frames)]
+        bounds = [*offsets, math.inf]
+        for start, length in fragments:
+            rel = start - 8 - first
+            index = max(i for i in range(n_frames) if bounds[i] <= rel)
+            frames[index].append((start, length))
+        if all(frames):
+            return frames
+    raise DicomPressorError(
+        f"cannot tell the frames apart: {len(fragments)} fragments for {n_frames} frames "
+        "and no usable basic offset table"
+    )
+
+
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """Read length bytes at offset, failing clearly when the file is short."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise DicomPressorError(f"truncated: expected {length} bytes at offset {offset}")
+    return data
+
+
+def decode_frames(path: Path) -> tuple[np.ndarray, Dataset]:
+    """Decode all frames of a file with pydicom's pixel handlers; return (array, dataset)."""
+    ds = pydicom.dcmread(path)
+    syntax = transfer_syntax_of(ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # the codec layer raises many types
+        package = CODEC_PACKAGE.get(str(syntax))
+        hint = f" (install the codec: pip install {package})" if package else ""
+        raise DicomPressorError(
+            f"cannot decode pixel data in {uid_name(syntax)}: {exc}{hint}"
+        ) from exc
+    if number_of_frames(ds) == 1:
+        arr = arr[np.newaxis, ...]
+    return arr, ds
+
+
+def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
+    """Return one decoded frame as native little-endian bytes (interleaved colour)."""
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    if bits_allocated == 8 and arr.dtype.itemsize != 1:
+        dtype = np.dtype(np.int8 if arr.dtype.kind == "i" else np.uint8)
+    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+@dataclasses.dataclass
+class Slice:
+    """One single-frame source instance, as merge needs it (the header stays on disk)."""
+
+    path: Path
+    header: Dataset
+    pixels: PixelLocation | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    instance_number: int | None
+    syntax: UID
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The source SOP Instance UID."""
+        return str(self.header.get("SOPInstanceUID", ""))
+
+
+def _float_tuple(value: Any, count: int) -> tuple[float, ...] | None:
+    """Return value as a tuple of count floats, or None when it is not that."""
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def _int_or_none(value: Any) -> int | None:
+    """Return value as an int, or None."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def make_slice(path: Path, ds: Dataset, location: PixelLocation | None) -> Slice:
+    """Describe a single-frame instance for merging."""
+    position = _float_tuple(ds.get("ImagePositionPatient"), 3)
+    orientation = _float_tuple(ds.get("ImageOrientationPatient"), 6)
+    return Slice(
+        path=path,
+        header=ds,
+        pixels=location,
+        position=position,  # type: ignore[arg-type]
+        orientation=orientation,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        syntax=transfer_syntax_of(ds),
+    )
+
+
+def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+    """Return the unit normal of a slice: row cosines x column cosines (PS3.3 C.7.6.2.1.1)."""
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:6], dtype=float)
+    normal = np.cross(row, col)
+    norm = np.linalg.norm(normal)
+    return normal / norm if norm > 0 else normal
+
+
+def _rounded(value: Any, decimals: int = GEOMETRY_DECIMALS) -> Any:
+    """Round floats (also inside lists) so near-equal geometry compares equal."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return tuple(_rounded(v, decimals) for v in value)
+    if isinstance(value, float):
+        return round(value, decimals)
+    return value
+
+
+def stack_key(s: Slice) -> tuple[Any, ...]:
+    """Return the attributes that must agree for slices to form one stack."""
+    ds = s.header
+    key: list[Any] = [_rounded(ds.get(k)) for k in STACK_KEYWORDS]
+    key.append(_rounded(s.orientation, 3) if s.orientation else None)
+    key.append(_rounded(_float_tuple(ds.get("PixelSpacing"), 2), 4))
+    return tuple(key)
+
+
+@dataclasses.dataclass
+class StackOrder:
+    """Slices in spatial order with what the sort found along the way."""
+
+    slices: list[Slice]
+    by_position: bool
+    distances: list[float]
+    notes: list[str]
+
+
+def sort_slices(slices: list[Slice]) -> StackOrder:
+    """Sort slices along the slice normal; fall back to InstanceNumber.
+
+    The position of each slice is projected on the normal of the (shared) orientation, as
+    dcmulti, Orthanc and highdicom do. Duplicate positions, gaps and non-uniform spacing
+    are described in ``notes``.
+    """
+    notes: list[str] = []
+    geometric = all(s.position is not None and s.orientation is not None for s in slices)
+    if geometric and len(slices) > 1:
+        normal = slice_normal(slices[0].orientation)  # type: ignore[arg-type]
+        if np.linalg.norm(normal) > 0.5:
+            keyed = sorted(
+                slices,
+                key=lambda s: (
+                    float(np.dot(normal, s.position)),  # type: ignore[arg-type]
+                    s.instance_number if s.instance_number is not None else 0,
+                    s.path.name,
+                ),
+            )
+            dist = [float(np.dot(normal, s.position)) for s in keyed]  # type: ignore[arg-type]
+            notes.extend(describe_spacing(dist))
+            return StackOrder(keyed, True, dist, notes)
+        notes.append("ImageOrientationPatient has no valid normal: sorted by InstanceNumber")
+    elif len(slices) > 1:
+        notes.append("no ImagePositionPatient/ImageOrientationPatient: sorted by InstanceNumber")
+    ordered = sorted(
+        slices,
+        key=lambda s: (s.instance_number is None, s.instance_number or 0, s.path.name),
+    )
+    numbers = [s.instance_number for s in ordered if s.instance_number is not None]
+    if len(set(numbers)) != len(numbers):
+        notes.append("duplicate InstanceNumber values")
+    return StackOrder(ordered, False, [], notes)
+
+
+def describe_spacing(distances: list[float]) -> list[str]:
+    """Describe duplicate positions, gaps and non-uniform spacing of sorted distances."""
+    notes = []
+    steps = np.diff(np.asarray(distances))
+    if steps.size == 0:
+        return notes
+    duplicates = int(np.sum(np.abs(steps) < 10**-GEOMETRY_DECIMALS))
+    if duplicates:
+        notes.append(f"{duplicates} duplicate slice position(s)")
+    real = steps[np.abs(steps) >= 10**-GEOMETRY_DECIMALS]
+    if real.size == 0:
+        return notes
+    typical = float(np.median(real))
+    gaps = int(np.sum(real > GAP_FACTOR * typical))
+    if gaps:
+        notes.append(
+            f"{gaps} gap(s) in slice positions (step up to {float(real.max()):.4g} mm, "
+            f"typical {typical:.4g} mm): slices may be missing"
+        )
+    elif float(real.max() - real.min()) > SPACING_TOLERANCE * max(abs(typical), 1e-6):
+        notes.append(
+            f"non-uniform slice spacing ({float(real.min()):.4g} to {float(real.max()):.4g} mm)"
+        )
+    return notes
+
+
+def copy_element(source: Dataset, target: Dataset, keyword: str) -> None:
+    """Copy one attribute by keyword when the source has it."""
+    if keyword in source:
+        elem = source[keyword]
+        target.add(DataElement(elem.tag, elem.VR, elem.value))
+
+
+def dataset_of(*keywords: str, source: Dataset) -> Dataset:
+    """Return a dataset holding those of keywords that source has."""
+    out = Dataset()
+    for keyword in keywords:
+        copy_element(source, out, keyword)
+    return out
+
+
+def element_signature(elem: DataElement) -> Any:
+    """Return a hashable, comparable form of an element's value."""
+    value = elem.value
+    if elem.VR == "SQ":
+        return tuple(
+            tuple((e.tag, element_signature(e)) for e in item) for item in value or []
+        )
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
+        return tuple(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value
+    return str(value) if value is not None else None
+
+
+def _value_ok(elem: DataElement) -> bool:
+    """Tell whether an element's value can be read (deferred values may not be)."""
+    try:
+        _ = elem.value
+    except Exception:  # pydicom may raise many types on a bad value
+        return False
+    return True
+
+
+def top_level_elements(ds: Dataset) -> dict[int, DataElement]:
+    """Return the dataset's elements that merge may carry over, by tag."""
+    out: dict[int, DataElement] = {}
+    for tag in ds.keys():
+        if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
+            continue
+        elem = ds[tag]
+        if elem.keyword in NOT_COPIED_TO_MULTIFRAME or not _value_ok(elem):
+            continue
+        out[int(tag)] = elem
+    return out
+
+
+def partition_attributes(
+    slices: list[Slice],
+) -> tuple[dict[int, DataElement], list[dict[int, DataElement]]]:
+    """Split the slices' attributes into shared ones and per-slice varying ones."""
+    per_slice = [top_level_elements(s.header) for s in slices]
+    all_tags = set().union(*per_slice)
+    shared: dict[int, DataElement] = {}
+    varying: set[int] = set()
+    for tag in sorted(all_tags):
+        present = [p.get(tag) for p in per_slice]
+        if any(e is None for e in present):
+            varying.add(tag)
+            continue
+        first = element_signature(present[0])  # type: ignore[arg-type]
+        if all(element_signature(e) == first for e in present[1:]):  # type: ignore[arg-type]
+            shared[tag] = present[0]  # type: ignore[assignment]
+        else:
+            varying.add(tag)
+    per_frame = [{t: e for t, e in p.items() if t in varying} for p in per_slice]
+    return shared, per_frame
+
+
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    """Return a Code Sequence item (PS3.3 Table 8.8-1)."""
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def functional_group_item(keyword: str, source: Dataset) -> Dataset | None:
+    """Build one functional group sequence item from a single-frame dataset, if possible."""
+    members = [k for k, g in FUNCTIONAL_GROUP_OF.items() if g == keyword]
+    item = dataset_of(*members, source=source)
+    if keyword == "PixelValueTransformationSequence":
+        if "RescaleIntercept" not in item and "RescaleSlope" not in item:
+            return None
+        item.setdefault("RescaleIntercept", "0")
+        item.setdefault("RescaleSlope", "1")
+        if "RescaleType" not in item:
+            item.RescaleType = "HU" if source.get("Modality") == "CT" else "US"
+    if keyword == "FrameVOILUTSequence" and (
+        "WindowCenter" not in item or "WindowWidth" not in item
+    ):
+        return None
+    if keyword == "PixelMeasuresSequence" and "PixelSpacing" not in item:
+        return None
+    if len(item) == 0:
+        return None
+    seq = Dataset()
+    setattr(seq, keyword, DicomSequence([item]))
+    return seq
+
+
+def now_da_tm() -> tuple[str, str]:
+    """Return the current local date and time as DICOM DA and TM strings."""
+    stamp = time.localtime()
+    return time.strftime("%Y%m%d", stamp), time.strftime("%H%M%S", stamp)
+
+
+def _first_value(*values: Any) -> Any:
+    """Return the first value that is not None or empty."""
+    for value in values:
+        if value not in (None, "", []):
+            return value
+    return None
+
+
+@dataclasses.dataclass
+class MergePlan:
+    """A stack ready to write: the header, the frames' sources and how to copy pixels."""
+
+    dataset: Dataset
+    order: StackOrder
+    syntax: UID
+    encapsulated: bool
+    frame_bytes: int
+
+
+def multiframe_sop_class(template: Dataset) -> tuple[UID, bool]:
+    """Choose the output SOP class for a stack; return (class, is_legacy_enhanced)."""
+    modality = str(template.get("Modality", ""))
+    if modality in LEGACY_BY_MODALITY and template.get("SamplesPerPixel", 1) == 1:
+        return LEGACY_BY_MODALITY[modality][1], True
+    if int(template.get("SamplesPerPixel", 1)) == 3:
+        return MF_TRUE_COLOR_SC, False
+    if int(template.BitsAllocated) == 1:
+        return MF_SINGLE_BIT_SC, False
+    if int(template.BitsAllocated) == 8:
+        return MF_GRAY_BYTE_SC, False
+    return MF_GRAY_WORD_SC, False
+
+
+def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) -> Dataset:
+    """Build the header of a Legacy Converted Enhanced or multi-frame SC instance.
+
+    Modules follow PS3.3 A.70-A.72 (Legacy Converted Enhanced CT/MR/PET) and A.8.2-A.8.5
+    (multi-frame Secondary Capture). The result has no Pixel Data; merge streams it after.
+    """
+    slices = order.slices
+    template = slices[0].header
+    sop_class, legacy = multiframe_sop_class(template)
+    shared, per_frame = partition_attributes(slices)
+    ds = Dataset()
+    unassigned: list[DataElement] = []
+    for tag in sorted(shared):
+        elem = shared[tag]
+        if legacy and elem.keyword not in LEGACY_TOP_LEVEL:
+            unassigned.append(elem)
+        else:
+            ds.add(DataElement(elem.tag, elem.VR, elem.value))
+    today, now = now_da_tm()
+
+    # SOP Common
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = new_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = today, now
+    ds.InstanceNumber = 1
+    ds.SpecificCharacterSet = template.get("SpecificCharacterSet", "ISO_IR 100")
+    # General Series
+    ds.SeriesInstanceUID = new_uid()
+    ds.Modality = template.get("Modality") or "OT"
+    ds.SeriesNumber = template.get("SeriesNumber") or 1
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+        ds.setdefault(keyword, template.get(keyword, ""))
+    for keyword in ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID"):
+        ds.setdefault(keyword, template.get(keyword, ""))
+    ds.setdefault("AccessionNumber", template.get("AccessionNumber", ""))
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID = template.get("StudyInstanceUID") or new_uid()
+    # General Image / Multi-frame
+    ds.ContentDate = _first_value(template.get("ContentDate"), template.get("StudyDate"), today)
+    ds.ContentTime = _first_value(template.get("ContentTime"), template.get("StudyTime"), now)
+    ds.NumberOfFrames = len(slices)
+    source_type = list(template.get("ImageType", []) or ["ORIGINAL", "PRIMARY"])
+    # Image Pixel
+    if decoded_rgb:
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+    lossy = [s.header.get("LossyImageCompression") for s in slices]
+    ds.LossyImageCompression = "01" if "01" in lossy or str(syntax) in LOSSY_SYNTAXES else "00"
+    if "01" in lossy:
+        methods = {str(m) for s in slices for m in _as_list(s.header.get("LossyImageCompressionMethod"))}
+        if methods:
+            ds.LossyImageCompressionMethod = sorted(methods)
+    ds.BurnedInAnnotation = template.get("BurnedInAnnotation", "NO")
+    # Contributing Equipment (PS3.3 C.12.1: the conversion itself)
+    equipment = Dataset()
+    equipment.Manufacturer = "DicomPressor"
+    equipment.SoftwareVersions = __version__
+    equipment.ContributionDateTime = today + now
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence(
+        [code_item("109106", "DCM", "Enhanced Multi-frame Conversion Equipment")]
+    )
+    ds.ContributingEquipmentSequence = DicomSequence(
+        [*template.get("ContributingEquipmentSequence", []), equipment]
+    )
+    # Common Instance Reference: the source instances, per series
+    by_series: dict[str, list[Slice]] = defaultdict(list)
+    for s in slices:
+        by_series[str(s.header.get("SeriesInstanceUID", ""))].append(s)
+    ref_series = []
+    for series_uid, members in by_series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedInstanceSequence = DicomSequence(
+            [source_reference(s.header) for s in members]
+        )
+        ref_series.append(item)
+    ds.ReferencedSeriesSequence = DicomSequence(ref_series)
+
+    if legacy:
+        _add_legacy_enhanced_modules(ds, order, source_type)
+    else:
+        _add_secondary_capture_modules(ds, order, source_type)
+    shared_groups, frames = _frame_groups(order, per_frame, unassigned)
+    if legacy:
+        frame_type = Dataset()
+        frame_type.FrameType = ds.ImageType
+        for keyword in ("PixelPresentation", "VolumetricProperties", "VolumeBasedCalculationTechnique"):
+            copy_element(ds, frame_type, keyword)
+        if sop_class == LEGACY_MR:
+            copy_element(ds, frame_type, "ComplexImageComponent")
+            copy_element(ds, frame_type, "AcquisitionContrast")
+        setattr(shared_groups, FRAME_TYPE_SEQUENCE[sop_class], DicomSequence([frame_type]))
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared_groups])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    _dimension_modules(ds)
+    return ds
+
+
+def _as_list(value: Any) -> list[Any]:
+    """Return a DICOM value as a list (empty for None)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return list(value)
+    return [value]
+
+
+def source_reference(header: Dataset) -> Dataset:
+    """Return an item referencing a source instance by SOP Class and Instance UID."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = header.get("SOPClassUID", SECONDARY_CAPTURE)
+    item.ReferencedSOPInstanceUID = header.get("SOPInstanceUID", "")
+    return item
+
+
+def _frame_groups(
+    order: StackOrder,
+    per_frame: list[dict[int, DataElement]],
+    unassigned_shared: list[DataElement],
+) -> tuple[Dataset, list[Dataset]]:
+    """Build the shared and per-frame functional groups (PS3.3 C.7.6.16).
+
+    A macro whose content is the same for every frame goes into the shared group;
+    otherwise each frame carries its own. Attributes with no macro of their own go into
+    the Unassigned Shared / Per-Frame Converted Attributes Sequences (C.7.6.16.2.25).
+    """
+    slices = order.slices
+    shared = Dataset()
+    frames = [Dataset() for _ in slices]
+    for keyword in (
+        "PixelMeasuresSequence",
+        "PlaneOrientationSequence",
+        "PixelValueTransformationSequence",
+        "FrameVOILUTSequence",
+    ):
+        items = [functional_group_item(keyword, s.header) for s in slices]
+        if all(i is None for i in items):
+            continue
+        signatures = {
+            element_signature(i[keyword]) if i is not None else None for i in items
+        }
+        if len(signatures) == 1:
+            shared.update(items[0])  # type: ignore[arg-type]
+        else:
+            for frame, item in zip(frames, items, strict=True):
+                if item is not None:
+                    frame.update(item)
+    for index, (frame, s) in enumerate(zip(frames, slices, strict=True)):
+        if s.position is not None:
+            plane = Dataset()
+            plane.ImagePositionPatient = s.header.ImagePositionPatient
+            frame.PlanePositionSequence = DicomSequence([plane])
+        content = Dataset()
+        content.StackID = "1"
+        content.InStackPositionNumber = index + 1
+        content.DimensionIndexValues = [1, index + 1]
+        acquired = _frame_datetime(s.header)
+        if acquired:
+            content.FrameAcquisitionDateTime = acquired
+            content.FrameReferenceDateTime = acquired
+        content.FrameAcquisitionDuration = 0.0
+        if s.instance_number is not None:
+            content.FrameAcquisitionNumber = _int_or_none(s.header.get("AcquisitionNumber")) or 0
+        frame.FrameContentSequence = DicomSequence([content])
+        frame.ConversionSourceAttributesSequence = DicomSequence([source_reference(s.header)])
+        if True:
+            unassigned = Dataset()
+            for tag in sorted(per_frame[index]):
+                elem = per_frame[index][tag]
+                unassigned.add(DataElement(elem.tag, elem.VR, elem.value))
+            for keyword in ("SliceLocation", "AcquisitionNumber", "InstanceNumber"):
+                copy_element(s.header, unassigned, keyword)
+            for keyword in ("AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime"):
+                copy_element(s.header, unassigned, keyword)
+            if "ImageType" in s.header:
+                copy_element(s.header, unassigned, "ImageType")
+            if len(unassigned):
+                frame.UnassignedPerFrameConvertedAttributesSequence = DicomSequence(
+                    [unassigned]
+                )
+    if unassigned_shared:
+        item = Dataset()
+        for elem in unassigned_shared:
+            item.add(DataElement(elem.tag, elem.VR, elem.value))
+        shared.UnassignedSharedConvertedAttributesSequence = DicomSequence([item])
+    return shared, frames
+
+
+def _frame_datetime(header: Dataset) -> str | None:
+    """Return the acquisition (or content) date-time of a slice as DT, if known."""
+    date = _first_value(header.get("AcquisitionDate"), header.get("ContentDate"))
+    when = _first_value(header.get("AcquisitionTime"), header.get("ContentTime"))
+    if header.get("AcquisitionDateTime"):
+        return str(header.AcquisitionDateTime)
+    if date and when:
+        return f"{date}{when}"
+    return None
+
+
+def _dimension_modules(ds: Dataset) -> None:
+    """Add the Multi-frame Dimension module: stack ID and in-stack position."""
+    organization = new_uid()
+    org_item = Dataset()
+    org_item.DimensionOrganizationUID = organization
+    ds.DimensionOrganizationSequence = DicomSequence([org_item])
+    ds.DimensionOrganizationType = "3D"
+    indices = []
+    for pointer, label in (
+        (Tag("StackID"), "Stack ID"),
+        (Tag("InStackPositionNumber"), "In-Stack Position Number"),
+    ):
+        item = Dataset()
+        item.DimensionOrganizationUID = organization
+        item.DimensionIndexPointer = pointer
+        item.FunctionalGroupPointer = Tag("FrameContentSequence")
+        item.DimensionDescriptionLabel = label
+        indices.append(item)
+    ds.DimensionIndexSequence = DicomSequence(indices)
+
+
+def _add_legacy_enhanced_modules(ds: Dataset, order: StackOrder, source_type: list[str]) -> None:
+    """Add the modules of PS3.3 A.70-A.72 that differ from a classic image."""
+    template = order.slices[0].header
+    # Enhanced General Equipment (C.7.5.2): type 1 in the enhanced IODs
+    for keyword in ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber"):
+        if not ds.get(keyword):
+            setattr(ds, keyword, "UNKNOWN")
+    if not ds.get("SoftwareVersions"):
+        ds.SoftwareVersions = "UNKNOWN"
+    # Frame of Reference (C.7.4.1)
+    if "FrameOfReferenceUID" not in ds:
+        ds.FrameOfReferenceUID = template.get("FrameOfReferenceUID") or new_uid()
+    ds.setdefault("PositionReferenceIndicator", "")
+    # Enhanced CT/MR/PET Image (C.8.15.2, C.8.13.1, C.8.22.1) as the legacy IODs use it
+    values = [str(v) for v in source_type[:2]] + ["", ""]
+    first = values[0] if values[0] in ("ORIGINAL", "DERIVED") else "DERIVED"
+    second = values[1] if values[1] in ("PRIMARY", "SECONDARY") else "PRIMARY"
+    flavor = str(source_type[2]) if len(source_type) > 2 and source_type[2] else "AXIAL"
+    ds.ImageType = [first, second, flavor, "NONE"]
+    ds.PixelPresentation = "MONOCHROME"
+    ds.VolumetricProperties = "VOLUME"
+    ds.VolumeBasedCalculationTechnique = "NONE"
+    ds.ContentQualification = "RESEARCH" if ds.get("ContentQualification") is None else (
+        ds.ContentQualification
+    )
+    ds.PresentationLUTShape = "IDENTITY"
+    if ds.SOPClassUID == LEGACY_MR:
+        ds.setdefault("ComplexImageComponent", "MAGNITUDE")
+        ds.setdefault("AcquisitionContrast", "UNKNOWN")
+    # Acquisition Context (C.7.6.14)
+    ds.AcquisitionContextSequence = DicomSequence([])
+    # General Series (C.7.3.1): Laterality is type 2C and no frame states one
+    ds.setdefault("Laterality", "")
+
+
+def _add_secondary_capture_modules(ds: Dataset, order: StackOrder, source_type: list[str]) -> None:
+    """Add the modules of PS3.3 A.8.2-A.8.5 (multi-frame Secondary Capture)."""
+    # SC Equipment (C.8.6.1)
+    ds.ConversionType = order.slices[0].header.get("ConversionType") or "WSD"
+    # SC Multi-frame Image (C.8.6.3) and Multi-frame (C.7.6.6)
+    ds.ImageType = [*(str(v) for v in source_type[:2])] or ["DERIVED", "SECONDARY"]
+    if ds.SOPClassUID in (MF_GRAY_BYTE_SC, MF_GRAY_WORD_SC):
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "US"
+        if ds.get("PresentationLUTShape") is None:
+            ds.PresentationLUTShape = "IDENTITY"
+    if order.by_position:
+        ds.FrameIncrementPointer = Tag("SliceLocationVector")
+        ds.SliceLocationVector = [round(d, 6) for d in order.distances]
+    else:
+        ds.FrameIncrementPointer = Tag("PageNumberVector")
+        ds.PageNumberVector = list(range(1, len(order.slices) + 1))
+    # General Series (C.7.3.1) and General Image (C.7.6.1): type 2C, unknown here
+    ds.setdefault("Laterality", "")
+    ds.setdefault("PatientOrientation", "")
+    # The frames' geometry and sources are kept in functional groups (a Standard
+    # Extended SOP Class, PS3.4 B.4.1) so that split can restore each slice.
+
+
+def file_meta_for(ds: Dataset, syntax: UID) -> FileMetaDataset:
+    """Return File Meta Information for a dataset (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = UID(UID_PREFIX + "1")
+    meta.ImplementationVersionName = f"DICOMPRESSOR{__version__.replace('.', '')}"[:16]
+    return meta
+
+
+def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
+    """Write preamble, File Meta and dataset (without Pixel Data) in syntax."""
+    ds.file_meta = file_meta_for(ds, syntax)
+    ds.preamble = b"\0" * 128
+    pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+
+
+def pixel_data_vr(bits_allocated: int, encapsulated: bool) -> bytes:
+    """Return the VR of Pixel Data: OB for encapsulated or 8-bit, else OW (PS3.5 A.2)."""
+    return b"OB" if encapsulated or bits_allocated <= 8 else b"OW"
+
+
+def element_header(tag: int, vr: bytes, length: int) -> bytes:
+    """Return an Explicit VR Little Endian header for an OB/OW element."""
+    return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr, length)
+
+
+def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
+    """Return an item (or delimiter) header of encapsulated pixel data."""
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+
+
+def write_native_frames(
+    handle: BinaryIO, frames: Iterable[bytes], frame_bytes: int, n_frames: int, bits: int
+) -> None:
+    """Stream native frames as one Pixel Data element, padded to even length."""
+    total = frame_bytes * n_frames
+    handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), total + total % 2))
+    written = 0
+    for data in frames:
+        if len(data) != frame_bytes:
+            raise DicomPressorError(
+                f"frame holds {len(data)} bytes, expected {frame_bytes} (Rows x Columns x "
+                "SamplesPerPixel x BitsAllocated/8)"
+            )
+        handle.write(data)
+        written += 1
+    if written != n_frames:
+        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
+    if total % 2:
+        handle.write(b"\0")
+
+
+def write_encapsulated_frames(
+    handle: BinaryIO, frames: Iterable[list[bytes]], frame_sizes: list[int]
+) -> None:
+    """Stream encapsulated frames with a basic offset table (PS3.5 A.4).
+
+    frame_sizes gives each frame's encoded size including its item headers, so the
+    offset table is written before the frames themselves are read.
+    """
+    offsets = []
+    position = 0
+    for size in frame_sizes:
+        offsets.append(position)
+        position += size
+    table = b"" if position >= 2**32 else struct.pack(f"<{len(offsets)}L", *offsets)
+    handle.write(element_header(0x7FE00010, b"OB", 0xFFFFFFFF))
+    handle.write(item_header(len(table)))
+    handle.write(table)
+    for fragments in frames:
+        for fragment in fragments:
+            padded = fragment + b"\0" if len(fragment) % 2 else fragment
+            handle.write(item_header(len(padded)))
+            handle.write(padded)
+    handle.write(item_header(0, 0xFFFEE0DD))
+
+
+def encapsulated_size(fragment_lengths: Iterable[int]) -> int:
+    """Return the bytes a frame's fragments take with their item headers and padding."""
+    return sum(8 + n + n % 2 for n in fragment_lengths)
+
+
+# ==== 6. Actions ====
+
+
+def _read_inputs(
+    inputs: Sequence[Path], result: ActionResult, progress: ProgressFn
+) -> list[tuple[Path, Dataset, PixelLocation | None]]:
+    """Read the headers of inputs; failures are recorded and the rest returned."""
+    readable = []
+    for index, path in enumerate(inputs, 1):
+        try:
+            ds, location = read_header(path)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        else:
+            readable.append((path, ds, location))
+        progress(index, len(inputs))
+    return readable
+
+
+def group_into_stacks(
+    slices: list[Slice],
+) -> list[tuple[str, list[Slice]]]:
+    """Group slices by SeriesInstanceUID, then into technically consistent stacks."""
+    by_series: dict[str, list[Slice]] = defaultdict(list)
+    for s in slices:
+        by_series[str(s.header.get("SeriesInstanceUID", "") or "")].append(s)
+    stacks: list[tuple[str, list[Slice]]] = []
+    for series_uid in sorted(by_series, key=lambda u: _series_sort_key(by_series[u])):
+        groups: dict[tuple[Any, ...], list[Slice]] = {}
+        for s in by_series[series_uid]:
+            groups.setdefault(stack_key(s), []).append(s)
+        for members in sorted(groups.values(), key=len, reverse=True):
+            stacks.append((series_uid, members))
+    return stacks
+
+
+def _series_sort_key(members: list[Slice]) -> tuple[int, str]:
+    """Order series by SeriesNumber, then by UID."""
+    number = _int_or_none(members[0].header.get("SeriesNumber"))
+    return (number if number is not None else 1 << 30, str(members[0].header.get("SeriesInstanceUID", "")))
+
+
+def merged_name(template: Dataset, stack_index: int, stack_count: int) -> str:
+    """Return ``<Patient>_series<N>_multiframe.dcm`` (``-<k>`` per extra stack)."""
+    patient = safe_component(str(template.get("PatientName", "") or ""), default="Patient")
+    number = _int_or_none(template.get("SeriesNumber"))
+    series = str(number) if number is not None else "0"
+    if stack_count > 1:
+        series += f"-{stack_index}"
+    return f"{patient}_series{series}_multiframe.dcm"
+
+
+def _plan_stack(members: list[Slice]) -> MergePlan:
+    """Sort a stack, check it can be written, choose how its pixels are copied."""
+    order = sort_slices(members)
+    template = order.slices[0].header
+    check_pixel_description(template)
+    if int(template.BitsAllocated) == 1:
+        raise DicomPressorError("BitsAllocated 1 (bit-packed frames) cannot be merged")
+    syntaxes = {s.syntax for s in order.slices}
+    encapsulated = len(syntaxes) == 1 and all(
+        s.pixels is not None and s.pixels.encapsulated for s in order.slices
+    )
+    syntax = next(iter(syntaxes)) if encapsulated else ExplicitVRLittleEndian
+    needs_decode = not encapsulated and any(
+        str(s.syntax) not in NATIVE_LE_SYNTAXES for s in order.slices
+    )
+    photometric = str(template.get("PhotometricInterpretation", ""))
+    decoded_rgb = needs_decode and photometric.startswith("YBR") and any(
+        s.syntax.is_compressed for s in order.slices
+    )
+    ds = build_multiframe_dataset(order, syntax, decoded_rgb)
+    return MergePlan(ds, order, syntax, encapsulated, expected_frame_bytes(template))
+
+
+def _native_frames(plan: MergePlan) -> Iterator[bytes]:
+    """Yield each slice's frame as native little-endian bytes, one at a time."""
+    bits = int(plan.dataset.BitsAllocated)
+    for s in plan.order.slices:
+        if str(s.syntax) in NATIVE_LE_SYNTAXES and s.pixels is not None and s.pixels.offset >= 0:
+            if s.pixels.length < plan.frame_bytes:
+                raise DicomPressorError(
+                    f"{s.path.name}: (7FE0,0010) Pixel Data holds {s.pixels.length} bytes, "
+                    f"expected {plan.frame_bytes}"
+                )
+            yield read_span(s.path, s.pixels.offset, plan.frame_bytes)
+        else:
+            try:
+                arr, _ = decode_frames(s.path)
+            except DicomPressorError as exc:
+                raise DicomPressorError(f"{s.path.name}: {exc.message}") from exc
+            yield native_frame_bytes(arr[0], bits)
+
+
+def _encapsulated_frames(
+    plan: MergePlan,
+) -> tuple[list[int], Iterator[list[bytes]]]:
+    """Return each frame's encoded size and an iterator over its fragments."""
+    layout = []
+    for s in plan.order.slices:
+        assert s.pixels is not None
+        try:
+            _, fragments = scan_fragments(s.path, s.pixels)
+        except DicomPressorError as exc:
+            raise DicomPressorError(f"{s.path.name}: {exc.message}") from exc
+        layout.append((s.path, fragments))
+    sizes = [encapsulated_size(n for _, n in fragments) for _, fragments in layout]
+
+    def frames() -> Iterator[list[bytes]]:
+        for path, fragments in layout:
+            yield [read_span(path, start, length) for start, length in fragments]
+
+    return sizes, frames()
+
+
+def write_merged(plan: MergePlan, target: Path) -> None:
+    """Write a planned stack to target atomically, streaming the frames."""
+    with atomic_output(target) as handle:
+        write_header(handle, plan.dataset, plan.syntax)
+        if plan.encapsulated:
+            sizes, frames = _encapsulated_frames(plan)
+            write_encapsulated_frames(handle, frames, sizes)
+        else:
+            write_native_frames(
+                handle,
+                _native_frames(plan),
+                plan.frame_bytes,
+                len(plan.order.slices),
+                int(plan.dataset.BitsAllocated),
+            )
+
+
+def merge(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Merge single-frame slices into one multi-frame instance per stack.
+
+    Parameters
+    ----------
+    inputs
+        Single-frame DICOM files (any mix of series); multi-frame files are passed over.
+    output_dir
+        Folder for the merged files; None writes each beside its first slice.
+    options
+        Run options; ``output_dir`` there gets a copy of each result.
+
+    Returns
+    -------
+    ActionResult
+        One output per stack. Each is a Legacy Converted Enhanced CT/MR/PET image (or a
+        multi-frame Secondary Capture) with new (0020,000E) Series and (0008,0018) SOP
+        Instance UIDs, shared and per-frame functional groups, a Dimension Index
+        Sequence, (0008,1115) Referenced Series Sequence and per-frame Conversion
+        Source Attributes pointing at the sources.
+    """
+    result = ActionResult()
+    readable = _read_inputs(inputs, result, progress)
+    slices = []
+    for path, ds, location in readable:
+        if location is None:
+            result.fail(path, "no (7FE0,0010) Pixel Data to merge")
+            continue
+        frames = number_of_frames(ds)
+        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+            result.info(f"Skipping {path.name}: already multi-frame ({frames} frames)")
+            continue
+        slices.append(make_slice(path, ds, location))
+    if not slices:
+        if not result.failures:
+            raise DicomPressorError("nothing to merge: no single-frame DICOM images found")
+        return result
+    stacks = group_into_stacks(slices)
+    result.info(f"Processing {len(slices)} files in {len(stacks)} stack(s)...")
+    per_series_count = Counter(uid for uid, _ in stacks)
+    per_series_seen: Counter[str] = Counter()
+    for series_uid, members in stacks:
+        per_series_seen[series_uid] += 1
+        first = members[0].path
+        try:
+            plan = _plan_stack(members)
+        except DicomPressorError as exc:
+            for s in members:
+                result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
+            continue
+        for note in plan.order.notes:
+            result.warn(f"series {series_uid}: {note}")
+        name = merged_name(
+            plan.order.slices[0].header, per_series_seen[series_uid], per_series_count[series_uid]
+        )
+        folder = output_dir if output_dir is not None else first.parent
+        target = reserve_unique(folder / name)
+        try:
+            write_merged(plan, target)
+        except DicomPressorError as exc:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            for s in members:
+                result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
+            continue
+        except BaseException:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            raise
+        result.inputs_used += len(members)
+        result.outputs.append(target)
+        kind = uid_name(plan.dataset.SOPClassUID)
+        result.info(f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})")
+    result.info("Done.")
+    return result
+
+
+# ---- split ----
+
+
+def _flatten_groups(target: Dataset, groups: Dataset | None) -> None:
+    """Copy the attributes inside functional group macros to the top level."""
+    if groups is None:
+        return
+    for elem in groups:
+        if elem.VR != "SQ" or not elem.value:
+            continue
+        item = elem.value[0]
+        if elem.keyword == "UnassignedPerFrameConvertedAttributesSequence" or (
+            elem.keyword == "UnassignedSharedConvertedAttributesSequence"
+        ):
+            for inner in item:
+                target.add(DataElement(inner.tag, inner.VR, inner.value))
+            continue
+        if elem.keyword in (
+            "PixelMeasuresSequence",
+            "PlaneOrientationSequence",
+            "PlanePositionSequence",
+            "PixelValueTransformationSequence",
+            "FrameVOILUTSequence",
+        ):
+            for inner in item:
+                target.add(DataElement(inner.tag, inner.VR, inner.value))
+        elif elem.keyword == "CTImageFrameTypeSequence" or elem.keyword.endswith(
+            "FrameTypeSequence"
+        ):
+            if "FrameType" in item:
+                target.ImageType = item.FrameType
+
+
+#: Top-level attributes of a multi-frame instance that its single-frame parts drop.
+MULTIFRAME_ONLY = frozenset(
+    {
+        "NumberOfFrames",
+        "FrameIncrementPointer",
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "DimensionOrganizationSequence",
+        "DimensionOrganizationType",
+        "DimensionIndexSequence",
+        "PixelData",
+        "ContributingEquipmentSequence",
+        "ReferencedSeriesSequence",
+        "SliceLocationVector",
+        "PageNumberVector",
+        "FrameTimeVector",
+        "FrameLabelVector",
+        "PixelPresentation",
+        "VolumetricProperties",
+        "VolumeBasedCalculationTechnique",
+        "ContentQualification",
+        "ComplexImageComponent",
+        "AcquisitionContrast",
+        "AcquisitionContextSequence",
+        "PresentationLUTShape",
+        "ExtendedOffsetTable",
+        "ExtendedOffsetTableLengths",
+    }
+)
+
+
+def _split_header(source: Dataset, index: int, n_frames: int) -> Dataset:
+    """Build the header of frame index of a multi-frame instance as a single-frame one."""
+    out = Dataset()
+    for elem in source:
+        if elem.keyword in MULTIFRAME_ONLY or elem.tag >= 0x7FE00000:
+            continue
+        if elem.tag.group == 0x0002 or not _value_ok(elem):
+            continue
+        out.add(DataElement(elem.tag, elem.VR, elem.value))
+    shared = source.get("SharedFunctionalGroupsSequence")
+    per_frame = source.get("PerFrameFunctionalGroupsSequence")
+    _flatten_groups(out, shared[0] if shared else None)
+    frame_groups = per_frame[index] if per_frame and index < len(per_frame) else None
+    _flatten_groups(out, frame_groups)
+    restored_identity = False
+    reference = None
+    if frame_groups is not None and "ConversionSourceAttributesSequence" in frame_groups:
+        reference = frame_groups.ConversionSourceAttributesSequence[0]
+    if reference is not None and reference.get("ReferencedSOPInstanceUID"):
+        # An instance DicomPressor (or another converter) merged: restore its identity.
+        out.SOPClassUID = reference.ReferencedSOPClassUID
+        out.SOPInstanceUID = reference.ReferencedSOPInstanceUID
+        series = source.get("ReferencedSeriesSequence")
+        owner = _owning_series(series, str(reference.ReferencedSOPInstanceUID))
+        if owner:
+            out.SeriesInstanceUID = owner
+        restored_identity = True
+    if not restored_identity:
+        sop_class = str(source.get("SOPClassUID", ""))
+        out.SOPClassUID = SINGLE_FRAME_CLASS.get(sop_class, sop_class or SECONDARY_CAPTURE)
+        out.SOPInstanceUID = new_uid()
+        out.InstanceNumber = index + 1
+        if out.SOPClassUID in (CT_IMAGE, MR_IMAGE, PET_IMAGE) and "ImageType" in out:
+            out.ImageType = [str(v) for v in out.ImageType][:3] or ["DERIVED", "PRIMARY"]
+        vector = source.get("SliceLocationVector")
+        if vector is not None and index < len(_as_list(vector)) and "SliceLocation" not in out:
+            out.SliceLocation = _as_list(vector)[index]
+        if "SourceImageSequence" not in out:
+            out.SourceImageSequence = DicomSequence([source_reference(source)])
+    if "ImagePositionPatient" in out and "ImageOrientationPatient" in out:
+        if "SliceLocation" not in out:
+            normal = slice_normal([float(v) for v in out.ImageOrientationPatient])
+            location = float(np.dot(normal, [float(v) for v in out.ImagePositionPatient]))
+            out.SliceLocation = f"{location:.6g}"
+    out.pop("LossyImageCompression", None) if source.get(
+        "LossyImageCompression"
+    ) is None else setattr(out, "LossyImageCompression", source.LossyImageCompression)
+    del n_frames
+    return out
+
+
+def _owning_series(series: Any, instance_uid: str) -> str | None:
+    """Find the series in a Referenced Series Sequence that holds an instance."""
+    for item in series or []:
+        for ref in item.get("ReferencedInstanceSequence", []):
+            if str(ref.get("ReferencedSOPInstanceUID", "")) == instance_uid:
+                return str(item.SeriesInstanceUID)
+    return None
+
+
+def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None:
+    """Split one multi-frame file into single-frame files in a folder of its own."""
+    ds, location = read_header(path)
+    if location is None:
+        raise DicomPressorError("no (7FE0,0010) Pixel Data to split")
+    check_pixel_description(ds)
+    n_frames = number_of_frames(ds)
+    if n_frames < 2:
+        result.info(f"Skipping {path.name}: single frame, nothing to split")
+        return
+    syntax = transfer_syntax_of(ds)
+    frame_bytes = expected_frame_bytes(ds)
+    decoded: np.ndarray | None = None
+    frame_spans: list[list[tuple[int, int]]] = []
+    out_syntax = syntax
+    if location.encapsulated:
+        offsets, fragments = scan_fragments(path, location)
+        frame_spans = frame_fragments(offsets, fragments, n_frames)
+    elif str(syntax) not in NATIVE_LE_SYNTAXES or location.offset < 0:
+        decoded, _ = decode_frames(path)
+        out_syntax = ExplicitVRLittleEndian
+    elif int(ds.BitsAllocated) == 1:
+        decoded, _ = decode_frames(path)
+        out_syntax = ExplicitVRLittleEndian
+    elif location.length < frame_bytes * n_frames:
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected "
+            f"{frame_bytes * n_frames} for {n_frames} frames"
+        )
+    else:
+        out_syntax = ExplicitVRLittleEndian
+    base = output_dir if output_dir is not None else path.parent
+    folder = unique_path(base / f"{safe_component(path.stem, default='split')}_frames")
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=base))
+    try:
+        for index in range(n_frames):
+            header = _split_header(ds, index, n_frames)
+            if decoded is not None and str(header.get("PhotometricInterpretation", "")).startswith(
+                "YBR"
+            ) and syntax.is_compressed:
+                header.PhotometricInterpretation = "RGB"
+            if decoded is not None and int(header.get("SamplesPerPixel", 1)) == 3:
+                header.PlanarConfiguration = 0
+            target = staging / f"{folder.name[:-7]}_{index + 1:04d}.dcm"
+            with target.open("wb") as handle:
+                write_header(handle, header, out_syntax)
+                if frame_spans:
+                    fragments = [read_span(path, s, n) for s, n in frame_spans[index]]
+                    write_encapsulated_frames(
+                        handle, [fragments], [encapsulated_size(len(f) for f in fragments)]
+                    )
+                elif decoded is not None:
+                    data = native_frame_bytes(decoded[index], int(ds.BitsAllocated))
+                    write_native_frames(handle, [data], len(data), 1, int(ds.BitsAllocated))
+                else:
+                    data = read_span(path, location.offset + index * frame_bytes, frame_bytes)
+                    write_native_frames(handle, [data], frame_bytes, 1, int(ds.BitsAllocated))
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.outputs.extend(sorted(folder.iterdir()))
+    result.inputs_used += 1
+    result.info(f"Split {path.name} into {n_frames} files -> {folder.name}/")
+
+
+def split(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Split each multi-frame file into single-frame files (merge's inverse).
+
+    Parameters
+    ----------
+    inputs
+        DICOM files; single-frame ones are passed over.
+    output_dir
+        Parent of the per-file ``<stem>_frames/`` folders; None puts them beside inputs.
+    options
+        Run options.
+
+    Returns
+    -------
+    ActionResult
+        One file per frame. For frames merged from single-frame instances, the source's
+        (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID, series and per-frame
+        values (position, orientation, rescale, window, (0020,1041) Slice Location,
+        (0020,0013) Instance Number) are restored; other frames get a new SOP Instance
+        UID and a Source Image Sequence. Compressed frames stay compressed.
+    """
+    result = ActionResult()
+    for index, path in enumerate(inputs, 1):
+        try:
+            split_one(path, output_dir, result)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        progress(index, len(inputs))
+    if not result.outputs and not result.failures:
+        raise DicomPressorError("nothing to split: no multi-frame DICOM images found")
+    result.info("Done.")
+    return result
+
+
+# ---- info and summary ----
+
+
+class InfoRecord(TypedDict):
+    """The shape of ``--info --json`` for one file."""
+
+    file: str
+    patient: dict[str, str]
+    study: dict[str, str]
+    series: dict[str, str]
+    modality: str
+    rows: int | None
+    columns: int | None
+    bits_allocated: int | None
+    bits_stored: int | None
+    frames: int
+    transfer_syntax: dict[str, str]
+    sop_class: dict[str, str]
+    photometric_interpretation: str
+    compressed: bool
+    geometry: dict[str, Any]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """Return an attribute as text ('' when absent)."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _floats(value: Any) -> list[float] | None:
+    """Return a multi-valued numeric attribute as floats, or None."""
+    try:
+        return [float(v) for v in _as_list(value)] or None
+    except (TypeError, ValueError):
+        return None
+
+
+def geometry_of(ds: Dataset) -> dict[str, Any]:
+    """Describe where the frames lie: orientation, first/last position, spacing."""
+    geometry: dict[str, Any] = {}
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    flat_first, flat_last = Dataset(), Dataset()
+    _flatten_groups(flat_first, shared[0] if shared else None)
+    _flatten_groups(flat_last, shared[0] if shared else None)
+    if per_frame:
+        _flatten_groups(flat_first, per_frame[0])
+        _flatten_groups(flat_last, per_frame[-1])
+    for source in (ds, flat_first):
+        for key, keyword in (
+            ("orientation", "ImageOrientationPatient"),
+            ("pixel_spacing", "PixelSpacing"),
+            ("slice_thickness", "SliceThickness"),
+            ("first_position", "ImagePositionPatient"),
+        ):
+            value = _floats(source.get(keyword))
+            if value is not None and key not in geometry:
+                geometry[key] = value[0] if key == "slice_thickness" else value
+    last = _floats(flat_last.get("ImagePositionPatient"))
+    if last is not None and per_frame and len(per_frame) > 1:
+        geometry["last_position"] = last
+    if "FrameOfReferenceUID" in ds:
+        geometry["frame_of_reference_uid"] = str(ds.FrameOfReferenceUID)
+    return geometry
+
+
+def info_record(path: Path) -> InfoRecord:
+    """Read one file and describe it for ``--info``."""
+    ds, _ = read_header(path)
+    syntax = transfer_syntax_of(ds)
+    sop_class = str(ds.get("SOPClassUID", ""))
+    return InfoRecord(
+        file=str(path),
+        patient={"name": _text(ds, "PatientName"), "id": _text(ds, "PatientID")},
+        study={
+            "instance_uid": _text(ds, "StudyInstanceUID"),
+            "date": _text(ds, "StudyDate"),
+            "description": _text(ds, "StudyDescription"),
+        },
+        series={
+            "instance_uid": _text(ds, "SeriesInstanceUID"),
+            "number": _text(ds, "SeriesNumber"),
+            "description": _text(ds, "SeriesDescription"),
+        },
+        modality=_text(ds, "Modality"),
+        rows=_int_or_none(ds.get("Rows")),
+        columns=_int_or_none(ds.get("Columns")),
+        bits_allocated=_int_or_none(ds.get("BitsAllocated")),
+        bits_stored=_int_or_none(ds.get("BitsStored")),
+        frames=number_of_frames(ds),
+        transfer_syntax={"uid": str(syntax), "name": uid_name(syntax)},
+        sop_class={"uid": sop_class, "name": uid_name(sop_class) if sop_class else ""},
+        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+        compressed=bool(syntax.is_compressed),
+        geometry=geometry_of(ds),
+    )
+
+
+def format_info(record: InfoRecord) -> list[str]:
+    """Render an info record as aligned text lines."""
+    geometry = record["geometry"]
+
+    def fmt(values: Any) -> str:
+        if isinstance(values, list):
+            return "\\".join(f"{v:g}" for v in values)
+        return f"{values:g}" if isinstance(values, float) else str(values)
+
+    lines = [
+        f"File:               {record['file']}",
+        f"Patient:            {record['patient']['name']} (ID {record['patient']['id']})",
+        f"Study:              {record['study']['date']} {record['study']['description']}".rstrip(),
+        f"Study UID:          {record['study']['instance_uid']}",
+        f"Series:             #{record['series']['number']} {record['series']['description']}".rstrip(),
+        f"Series UID:         {record['series']['instance_uid']}",
+        f"Modality:           {record['modality']}",
+        f"SOP class:          {record['sop_class']['name']} ({record['sop_class']['uid']})",
+        f"Size:               {record['rows']} x {record['columns']} (rows x columns)",
+        f"Bits:               {record['bits_stored']} stored / {record['bits_allocated']} allocated",
+        f"Frames:             {record['frames']}",
+        f"Photometric:        {record['photometric_interpretation']}",
+        f"Transfer syntax:    {record['transfer_syntax']['name']} ({record['transfer_syntax']['uid']})",
+        f"Compressed:         {'yes' if record['compressed'] else 'no'}",
+    ]
+    labels = {
+        "orientation": "Orientation",
+        "first_position": "First position",
+        "last_position": "Last position",
+        "pixel_spacing": "Pixel spacing",
+        "slice_thickness": "Slice thickness",
+        "frame_of_reference_uid": "Frame of reference",
+    }
+    for key, label in labels.items():
+        if key in geometry:
+            lines.append(f"{label + ':':<20}{fmt(geometry[key])}")
+    return lines
+
+
+def info(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Describe each file: patient, study, series, pixels, syntax, SOP class, geometry.
+
+    Parameters
+    ----------
+    inputs
+        DICOM files.
+    output_dir, options
+        Unused: info writes no file.
+
+    Returns
+    -------
+    ActionResult
+        ``report`` holds the text, ``data["files"]`` the records; no outputs.
+    """
+    result = ActionResult()
+    records = []
+    for index, path in enumerate(inputs, 1):
+        try:
+            record = info_record(path)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        else:
+            records.append(record)
+            if result.report:
+                result.report.append("")
+            result.report.extend(format_info(record))
+            result.inputs_used += 1
+        progress(index, len(inputs))
+    result.data["files"] = records
+    return result
+
+
+def summary(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Count files per patient, study, series, modality and transfer syntax.
+
+    Parameters
+    ----------
+    inputs
+        Files of a folder (tree); unreadable ones are counted and listed, not failed.
+    output_dir, options
+        Unused: summary writes no file.
+
+    Returns
+    -------
+    ActionResult
+        ``report`` holds the text, ``data`` the counts; no outputs.
+    """
+    result = ActionResult()
+    counters: dict[str, Counter[str]] = {
+        k: Counter() for k in ("patients", "studies", "series", "modalities", "transfer_syntaxes")
+    }
+    total_bytes = 0
+    frames = 0
+    unreadable: list[dict[str, str]] = []
+    for index, path in enumerate(inputs, 1):
+        try:
+            size = path.stat().st_size
+            ds, _ = read_header(path)
+        except (DicomPressorError, OSError) as exc:
+            message = exc.message if isinstance(exc, DicomPressorError) else str(exc)
+            unreadable.append({"file": str(path), "error": message})
+            progress(index, len(inputs))
+            continue
+        total_bytes += size
+        frames += number_of_frames(ds)
+        patient = f"{_text(ds, 'PatientName')} ({_text(ds, 'PatientID')})"
+        counters["patients"][patient] += 1
+        counters["studies"][_text(ds, "StudyInstanceUID")] += 1
+        counters["series"][_text(ds, "SeriesInstanceUID")] += 1
+        counters["modalities"][_text(ds, "Modality") or "?"] += 1
+        counters["transfer_syntaxes"][uid_name(transfer_syntax_of(ds))] += 1
+        result.inputs_used += 1
+        progress(index, len(inputs))
+    data: dict[str, Any] = {
+        "files": result.inputs_used,
+        "frames": frames,
+        "total_bytes": total_bytes,
+        "patients": len(counters["patients"]),
+        "studies": len(counters["studies"]),
+        "series": len(counters["series"]),
+        "per_patient": dict(sorted(counters["patients"].items())),
+        "per_study": dict(sorted(counters["studies"].items())),
+        "per_series": dict(sorted(counters["series"].items())),
+        "per_modality": dict(sorted(counters["modalities"].items())),
+        "per_transfer_syntax": dict(sorted(counters["transfer_syntaxes"].items())),
+        "unreadable": unreadable,
+    }
+    result.data = data
+    lines = [
+        f"DICOM files:        {data['files']} ({frames} frames, {total_bytes / 1048576:.1f} MB)",
+        f"Patients:           {data['patients']}",
+        f"Studies:            {data['studies']}",
+        f"Series:             {data['series']}",
+        f"Unreadable files:   {len(unreadable)}",
+    ]
+    for title, key in (
+        ("Per modality", "per_modality"),
+        ("Per transfer syntax", "per_transfer_syntax"),
+        ("Per patient", "per_patient"),
+        ("Per study", "per_study"),
+        ("Per series", "per_series"),
+    ):
+        lines.append(f"{title}:")
+        lines.extend(f"  {name or '(none)'}: {count}" for name, count in data[key].items())
+    if unreadable:
+        lines.append("Unreadable:")
+        lines.extend(f"  {u['file']}: {u['error']}" for u in unreadable)
+    result.report = lines
+    return result
+
+
+# ---- the registry ----
+
+ActionFn = Callable[..., ActionResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSpec:
+    """One entry of the ACTIONS registry: the name the API uses and how the CLI calls it."""
+
+    name: str
+    flag: str
+    summary: str
+    function: ActionFn
+    writes_files: bool = True
+    #: True: outputs are written in the job folder and copied to --output-dir;
+    #: False: outputs are written into --output-dir when it is given.
+    copy_to_output_dir: bool = False
+    #: True when the action reads every file of a folder at once (merge, summary).
+    per_folder: bool = False
+
+
+ACTIONS: dict[str, ActionSpec] = {
+    spec.name: spec
+    for spec in (
+        ActionSpec(
+            "merge",
+            "-j",
+            "Merge single-frame DICOM slices into one multi-frame file per series",
+            merge,
+            copy_to_output_dir=True,
+            per_folder=True,
+        ),
+        ActionSpec("split", "-s", "Split a multi-frame DICOM into individual frames", split),
+        ActionSpec(
+            "info", "--info", "Show detailed DICOM file information", info, writes_files=False
+        ),
+        ActionSpec(
+            "summary",
+            "--summary",
+            "Show folder summary statistics",
+            summary,
+            writes_files=False,
+            per_folder=True,
+        ),
+    )
+}
+
+
+# ==== 7. Batch ====
+
+
+def list_inputs(folder: Path) -> list[Path]:
+    """Return the candidate DICOM files directly in a folder, sorted by name."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DicomPressorError(f"cannot list {folder}: {exc.strerror}") from exc
+    return [p for p in entries if is_candidate(p)]
+
+
+def job_folders(root: Path, *, recursive: bool) -> list[Path]:
+    """Return the folders that hold candidate files directly (the jobs), sorted."""
+    if not recursive:
+        return [root]
+    found = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        folder = Path(current)
+        if any(is_candidate(folder / f) for f in files):
+            found.append(folder)
+    return sorted(found)
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    """What one job (folder or file) gave: for the result line and the exit code."""
+
+    folder: Path
+    inputs: int
+    result: ActionResult | None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """OK, PARTIAL or FAILED."""
+        if self.error is not None or self.result is None:
+            return "FAILED"
+        if self.result.failures:
+            return "PARTIAL" if self.result.outputs or self.result.inputs_used else "FAILED"
+        return "OK"
+
+
+def run_job(
+    spec: ActionSpec,
+    folder: Path,
+    inputs: list[Path],
+    options: Options,
+    progress: ProgressFn,
+) -> JobOutcome:
+    """Run an action on one job's inputs; copy results to --output-dir as the action says."""
+    direct_out = None if spec.copy_to_output_dir or not options.keep_beside else options.output_dir
+    if not options.keep_beside:
+        direct_out = options.output_dir
+    try:
+        result = spec.function(inputs, direct_out, options, progress=progress)
+    except DicomPressorError as exc:
+        return JobOutcome(folder, len(inputs), None, exc.message)
+    if spec.copy_to_output_dir and options.output_dir is not None and options.keep_beside:
+        copies = []
+        for output in result.outputs:
+            try:
+                copies.append(copy_unique(output, options.output_dir))
+            except OSError as exc:
+                result.fail(output, f"cannot copy to {options.output_dir}: {exc.strerror}")
+        for copy in copies:
+            result.info(f"Copied to {copy}")
+    return JobOutcome(folder, len(inputs), result)
+
+
+def exit_code(outcomes: list[JobOutcome]) -> int:
+    """Return 0 when all jobs succeeded, 1 when none did, 3 when some part failed."""
+    if not outcomes:
+        return EXIT_FAILED
+    statuses = [o.status for o in outcomes]
+    if all(s == "OK" for s in statuses):
+        return EXIT_OK
+    if all(s == "FAILED" for s in statuses):
+        return EXIT_FAILED
+    return EXIT_PARTIAL
+
+
+# ==== 9. CLI ====
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser; action flags come from the ACTIONS registry."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Merge, split, compress, anonymize and export DICOM files.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partly failed.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-f", metavar="PATH", type=Path, help="folder (with subfolders) or file")
+    where.add_argument("-F", metavar="PATH", type=Path, help="folder (without subfolders) or file")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("-j", dest="action", action="store_const", const="merge",
+                         help=ACTIONS["merge"].summary)
+    actions.add_argument("-s", dest="action", action="store_const", const="split",
+                         help=ACTIONS["split"].summary)
+    actions.add_argument("--info", nargs="?", const=True, metavar="FILE",
+                         help=ACTIONS["info"].summary)
+    actions.add_argument("--summary", nargs="?", const=True, metavar="DIR",
+                         help=ACTIONS["summary"].summary)
+    actions.add_argument("-c", "--version", action="store_true", help="print the version")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="write (or copy) results to DIR, created if missing")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--log-file", type=Path, metavar="FILE", help="also log to FILE")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--verbose", action="store_true", help="log more detail")
+    loud.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    return parser
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Send log lines to stderr (and --log-file), at the level the flags ask for."""
+    LOG.handlers.clear()
+    LOG.propagate = False
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    LOG.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(_LevelFormatter(timestamps=False))
+    LOG.addHandler(console)
+    if args.log_file is not None:
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(args.log_file, encoding="utf-8")
+        handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        handler.setFormatter(_LevelFormatter(timestamps=True))
+        LOG.addHandler(handler)
+
+
+def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
+    """Work out the action, the path and recursion from the flags; raise UsageError."""
+    action = args.action
+    path: Path | None = args.f if args.f is not None else args.F
+    recursive = args.F is None
+    for name in ("info", "summary"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        action = name
+        if value is not True:
+            if path is not None:
+                raise UsageError(f"--{name} takes a path or -f/-F, not both")
+            path = Path(value)
+    if action is None:
+        raise UsageError("no action given: choose one of -j, -s, --info, --summary (see -h)")
+    if path is None:
+        raise UsageError(f"{ACTIONS[action].flag} needs a path: -f PATH or -F PATH")
+    return action, path, recursive
+
+
+def _plan_jobs(spec: ActionSpec, path: Path, recursive: bool) -> list[tuple[Path, list[Path]]]:
+    """Turn the path into jobs: (folder, inputs) pairs."""
+    if path.is_file():
+        return [(path.parent, [path])]
+    if not path.is_dir():
+        raise DicomPressorError(f"{path}: no such file or folder", status=404)
+    if spec.name == "summary":
+        files = []
+        for folder in job_folders(path, recursive=recursive):
+            files.extend(list_inputs(folder))
+        return [(path, files)]
+    return [(folder, list_inputs(folder)) for folder in job_folders(path, recursive=recursive)]
+
+
+def _job_line(outcome: JobOutcome) -> str:
+    """Return the spec's one-line result of a job."""
+    if outcome.status == "FAILED":
+        reason = outcome.error
+        if reason is None and outcome.result is not None and outcome.result.failures:
+            failed = outcome.result.failures
+            reason = f"{failed[0][0].name}: {failed[0][1]}"
+            if len(failed) > 1:
+                reason += f" (and {len(failed) - 1} more)"
+        return f"[FAILED] {outcome.folder}: {reason}"
+    assert outcome.result is not None
+    outputs = ", ".join(str(p) for p in outcome.result.outputs[:5])
+    if len(outcome.result.outputs) > 5:
+        outputs += f", ... ({len(outcome.result.outputs)} files)"
+    line = f"[OK] {outcome.folder} ({outcome.inputs} files) -> {outputs or 'no new files'}"
+    if outcome.status == "PARTIAL":
+        line = line.replace("[OK]", "[PARTIAL]", 1)
+        line += f" ({len(outcome.result.failures)} file(s) failed)"
+    return line
+
+
+def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
+    """Return a job outcome as a JSON-ready dict with sorted, stable keys."""
+    result = outcome.result
+    return {
+        "folder": str(outcome.folder),
+        "status": outcome.status,
+        "inputs": outcome.inputs,
+        "outputs": [str(p) for p in result.outputs] if result else [],
+        "failures": [{"file": str(p), "error": m} for p, m in result.failures] if result else [],
+        "error": outcome.error,
+        "data": result.data if result else {},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on -h
+        return int(exc.code or 0)
+    if args.version:
+        print(f"{PROG} {__version__}")
+        return EXIT_OK
+    configure_logging(args)
+    try:
+        action, path, recursive = _resolve_request(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    spec = ACTIONS[action]
+    options = Options(output_dir=args.output_dir, json=args.json)
+    try:
+        jobs = _plan_jobs(spec, path, recursive)
+    except DicomPressorError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if not jobs:
+        print(f"error: {path}: no DICOM files found", file=sys.stderr)
+        return EXIT_FAILED
+    show_progress = not args.quiet and not args.json
+    outcomes: list[JobOutcome] = []
+    for folder, inputs in jobs:
+        if not inputs:
+            outcomes.append(JobOutcome(folder, 0, None, "no DICOM files in folder"))
+        else:
+            progress = Progress(f"{spec.name} {folder.name}", enabled=show_progress)
+            outcomes.append(run_job(spec, folder, inputs, options, progress))
+        outcome = outcomes[-1]
+        if args.json:
+            continue
+        if spec.writes_files:
+            print(_job_line(outcome), flush=True)
+        else:
+            if outcome.result is not None:
+                print("\n".join(outcome.result.report), flush=True)
+            if outcome.status != "OK":
+                print(_job_line(outcome), file=sys.stderr, flush=True)
+    if args.json:
+        if spec.name == "info":
+            records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
+            failures = [f for o in outcomes for f in _outcome_json(o)["failures"]]
+            payload: Any = records[0] if len(records) == 1 and not failures else {
+                "files": records,
+                "failures": failures,
+            }
+        elif spec.name == "summary":
+            payload = outcomes[0].result.data if outcomes[0].result else _outcome_json(outcomes[0])
+        else:
+            payload = {"action": spec.name, "jobs": [_outcome_json(o) for o in outcomes]}
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return exit_code(outcomes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
