@@ -54,6 +54,8 @@ __version__ = "0.1.0"
 # ==== 2. Constants and configuration ====
 
 DONE_MARKER = ".dicompressor_done"
+#: Marks the replace-in-place variant of an action on the command line (-X, -Z, -U).
+REPLACE_SUFFIX = ":replace"
 PROG = "dicompressor"
 UID_PREFIX = "1.2.826.0.1.3680043.10.1443."  # pydicom's org root is not ours; see README
 
@@ -275,6 +277,35 @@ CODEC_PACKAGE: dict[str, str] = {
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """A lossless codec offered by ``--codec`` (DESIGN.md §3 "Compression")."""
+
+    name: str
+    syntax: UID
+    suffix: str
+    package: str
+
+
+#: ``--codec`` choices for lossless compression; j2k is the spec's default.
+CODECS: dict[str, Codec] = {
+    "j2k": Codec("j2k", UID("1.2.840.10008.1.2.4.90"), "_jll", "pylibjpeg-openjpeg"),
+    "jpegls": Codec("jpegls", UID("1.2.840.10008.1.2.4.80"), "_jls", "pyjpegls"),
+    "rle": Codec("rle", UID("1.2.840.10008.1.2.5"), "_rle", "pylibjpeg-rle"),
+    "htj2k": Codec("htj2k", UID("1.2.840.10008.1.2.4.201"), "_htj2k", "an HTJ2K encoder"),
+}
+#: JPEG 2000 (lossy allowed), the syntax of ``-z`` (PS3.5 A.4.4).
+J2K_LOSSY = UID("1.2.840.10008.1.2.4.91")
+LOSSY_SUFFIX = "_j2k"
+DECOMPRESSED_SUFFIX = "_raw"
+DEFAULT_RATIO = 10.0
+#: Value 1 of (0028,2114) Lossy Image Compression Method for JPEG 2000 (PS3.3 C.7.6.1.1.5).
+J2K_METHOD = "ISO_15444_1"
+#: openjpeg always uses 6 resolution levels, so each side needs at least 2**5 pixels.
+J2K_MIN_SIDE = 32
+
+
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
 #: the typical spacing above which a step is reported as a gap.
 SPACING_TOLERANCE = 0.01
@@ -290,6 +321,11 @@ class Options:
     output_dir: Path | None = None
     json: bool = False
     keep_beside: bool = True
+    in_place: bool = False
+    codec: str = "j2k"
+    ratio: float | None = None
+    psnr: float | None = None
+    jobs: int = 1
 
 
 # ==== 3. Errors and logging ====
@@ -309,6 +345,12 @@ class UsageError(DicomPressorError):
 
 
 LOG = logging.getLogger("dicompressor")
+
+
+def one_line(text: str, *, limit: int = 400) -> str:
+    """Fold a (library) message onto one line of at most limit characters."""
+    folded = " ".join(str(text).split())
+    return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
 class _LevelFormatter(logging.Formatter):
@@ -349,6 +391,7 @@ class ActionResult:
 
     def fail(self, path: Path, message: str) -> None:
         """Record that one input failed; the action goes on with the others."""
+        message = one_line(message)
         self.failures.append((path, message))
         self.log.append(f"[ERROR] {path.name}: {message}")
         LOG.error("%s: %s", path, message)
@@ -742,11 +785,25 @@ def decode_frames(path: Path) -> tuple[np.ndarray, Dataset]:
 
 
 def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
-    """Return one decoded frame as native little-endian bytes (interleaved colour)."""
+    """Return one decoded frame as native little-endian bytes (interleaved colour).
+
+    With BitsAllocated 1 the result is one byte per pixel: ``pack_native_frames`` packs
+    the bits of all frames together, as PS3.5 8.1.1 wants.
+    """
+    if bits_allocated == 1:
+        return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
     dtype = np.dtype(arr.dtype).newbyteorder("<")
     if bits_allocated == 8 and arr.dtype.itemsize != 1:
         dtype = np.dtype(np.int8 if arr.dtype.kind == "i" else np.uint8)
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def pack_native_frames(frames: Sequence[bytes], bits_allocated: int) -> bytes:
+    """Join native frames into Pixel Data, packing bits when BitsAllocated is 1."""
+    if bits_allocated != 1:
+        return b"".join(frames)
+    bits = np.frombuffer(b"".join(frames), dtype=np.uint8) != 0
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
 @dataclasses.dataclass
@@ -947,7 +1004,8 @@ def _value_ok(elem: DataElement) -> bool:
 def top_level_elements(ds: Dataset) -> dict[int, DataElement]:
     """Return the dataset's elements that merge may carry over, by tag."""
     out: dict[int, DataElement] = {}
-    for tag in ds:
+    tags = ds.keys()
+    for tag in tags:
         if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
             continue
         elem = ds[tag]
@@ -1417,6 +1475,109 @@ def encapsulated_size(fragment_lengths: Iterable[int]) -> int:
     return sum(8 + n + n % 2 for n in fragment_lengths)
 
 
+def decoded_photometric(ds: Dataset, *, raw: bool) -> str:
+    """Return the Photometric Interpretation of frames as pydicom decodes them.
+
+    Decoding with colour conversion (``raw`` False) gives RGB for every YBR variant
+    (JPEG 2000's YBR_ICT/YBR_RCT are undone by the codec itself); raw decoding keeps
+    YBR, with YBR_FULL_422 upsampled to YBR_FULL.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("SamplesPerPixel", 1)) != 3 or not photometric.startswith("YBR"):
+        return photometric
+    if not raw or photometric in ("YBR_ICT", "YBR_RCT"):
+        return "RGB"
+    return "YBR_FULL"
+
+
+def pixel_description(ds: Dataset) -> dict[str, Any]:
+    """Return the Image Pixel values an encoder needs for one decoded frame."""
+    return {
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "samples_per_pixel": int(ds.get("SamplesPerPixel", 1)),
+        "bits_allocated": int(ds.BitsAllocated),
+        "bits_stored": int(ds.BitsStored),
+        "pixel_representation": int(ds.get("PixelRepresentation", 0)),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        "planar_configuration": 0,
+        "number_of_frames": 1,
+    }
+
+
+def missing_codec_message(syntax: UID, exc: BaseException) -> str:
+    """Explain a codec failure, naming the pip package that provides the codec."""
+    package = CODEC_PACKAGE.get(str(syntax))
+    hint = f" (install the codec: pip install {package})" if package else ""
+    return one_line(f"cannot handle {uid_name(syntax)}: {exc}{hint}")
+
+
+def decode_frame(source: str | Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
+    """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion)."""
+    src = str(source) if isinstance(source, Path) else source
+    return pydicom.pixels.pixel_array(src, index=index, raw=raw)
+
+
+def _decode_task(task: tuple[str, int, bool, int]) -> bytes:
+    """Worker: decode frame index of a file to native little-endian bytes."""
+    path, index, raw, bits_allocated = task
+    return native_frame_bytes(decode_frame(path, index, raw=raw), bits_allocated)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeTask:
+    """One frame to encode in a worker process (picklable)."""
+
+    frame: np.ndarray
+    syntax: str
+    description: dict[str, Any]
+    ratio: float | None = None
+    psnr: float | None = None
+
+
+def _encode_task(task: EncodeTask) -> tuple[bytes, float, int]:
+    """Worker: encode one frame; return (bytes, sum of squared errors, samples).
+
+    The error is measured by decoding the result again, for lossy encodings only.
+    """
+    encoder = pydicom.pixels.get_encoder(UID(task.syntax))
+    kwargs = dict(task.description)
+    if task.syntax in (CODECS["j2k"].syntax, J2K_LOSSY):
+        kwargs["use_mct"] = False
+    if task.ratio is not None:
+        kwargs["j2k_cr"] = [task.ratio]
+    if task.psnr is not None:
+        kwargs["j2k_psnr"] = [task.psnr]
+    encoded = encoder.encode(task.frame, **kwargs)
+    if task.ratio is None and task.psnr is None:
+        return encoded, 0.0, 0
+    import openjpeg  # the lossy path is JPEG 2000 only
+
+    decoded = openjpeg.decode(encoded).astype(np.float64).reshape(task.frame.shape)
+    error = float(np.sum((decoded - task.frame.astype(np.float64)) ** 2))
+    return encoded, error, int(task.frame.size)
+
+
+def run_tasks(
+    function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
+) -> list[Any]:
+    """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
+    results = []
+    if jobs <= 1 or len(tasks) <= 1:
+        for index, task in enumerate(tasks, 1):
+            results.append(function(task))
+            progress(index, len(tasks))
+        return results
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+        chunk = max(1, len(tasks) // (jobs * 8))
+        for index, value in enumerate(pool.map(function, tasks, chunksize=chunk), 1):
+            results.append(value)
+            progress(index, len(tasks))
+    return results
+
+
 def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> list[Path]:
     """Write a small synthetic CT series (a sphere phantom) with shuffled file names.
 
@@ -1631,6 +1792,7 @@ def merge(
     result = ActionResult()
     readable = _read_inputs(inputs, result, progress)
     slices = []
+    seen_instances: dict[str, Path] = {}
     for path, ds, location in readable:
         if location is None:
             result.fail(path, "no (7FE0,0010) Pixel Data to merge")
@@ -1639,6 +1801,13 @@ def merge(
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             result.info(f"Skipping {path.name}: already multi-frame ({frames} frames)")
             continue
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid and uid in seen_instances:
+            result.info(
+                f"Skipping {path.name}: same SOP Instance UID as {seen_instances[uid].name}"
+            )
+            continue
+        seen_instances[uid] = path
         slices.append(make_slice(path, ds, location))
     if not slices:
         if not result.failures:
@@ -1856,14 +2025,10 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     try:
         for index in range(n_frames):
             header = _split_header(ds, index)
-            if (
-                decoded is not None
-                and str(header.get("PhotometricInterpretation", "")).startswith("YBR")
-                and syntax.is_compressed
-            ):
-                header.PhotometricInterpretation = "RGB"
-            if decoded is not None and int(header.get("SamplesPerPixel", 1)) == 3:
-                header.PlanarConfiguration = 0
+            if decoded is not None:
+                header.PhotometricInterpretation = decoded_photometric(ds, raw=False)
+                if int(header.get("SamplesPerPixel", 1)) == 3:
+                    header.PlanarConfiguration = 0
             target = staging / f"{folder.name[:-7]}_{index + 1:04d}.dcm"
             with target.open("wb") as handle:
                 write_header(handle, header, out_syntax)
@@ -1873,8 +2038,9 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                         handle, [fragments], [encapsulated_size(len(f) for f in fragments)]
                     )
                 elif decoded is not None:
-                    data = native_frame_bytes(decoded[index], int(ds.BitsAllocated))
-                    write_native_frames(handle, [data], len(data), 1, int(ds.BitsAllocated))
+                    bits = int(ds.BitsAllocated)
+                    data = pack_native_frames([native_frame_bytes(decoded[index], bits)], bits)
+                    write_native_frames(handle, [data], len(data), 1, bits)
                 else:
                     data = read_span(path, location.offset + index * frame_bytes, frame_bytes)
                     write_native_frames(handle, [data], frame_bytes, 1, int(ds.BitsAllocated))
@@ -1925,6 +2091,330 @@ def split(
         raise DicomPressorError("nothing to split: no multi-frame DICOM images found")
     result.info("Done.")
     return result
+
+
+# ---- compression and decompression ----
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscodeMode:
+    """What a transcoding action does: target syntax, output suffix, lossy settings."""
+
+    name: str
+    syntax: UID | None  # None: decompress to Explicit VR Little Endian
+    suffix: str
+    ratio: float | None = None
+    psnr: float | None = None
+
+    @property
+    def lossy(self) -> bool:
+        """Tell whether the encoding loses information."""
+        return self.ratio is not None or self.psnr is not None
+
+
+def transcode_target(path: Path, mode: TranscodeMode, options: Options) -> Path:
+    """Return where a transcoded file goes: the input itself, --output-dir or beside it."""
+    if options.in_place:
+        return path
+    folder = options.output_dir if options.output_dir is not None else path.parent
+    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
+    return folder / f"{stem}{mode.suffix}.dcm"
+
+
+def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> str | None:
+    """Return why a file is left alone, or None when it must be transcoded."""
+    syntax = transfer_syntax_of(ds)
+    if mode.syntax is None and syntax == ExplicitVRLittleEndian:
+        return "already uncompressed (Explicit VR Little Endian)"
+    if mode.syntax is not None and syntax == mode.syntax:
+        return f"already {uid_name(syntax)}"
+    if target != path and target.exists():
+        return f"{target.name} exists already"
+    if "PixelData" not in ds:
+        return "no (7FE0,0010) Pixel Data"
+    return None
+
+
+def _transcoded_dataset(ds: Dataset, *, raw: bool) -> Dataset:
+    """Copy ds without its pixel data, described as pydicom's decoded frames are."""
+    out = Dataset()
+    for elem in ds:
+        if elem.tag >= 0x7FE00000 or elem.tag.group in (0xFFFA, 0xFFFC):
+            continue
+        out.add(DataElement(elem.tag, elem.VR, elem.value))
+    out.PhotometricInterpretation = decoded_photometric(ds, raw=raw)
+    if int(out.get("SamplesPerPixel", 1)) > 1:
+        out.PlanarConfiguration = 0
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        out.pop(keyword, None)
+    return out
+
+
+def _mark_lossy(out: Dataset, ratio: float) -> None:
+    """Set the Lossy Image Compression attributes and DERIVED (PS3.3 C.7.6.1.1.5)."""
+    out.LossyImageCompression = "01"
+    ratios = [str(v) for v in _as_list(out.get("LossyImageCompressionRatio"))]
+    methods = [str(v) for v in _as_list(out.get("LossyImageCompressionMethod"))]
+    out.LossyImageCompressionRatio = [*ratios, f"{ratio:.4g}"]
+    out.LossyImageCompressionMethod = [*methods, J2K_METHOD]
+    image_type = [str(v) for v in _as_list(out.get("ImageType"))] or ["DERIVED", "PRIMARY"]
+    image_type[0] = "DERIVED"
+    out.ImageType = image_type
+    out.SOPInstanceUID = new_uid()
+
+
+def transcode_file(
+    path: Path, mode: TranscodeMode, options: Options, progress: ProgressFn
+) -> tuple[Path | None, str]:
+    """Compress or decompress one file; return (output or None when skipped, log text).
+
+    Frames are decoded and encoded in worker processes when ``options.jobs`` > 1; the
+    output is written atomically (over the input itself with ``in_place``).
+    """
+    target = transcode_target(path, mode, options)
+    header, _ = read_header(path)
+    reason = _skip_reason(path, header, mode, target)
+    if reason is not None:
+        return None, f"{path.name}: left alone, {reason}"
+    check_pixel_description(header)
+    ds = pydicom.dcmread(path)
+    source_syntax = transfer_syntax_of(ds)
+    n_frames = number_of_frames(ds)
+    raw = not source_syntax.is_compressed  # native YBR stays YBR: bit-exact
+    out = _transcoded_dataset(ds, raw=raw)
+    bits = int(out.BitsAllocated)
+    if mode.syntax is None:
+        frames = _decode_all(path, ds, n_frames, raw, bits, options.jobs, progress)
+        out.PixelData = pack_native_frames(frames, bits)
+        out["PixelData"].VR = "OB" if bits <= 8 else "OW"
+        syntax = ExplicitVRLittleEndian
+        message = f"{path.name} -> {target.name}: decompressed {n_frames} frame(s)"
+    else:
+        syntax = mode.syntax
+        message = _encode_into(out, path, ds, n_frames, raw, mode, options, progress)
+        message = f"{path.name} -> {target.name}: {message}"
+    out.file_meta = file_meta_for(out, syntax)
+    out.preamble = b"\0" * 128
+    with atomic_output(target) as handle:
+        pydicom.dcmwrite(handle, out, enforce_file_format=True)
+    return target, message
+
+
+def _decode_all(
+    path: Path, ds: Dataset, n_frames: int, raw: bool, bits: int, jobs: int, progress: ProgressFn
+) -> list[bytes]:
+    """Decode every frame to native bytes, in worker processes when worthwhile."""
+    try:
+        if jobs > 1 and n_frames > 1:
+            tasks = [(str(path), i, raw, bits) for i in range(n_frames)]
+            return run_tasks(_decode_task, tasks, jobs, progress)
+        return [native_frame_bytes(decode_frame(ds, i, raw=raw), bits) for i in range(n_frames)]
+    except DicomPressorError:
+        raise
+    except Exception as exc:  # codec layer: many exception types
+        raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
+
+
+def _encode_into(
+    out: Dataset,
+    path: Path,
+    ds: Dataset,
+    n_frames: int,
+    raw: bool,
+    mode: TranscodeMode,
+    options: Options,
+    progress: ProgressFn,
+) -> str:
+    """Encode every frame of ds into out's Pixel Data; return the log text."""
+    assert mode.syntax is not None
+    description = pixel_description(out)
+    if mode.syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and (
+        min(description["rows"], description["columns"]) < J2K_MIN_SIDE
+    ):
+        raise DicomPressorError(
+            f"{description['rows']} x {description['columns']} pixels is too small for "
+            f"JPEG 2000 (openjpeg needs {J2K_MIN_SIDE} or more on each side); "
+            "use --codec jpegls or rle"
+        )
+    ratio = None
+    if mode.ratio is not None:
+        # openjpeg's ratio counts BitsStored bits per sample; ours counts the bytes stored.
+        scale = description["bits_stored"] / description["bits_allocated"]
+        ratio = max(1.0, mode.ratio * scale)
+    try:
+        tasks = [
+            EncodeTask(
+                decode_frame(ds, i, raw=raw), str(mode.syntax), description, ratio, mode.psnr
+            )
+            for i in range(n_frames)
+        ]
+    except Exception as exc:  # codec layer: many exception types
+        raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
+    try:
+        results = run_tasks(_encode_task, tasks, options.jobs, progress)
+    except Exception as exc:  # codec layer: many exception types
+        raise DicomPressorError(f"cannot encode as {uid_name(mode.syntax)}: {exc}") from exc
+    encoded = [r[0] for r in results]
+    out.PixelData = pydicom.encaps.encapsulate(encoded, has_bot=True)
+    out["PixelData"].VR = "OB"
+    out["PixelData"].is_undefined_length = True
+    raw_bytes = expected_frame_bytes(out) * n_frames
+    achieved = raw_bytes / max(1, sum(len(e) for e in encoded))
+    if not mode.lossy:
+        return f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"
+    samples = sum(r[2] for r in results)
+    rmse = math.sqrt(sum(r[1] for r in results) / max(1, samples))
+    _mark_lossy(out, achieved)
+    return f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1, RMSE {rmse:.3f}"
+
+
+def _transcode_task(task: tuple[Path, TranscodeMode, Options]) -> tuple[Path | None, str]:
+    """Worker: transcode one whole file; expected failures come back as text."""
+    path, mode, options = task
+    try:
+        return transcode_file(path, mode, options, _no_progress)
+    except DicomPressorError as exc:
+        return None, f"ERROR:{exc.message}"
+    except OSError as exc:
+        return None, f"ERROR:cannot write: {exc.strerror or exc}"
+
+
+def _transcode(
+    inputs: Sequence[Path], mode: TranscodeMode, options: Options, progress: ProgressFn
+) -> ActionResult:
+    """Run one transcoding mode over files; failures are per file.
+
+    Single-frame files are spread over worker processes one file each; the frames of a
+    multi-frame file are spread over the workers instead.
+    """
+    result = ActionResult()
+    single, multi = [], []
+    for path in inputs:
+        try:
+            header, _ = read_header(path)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+            continue
+        (multi if number_of_frames(header) > 1 else single).append(path)
+    total, done = len(single) + len(multi), 0
+    serial = dataclasses.replace(options, jobs=1)
+    outcomes = run_tasks(
+        _transcode_task,
+        [(p, mode, serial) for p in single],
+        options.jobs,
+        lambda n, _: progress(n, total),
+    )
+    done = len(single)
+    for path in multi:
+        outcomes.append(_transcode_task((path, mode, options)))
+        done += 1
+        progress(done, total)
+    for path, (output, message) in zip([*single, *multi], outcomes, strict=True):
+        if message.startswith("ERROR:"):
+            result.fail(path, message[len("ERROR:") :])
+            continue
+        result.inputs_used += 1
+        if output is not None:
+            result.outputs.append(output)
+        result.info(message)
+    result.info("Done.")
+    return result
+
+
+def compress_lossless(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Compress losslessly (JPEG 2000 by default; ``--codec`` jpegls, rle or htj2k).
+
+    Parameters
+    ----------
+    inputs
+        DICOM files in any transfer syntax pydicom can decode.
+    output_dir
+        Folder for ``<stem>_jll.dcm`` (per codec suffix); None writes beside the input.
+    options
+        ``codec``, ``jobs`` and ``in_place`` (replace the input atomically).
+
+    Returns
+    -------
+    ActionResult
+        One output per transcoded file, with (0002,0010) Transfer Syntax UID set and the
+        (0008,0018) SOP Instance UID kept; files already in the target syntax are left
+        alone and reported.
+    """
+    codec = CODECS.get(options.codec)
+    if codec is None:
+        raise DicomPressorError(f"unknown codec {options.codec!r}: use one of {', '.join(CODECS)}")
+    try:
+        pydicom.pixels.get_encoder(codec.syntax)
+    except (NotImplementedError, ValueError) as exc:
+        raise DicomPressorError(
+            f"no encoder for {uid_name(codec.syntax)} is installed ({codec.package}); "
+            "pydicom 3.0 can decode HTJ2K but not encode it: use --codec j2k or jpegls"
+        ) from exc
+    if not pydicom.pixels.get_encoder(codec.syntax).is_available:
+        raise DicomPressorError(
+            f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
+        )
+    options = dataclasses.replace(options, output_dir=output_dir)
+    return _transcode(
+        inputs, TranscodeMode("compress_lossless", codec.syntax, codec.suffix), options, progress
+    )
+
+
+def compress_lossy(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Compress with JPEG 2000 lossy at ``--ratio`` (default 10) or ``--psnr``.
+
+    Returns
+    -------
+    ActionResult
+        One output per file, with (0028,2110) Lossy Image Compression "01", (0028,2112)
+        the achieved ratio, (0028,2114) "ISO_15444_1", DERIVED as value 1 of (0008,0008)
+        Image Type and a new (0008,0018) SOP Instance UID. The log gives the achieved
+        ratio and the RMSE of each file.
+    """
+    if options.ratio is not None and options.psnr is not None:
+        raise DicomPressorError("give --ratio or --psnr, not both")
+    ratio = options.ratio if options.psnr is None else None
+    if ratio is None and options.psnr is None:
+        ratio = DEFAULT_RATIO
+    if ratio is not None and ratio < 1:
+        raise DicomPressorError(f"--ratio must be 1 or more, not {ratio}")
+    if options.psnr is not None and options.psnr <= 0:
+        raise DicomPressorError(f"--psnr must be positive, not {options.psnr}")
+    options = dataclasses.replace(options, output_dir=output_dir)
+    mode = TranscodeMode("compress_lossy", J2K_LOSSY, LOSSY_SUFFIX, ratio, options.psnr)
+    return _transcode(inputs, mode, options, progress)
+
+
+def decompress(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Decompress to Explicit VR Little Endian.
+
+    Returns
+    -------
+    ActionResult
+        One output per file, with (0028,0004) Photometric Interpretation and (0028,0006)
+        Planar Configuration matching the decoded pixels (YBR becomes RGB for JPEG).
+    """
+    options = dataclasses.replace(options, output_dir=output_dir)
+    mode = TranscodeMode("decompress", None, DECOMPRESSED_SUFFIX)
+    return _transcode(inputs, mode, options, progress)
 
 
 # ---- info and summary ----
@@ -2206,6 +2696,8 @@ class ActionSpec:
     copy_to_output_dir: bool = False
     #: True when the action reads every file of a folder at once (merge, summary).
     per_folder: bool = False
+    #: The CLI flag that runs the action replacing each input atomically (-X, -Z, -U).
+    replace_flag: str | None = None
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -2220,6 +2712,27 @@ ACTIONS: dict[str, ActionSpec] = {
             per_folder=True,
         ),
         ActionSpec("split", "-s", "Split a multi-frame DICOM into individual frames", split),
+        ActionSpec(
+            "compress_lossless",
+            "-x",
+            "Apply lossless compression (JPEG 2000 unless --codec says otherwise)",
+            compress_lossless,
+            replace_flag="-X",
+        ),
+        ActionSpec(
+            "compress_lossy",
+            "-z",
+            "Apply JPEG 2000 lossy compression (--ratio R or --psnr DB)",
+            compress_lossy,
+            replace_flag="-Z",
+        ),
+        ActionSpec(
+            "decompress",
+            "-u",
+            "Remove compression (Explicit VR Little Endian)",
+            decompress,
+            replace_flag="-U",
+        ),
         ActionSpec(
             "info", "--info", "Show detailed DICOM file information", info, writes_files=False
         ),
@@ -2342,18 +2855,24 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-f", metavar="PATH", type=Path, help="folder (with subfolders) or file")
     where.add_argument("-F", metavar="PATH", type=Path, help="folder (without subfolders) or file")
     actions = parser.add_mutually_exclusive_group()
-    actions.add_argument(
-        "-j", dest="action", action="store_const", const="merge", help=ACTIONS["merge"].summary
-    )
-    actions.add_argument(
-        "-s", dest="action", action="store_const", const="split", help=ACTIONS["split"].summary
-    )
-    actions.add_argument(
-        "--info", nargs="?", const=True, metavar="FILE", help=ACTIONS["info"].summary
-    )
-    actions.add_argument(
-        "--summary", nargs="?", const=True, metavar="DIR", help=ACTIONS["summary"].summary
-    )
+    for spec in ACTIONS.values():
+        if spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]
+            metavar = "DIR" if spec.per_folder else "FILE"
+            actions.add_argument(
+                spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
+            )
+            continue
+        actions.add_argument(
+            spec.flag, dest="action", action="store_const", const=spec.name, help=spec.summary
+        )
+        if spec.replace_flag:
+            actions.add_argument(
+                spec.replace_flag,
+                dest="action",
+                action="store_const",
+                const=f"{spec.name}{REPLACE_SUFFIX}",
+                help=f"as {spec.flag}, replacing each input atomically",
+            )
     actions.add_argument("-c", "--version", action="store_true", help="print the version")
     actions.add_argument(
         "--make-sample",
@@ -2366,6 +2885,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write (or copy) results to DIR, created if missing",
+    )
+    parser.add_argument(
+        "--codec",
+        choices=sorted(CODECS),
+        default="j2k",
+        help="lossless codec for -x/-X (default j2k: JPEG 2000)",
+    )
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        metavar="R",
+        help=f"target compression ratio for -z/-Z (default {DEFAULT_RATIO:g})",
+    )
+    parser.add_argument(
+        "--psnr", type=float, metavar="DB", help="target PSNR in dB for -z/-Z (instead of --ratio)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        default=os.cpu_count() or 1,
+        help="worker processes (default: the CPU count)",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--log-file", type=Path, metavar="FILE", help="also log to FILE")
@@ -2395,7 +2936,7 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
     """Work out the action, the path and recursion from the flags; raise UsageError."""
-    action = args.action
+    action = args.action.removesuffix(REPLACE_SUFFIX) if args.action else None
     path: Path | None = args.f if args.f is not None else args.F
     recursive = args.F is None
     for name in ("info", "summary"):
@@ -2408,7 +2949,8 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
                 raise UsageError(f"--{name} takes a path or -f/-F, not both")
             path = Path(value)
     if action is None:
-        raise UsageError("no action given: choose one of -j, -s, --info, --summary (see -h)")
+        flags = ", ".join(spec.flag for spec in ACTIONS.values())
+        raise UsageError(f"no action given: choose one of {flags} (see -h)")
     if path is None:
         raise UsageError(f"{ACTIONS[action].flag} needs a path: -f PATH or -F PATH")
     return action, path, recursive
@@ -2485,7 +3027,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     spec = ACTIONS[action]
-    options = Options(output_dir=args.output_dir, json=args.json)
+    if args.jobs < 1:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: --jobs must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(
+        output_dir=args.output_dir,
+        json=args.json,
+        in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
+        codec=args.codec,
+        ratio=args.ratio,
+        psnr=args.psnr,
+        jobs=args.jobs,
+    )
     try:
         jobs = _plan_jobs(spec, path, recursive)
     except DicomPressorError as exc:
