@@ -35,6 +35,7 @@ import struct
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -443,6 +444,7 @@ def atomic_output(target: Path) -> Iterator[BinaryIO]:
 
 def reserve_unique(path: Path) -> Path:
     """Claim a free name next to path (``_1``, ``_2``...) by creating it empty with O_EXCL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     candidate = path
     n = 0
     while True:
@@ -2020,6 +2022,7 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     else:
         out_syntax = ExplicitVRLittleEndian
     base = output_dir if output_dir is not None else path.parent
+    base.mkdir(parents=True, exist_ok=True)
     folder = unique_path(base / f"{safe_component(path.stem, default='split')}_frames")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=base))
     try:
@@ -2920,6 +2923,9 @@ def configure_logging(args: argparse.Namespace) -> None:
     """Send log lines to stderr (and --log-file), at the level the flags ask for."""
     LOG.handlers.clear()
     LOG.propagate = False
+    if not args.verbose:  # pydicom's warnings about odd input are noise in a batch log
+        warnings.filterwarnings("ignore", module="pydicom")
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     LOG.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,24 @@ def make_series(
     shuffle_names: bool = True,
     study_uid: str | None = None,
     syntax: str = ExplicitVRLittleEndian,
+    offsets: Sequence[float] | None = None,
+    instance_order: str = "position",
+    geometry: bool = True,
+    vary_window: bool = False,
+    series_uid: str | None = None,
+    prefix: str = "IMG",
 ) -> list[Path]:
-    """Write n single-frame slices of one series into folder; return their paths."""
+    """Write n single-frame slices of one series into folder; return their paths.
+
+    offsets: distance of each slice along the normal (default: spacing * index).
+    instance_order: "position" (InstanceNumber follows the position), "reversed" or
+    "shuffled". geometry=False leaves out ImagePositionPatient, ImageOrientationPatient,
+    SliceLocation and the Frame of Reference. vary_window gives each slice its own
+    WindowCenter/WindowWidth. series_uid joins an existing series; prefix names the files.
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    series_uid = generate_uid()
+    series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
     frame_uid = generate_uid()
     iop = ORIENTATIONS[orientation]
@@ -56,9 +70,17 @@ def make_series(
     normal = np.cross(row, col)
     origin = np.array([-120.5, -80.25, 40.0])
     indices = [i for i in range(n) if i not in skip]
-    names = [f"IMG{i:04d}.dcm" for i in range(len(indices))]
+    names = [f"{prefix}{i:04d}.dcm" for i in range(len(indices))]
     if shuffle_names:
         random.Random(seed).shuffle(names)
+    numbers = list(range(1, n + 1))
+    if instance_order == "reversed":
+        numbers.reverse()
+    elif instance_order == "shuffled":
+        random.Random(seed + 1).shuffle(numbers)
+    elif instance_order != "position":
+        raise ValueError(f"unknown instance_order {instance_order!r}")
+    distances = [spacing * i for i in range(n)] if offsets is None else list(offsets)
     paths = []
     for k, i in enumerate(indices):
         ds = Dataset()
@@ -91,15 +113,17 @@ def make_series(
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = "1"
         ds.SeriesNumber = series_number
-        ds.InstanceNumber = i + 1
+        ds.InstanceNumber = numbers[i]
         ds.AcquisitionNumber = 1
-        position = origin + normal * spacing * i + row * 0.125
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-        ds.ImageOrientationPatient = [f"{v:.7f}" for v in iop]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
+        position = origin + normal * distances[i] + row * 0.125
+        if geometry:
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+            ds.ImageOrientationPatient = [f"{v:.7f}" for v in iop]
+            ds.FrameOfReferenceUID = frame_uid
+            ds.PositionReferenceIndicator = ""
         ds.PatientPosition = "HFS"
-        ds.SliceLocation = f"{float(np.dot(position, normal)):.6f}"
+        if geometry:
+            ds.SliceLocation = f"{float(np.dot(position, normal)):.6f}"
         ds.SliceThickness = f"{spacing}"
         ds.PixelSpacing = ["0.703125", "0.703125"]
         ds.Rows = rows
@@ -129,8 +153,8 @@ def make_series(
                 ds.RescaleSlope = "1" if modality != "PT" else f"{0.5 + i / 100:.4f}"
                 if modality == "CT":
                     ds.RescaleType = "HU"
-                ds.WindowCenter = "40"
-                ds.WindowWidth = "400"
+                ds.WindowCenter = f"{40 + 5 * i}" if vary_window else "40"
+                ds.WindowWidth = f"{400 + 10 * i}" if vary_window else "400"
         if modality == "CT":
             ds.KVP = "120"
         if modality == "MR":
