@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -43,6 +44,7 @@ from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -254,6 +256,7 @@ LEGACY_TOP_LEVEL = frozenset(
     """.split()  # noqa: SIM905
 )
 
+DEFLATED = UID("1.2.840.10008.1.2.1.99")
 #: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
 NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
@@ -348,6 +351,15 @@ class UsageError(DicomPressorError):
 LOG = logging.getLogger("dicompressor")
 
 
+def is_fatal(exc: BaseException) -> bool:
+    """Tell whether an exception must stop the run (Ctrl+C, exit) rather than one file.
+
+    Codec bindings written in Rust raise their panics as BaseException, so handlers
+    around codec calls catch BaseException and let only these through.
+    """
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
+
 def one_line(text: str, *, limit: int = 400) -> str:
     """Fold a (library) message onto one line of at most limit characters."""
     folded = " ".join(str(text).split())
@@ -392,7 +404,7 @@ class ActionResult:
 
     def fail(self, path: Path, message: str) -> None:
         """Record that one input failed; the action goes on with the others."""
-        message = one_line(message)
+        message = one_line(message, limit=1000)
         self.failures.append((path, message))
         self.log.append(f"[ERROR] {path.name}: {message}")
         LOG.error("%s: %s", path, message)
@@ -648,7 +660,7 @@ def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
     if 0x7FE00010 in ds:
-        raw = ds.get_item(0x7FE00010)
+        raw = ds.get_item(0x7FE00010, keep_deferred=True)
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
         if tell is None or length is None:  # read whole (encapsulated or small): find it
@@ -656,6 +668,8 @@ def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
             value = elem.value if isinstance(elem.value, bytes) else b""
             tell = locate_value(path, value)
             length = 0xFFFFFFFF if elem.is_undefined_length else len(value)
+        if transfer_syntax_of(ds) == DEFLATED:  # offsets count the inflated stream
+            tell = -1
         location = PixelLocation(offset=int(tell), length=int(length), file_size=size)
         if tell >= 0 and not location.encapsulated and tell + length > size:
             raise DicomPressorError(
@@ -769,18 +783,24 @@ def read_span(path: Path, offset: int, length: int) -> bytes:
     return data
 
 
+def missing_codec_message(syntax: UID, exc: BaseException) -> str:
+    """Explain a codec failure, naming the pip package that provides the codec."""
+    package = CODEC_PACKAGE.get(str(syntax))
+    hint = f" (codec: pip install {package})" if package else ""
+    reason = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+    return f"cannot decode {uid_name(syntax)}: {reason}{hint}"
+
+
 def decode_frames(path: Path) -> tuple[np.ndarray, Dataset]:
     """Decode all frames of a file with pydicom's pixel handlers; return (array, dataset)."""
     ds = pydicom.dcmread(path)
     syntax = transfer_syntax_of(ds)
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # the codec layer raises many types
-        package = CODEC_PACKAGE.get(str(syntax))
-        hint = f" (install the codec: pip install {package})" if package else ""
-        raise DicomPressorError(
-            f"cannot decode pixel data in {uid_name(syntax)}: {exc}{hint}"
-        ) from exc
+    except BaseException as exc:  # the codec layer raises many types, panics too
+        if is_fatal(exc):
+            raise
+        raise DicomPressorError(missing_codec_message(syntax, exc)) from exc
     if number_of_frames(ds) == 1:
         arr = arr[np.newaxis, ...]
     return arr, ds
@@ -982,6 +1002,22 @@ def dataset_of(*keywords: str, source: Dataset) -> Dataset:
     return out
 
 
+def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
+    """Tell whether every dataset has the element with one value.
+
+    Elements pydicom has not converted yet are compared as their raw bytes, so only
+    elements that were already converted somewhere cost a conversion.
+    """
+    items = [ds.get_item(tag, keep_deferred=True) if tag in ds else None for ds in datasets]
+    if any(item is None for item in items):
+        return False
+    if not any(isinstance(item, DataElement) for item in items):
+        first = items[0]
+        return all((i.length, i.value) == (first.length, first.value) for i in items[1:])
+    signatures = [element_signature(ds[tag]) for ds in datasets]
+    return all(sig == signatures[0] for sig in signatures[1:])
+
+
 def element_signature(elem: DataElement) -> Any:
     """Return a hashable, comparable form of an element's value."""
     value = elem.value
@@ -1003,39 +1039,51 @@ def _value_ok(elem: DataElement) -> bool:
     return True
 
 
-def top_level_elements(ds: Dataset) -> dict[int, DataElement]:
-    """Return the dataset's elements that merge may carry over, by tag."""
-    out: dict[int, DataElement] = {}
-    tags = ds.keys()
-    for tag in tags:
+def carried_tags(ds: Dataset) -> list[int]:
+    """Return the tags of the dataset's elements that merge may carry over."""
+    tags = []
+    all_tags = ds.keys()
+    for tag in all_tags:
         if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
             continue
-        elem = ds[tag]
-        if elem.keyword in NOT_COPIED_TO_MULTIFRAME or not _value_ok(elem):
+        if keyword_for_tag(tag) in NOT_COPIED_TO_MULTIFRAME:
             continue
-        out[int(tag)] = elem
-    return out
+        tags.append(int(tag))
+    return tags
 
 
 def partition_attributes(
     slices: list[Slice],
 ) -> tuple[dict[int, DataElement], list[dict[int, DataElement]]]:
-    """Split the slices' attributes into shared ones and per-slice varying ones."""
-    per_slice = [top_level_elements(s.header) for s in slices]
-    all_tags = set().union(*per_slice)
+    """Split the slices' attributes into shared ones and per-slice varying ones.
+
+    Values are compared as the raw bytes pydicom read, so only the elements that are
+    kept get converted.
+    """
+    per_slice = [carried_tags(s.header) for s in slices]
+    all_tags = sorted(set().union(*per_slice))
+    first = slices[0].header
     shared: dict[int, DataElement] = {}
     varying: set[int] = set()
-    for tag in sorted(all_tags):
-        present = [p.get(tag) for p in per_slice]
-        if any(e is None for e in present):
+    for tag in all_tags:
+        if tag not in first:
             varying.add(tag)
             continue
-        first = element_signature(present[0])  # type: ignore[arg-type]
-        if all(element_signature(e) == first for e in present[1:]):  # type: ignore[arg-type]
-            shared[tag] = present[0]  # type: ignore[assignment]
+        if same_in_all([s.header for s in slices], tag):
+            elem = first[tag]
+            if _value_ok(elem):
+                shared[tag] = elem
         else:
             varying.add(tag)
-    per_frame = [{t: e for t, e in p.items() if t in varying} for p in per_slice]
+    per_frame = []
+    for s in slices:
+        values = {}
+        for tag in varying:
+            if tag in s.header:
+                elem = s.header[tag]
+                if _value_ok(elem):
+                    values[tag] = elem
+        per_frame.append(values)
     return shared, per_frame
 
 
@@ -1097,16 +1145,28 @@ class MergePlan:
     frame_bytes: int
 
 
-def multiframe_sop_class(template: Dataset) -> tuple[UID, bool]:
-    """Choose the output SOP class for a stack; return (class, is_legacy_enhanced)."""
+def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bool]:
+    """Choose the output SOP class for a stack; return (class, is_legacy_enhanced).
+
+    The Legacy Converted Enhanced IODs need one greyscale sample, plane geometry and a
+    Frame of Reference, and 16 bits (MR also 8) (PS3.3 C.8.15.2, C.8.13.1, C.8.22.1);
+    anything else becomes the matching multi-frame Secondary Capture.
+    """
     modality = str(template.get("Modality", ""))
-    if modality in LEGACY_BY_MODALITY and template.get("SamplesPerPixel", 1) == 1:
+    bits = int(template.BitsAllocated)
+    if (
+        modality in LEGACY_BY_MODALITY
+        and int(template.get("SamplesPerPixel", 1)) == 1
+        and geometric
+        and template.get("FrameOfReferenceUID")
+        and (bits == 16 or (bits == 8 and modality == "MR"))
+    ):
         return LEGACY_BY_MODALITY[modality][1], True
     if int(template.get("SamplesPerPixel", 1)) == 3:
         return MF_TRUE_COLOR_SC, False
-    if int(template.BitsAllocated) == 1:
+    if bits == 1:
         return MF_SINGLE_BIT_SC, False
-    if int(template.BitsAllocated) == 8:
+    if bits == 8:
         return MF_GRAY_BYTE_SC, False
     return MF_GRAY_WORD_SC, False
 
@@ -1119,7 +1179,7 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) 
     """
     slices = order.slices
     template = slices[0].header
-    sop_class, legacy = multiframe_sop_class(template)
+    sop_class, legacy = multiframe_sop_class(template, geometric=order.by_position)
     shared, per_frame = partition_attributes(slices)
     ds = Dataset()
     unassigned: list[DataElement] = []
@@ -1195,6 +1255,12 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) 
         _add_legacy_enhanced_modules(ds, order, source_type)
     else:
         _add_secondary_capture_modules(ds, order, source_type)
+    if not legacy and int(template.get("PixelRepresentation", 0)) == 1:
+        LOG.warning(
+            "signed pixels in a %s stack: the multi-frame Secondary Capture keeps them, "
+            "though that IOD asks for unsigned ones",
+            ds.Modality,
+        )
     shared_groups, frames = _frame_groups(order, per_frame, unassigned)
     if legacy:
         frame_type = Dataset()
@@ -1246,12 +1312,10 @@ def _frame_groups(
     slices = order.slices
     shared = Dataset()
     frames = [Dataset() for _ in slices]
-    for keyword in (
-        "PixelMeasuresSequence",
-        "PlaneOrientationSequence",
-        "PixelValueTransformationSequence",
-        "FrameVOILUTSequence",
-    ):
+    macros = ["PixelValueTransformationSequence", "FrameVOILUTSequence"]
+    if order.by_position:  # plane macros need a Frame of Reference (C.7.6.16.2.1)
+        macros[:0] = ["PixelMeasuresSequence", "PlaneOrientationSequence"]
+    for keyword in macros:
         items = [functional_group_item(keyword, s.header) for s in slices]
         if all(i is None for i in items):
             continue
@@ -1263,7 +1327,7 @@ def _frame_groups(
                 if item is not None:
                     frame.update(item)
     for index, (frame, s) in enumerate(zip(frames, slices, strict=True)):
-        if s.position is not None:
+        if s.position is not None and order.by_position:
             plane = Dataset()
             plane.ImagePositionPatient = s.header.ImagePositionPatient
             frame.PlanePositionSequence = DicomSequence([plane])
@@ -1505,13 +1569,6 @@ def pixel_description(ds: Dataset) -> dict[str, Any]:
         "planar_configuration": 0,
         "number_of_frames": 1,
     }
-
-
-def missing_codec_message(syntax: UID, exc: BaseException) -> str:
-    """Explain a codec failure, naming the pip package that provides the codec."""
-    package = CODEC_PACKAGE.get(str(syntax))
-    hint = f" (install the codec: pip install {package})" if package else ""
-    return one_line(f"cannot handle {uid_name(syntax)}: {exc}{hint}")
 
 
 def decode_frame(source: str | Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
@@ -2141,10 +2198,12 @@ def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> 
 def _transcoded_dataset(ds: Dataset, *, raw: bool) -> Dataset:
     """Copy ds without its pixel data, described as pydicom's decoded frames are."""
     out = Dataset()
-    for elem in ds:
-        if elem.tag >= 0x7FE00000 or elem.tag.group in (0xFFFA, 0xFFFC):
+    tags = ds.keys()
+    for tag in tags:
+        if tag >= 0x7FE00000 or tag.group in (0xFFFA, 0xFFFC):
             continue
-        out.add(DataElement(elem.tag, elem.VR, elem.value))
+        item = ds.get_item(tag)  # raw elements stay raw: odd values pass through as read
+        out[tag] = copy.copy(item) if isinstance(item, DataElement) else item
     out.PhotometricInterpretation = decoded_photometric(ds, raw=raw)
     if int(out.get("SamplesPerPixel", 1)) > 1:
         out.PlanarConfiguration = 0
@@ -2214,7 +2273,9 @@ def _decode_all(
         return [native_frame_bytes(decode_frame(ds, i, raw=raw), bits) for i in range(n_frames)]
     except DicomPressorError:
         raise
-    except Exception as exc:  # codec layer: many exception types
+    except BaseException as exc:  # codec layer: many exception types, panics too
+        if is_fatal(exc):
+            raise
         raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
 
 
@@ -2251,12 +2312,17 @@ def _encode_into(
             )
             for i in range(n_frames)
         ]
-    except Exception as exc:  # codec layer: many exception types
+    except BaseException as exc:  # codec layer: many exception types, panics too
+        if is_fatal(exc):
+            raise
         raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
     try:
         results = run_tasks(_encode_task, tasks, options.jobs, progress)
-    except Exception as exc:  # codec layer: many exception types
-        raise DicomPressorError(f"cannot encode as {uid_name(mode.syntax)}: {exc}") from exc
+    except BaseException as exc:  # codec layer: many exception types, panics too
+        if is_fatal(exc):
+            raise
+        message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        raise DicomPressorError(f"cannot encode as {uid_name(mode.syntax)}: {message}") from exc
     encoded = [r[0] for r in results]
     out.PixelData = pydicom.encaps.encapsulate(encoded, has_bot=True)
     out["PixelData"].VR = "OB"
@@ -2280,6 +2346,11 @@ def _transcode_task(task: tuple[Path, TranscodeMode, Options]) -> tuple[Path | N
         return None, f"ERROR:{exc.message}"
     except OSError as exc:
         return None, f"ERROR:cannot write: {exc.strerror or exc}"
+    except BaseException as exc:  # a bug or a codec panic fails this file only
+        if is_fatal(exc):
+            raise
+        LOG.debug("unexpected error on %s", path, exc_info=True)
+        return None, "ERROR:" + one_line(f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _transcode(
@@ -2816,7 +2887,9 @@ def run_job(
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         return JobOutcome(folder, len(inputs), None, f"{exc.strerror or exc}{where}")
-    except Exception as exc:  # an action bug must not take the batch down
+    except BaseException as exc:  # an action bug must not take the batch down
+        if is_fatal(exc):
+            raise
         LOG.debug("unexpected error in %s", spec.name, exc_info=True)
         return JobOutcome(
             folder, len(inputs), None, f"internal error: {type(exc).__name__}: {exc}"

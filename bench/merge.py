@@ -308,6 +308,12 @@ with open(report, "w") as f:
 """
 
 
+def flush_disk() -> None:
+    """Write dirty pages back (untimed), where the platform can."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def measure(argv: list[str], log: Path) -> Sample:
     """Run argv as a grandchild; return its wall time and its own peak RSS (os.wait4)."""
     report = log.with_name("launcher.out")
@@ -358,6 +364,7 @@ def run_contender(contender: Contender, folder: Path, n: int, repeat: int, log: 
             )
         if contender.output is not None:
             contender.output.unlink(missing_ok=True)
+        flush_disk()  # so no run pays for writing back the previous run's output
         sample = measure(contender.argv, log)
         result.samples.append(sample)
         if contender.output is not None:
@@ -619,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     """Generate, measure, print, save."""
     args = parse_args(argv)
     counts = list(dict.fromkeys([args.slices, *(args.also or [])]))
+    repo_state = git_state()  # before the runs: the tree may change while they go on
     sources = script_labels([p.resolve() for p in (args.script or [DEFAULT_SCRIPT])])
     dcmulti = find_dcmulti()
     if dcmulti is None:
@@ -695,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform(),
                     "cpus": os.cpu_count(),
                     "dcmulti": dcmulti,
-                    **git_state(),
+                    **repo_state,
                 },
                 "results": [
                     {

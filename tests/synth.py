@@ -143,10 +143,17 @@ def make_series(
             ds.BitsStored = (16 if modality == "PT" else 12) if bits == 16 else 8
             ds.HighBit = ds.BitsStored - 1
             ds.PixelRepresentation = 1 if signed else 0
-            lo, hi = (-(2 ** (ds.BitsStored - 1)), 2 ** (ds.BitsStored - 1)) if signed else (
-                0, 2**ds.BitsStored)
-            dtype = {(16, True): np.int16, (16, False): np.uint16, (8, True): np.int8,
-                     (8, False): np.uint8}[(bits, signed)]
+            lo, hi = (
+                (-(2 ** (ds.BitsStored - 1)), 2 ** (ds.BitsStored - 1))
+                if signed
+                else (0, 2**ds.BitsStored)
+            )
+            dtype = {
+                (16, True): np.int16,
+                (16, False): np.uint16,
+                (8, True): np.int8,
+                (8, False): np.uint8,
+            }[(bits, signed)]
             arr = rng.integers(lo, hi, size=(rows, cols)).astype(dtype)
             if modality in ("CT", "PT", "MR"):
                 ds.RescaleIntercept = "-1024" if modality == "CT" else "0"

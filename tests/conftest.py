@@ -1,0 +1,212 @@
+"""Shared fixtures and helpers: generated series, the CLI in a subprocess, validators."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "dicompressor.py"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import synth  # noqa: E402
+
+import dicompressor  # noqa: E402
+
+LEGACY_CT = "1.2.840.10008.5.1.4.1.1.2.2"
+LEGACY_MR = "1.2.840.10008.5.1.4.1.1.4.4"
+LEGACY_PET = "1.2.840.10008.5.1.4.1.1.128.1"
+MF_GRAY_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+MF_GRAY_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+
+
+# ---- running the tool ----
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run dicompressor.py in a subprocess with pipes; return (exit code, stdout, stderr).
+
+    The output is decoded by hand: text mode would turn a progress line's "\r" into "\n".
+    """
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *(str(a) for a in args)],
+        capture_output=True,
+        cwd=cwd,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    return proc.returncode, _decode(proc.stdout), _decode(proc.stderr)
+
+
+def _decode(data: bytes) -> str:
+    """Decode captured output as UTF-8 without touching line endings."""
+    return data.decode("utf-8", errors="replace")
+
+
+def run_main(*args: str | Path) -> tuple[int, str, str]:
+    """Run ``dicompressor.main(argv)`` in this process; return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = dicompressor.main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def merge_folder(folder: Path, *extra: str | Path) -> list[Path]:
+    """Merge a folder (no recursion) in process, assert success, return the new outputs."""
+    before = set(folder.glob("*_multiframe*.dcm"))
+    code, out, err = run_main("-j", "-F", folder, *extra)
+    assert code == 0, f"merge exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    return sorted(set(folder.glob("*_multiframe*.dcm")) - before)
+
+
+def merge_one(folder: Path, *extra: str | Path) -> Path:
+    """Merge a folder that holds one stack; return the single output."""
+    outputs = merge_folder(folder, *extra)
+    assert len(outputs) == 1, outputs
+    return outputs[0]
+
+
+def split_file(path: Path, *extra: str | Path) -> list[Path]:
+    """Split one file in process, assert success, return its frames in name order."""
+    code, out, err = run_main("-s", "-f", path, *extra)
+    assert code == 0, f"split exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    folder = path.parent / f"{path.stem}_frames"
+    assert folder.is_dir(), f"no {folder.name}/ beside {path.name}: {out}"
+    return sorted(folder.glob("*.dcm"))
+
+
+# ---- validators ----
+
+
+def _tool(name: str) -> str:
+    """Return the path of a validator, or skip the test naming what is missing."""
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} not on PATH (install dicom3tools / dcmtk / gdcm to run this check)")
+    return found
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Return the lines of ``dciodvfy`` output that start with "Error" (skip if absent)."""
+    proc = subprocess.run(
+        [_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def tool_exit_code(name: str, path: Path) -> int:
+    """Run a reader (dcmdump, gdcminfo) on a file and return its exit code (skip if absent)."""
+    proc = subprocess.run([_tool(name), str(path)], capture_output=True, timeout=60)
+    return proc.returncode
+
+
+# ---- reading results ----
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    """Return {relative path: sha256} of every file under folder."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def hash_files(paths: list[Path]) -> dict[Path, str]:
+    """Return {path: sha256} of the given files."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def floats(value: Any) -> list[float]:
+    """Return a DICOM multi-value as floats."""
+    return [float(v) for v in value]
+
+
+def normal_of(ds: Dataset) -> np.ndarray:
+    """Return the slice normal of a single-frame dataset (row x column cosines)."""
+    iop = floats(ds.ImageOrientationPatient)
+    return np.cross(iop[:3], iop[3:])
+
+
+def spatial_order(paths: list[Path]) -> list[Dataset]:
+    """Read single-frame files and sort them by position along their slice normal."""
+    datasets = [pydicom.dcmread(p) for p in paths]
+    normal = normal_of(datasets[0])
+    return sorted(datasets, key=lambda d: float(np.dot(normal, floats(d.ImagePositionPatient))))
+
+
+def frame_item(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """Return the functional group item for a frame, per-frame first, then shared."""
+    per_frame = ds.PerFrameFunctionalGroupsSequence[index]
+    if keyword in per_frame:
+        return per_frame[keyword][0]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    if keyword in shared:
+        return shared[keyword][0]
+    return None
+
+
+def encoded_frames(ds: Dataset) -> list[bytes]:
+    """Return the encoded frames of an encapsulated dataset, trailing padding removed."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return [f.rstrip(b"\0") for f in generate_frames(ds.PixelData, number_of_frames=n_frames)]
+
+
+def frames_of(ds: Dataset) -> np.ndarray:
+    """Return the decoded pixel array with a leading frame axis."""
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+        arr = arr[np.newaxis, ...]
+    return arr
+
+
+# ---- fixtures ----
+
+
+@pytest.fixture
+def make_series(tmp_path: Path) -> Callable[..., list[Path]]:
+    """Return a factory writing a synthetic series into tmp_path/<name>."""
+
+    def factory(name: str = "series", **kwargs: Any) -> list[Path]:
+        return synth.make_series(tmp_path / name, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def ct_series(make_series: Callable[..., list[Path]]) -> list[Path]:
+    """An 8-slice axial CT series with shuffled file names and per-slice windows."""
+    return make_series("ct", n=8, vary_window=True)
+
+
+@pytest.fixture
+def testdata(tmp_path: Path) -> Callable[[str], Path]:
+    """Return a loader copying one of pydicom's bundled files into tmp_path (skip if absent)."""
+    from pydicom.data import get_testdata_file
+
+    def load(name: str) -> Path:
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            pytest.skip(f"pydicom test file {name} is not installed (download=False)")
+        target = tmp_path / "testdata" / name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, target)
+        return target
+
+    return load

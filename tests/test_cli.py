@@ -1,0 +1,248 @@
+"""The command line: flags, usage errors, exit codes, bad input, logs and progress."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pydicom
+import pytest
+from conftest import dicompressor, hash_files, merge_one, run_cli, sha256_tree
+
+
+@pytest.fixture
+def series_folder(make_series):
+    """A folder holding one 6-slice CT series."""
+    return make_series("ct", n=6)[0].parent
+
+
+@pytest.fixture
+def bad_folder(make_series):
+    """A folder with a good 6-slice series, a non-DICOM file and a truncated slice."""
+    paths = make_series("bad", n=6)
+    folder = paths[0].parent
+    (folder / "notes.bin").write_bytes(b"this is not DICOM\n" * 40)
+    data = paths[0].read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) - 400])
+    return folder
+
+
+class TestVersionAndHelp:
+    """-c prints the version, -h the usage."""
+
+    def test_version(self):
+        code, out, err = run_cli("-c")
+        assert code == 0
+        assert dicompressor.__version__ in out
+
+    def test_help_lists_the_flags(self):
+        code, out, _ = run_cli("-h")
+        assert code == 0
+        for flag in (
+            "-f",
+            "-F",
+            "-j",
+            "-s",
+            "--info",
+            "--summary",
+            "-c",
+            "--verbose",
+            "--quiet",
+            "--json",
+            "--output-dir",
+            "--log-file",
+        ):
+            assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", out), flag
+
+
+class TestUsageErrors:
+    """Unknown or conflicting flags exit 2 with the usage, before touching any file."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["-j", "-s", "-f", "{folder}"],
+            ["-j", "-f", "{folder}", "-F", "{folder}"],
+            ["-j", "--bogus", "-f", "{folder}"],
+            ["-j", "--verbose", "--quiet", "-f", "{folder}"],
+            ["-j", "--info", "{folder}"],
+            ["--info", "{folder}", "-f", "{folder}"],
+            ["-f", "{folder}"],
+            ["-j"],
+            ["-s"],
+        ],
+        ids=[
+            "merge-and-split",
+            "f-and-F",
+            "unknown-flag",
+            "verbose-and-quiet",
+            "merge-and-info",
+            "info-path-and-f",
+            "no-action",
+            "merge-without-path",
+            "split-without-path",
+        ],
+    )
+    def test_exit_2(self, series_folder, args):
+        before = sha256_tree(series_folder)
+        code, out, err = run_cli(*(a.format(folder=series_folder) for a in args))
+        assert code == 2
+        assert "usage" in err.lower()
+        assert "Traceback" not in out + err
+        assert sha256_tree(series_folder) == before
+
+
+class TestExitCodes:
+    """0 ok, 1 failed, 3 partly failed; bad files named, never a traceback."""
+
+    def test_ok(self, series_folder):
+        code, out, err = run_cli("-j", "-f", series_folder)
+        assert code == 0, err
+        assert "DOE_JANE_series3_multiframe.dcm" in out
+        assert "Traceback" not in out + err
+
+    def test_bad_files_are_named_and_skipped(self, bad_folder):
+        inputs = sorted(p for p in bad_folder.iterdir())
+        before = hash_files(inputs)
+        code, out, err = run_cli("-j", "-f", bad_folder)
+        assert code == 3
+        text = out + err
+        assert "Traceback" not in text
+        lines = text.splitlines()
+        for name in ("notes.bin", "truncated.dcm"):
+            assert any(name in line for line in lines), name
+        (merged,) = bad_folder.glob("*_multiframe*.dcm")
+        assert int(pydicom.dcmread(merged).NumberOfFrames) == 6
+        assert hash_files(inputs) == before
+
+    def test_only_bad_files_fail(self, tmp_path):
+        folder = tmp_path / "junk"
+        folder.mkdir()
+        (folder / "a.dcm").write_bytes(b"\x00" * 300)
+        (folder / "b.bin").write_bytes(b"hello")
+        code, out, err = run_cli("-j", "-f", folder)
+        assert code == 1
+        assert "a.dcm" in out + err and "b.bin" in out + err
+        assert "Traceback" not in out + err
+        assert list(folder.glob("*_multiframe*")) == []
+
+    @pytest.mark.parametrize("flag", ["-f", "-F"])
+    def test_empty_folder(self, tmp_path, flag):
+        folder = tmp_path / "empty"
+        folder.mkdir()
+        code, out, err = run_cli("-j", flag, folder)
+        assert code == 1
+        assert re.search(r"no (single-frame )?DICOM|nothing to merge", out + err, re.I)
+        assert "Traceback" not in out + err
+
+    def test_folder_with_only_a_multiframe_file(self, series_folder, tmp_path):
+        merged = merge_one(series_folder)
+        alone = tmp_path / "alone"
+        alone.mkdir()
+        merged.rename(alone / merged.name)
+        code, out, err = run_cli("-j", "-f", alone)
+        assert code == 1
+        assert re.search(r"nothing to merge|no single-frame", out + err, re.I)
+        assert "Traceback" not in out + err
+        assert [p.name for p in alone.iterdir()] == [merged.name]
+
+    def test_missing_path(self, tmp_path):
+        code, out, err = run_cli("-j", "-f", tmp_path / "nowhere")
+        assert code == 1
+        assert "nowhere" in err
+        assert "Traceback" not in out + err
+
+    def test_partial_split(self, series_folder, tmp_path):
+        merged = merge_one(series_folder)
+        folder = tmp_path / "mf"
+        folder.mkdir()
+        merged.rename(folder / merged.name)
+        (folder / "broken.dcm").write_bytes(b"DICM" * 50)
+        code, out, err = run_cli("-s", "-F", folder)
+        assert code == 3
+        assert "broken.dcm" in out + err
+        assert "Traceback" not in out + err
+        assert len(list((folder / f"{merged.stem}_frames").glob("*.dcm"))) == 6
+
+
+class TestPaths:
+    """-f recurses, -F does not; PATH may be a file."""
+
+    @pytest.fixture
+    def nested(self, make_series, tmp_path):
+        make_series("root", n=6, series_number=3, seed=1)
+        make_series("root/sub", n=5, series_number=4, seed=2)
+        return tmp_path / "root"
+
+    def test_f_recurses(self, nested):
+        code, _, err = run_cli("-j", "-f", nested)
+        assert code == 0, err
+        assert [p.name for p in nested.glob("*_multiframe*.dcm")] == [
+            "DOE_JANE_series3_multiframe.dcm"
+        ]
+        assert [p.name for p in (nested / "sub").glob("*_multiframe*.dcm")] == [
+            "DOE_JANE_series4_multiframe.dcm"
+        ]
+
+    def test_capital_f_does_not_recurse(self, nested):
+        code, _, err = run_cli("-j", "-F", nested)
+        assert code == 0, err
+        assert len(list(nested.glob("*_multiframe*.dcm"))) == 1
+        assert list((nested / "sub").glob("*_multiframe*.dcm")) == []
+
+    @pytest.mark.parametrize("flag", ["-f", "-F"])
+    def test_split_a_file(self, series_folder, flag):
+        merged = merge_one(series_folder)
+        code, _, err = run_cli("-s", flag, merged)
+        assert code == 0, err
+        assert len(list((series_folder / f"{merged.stem}_frames").glob("*.dcm"))) == 6
+
+    def test_info_from_f(self, series_folder):
+        merged = merge_one(series_folder)
+        code, out, _ = run_cli("--info", "-f", merged, "--json")
+        assert code == 0
+        assert json.loads(out)["frames"] == 6
+
+
+class TestOutputFlags:
+    """--quiet, --verbose, --json, --log-file; no progress text into a pipe."""
+
+    def test_quiet_has_no_info_lines(self, series_folder):
+        code, out, err = run_cli("-j", "-f", series_folder, "--quiet")
+        assert code == 0
+        assert "[INFO]" not in err
+        assert len(list(series_folder.glob("*_multiframe*.dcm"))) == 1
+
+    def test_quiet_still_warns(self, make_series):
+        folder = make_series("gap", n=8, skip=(3,))[0].parent
+        code, _, err = run_cli("-j", "-f", folder, "--quiet")
+        assert code == 0
+        assert "[WARNING]" in err
+
+    def test_verbose(self, series_folder):
+        code, _, err = run_cli("-j", "-f", series_folder, "--verbose")
+        assert code == 0
+        assert "[INFO]" in err
+
+    def test_json_merge_result(self, series_folder):
+        code, out, _ = run_cli("-j", "-f", series_folder, "--json")
+        assert code == 0
+        payload = json.loads(out)
+        assert "DOE_JANE_series3_multiframe.dcm" in json.dumps(payload)
+
+    def test_log_file(self, series_folder, tmp_path):
+        log = tmp_path / "logs" / "run.log"
+        code, _, _ = run_cli("-j", "-f", series_folder, "--log-file", log, "--quiet")
+        assert code == 0
+        text = log.read_text()
+        assert "[INFO]" in text
+        assert "DOE_JANE_series3_multiframe.dcm" in text
+
+    @pytest.mark.parametrize("action", ["-j", "-s", "--summary"])
+    def test_no_progress_into_a_pipe(self, series_folder, action):
+        target = series_folder
+        if action == "-s":
+            target = merge_one(series_folder)
+        code, out, err = run_cli(action, "-f", target)
+        assert code == 0
+        assert "\r" not in err and "\r" not in out

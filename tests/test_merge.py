@@ -1,0 +1,444 @@
+"""Merge (-j): grouping, spatial order, the multi-frame IODs, compressed copies, names."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import (
+    LEGACY_CT,
+    LEGACY_MR,
+    LEGACY_PET,
+    MF_GRAY_BYTE_SC,
+    MF_GRAY_WORD_SC,
+    MF_TRUE_COLOR_SC,
+    dciodvfy_errors,
+    encoded_frames,
+    floats,
+    frame_item,
+    frames_of,
+    hash_files,
+    merge_folder,
+    merge_one,
+    run_main,
+    spatial_order,
+    tool_exit_code,
+)
+from pydicom.tag import Tag
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+
+def warnings_of(stderr: str) -> list[str]:
+    """Return the log lines of level WARNING."""
+    return [line for line in stderr.splitlines() if line.startswith("[WARNING]")]
+
+
+class TestMergeOutput:
+    """The merged instance: SOP class, identity, pixels, name and place."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "sop_class"),
+        [
+            ({"modality": "CT"}, LEGACY_CT),
+            ({"modality": "MR", "signed": False}, LEGACY_MR),
+            ({"modality": "PT", "signed": False}, LEGACY_PET),
+            ({"modality": "OT", "signed": False}, MF_GRAY_WORD_SC),
+            ({"modality": "OT", "signed": False, "bits": 8}, MF_GRAY_BYTE_SC),
+            ({"modality": "OT", "rgb": True}, MF_TRUE_COLOR_SC),
+        ],
+        ids=["CT", "MR", "PT", "OT-word", "OT-byte", "OT-rgb"],
+    )
+    def test_sop_class_identity_and_pixels(self, make_series, kwargs, sop_class):
+        paths = make_series("s", n=7, **kwargs)
+        out = merge_one(paths[0].parent)
+        ds = pydicom.dcmread(out)
+        originals = spatial_order(paths)
+        assert ds.SOPClassUID == sop_class
+        assert ds.file_meta.MediaStorageSOPClassUID == sop_class
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.SeriesInstanceUID != originals[0].SeriesInstanceUID
+        assert ds.SOPInstanceUID not in {o.SOPInstanceUID for o in originals}
+        assert ds.StudyInstanceUID == originals[0].StudyInstanceUID
+        assert str(ds.PatientName) == str(originals[0].PatientName)
+        assert ds.PatientID == originals[0].PatientID
+        assert ds.Modality == originals[0].Modality
+        assert int(ds.NumberOfFrames) == len(paths)
+        assert (ds.Rows, ds.Columns) == (originals[0].Rows, originals[0].Columns)
+        assert ds.PixelRepresentation == originals[0].PixelRepresentation
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        arr = frames_of(ds)
+        for index, original in enumerate(originals):
+            np.testing.assert_array_equal(arr[index], original.pixel_array)
+
+    def test_name_is_patient_series_multiframe_in_series_folder(self, make_series):
+        paths = make_series("s", n=6, series_number=7)
+        out = merge_one(paths[0].parent)
+        assert out.parent == paths[0].parent
+        assert out.name == "DOE_JANE_series7_multiframe.dcm"
+
+    def test_name_has_safe_characters_only(self, make_series):
+        paths = make_series("s", n=6, series_number=12, patient="O'Brien/Test^Ann Marie")
+        out = merge_one(paths[0].parent)
+        assert re.fullmatch(r"[A-Za-z0-9._-]+_series12_multiframe\.dcm", out.name), out.name
+        assert out.name.startswith("O")
+
+    def test_inputs_are_never_modified(self, make_series):
+        paths = make_series("s", n=6)
+        before = hash_files(paths)
+        merge_one(paths[0].parent)
+        assert hash_files(paths) == before
+
+    def test_two_series_in_one_folder_give_two_outputs(self, make_series):
+        ct = make_series("mix", n=6, series_number=3, prefix="A", seed=3)
+        mr = make_series("mix", n=5, series_number=4, prefix="B", seed=4, modality="MR")
+        outputs = merge_folder(ct[0].parent)
+        assert [p.name for p in outputs] == [
+            "DOE_JANE_series3_multiframe.dcm",
+            "DOE_JANE_series4_multiframe.dcm",
+        ]
+        for out, paths in zip(outputs, (ct, mr), strict=True):
+            ds = pydicom.dcmread(out)
+            originals = spatial_order(paths)
+            assert int(ds.NumberOfFrames) == len(paths)
+            sources = {
+                f.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+                for f in ds.PerFrameFunctionalGroupsSequence
+            }
+            assert sources == {o.SOPInstanceUID for o in originals}
+
+    def test_inconsistent_slices_of_one_series_become_separate_stacks(self, make_series):
+        big = make_series("mix", n=6, prefix="A", seed=3)
+        series_uid = pydicom.dcmread(big[0]).SeriesInstanceUID
+        small = make_series("mix", n=4, prefix="B", seed=4, rows=16, series_uid=series_uid)
+        outputs = merge_folder(big[0].parent)
+        assert len(outputs) == 2
+        shapes = sorted(
+            (int(d.NumberOfFrames), d.Rows) for d in (pydicom.dcmread(p) for p in outputs)
+        )
+        assert shapes == [(len(small), 16), (len(big), 32)]
+        assert all("_series3" in p.name and p.name.endswith(".dcm") for p in outputs)
+
+
+class TestMergeFunctionalGroups:
+    """Shared and per-frame functional groups, dimensions and references."""
+
+    @pytest.fixture
+    def merged(self, ct_series):
+        out = merge_one(ct_series[0].parent)
+        return pydicom.dcmread(out), spatial_order(ct_series)
+
+    def test_frame_values_match_the_source_slices(self, merged):
+        ds, originals = merged
+        assert len(ds.PerFrameFunctionalGroupsSequence) == len(originals)
+        for index, original in enumerate(originals):
+            measures = frame_item(ds, index, "PixelMeasuresSequence")
+            assert floats(measures.PixelSpacing) == floats(original.PixelSpacing)
+            assert float(measures.SliceThickness) == float(original.SliceThickness)
+            orientation = frame_item(ds, index, "PlaneOrientationSequence")
+            np.testing.assert_allclose(
+                floats(orientation.ImageOrientationPatient),
+                floats(original.ImageOrientationPatient),
+                atol=1e-6,
+            )
+            position = frame_item(ds, index, "PlanePositionSequence")
+            np.testing.assert_allclose(
+                floats(position.ImagePositionPatient),
+                floats(original.ImagePositionPatient),
+                atol=1e-4,
+            )
+            transform = frame_item(ds, index, "PixelValueTransformationSequence")
+            assert float(transform.RescaleIntercept) == float(original.RescaleIntercept)
+            assert float(transform.RescaleSlope) == float(original.RescaleSlope)
+            voi = frame_item(ds, index, "FrameVOILUTSequence")
+            assert float(voi.WindowCenter) == float(original.WindowCenter)
+            assert float(voi.WindowWidth) == float(original.WindowWidth)
+
+    def test_positions_are_per_frame(self, merged):
+        ds, _ = merged
+        assert "PlanePositionSequence" not in ds.SharedFunctionalGroupsSequence[0]
+        assert all("PlanePositionSequence" in f for f in ds.PerFrameFunctionalGroupsSequence)
+
+    def test_frame_content_stack_and_position(self, merged):
+        ds, originals = merged
+        stack_ids = set()
+        for index in range(len(originals)):
+            content = frame_item(ds, index, "FrameContentSequence")
+            stack_ids.add(str(content.StackID))
+            assert int(content.InStackPositionNumber) == index + 1
+        assert len(stack_ids) == 1
+
+    def test_dimension_index_points_into_the_frames(self, merged):
+        ds, originals = merged
+        dimensions = ds.DimensionIndexSequence
+        assert len(dimensions) >= 1
+        pointers = [Tag(d.DimensionIndexPointer) for d in dimensions]
+        assert Tag("InStackPositionNumber") in pointers
+        organizations = {o.DimensionOrganizationUID for o in ds.DimensionOrganizationSequence}
+        for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            values = list(frame.FrameContentSequence[0].DimensionIndexValues)
+            assert len(values) == len(dimensions)
+            for dimension in dimensions:
+                assert dimension.DimensionOrganizationUID in organizations
+                group = Tag(dimension.FunctionalGroupPointer)
+                item = frame_item(ds, index, pydicom.datadict.keyword_for_tag(group))
+                assert Tag(dimension.DimensionIndexPointer) in item
+        positions = [
+            f.FrameContentSequence[0].DimensionIndexValues[
+                pointers.index(Tag("InStackPositionNumber"))
+            ]
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert positions == list(range(1, len(originals) + 1))
+
+    def test_references_to_the_source_instances(self, merged):
+        ds, originals = merged
+        (series,) = ds.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == originals[0].SeriesInstanceUID
+        referenced = {
+            (r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID)
+            for r in series.ReferencedInstanceSequence
+        }
+        assert referenced == {(o.SOPClassUID, o.SOPInstanceUID) for o in originals}
+        for frame, original in zip(ds.PerFrameFunctionalGroupsSequence, originals, strict=True):
+            (source,) = frame.ConversionSourceAttributesSequence
+            assert source.ReferencedSOPInstanceUID == original.SOPInstanceUID
+            assert source.ReferencedSOPClassUID == original.SOPClassUID
+
+    def test_per_slice_rescale_goes_per_frame(self, make_series):
+        paths = make_series("pt", n=6, modality="PT", signed=False)
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        originals = spatial_order(paths)
+        assert "PixelValueTransformationSequence" not in ds.SharedFunctionalGroupsSequence[0]
+        slopes = [
+            float(f.PixelValueTransformationSequence[0].RescaleSlope)
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert slopes == [float(o.RescaleSlope) for o in originals]
+
+
+class TestMergeOrder:
+    """Frames come out in spatial order whatever the file names and instance numbers."""
+
+    @pytest.mark.parametrize("orientation", ["axial", "sagittal", "coronal", "oblique"])
+    @pytest.mark.parametrize("instance_order", ["position", "reversed", "shuffled"])
+    def test_sorted_along_the_slice_normal(self, make_series, orientation, instance_order):
+        paths = make_series(
+            "s", n=8, orientation=orientation, instance_order=instance_order, seed=5
+        )
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        originals = spatial_order(paths)
+        iop = floats(originals[0].ImageOrientationPatient)
+        normal = np.cross(iop[:3], iop[3:])
+        distances = []
+        arr = frames_of(ds)
+        for index, original in enumerate(originals):
+            position = floats(frame_item(ds, index, "PlanePositionSequence").ImagePositionPatient)
+            np.testing.assert_allclose(position, floats(original.ImagePositionPatient), atol=1e-4)
+            distances.append(float(np.dot(normal, position)))
+            np.testing.assert_array_equal(arr[index], original.pixel_array)
+        assert distances == sorted(distances)
+
+    def test_non_uniform_offsets_still_sorted(self, make_series):
+        offsets = [0.0, 2.0, 4.5, 6.0, 9.0, 10.0]
+        paths = make_series("s", n=6, offsets=offsets, orientation="oblique", seed=9)
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        originals = spatial_order(paths)
+        sources = [
+            f.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert sources == [o.SOPInstanceUID for o in originals]
+
+    @pytest.mark.parametrize("modality", ["CT", "OT"])
+    def test_without_geometry_sorted_by_instance_number(self, make_series, modality):
+        paths = make_series(
+            "s", n=7, geometry=False, instance_order="shuffled", modality=modality, seed=11
+        )
+        originals = sorted((pydicom.dcmread(p) for p in paths), key=lambda d: d.InstanceNumber)
+        assert [o.InstanceNumber for o in originals] == list(range(1, 8))
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        arr = frames_of(ds)
+        for index, original in enumerate(originals):
+            np.testing.assert_array_equal(arr[index], original.pixel_array)
+
+
+class TestMergeWarnings:
+    """Duplicates, gaps and non-uniform spacing are reported as [WARNING] lines."""
+
+    def test_uniform_series_gives_no_warning(self, make_series):
+        paths = make_series("s", n=8)
+        code, _, err = run_main("-j", "-F", paths[0].parent)
+        assert code == 0
+        assert warnings_of(err) == []
+
+    def test_missing_slice_is_a_gap(self, make_series):
+        paths = make_series("s", n=8, skip=(4,))
+        code, _, err = run_main("-j", "-F", paths[0].parent)
+        assert code == 0
+        assert any("gap" in w.lower() for w in warnings_of(err)), err
+        ds = pydicom.dcmread(next(paths[0].parent.glob("*_multiframe.dcm")))
+        assert int(ds.NumberOfFrames) == 7
+
+    def test_duplicate_position(self, make_series):
+        paths = make_series("s", n=6, offsets=[0, 2.5, 5, 5, 7.5, 10])
+        code, _, err = run_main("-j", "-F", paths[0].parent)
+        assert code == 0
+        assert any("duplicate" in w.lower() for w in warnings_of(err)), err
+
+    def test_non_uniform_spacing_is_reported(self, make_series):
+        paths = make_series("s", n=7, offsets=[0, 2.5, 5, 7.5, 10.6, 13.1, 15.6])
+        code, _, err = run_main("-j", "-F", paths[0].parent)
+        assert code == 0
+        found = warnings_of(err)
+        assert any("non-uniform" in w.lower() or "spacing" in w.lower() for w in found), err
+        assert not any("gap" in w.lower() for w in found), err
+
+
+class TestMergeCompressed:
+    """One shared compressed syntax: frames copied as they are; otherwise native output."""
+
+    @pytest.mark.parametrize(
+        ("syntax", "size"),
+        [(RLELossless, (32, 24)), (JPEG2000Lossless, (32, 32)), (JPEGLSLossless, (32, 24))],
+        ids=["RLE", "J2K", "JPEG-LS"],
+    )
+    def test_fragments_copied_unchanged(self, make_series, syntax, size):
+        rows, cols = size
+        paths = make_series("s", n=6, rows=rows, cols=cols, syntax=syntax, signed=False)
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        originals = spatial_order(paths)
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        assert encoded_frames(ds) == [encoded_frames(o)[0] for o in originals]
+        arr = frames_of(ds)
+        for index, original in enumerate(originals):
+            np.testing.assert_array_equal(arr[index], original.pixel_array)
+
+    @pytest.mark.parametrize("other", [ExplicitVRLittleEndian, JPEGLSLossless])
+    def test_mixed_syntaxes_give_explicit_little_endian(self, make_series, other):
+        paths = make_series("s", n=6, syntax=RLELossless)
+        for path in paths[::2]:
+            ds = pydicom.dcmread(path)
+            if other == ExplicitVRLittleEndian:
+                ds.decompress(generate_instance_uid=False)
+            else:
+                ds.decompress(generate_instance_uid=False)
+                ds.compress(other, generate_instance_uid=False)
+            ds.save_as(path, enforce_file_format=True)
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        arr = frames_of(ds)
+        for index, original in enumerate(spatial_order(paths)):
+            np.testing.assert_array_equal(arr[index], original.pixel_array)
+
+
+class TestMergeRerun:
+    """Earlier outputs are never merged again and never overwritten."""
+
+    def test_second_run_ignores_the_first_output(self, ct_series):
+        folder = ct_series[0].parent
+        first = merge_one(folder)
+        first_hash = hash_files([first])
+        first_uid = pydicom.dcmread(first).SOPInstanceUID
+        second = merge_one(folder)
+        assert second.name == "DOE_JANE_series3_multiframe_1.dcm"
+        assert hash_files([first]) == first_hash
+        ds = pydicom.dcmread(second)
+        assert int(ds.NumberOfFrames) == len(ct_series)
+        referenced = {
+            r.ReferencedSOPInstanceUID
+            for s in ds.ReferencedSeriesSequence
+            for r in s.ReferencedInstanceSequence
+        }
+        assert first_uid not in referenced
+        assert len(referenced) == len(ct_series)
+
+    def test_output_dir_gets_a_copy_and_never_overwrites(self, ct_series, tmp_path):
+        folder = ct_series[0].parent
+        target = tmp_path / "out"
+        first = merge_one(folder, "--output-dir", target)
+        copy = target / first.name
+        assert copy.read_bytes() == first.read_bytes()
+        copy_hash = hash_files([copy])
+        second = merge_one(folder, "--output-dir", target)
+        assert sorted(p.name for p in target.iterdir()) == [
+            "DOE_JANE_series3_multiframe.dcm",
+            "DOE_JANE_series3_multiframe_1.dcm",
+        ]
+        assert hash_files([copy]) == copy_hash
+        assert (target / "DOE_JANE_series3_multiframe_1.dcm").read_bytes() == second.read_bytes()
+
+
+def _validated_series(make_series, kwargs):
+    """Make and merge a series for the validators; return the merged file."""
+    paths = make_series("v", n=6, **kwargs)
+    return merge_one(paths[0].parent)
+
+
+BUG_SIGNED_SC = (
+    "KNOWN LIMITATION: signed pixels go into Multi-frame Grayscale Byte/Word SC, which allows "
+    "PixelRepresentation 0 only (dciodvfy: enumerated value 0x1)"
+)
+
+
+def known_bug(kwargs: dict, name: str, reason: str) -> object:
+    """Return a parameter that fails today because of a known bug (strict xfail)."""
+    return pytest.param(kwargs, id=name, marks=pytest.mark.xfail(reason=reason, strict=True))
+
+
+VALID_SERIES = [
+    pytest.param({"modality": "CT", "vary_window": True}, id="CT-axial"),
+    pytest.param({"modality": "MR", "orientation": "oblique", "signed": False}, id="MR-oblique"),
+    pytest.param({"modality": "PT", "orientation": "sagittal", "signed": False}, id="PT-sagittal"),
+    pytest.param({"modality": "CT", "orientation": "coronal", "skip": (2,)}, id="CT-gap"),
+    pytest.param({"modality": "OT", "signed": False}, id="OT-word"),
+    pytest.param({"modality": "OT", "signed": False, "bits": 8}, id="OT-byte"),
+    pytest.param({"modality": "CT", "rgb": True}, id="CT-rgb"),
+    pytest.param({"modality": "CT", "syntax": RLELossless}, id="CT-RLE"),
+    pytest.param(
+        {"modality": "MR", "syntax": JPEG2000Lossless, "rows": 32, "cols": 32}, id="MR-J2K"
+    ),
+]
+
+
+class TestMergeValidators:
+    """dciodvfy finds no error; dcmdump and gdcminfo read the file."""
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            *VALID_SERIES,
+            pytest.param({"modality": "CT", "bits": 8, "signed": False}, id="CT-8bit"),
+            known_bug({"modality": "CT", "bits": 8}, "CT-8bit-signed", BUG_SIGNED_SC),
+            known_bug(
+                {"modality": "PT", "bits": 8, "signed": False},
+                "PT-8bit",
+                "KNOWN LIMITATION: 8-bit PET becomes a Secondary Capture, whose General Series "
+                "forbids PatientPosition beside the PET PatientOrientationCodeSequence",
+            ),
+            known_bug({"modality": "OT", "signed": True}, "OT-signed-word", BUG_SIGNED_SC),
+            known_bug({"modality": "OT", "bits": 8}, "OT-signed-byte", BUG_SIGNED_SC),
+            pytest.param(
+                {"modality": "CT", "geometry": False, "signed": False}, id="CT-no-geometry"
+            ),
+            known_bug(
+                {"modality": "CT", "geometry": False}, "CT-no-geometry-signed", BUG_SIGNED_SC
+            ),
+            pytest.param(
+                {"modality": "OT", "signed": False, "geometry": False}, id="OT-no-geometry"
+            ),
+        ],
+    )
+    def test_dciodvfy_reports_no_error(self, make_series, kwargs):
+        assert dciodvfy_errors(_validated_series(make_series, kwargs)) == []
+
+    @pytest.mark.parametrize("tool", ["dcmdump", "gdcminfo"])
+    @pytest.mark.parametrize("kwargs", VALID_SERIES[:1] + VALID_SERIES[6:])
+    def test_other_toolkits_read_it(self, make_series, kwargs, tool):
+        assert tool_exit_code(tool, _validated_series(make_series, kwargs)) == 0
