@@ -1315,8 +1315,17 @@ def _frame_groups(
     macros = ["PixelValueTransformationSequence", "FrameVOILUTSequence"]
     if order.by_position:  # plane macros need a Frame of Reference (C.7.6.16.2.1)
         macros[:0] = ["PixelMeasuresSequence", "PlaneOrientationSequence"]
+    headers = [s.header for s in slices]
     for keyword in macros:
-        items = [functional_group_item(keyword, s.header) for s in slices]
+        members = [Tag(k) for k, g in FUNCTIONAL_GROUP_OF.items() if g == keyword]
+        if all(
+            same_in_all(headers, tag) or not any(tag in h for h in headers) for tag in members
+        ):  # the same for every slice: build it once (the common case, and fast)
+            item = functional_group_item(keyword, headers[0])
+            if item is not None:
+                shared.update(item)
+            continue
+        items = [functional_group_item(keyword, h) for h in headers]
         if all(i is None for i in items):
             continue
         signatures = {element_signature(i[keyword]) if i is not None else None for i in items}
