@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""DicomPressor: merge, split, inspect and summarize DICOM files, one portable script.
+"""DicomPressor: merge, split, compress, inspect and summarize DICOM files, one script.
 
 Usage (see ``python3 dicompressor.py -h``)::
 
     python3 dicompressor.py -j -f /data/patient_folder      # merge slices per series
     python3 dicompressor.py -s -f merged.dcm                # split a multi-frame file
+    python3 dicompressor.py -x -f /data [--codec jpegls]     # lossless, <stem>_jll.dcm
+    python3 dicompressor.py -z --ratio 10 -f /data           # JPEG 2000 lossy
+    python3 dicompressor.py -u -f /data                      # decompress
     python3 dicompressor.py --info file.dcm [--json]
     python3 dicompressor.py --summary /data [--json]
 
@@ -56,7 +59,6 @@ __version__ = "0.1.0"
 
 # ==== 2. Constants and configuration ====
 
-DONE_MARKER = ".dicompressor_done"
 #: Marks the replace-in-place variant of an action on the command line (-X, -Z, -U).
 REPLACE_SUFFIX = ":replace"
 PROG = "dicompressor"
@@ -324,6 +326,8 @@ class Options:
 
     output_dir: Path | None = None
     json: bool = False
+    #: False puts an action's outputs straight into output_dir (the API's session folder)
+    #: instead of beside the inputs with a copy there.
     keep_beside: bool = True
     in_place: bool = False
     codec: str = "j2k"
@@ -3115,9 +3119,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     spec = ACTIONS[action]
+    problem = None
     if args.jobs < 1:
+        problem = "--jobs must be 1 or more"
+    elif args.ratio is not None and args.psnr is not None:
+        problem = "give --ratio or --psnr, not both"
+    elif args.ratio is not None and args.ratio < 1:
+        problem = f"--ratio must be 1 or more, not {args.ratio:g}"
+    elif args.psnr is not None and args.psnr <= 0:
+        problem = f"--psnr must be positive, not {args.psnr:g}"
+    if problem is not None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: --jobs must be 1 or more", file=sys.stderr)
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     options = Options(
         output_dir=args.output_dir,
