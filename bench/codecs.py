@@ -203,10 +203,10 @@ def build_argv(c: Contender, inputs: list[Path], out_dir: Path) -> list[str]:
     return tool_argv(c.args, inputs, out_dir)
 
 
-def shown(argv: list[str], inputs: list[Path]) -> str:
-    """A short form of the command, for the table and the JSON."""
+def shown(argv: list[str], inputs: list[Path], out_dir: Path) -> str:
+    """A short form of the command, for the report and the JSON."""
     text = " ".join(Path(a).name if a == sys.executable or a.endswith(".py") else a for a in argv)
-    return text.replace(str(inputs[0].parent), "<in>").replace(str(inputs[0]), "<in>")
+    return text.replace(str(out_dir), "<out>").replace(str(inputs[0].parent), "<in>")
 
 
 # ---- pixel check ----
@@ -275,7 +275,7 @@ def run_contender(
         out_dir = work / "out" / f"{case}-{c.name.replace(' ', '_')}-{i}"
         out_dir.mkdir(parents=True)
         argv = build_argv(c, inputs, out_dir)
-        result.command = shown(argv, inputs)
+        result.command = shown(argv, inputs, out_dir)
         with log.open("a") as sink:
             sink.write(f"\n==== {case} {c.name} run {i + 1}: {result.command}\n")
         mb.flush_disk()  # so no run pays for writing back the previous run's output
@@ -343,7 +343,8 @@ def report(results: list[CodecResult]) -> tuple[list[str], list[dict[str, object
         lines.append(f"  {label}  {text}")
         checks.append({"target": name, "value": value, "pass": ok})
 
-    for mine, theirs in (("dicompressor -x", "gdcmconv --j2k"), ("dicompressor -u", "gdcmconv --raw")):
+    pairs = (("dicompressor -x", "gdcmconv --j2k"), ("dicompressor -u", "gdcmconv --raw"))
+    for mine, theirs in pairs:
         name = f"multi: {mine} wall <= {WALL_TARGET:g}x {theirs}"
         a, b = by.get(("multi", mine)), by.get(("multi", theirs))
         if a is None or b is None:
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         lines, checks = report(results)
         print()
         print("\n".join(lines))
-        print("\ncommands (<in>: the input folder or file; the output is a fresh folder):")
+        print("\ncommands (<in>: the input folder; <out>: a fresh folder per run):")
         for r in results:
             print(f"  {r.case:<6} {r.contender:<26} {r.command}")
         if not args.no_json:
