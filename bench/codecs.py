@@ -30,17 +30,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +45,6 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import merge as mb  # noqa: E402  (bench/merge.py: series, launcher, helpers)
 
-RESULTS_DIR = mb.RESULTS_DIR
 REPO = mb.REPO
 MB = mb.MB
 
@@ -461,43 +456,23 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             print(f"  {r.case:<6} {r.contender:<26} {r.command}")
         if not args.no_json:
-            RESULTS_DIR.mkdir(exist_ok=True)
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            target = RESULTS_DIR / f"codecs-{stamp}.json"
-            record = {
-                "benchmark": "codecs",
-                "timestamp": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "params": {
-                    "slices": args.slices,
-                    "size": args.size,
-                    "repeat": args.repeat,
-                    "noise_sigma": NOISE_SIGMA,
-                    "script": {"path": str(source), "sha256": mb.sha256_of(script)},
-                },
-                "floor": asdict(floor),
-                "environment": {
-                    "python": platform.python_version(),
-                    "pydicom": pydicom.__version__,
-                    "numpy": np.__version__,
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "tools": tools,
-                    **repo_state,
-                },
-                "results": [
-                    {
-                        **{k: v for k, v in asdict(r).items() if k != "samples"},
-                        "wall_s_median": r.wall_s,
-                        "peak_rss_mb_max": r.peak_rss_mb,
-                        "ratio": round(r.ratio, 4),
-                        "ok": r.ok,
-                        "samples": [asdict(s) for s in r.samples],
-                    }
-                    for r in results
-                ],
-                "targets": checks,
+            params = {
+                "slices": args.slices,
+                "size": args.size,
+                "repeat": args.repeat,
+                "noise_sigma": NOISE_SIGMA,
+                "script": {"path": str(source), "sha256": mb.sha256_of(script)},
             }
-            target.write_text(json.dumps(record, indent=2) + "\n")
+            environment = {"tools": tools, **repo_state}
+            target = mb.save_results(
+                "codecs",
+                params,
+                floor,
+                environment,
+                results,
+                checks,
+                ratio=lambda r: round(r.ratio, 4),
+            )
             print(f"\nresults: {target.relative_to(REPO)}")
     finally:
         if args.keep:

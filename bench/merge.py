@@ -42,8 +42,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -622,6 +624,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def save_results(
+    name: str,
+    params: dict[str, Any],
+    floor: Any,
+    environment: dict[str, Any],
+    results: list[Any],
+    checks: Any,
+    **per_result: Callable[[Any], Any],
+) -> Path:
+    """Write one benchmark run as JSON into bench/results; return the file."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    now = dt.datetime.now()
+    target = RESULTS_DIR / f"{name}-{now.strftime('%Y%m%d-%H%M%S')}.json"
+    record = {
+        "benchmark": name,
+        "timestamp": now.astimezone().isoformat(timespec="seconds"),
+        "params": params,
+        "floor": asdict(floor),
+        "environment": {
+            "python": platform.python_version(),
+            "pydicom": pydicom.__version__,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            **environment,
+        },
+        "results": [
+            {
+                **{k: v for k, v in asdict(r).items() if k != "samples"},
+                "wall_s_median": r.wall_s,
+                "peak_rss_mb_max": r.peak_rss_mb,
+                **{key: get(r) for key, get in per_result.items()},
+                "ok": r.ok,
+                "samples": [asdict(sample) for sample in r.samples],
+            }
+            for r in results
+        ],
+        "targets": checks,
+    }
+    target.write_text(json.dumps(record, indent=2) + "\n")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate, measure, print, save."""
     args = parse_args(argv)
@@ -680,44 +725,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("\n".join(profile))
         if not args.no_json:
-            RESULTS_DIR.mkdir(exist_ok=True)
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            target = RESULTS_DIR / f"merge-{stamp}.json"
-            record = {
-                "benchmark": "merge",
-                "timestamp": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "params": {
-                    "slices": counts,
-                    "size": args.size,
-                    "repeat": args.repeat,
-                    "scripts": {
-                        label: {"path": str(path), "sha256": sha256_of(scripts[label])}
-                        for label, path in sources.items()
-                    },
+            params = {
+                "slices": counts,
+                "size": args.size,
+                "repeat": args.repeat,
+                "scripts": {
+                    label: {"path": str(path), "sha256": sha256_of(scripts[label])}
+                    for label, path in sources.items()
                 },
-                "floor": asdict(floor),
-                "environment": {
-                    "python": platform.python_version(),
-                    "pydicom": pydicom.__version__,
-                    "numpy": np.__version__,
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "dcmulti": dcmulti,
-                    **repo_state,
-                },
-                "results": [
-                    {
-                        **{k: v for k, v in asdict(r).items() if k != "samples"},
-                        "wall_s_median": r.wall_s,
-                        "peak_rss_mb_max": r.peak_rss_mb,
-                        "ok": r.ok,
-                        "samples": [asdict(s) for s in r.samples],
-                    }
-                    for r in results
-                ],
-                "targets": checks,
             }
-            target.write_text(json.dumps(record, indent=2) + "\n")
+            environment = {"dcmulti": dcmulti, **repo_state}
+            target = save_results("merge", params, floor, environment, results, checks)
             print(f"\nresults: {target.relative_to(REPO)}")
     finally:
         if args.keep:

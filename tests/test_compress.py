@@ -12,8 +12,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import run_cli, synth
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -36,13 +35,6 @@ from pydicom.uid import (
     generate_uid,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import synth  # noqa: E402
-
-SCRIPT = ROOT / "dicompressor.py"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 J2K_LOSSY = "1.2.840.10008.1.2.4.91"
 JLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -61,17 +53,9 @@ CODEC_TARGETS = {
 
 def run(*args: str | Path) -> tuple[int, str, str]:
     """Run the CLI; return (exit code, stdout, stderr). Never a traceback, in any case."""
-    env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    return proc.returncode, proc.stdout, proc.stderr
+    code, out, err = run_cli(*args)
+    assert "Traceback" not in out + err, out + err
+    return code, out, err
 
 
 def sha(path: Path) -> str:
