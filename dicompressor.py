@@ -325,7 +325,6 @@ class Options:
     """Options of one run, shared by every action (built by the CLI or the API)."""
 
     output_dir: Path | None = None
-    json: bool = False
     #: False puts an action's outputs straight into output_dir (the API's session folder)
     #: instead of beside the inputs with a copy there.
     keep_beside: bool = True
@@ -795,19 +794,24 @@ def missing_codec_message(syntax: UID, exc: BaseException) -> str:
     return f"cannot decode {uid_name(syntax)}: {reason}{hint}"
 
 
-def decode_frames(path: Path) -> tuple[np.ndarray, Dataset]:
-    """Decode all frames of a file with pydicom's pixel handlers; return (array, dataset)."""
-    ds = pydicom.dcmread(path)
-    syntax = transfer_syntax_of(ds)
+def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
+    """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion).
+
+    A file is read only as far as that frame needs; codec failures become one line
+    naming the codec's pip package.
+    """
     try:
-        arr = ds.pixel_array
+        src = str(source) if isinstance(source, Path) else source
+        return pydicom.pixels.pixel_array(src, index=index, raw=raw)
     except BaseException as exc:  # the codec layer raises many types, panics too
         if is_fatal(exc):
             raise
-        raise DicomPressorError(missing_codec_message(syntax, exc)) from exc
-    if number_of_frames(ds) == 1:
-        arr = arr[np.newaxis, ...]
-    return arr, ds
+        meta = (
+            source
+            if isinstance(source, Dataset)
+            else pydicom.dcmread(source, stop_before_pixels=True)
+        )
+        raise DicomPressorError(missing_codec_message(transfer_syntax_of(meta), exc)) from exc
 
 
 def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
@@ -1147,6 +1151,7 @@ class MergePlan:
     syntax: UID
     encapsulated: bool
     frame_bytes: int
+    decode: bool
 
 
 def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bool]:
@@ -1175,7 +1180,7 @@ def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bo
     return MF_GRAY_WORD_SC, False
 
 
-def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) -> Dataset:
+def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | None) -> Dataset:
     """Build the header of a Legacy Converted Enhanced or multi-frame SC instance.
 
     Modules follow PS3.3 A.70-A.72 (Legacy Converted Enhanced CT/MR/PET) and A.8.2-A.8.5
@@ -1218,9 +1223,10 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, decoded_rgb: bool) 
     ds.NumberOfFrames = len(slices)
     source_type = list(template.get("ImageType", []) or ["ORIGINAL", "PRIMARY"])
     # Image Pixel
-    if decoded_rgb:
-        ds.PhotometricInterpretation = "RGB"
-        ds.PlanarConfiguration = 0
+    if photometric is not None:  # frames are decoded: colour comes interleaved
+        ds.PhotometricInterpretation = photometric
+        if int(ds.get("SamplesPerPixel", 1)) == 3:
+            ds.PlanarConfiguration = 0
     lossy = [s.header.get("LossyImageCompression") for s in slices]
     ds.LossyImageCompression = "01" if "01" in lossy or str(syntax) in LOSSY_SYNTAXES else "00"
     if "01" in lossy:
@@ -1584,12 +1590,6 @@ def pixel_description(ds: Dataset) -> dict[str, Any]:
     }
 
 
-def decode_frame(source: str | Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
-    """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion)."""
-    src = str(source) if isinstance(source, Path) else source
-    return pydicom.pixels.pixel_array(src, index=index, raw=raw)
-
-
 def _decode_task(task: tuple[str, int, bool, int]) -> bytes:
     """Worker: decode frame index of a file to native little-endian bytes."""
     path, index, raw, bits_allocated = task
@@ -1764,24 +1764,25 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
         for s in order.slices
     )
     syntax = next(iter(syntaxes)) if encapsulated else ExplicitVRLittleEndian
-    needs_decode = not encapsulated and any(
-        str(s.syntax) not in NATIVE_LE_SYNTAXES for s in order.slices
+    needs_decode = not encapsulated and (
+        str(template.get("PhotometricInterpretation", "")) == "YBR_FULL_422"  # subsampled
+        or any(
+            str(s.syntax) not in NATIVE_LE_SYNTAXES or s.pixels is None or s.pixels.offset < 0
+            for s in order.slices
+        )
     )
-    photometric = str(template.get("PhotometricInterpretation", ""))
-    decoded_rgb = (
-        needs_decode
-        and photometric.startswith("YBR")
-        and any(s.syntax.is_compressed for s in order.slices)
-    )
-    ds = build_multiframe_dataset(order, syntax, decoded_rgb)
-    return MergePlan(ds, order, syntax, encapsulated, expected_frame_bytes(template))
+    # One decoded slice means all are decoded, so every frame has the same photometric.
+    photometric = decoded_photometric(template, raw=False) if needs_decode else None
+    ds = build_multiframe_dataset(order, syntax, photometric)
+    frame_bytes = expected_frame_bytes(ds)
+    return MergePlan(ds, order, syntax, encapsulated, frame_bytes, needs_decode)
 
 
 def _native_frames(plan: MergePlan) -> Iterator[bytes]:
     """Yield each slice's frame as native little-endian bytes, one at a time."""
     bits = int(plan.dataset.BitsAllocated)
     for s in plan.order.slices:
-        if str(s.syntax) in NATIVE_LE_SYNTAXES and s.pixels is not None and s.pixels.offset >= 0:
+        if not plan.decode and s.pixels is not None:
             if s.pixels.length < plan.frame_bytes:
                 raise DicomPressorError(
                     f"{s.path.name}: (7FE0,0010) Pixel Data holds {s.pixels.length} bytes, "
@@ -1790,10 +1791,10 @@ def _native_frames(plan: MergePlan) -> Iterator[bytes]:
             yield read_span(s.path, s.pixels.offset, plan.frame_bytes)
         else:
             try:
-                arr, _ = decode_frames(s.path)
+                arr = decode_frame(s.path, 0, raw=False)
             except DicomPressorError as exc:
                 raise DicomPressorError(f"{s.path.name}: {exc.message}") from exc
-            yield native_frame_bytes(arr[0], bits)
+            yield native_frame_bytes(arr, bits)
 
 
 def _encapsulated_frames(
@@ -2073,7 +2074,7 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
         return
     syntax = transfer_syntax_of(ds)
     frame_bytes = expected_frame_bytes(ds)
-    decoded: np.ndarray | None = None
+    decode = False
     frame_spans: list[list[tuple[int, int]]] = []
     out_syntax = syntax
     if location.encapsulated and location.offset >= 0:
@@ -2082,7 +2083,7 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     elif (
         str(syntax) not in NATIVE_LE_SYNTAXES or location.offset < 0 or int(ds.BitsAllocated) == 1
     ):
-        decoded, _ = decode_frames(path)
+        decode = True
         out_syntax = ExplicitVRLittleEndian
     elif location.length < frame_bytes * n_frames:
         raise DicomPressorError(
@@ -2098,7 +2099,7 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     try:
         for index in range(n_frames):
             header = _split_header(ds, index)
-            if decoded is not None:
+            if decode:
                 header.PhotometricInterpretation = decoded_photometric(ds, raw=False)
                 if int(header.get("SamplesPerPixel", 1)) == 3:
                     header.PlanarConfiguration = 0
@@ -2110,9 +2111,10 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                     write_encapsulated_frames(
                         handle, [fragments], [encapsulated_size(len(f) for f in fragments)]
                     )
-                elif decoded is not None:
+                elif decode:
                     bits = int(ds.BitsAllocated)
-                    data = pack_native_frames([native_frame_bytes(decoded[index], bits)], bits)
+                    frame = decode_frame(path, index, raw=False)
+                    data = pack_native_frames([native_frame_bytes(frame, bits)], bits)
                     write_native_frames(handle, [data], len(data), 1, bits)
                 else:
                     data = read_span(path, location.offset + index * frame_bytes, frame_bytes)
@@ -3134,7 +3136,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options = Options(
         output_dir=args.output_dir,
-        json=args.json,
         in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
         codec=args.codec,
         ratio=args.ratio,
