@@ -1575,8 +1575,8 @@ def decoded_photometric(ds: Dataset, *, raw: bool) -> str:
     return "YBR_FULL"
 
 
-def pixel_description(ds: Dataset) -> dict[str, Any]:
-    """Return the Image Pixel values an encoder needs for one decoded frame."""
+def pixel_description(ds: Dataset, *, planar_configuration: int = 0) -> dict[str, Any]:
+    """Return the Image Pixel values a codec needs for one frame of ds."""
     return {
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
@@ -1585,69 +1585,120 @@ def pixel_description(ds: Dataset) -> dict[str, Any]:
         "bits_stored": int(ds.BitsStored),
         "pixel_representation": int(ds.get("PixelRepresentation", 0)),
         "photometric_interpretation": str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        "planar_configuration": 0,
+        "planar_configuration": planar_configuration,
         "number_of_frames": 1,
     }
 
 
-def _decode_task(task: tuple[str, int, bool, int]) -> bytes:
-    """Worker: decode frame index of a file to native little-endian bytes."""
-    path, index, raw, bits_allocated = task
-    return native_frame_bytes(decode_frame(path, index, raw=raw), bits_allocated)
-
-
 @dataclasses.dataclass(frozen=True)
-class EncodeTask:
-    """One frame to encode in a worker process (picklable)."""
+class FrameJob:
+    """One frame to decode, and encode again unless target_syntax is None (picklable).
 
-    frame: np.ndarray
-    syntax: str
-    description: dict[str, Any]
+    ``data`` is the frame as stored: native bytes or the encoded codestream, so a worker
+    needs neither the file nor its header.
+    """
+
+    data: bytes
+    source_syntax: str
+    source: dict[str, Any]
+    raw: bool
+    target_syntax: str | None = None
+    target: dict[str, Any] | None = None
     ratio: float | None = None
     psnr: float | None = None
 
 
-def _encode_task(task: EncodeTask) -> tuple[bytes, float, int]:
-    """Worker: encode one frame; return (bytes, sum of squared errors, samples).
+def decode_stored_frame(
+    data: bytes, syntax: UID, description: dict[str, Any], *, raw: bool
+) -> np.ndarray:
+    """Decode one stored frame (native bytes or one codestream) to an array."""
+    decoder = pydicom.pixels.get_decoder(syntax)
+    source = pydicom.encaps.encapsulate([data]) if syntax.is_encapsulated else data
+    try:
+        array, _ = decoder.as_array(
+            source, index=0, raw=raw, pixel_keyword="PixelData", **description
+        )
+    except BaseException as exc:  # the codec layer raises many types, panics too
+        if is_fatal(exc):
+            raise
+        raise DicomPressorError(missing_codec_message(syntax, exc)) from exc
+    return array
+
+
+def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
+    """Worker: decode a frame, encode it when asked; return (bytes, squared error, samples).
 
     The error is measured by decoding the result again, for lossy encodings only.
     """
-    encoder = pydicom.pixels.get_encoder(UID(task.syntax))
-    kwargs = dict(task.description)
-    if task.syntax in (CODECS["j2k"].syntax, J2K_LOSSY):
+    array = decode_stored_frame(job.data, UID(job.source_syntax), job.source, raw=job.raw)
+    if job.target_syntax is None or job.target is None:
+        return native_frame_bytes(array, int(job.source["bits_allocated"])), 0.0, 0
+    kwargs = dict(job.target)
+    if job.target_syntax in (CODECS["j2k"].syntax, J2K_LOSSY):
         kwargs["use_mct"] = False
-    if task.ratio is not None:
-        kwargs["j2k_cr"] = [task.ratio]
-    if task.psnr is not None:
-        kwargs["j2k_psnr"] = [task.psnr]
-    encoded = encoder.encode(task.frame, **kwargs)
-    if task.ratio is None and task.psnr is None:
-        return encoded, 0.0, 0
-    import openjpeg  # the lossy path is JPEG 2000 only
+    if job.ratio is not None:
+        kwargs["j2k_cr"] = [job.ratio]
+    if job.psnr is not None:
+        kwargs["j2k_psnr"] = [job.psnr]
+    try:
+        encoded = pydicom.pixels.get_encoder(UID(job.target_syntax)).encode(array, **kwargs)
+        if job.ratio is None and job.psnr is None:
+            return encoded, 0.0, 0
+        import openjpeg  # the lossy path is JPEG 2000 only
 
-    decoded = openjpeg.decode(encoded).astype(np.float64).reshape(task.frame.shape)
-    error = float(np.sum((decoded - task.frame.astype(np.float64)) ** 2))
-    return encoded, error, int(task.frame.size)
+        decoded = openjpeg.decode(encoded).astype(np.float64).reshape(array.shape)
+    except BaseException as exc:  # the codec layer raises many types, panics too
+        if is_fatal(exc):
+            raise
+        message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        raise DicomPressorError(
+            f"cannot encode as {uid_name(UID(job.target_syntax))}: {message}"
+        ) from exc
+    error = float(np.sum((decoded - array.astype(np.float64)) ** 2))
+    return encoded, error, int(array.size)
+
+
+def iter_ordered(
+    function: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    jobs: int,
+    progress: ProgressFn,
+    total: int,
+) -> Iterator[Any]:
+    """Yield function(task) in task order, from worker processes when jobs > 1.
+
+    At most a few tasks per worker are in flight, so memory stays bounded however many
+    tasks (frames) there are.
+    """
+    if jobs <= 1 or total <= 1:
+        for index, task in enumerate(tasks, 1):
+            yield function(task)
+            progress(index, total)
+        return
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = 4 * jobs
+    with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
+        pending: deque[Any] = deque()
+        done = 0
+        for task in tasks:
+            pending.append(pool.submit(function, task))
+            if len(pending) >= window:
+                done += 1
+                yield pending.popleft().result()
+                progress(done, total)
+        while pending:
+            done += 1
+            yield pending.popleft().result()
+            progress(done, total)
 
 
 def run_tasks(
     function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
 ) -> list[Any]:
     """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
-    results = []
-    if jobs <= 1 or len(tasks) <= 1:
-        for index, task in enumerate(tasks, 1):
-            results.append(function(task))
-            progress(index, len(tasks))
-        return results
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-        chunk = max(1, len(tasks) // (jobs * 8))
-        for index, value in enumerate(pool.map(function, tasks, chunksize=chunk), 1):
-            results.append(value)
-            progress(index, len(tasks))
-    return results
+    return list(iter_ordered(function, tasks, jobs, progress, len(tasks)))
 
 
 def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> list[Path]:
@@ -2240,71 +2291,107 @@ def _mark_lossy(out: Dataset, ratio: float) -> None:
     out.SOPInstanceUID = new_uid()
 
 
+def stored_frames(
+    path: Path, header: Dataset, location: PixelLocation | None
+) -> Iterator[bytes] | None:
+    """Yield each frame as stored in the file, or None when frames can't be cut out.
+
+    Native little-endian and encapsulated pixel data are read frame by frame from their
+    offsets; big endian, deflated, bit-packed and subsampled YBR data are not.
+    """
+    if location is None or location.offset < 0:
+        return None
+    syntax = transfer_syntax_of(header)
+    n_frames = number_of_frames(header)
+    if location.encapsulated:
+        offsets, fragments = scan_fragments(path, location)
+        spans = frame_fragments(offsets, fragments, n_frames)
+        return (b"".join(read_span(path, s, n) for s, n in frame) for frame in spans)
+    photometric = str(header.get("PhotometricInterpretation", ""))
+    if (
+        str(syntax) not in NATIVE_LE_SYNTAXES
+        or int(header.BitsAllocated) == 1
+        or photometric == "YBR_FULL_422"
+    ):
+        return None
+    size = expected_frame_bytes(header)
+    if location.length < size * n_frames:
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected "
+            f"{size * n_frames} for {n_frames} frames"
+        )
+    return (read_span(path, location.offset + i * size, size) for i in range(n_frames))
+
+
+def _frame_jobs(
+    path: Path, header: Dataset, location: PixelLocation | None, raw: bool, out: Dataset
+) -> Iterator[FrameJob]:
+    """Yield one FrameJob per frame (target fields left empty)."""
+    frames = stored_frames(path, header, location)
+    if frames is not None:
+        syntax = str(transfer_syntax_of(header))
+        planar = int(header.get("PlanarConfiguration", 0) or 0)
+        source = pixel_description(header, planar_configuration=planar)
+        for data in frames:
+            yield FrameJob(data, syntax, source, raw)
+        return
+    # Decoded here, whole file at once; the workers get native frames.
+    ds = pydicom.dcmread(path)
+    bits = int(out.BitsAllocated)
+    native = pixel_description(out)
+    for index in range(number_of_frames(ds)):
+        data = native_frame_bytes(decode_frame(ds, index, raw=raw), bits)
+        yield FrameJob(pack_native_frames([data], bits), str(ExplicitVRLittleEndian), native, True)
+
+
 def transcode_file(
     path: Path, mode: TranscodeMode, options: Options, progress: ProgressFn
 ) -> tuple[Path | None, str]:
     """Compress or decompress one file; return (output or None when skipped, log text).
 
-    Frames are decoded and encoded in worker processes when ``options.jobs`` > 1; the
-    output is written atomically (over the input itself with ``in_place``).
+    Frames are read one by one, decoded and encoded in worker processes when
+    ``options.jobs`` > 1, and written atomically (over the input itself with
+    ``in_place``).
     """
     target = transcode_target(path, mode, options)
-    header, _ = read_header(path)
+    header, location = read_header(path)
     reason = _skip_reason(path, header, mode, target)
     if reason is not None:
         return None, f"{path.name}: left alone, {reason}"
     check_pixel_description(header)
-    ds = pydicom.dcmread(path)
-    source_syntax = transfer_syntax_of(ds)
-    n_frames = number_of_frames(ds)
-    raw = not source_syntax.is_compressed  # native YBR stays YBR: bit-exact
-    out = _transcoded_dataset(ds, raw=raw)
+    raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
+    out = _transcoded_dataset(header, raw=raw)
+    n_frames = number_of_frames(header)
     bits = int(out.BitsAllocated)
+    jobs = _frame_jobs(path, header, location, raw, out)
     if mode.syntax is None:
-        frames = _decode_all(path, ds, n_frames, raw, bits, options.jobs, progress)
-        out.PixelData = pack_native_frames(frames, bits)
-        out["PixelData"].VR = "OB" if bits <= 8 else "OW"
-        syntax = ExplicitVRLittleEndian
-        message = f"{path.name} -> {target.name}: decompressed {n_frames} frame(s)"
-    else:
-        syntax = mode.syntax
-        message = _encode_into(out, path, ds, n_frames, raw, mode, options, progress)
-        message = f"{path.name} -> {target.name}: {message}"
-    out.file_meta = file_meta_for(out, syntax)
-    out.preamble = b"\0" * 128
+        frames = (r[0] for r in iter_ordered(_frame_job, jobs, options.jobs, progress, n_frames))
+        with atomic_output(target) as handle:
+            write_header(handle, out, ExplicitVRLittleEndian)
+            if bits == 1:
+                data = pack_native_frames(list(frames), bits)
+                write_native_frames(handle, [data], len(data), 1, bits)
+            else:
+                write_native_frames(handle, frames, expected_frame_bytes(out), n_frames, bits)
+        return target, f"{path.name} -> {target.name}: decompressed {n_frames} frame(s)"
+    encoded, message = _encode_frames(out, jobs, n_frames, mode, options, progress)
     with atomic_output(target) as handle:
-        pydicom.dcmwrite(handle, out, enforce_file_format=True)
-    return target, message
+        write_header(handle, out, mode.syntax)
+        write_encapsulated_frames(
+            handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
+        )
+    return target, f"{path.name} -> {target.name}: {message}"
 
 
-def _decode_all(
-    path: Path, ds: Dataset, n_frames: int, raw: bool, bits: int, jobs: int, progress: ProgressFn
-) -> list[bytes]:
-    """Decode every frame to native bytes, in worker processes when worthwhile."""
-    try:
-        if jobs > 1 and n_frames > 1:
-            tasks = [(str(path), i, raw, bits) for i in range(n_frames)]
-            return run_tasks(_decode_task, tasks, jobs, progress)
-        return [native_frame_bytes(decode_frame(ds, i, raw=raw), bits) for i in range(n_frames)]
-    except DicomPressorError:
-        raise
-    except BaseException as exc:  # codec layer: many exception types, panics too
-        if is_fatal(exc):
-            raise
-        raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
-
-
-def _encode_into(
+def _encode_frames(
     out: Dataset,
-    path: Path,
-    ds: Dataset,
+    jobs: Iterator[FrameJob],
     n_frames: int,
-    raw: bool,
     mode: TranscodeMode,
     options: Options,
     progress: ProgressFn,
-) -> str:
-    """Encode every frame of ds into out's Pixel Data; return the log text."""
+) -> tuple[list[bytes], str]:
+    """Encode every frame for out (lossy attributes set on it); return (frames, log text)."""
     assert mode.syntax is not None
     description = pixel_description(out)
     if mode.syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and (
@@ -2320,36 +2407,20 @@ def _encode_into(
         # openjpeg's ratio counts BitsStored bits per sample; ours counts the bytes stored.
         scale = description["bits_stored"] / description["bits_allocated"]
         ratio = max(1.0, mode.ratio * scale)
-    try:
-        tasks = [
-            EncodeTask(
-                decode_frame(ds, i, raw=raw), str(mode.syntax), description, ratio, mode.psnr
-            )
-            for i in range(n_frames)
-        ]
-    except BaseException as exc:  # codec layer: many exception types, panics too
-        if is_fatal(exc):
-            raise
-        raise DicomPressorError(missing_codec_message(transfer_syntax_of(ds), exc)) from exc
-    try:
-        results = run_tasks(_encode_task, tasks, options.jobs, progress)
-    except BaseException as exc:  # codec layer: many exception types, panics too
-        if is_fatal(exc):
-            raise
-        message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
-        raise DicomPressorError(f"cannot encode as {uid_name(mode.syntax)}: {message}") from exc
+    tasks = (
+        dataclasses.replace(
+            job, target_syntax=str(mode.syntax), target=description, ratio=ratio, psnr=mode.psnr
+        )
+        for job in jobs
+    )
+    results = list(iter_ordered(_frame_job, tasks, options.jobs, progress, n_frames))
     encoded = [r[0] for r in results]
-    out.PixelData = pydicom.encaps.encapsulate(encoded, has_bot=True)
-    out["PixelData"].VR = "OB"
-    out["PixelData"].is_undefined_length = True
-    raw_bytes = expected_frame_bytes(out) * n_frames
-    achieved = raw_bytes / max(1, sum(len(e) for e in encoded))
+    achieved = expected_frame_bytes(out) * n_frames / max(1, sum(len(e) for e in encoded))
     if not mode.lossy:
-        return f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"
-    samples = sum(r[2] for r in results)
-    rmse = math.sqrt(sum(r[1] for r in results) / max(1, samples))
+        return encoded, f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"
+    rmse = math.sqrt(sum(r[1] for r in results) / max(1, sum(r[2] for r in results)))
     _mark_lossy(out, achieved)
-    return f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1, RMSE {rmse:.3f}"
+    return encoded, f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1, RMSE {rmse:.3f}"
 
 
 def _transcode_task(task: tuple[Path, TranscodeMode, Options]) -> tuple[Path | None, str]:
