@@ -26,6 +26,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, in dependency order):
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import copy
 import dataclasses
@@ -47,10 +48,11 @@ from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 import pydicom
-from pydicom.datadict import keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO, DicomFileLike
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -156,6 +158,19 @@ FUNCTIONAL_GROUP_OF: dict[str, str] = {
     "VOILUTFunction": "FrameVOILUTSequence",
 }
 
+#: Per-slice attributes merge keeps in each frame's Unassigned Per-Frame Converted
+#: Attributes even when they are the same everywhere, so split gives them back.
+PER_FRAME_KEPT = (
+    "ImageType",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionNumber",
+    "InstanceNumber",
+    "SliceLocation",
+)
+
 #: Attributes of a single-frame instance that the multi-frame header replaces or drops
 #: (identity, pixel description and multi-frame bookkeeping).
 NOT_COPIED_TO_MULTIFRAME = frozenset(
@@ -259,6 +274,8 @@ LEGACY_TOP_LEVEL = frozenset(
 )
 
 DEFLATED = UID("1.2.840.10008.1.2.1.99")
+NOT_COPIED_TAGS = frozenset(int(Tag(keyword)) for keyword in NOT_COPIED_TO_MULTIFRAME)
+
 #: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
 NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
@@ -914,10 +931,31 @@ def _rounded(value: Any, decimals: int = GEOMETRY_DECIMALS) -> Any:
     return value
 
 
+def raw_value(ds: Dataset, tag: int) -> Any:
+    """Return an element's value as element_signature would, converting raw US and text
+    values by hand (pydicom's conversion of every element is the slow part of merging).
+    """
+    if tag not in ds:
+        return None
+    item = ds.get_item(tag, keep_deferred=True)
+    if isinstance(item, DataElement):
+        return element_signature(item)
+    vr = item.VR or dictionary_VR(tag)
+    data = item.value or b""
+    if vr == "US":
+        order = "<" if item.is_little_endian else ">"
+        numbers = struct.unpack(f"{order}{len(data) // 2}H", data[: len(data) // 2 * 2])
+        return str(numbers[0]) if len(numbers) == 1 else tuple(str(n) for n in numbers)
+    if vr in ("CS", "UI", "SH", "LO"):
+        text = data.decode("latin-1").strip(" \0")
+        return tuple(text.split("\\")) if "\\" in text else text
+    return element_signature(ds[tag])
+
+
 def stack_key(s: Slice) -> tuple[Any, ...]:
     """Return the attributes that must agree for slices to form one stack."""
     ds = s.header
-    key: list[Any] = [_rounded(ds.get(k)) for k in STACK_KEYWORDS]
+    key: list[Any] = [raw_value(ds, Tag(keyword)) for keyword in STACK_KEYWORDS]
     key.append(_rounded(s.orientation, 3) if s.orientation else None)
     key.append(_rounded(_float_tuple(ds.get("PixelSpacing"), 2), 4))
     return tuple(key)
@@ -1054,7 +1092,7 @@ def carried_tags(ds: Dataset) -> list[int]:
     for tag in all_tags:
         if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
             continue
-        if keyword_for_tag(tag) in NOT_COPIED_TO_MULTIFRAME:
+        if tag in NOT_COPIED_TAGS:
             continue
         tags.append(int(tag))
     return tags
@@ -1253,13 +1291,13 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | 
         by_series[str(s.header.get("SeriesInstanceUID", ""))].append(s)
     ref_series = []
     for series_uid, members in by_series.items():
-        item = Dataset()
-        item.SeriesInstanceUID = series_uid
-        item.ReferencedInstanceSequence = DicomSequence(
-            [source_reference(s.header) for s in members]
-        )
-        ref_series.append(item)
-    ds.ReferencedSeriesSequence = DicomSequence(ref_series)
+        references = [reference_bytes(s.header) for s in members]
+        item = {
+            0x0020000E: encode_element(0x0020000E, "UI", series_uid.encode("ascii")),
+            0x0008114A: encode_sequence(0x0008114A, references),
+        }
+        ref_series.append(encode_items(item))
+    add_raw_sequence(ds, Tag("ReferencedSeriesSequence"), ref_series)
 
     if legacy:
         _add_legacy_enhanced_modules(ds, order, source_type)
@@ -1286,7 +1324,7 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | 
             copy_element(ds, frame_type, "AcquisitionContrast")
         setattr(shared_groups, FRAME_TYPE_SEQUENCE[sop_class], DicomSequence([frame_type]))
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared_groups])
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    add_raw_sequence(ds, Tag("PerFrameFunctionalGroupsSequence"), frames)
     _dimension_modules(ds)
     return ds
 
@@ -1308,12 +1346,87 @@ def source_reference(header: Dataset) -> Dataset:
     return item
 
 
+def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
+    """Return an item (or delimiter) header of encapsulated pixel data."""
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+
+
+#: VRs whose value is text, and those with a 4-byte length in Explicit VR (PS3.5 7.1.2).
+TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())  # noqa: SIM905
+LONG_LENGTH_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # noqa: SIM905
+NUMBER_FORMATS = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
+
+
+def encode_element(tag: int, vr: str, value: bytes) -> bytes:
+    """Return one Explicit VR Little Endian element (value padded to even length)."""
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB", "UN") else b" "
+    if vr in LONG_LENGTH_VRS:
+        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+    else:
+        head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+    return head + value
+
+
+def encode_sequence(tag: int, items: Iterable[bytes]) -> bytes:
+    """Return a sequence element of defined length holding the encoded items."""
+    return encode_element(tag, "SQ", b"".join(item_header(len(i)) + i for i in items))
+
+
+def encode_items(elements: dict[int, bytes]) -> bytes:
+    """Return the encoded elements of one item in tag order."""
+    return b"".join(elements[tag] for tag in sorted(elements))
+
+
+def element_bytes(elem: DataElement) -> bytes:
+    """Encode an element in Explicit VR Little Endian.
+
+    ASCII text, numbers and sequences of them take a fast path; anything else goes
+    through pydicom's writer. Merge writes its per-frame sequence this way, which is
+    several times faster than building and writing a pydicom Dataset per frame.
+    """
+    vr, value, tag = elem.VR, elem.value, int(elem.tag)
+    values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    if value is None or value == "":
+        return encode_element(tag, vr, b"")
+    if vr in TEXT_VRS:
+        text = "\\".join(str(v) for v in values)
+        if text.isascii():
+            return encode_element(tag, vr, text.encode("ascii"))
+    elif vr in NUMBER_FORMATS:
+        return encode_element(tag, vr, struct.pack(f"<{len(values)}{NUMBER_FORMATS[vr]}", *values))
+    elif vr == "SQ":
+        return encode_sequence(tag, (encode_items(dataset_bytes(item)) for item in value))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_data_element(buffer, elem)
+    return buffer.getvalue()
+
+
+def add_raw_sequence(ds: Dataset, tag: int, items: list[bytes]) -> None:
+    """Put a sequence of encoded items into ds; pydicom writes a raw element's bytes as is."""
+    value = b"".join(item_header(len(i)) + i for i in items)
+    ds[tag] = RawDataElement(Tag(tag), "SQ", len(value), value, 0, False, True)
+
+
+def reference_bytes(header: Dataset) -> bytes:
+    """Encode an item referencing a source instance by SOP Class and Instance UID."""
+    sop_class = str(header.get("SOPClassUID", SECONDARY_CAPTURE)).encode("ascii", "replace")
+    instance = str(header.get("SOPInstanceUID", "")).encode("ascii", "replace")
+    return encode_element(0x00081150, "UI", sop_class) + encode_element(0x00081155, "UI", instance)
+
+
+def dataset_bytes(ds: Dataset) -> dict[int, bytes]:
+    """Encode every element of a dataset; return them by tag."""
+    return {int(elem.tag): element_bytes(elem) for elem in ds}
+
+
 def _frame_groups(
     order: StackOrder,
     per_frame: list[dict[int, DataElement]],
     unassigned_shared: list[DataElement],
-) -> tuple[Dataset, list[Dataset]]:
-    """Build the shared and per-frame functional groups (PS3.3 C.7.6.16).
+) -> tuple[Dataset, list[bytes]]:
+    """Build the shared functional groups and the encoded per-frame items (C.7.6.16).
 
     A macro whose content is the same for every frame goes into the shared group;
     otherwise each frame carries its own. Attributes with no macro of their own go into
@@ -1321,7 +1434,7 @@ def _frame_groups(
     """
     slices = order.slices
     shared = Dataset()
-    frames = [Dataset() for _ in slices]
+    frames: list[dict[int, bytes]] = [{} for _ in slices]
     macros = ["PixelValueTransformationSequence", "FrameVOILUTSequence"]
     if order.by_position:  # plane macros need a Frame of Reference (C.7.6.16.2.1)
         macros[:0] = ["PixelMeasuresSequence", "PlaneOrientationSequence"]
@@ -1341,47 +1454,42 @@ def _frame_groups(
         signatures = {element_signature(i[keyword]) if i is not None else None for i in items}
         if len(signatures) == 1:
             shared.update(items[0])  # type: ignore[arg-type]
-        else:
-            for frame, item in zip(frames, items, strict=True):
-                if item is not None:
-                    frame.update(item)
+            continue
+        for frame, item in zip(frames, items, strict=True):
+            if item is not None:
+                frame.update(dataset_bytes(item))
     for index, (frame, s) in enumerate(zip(frames, slices, strict=True)):
+        header = s.header
         if s.position is not None and order.by_position:
-            plane = Dataset()
-            plane.ImagePositionPatient = s.header.ImagePositionPatient
-            frame.PlanePositionSequence = DicomSequence([plane])
-        content = Dataset()
-        content.StackID = "1"
-        content.InStackPositionNumber = index + 1
-        content.DimensionIndexValues = [1, index + 1]
-        acquired = _frame_datetime(s.header)
+            position = element_bytes(header["ImagePositionPatient"])
+            frame[0x00209113] = encode_sequence(0x00209113, [position])
+        content = {
+            0x00209056: encode_element(0x00209056, "SH", b"1"),
+            0x00209057: encode_element(0x00209057, "UL", struct.pack("<L", index + 1)),
+            0x00209157: encode_element(0x00209157, "UL", struct.pack("<2L", 1, index + 1)),
+            0x00189220: encode_element(0x00189220, "FD", struct.pack("<d", 0.0)),
+        }
+        acquired = _frame_datetime(header)
         if acquired:
-            content.FrameAcquisitionDateTime = acquired
-            content.FrameReferenceDateTime = acquired
-        content.FrameAcquisitionDuration = 0.0
+            for tag in (0x00189074, 0x00189151):  # Frame Acquisition / Reference DateTime
+                content[tag] = encode_element(tag, "DT", acquired.encode("ascii", "replace"))
         if s.instance_number is not None:
-            content.FrameAcquisitionNumber = _int_or_none(s.header.get("AcquisitionNumber")) or 0
-        frame.FrameContentSequence = DicomSequence([content])
-        frame.ConversionSourceAttributesSequence = DicomSequence([source_reference(s.header)])
-        if True:
-            unassigned = Dataset()
-            for tag in sorted(per_frame[index]):
-                elem = per_frame[index][tag]
-                unassigned.add(DataElement(elem.tag, elem.VR, elem.value))
-            for keyword in ("SliceLocation", "AcquisitionNumber", "InstanceNumber"):
-                copy_element(s.header, unassigned, keyword)
-            for keyword in ("AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime"):
-                copy_element(s.header, unassigned, keyword)
-            if "ImageType" in s.header:
-                copy_element(s.header, unassigned, "ImageType")
-            if len(unassigned):
-                frame.UnassignedPerFrameConvertedAttributesSequence = DicomSequence([unassigned])
+            number = _int_or_none(header.get("AcquisitionNumber")) or 0
+            content[0x00209156] = encode_element(0x00209156, "US", struct.pack("<H", number))
+        frame[0x00209111] = encode_sequence(0x00209111, [encode_items(content)])
+        frame[0x00209172] = encode_sequence(0x00209172, [reference_bytes(header)])
+        unassigned = {tag: element_bytes(elem) for tag, elem in per_frame[index].items()}
+        for keyword in PER_FRAME_KEPT:
+            if keyword in header:
+                unassigned[Tag(keyword)] = element_bytes(header[keyword])
+        if unassigned:
+            frame[0x00209171] = encode_sequence(0x00209171, [encode_items(unassigned)])
     if unassigned_shared:
         item = Dataset()
         for elem in unassigned_shared:
             item.add(DataElement(elem.tag, elem.VR, elem.value))
         shared.UnassignedSharedConvertedAttributesSequence = DicomSequence([item])
-    return shared, frames
+    return shared, [encode_items(frame) for frame in frames]
 
 
 def _frame_datetime(header: Dataset) -> str | None:
@@ -1488,10 +1596,41 @@ def file_meta_for(ds: Dataset, syntax: UID) -> FileMetaDataset:
 
 
 def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
-    """Write preamble, File Meta and dataset (without Pixel Data) in syntax."""
+    """Write preamble, File Meta and dataset (without Pixel Data) in syntax.
+
+    Raw sequences already in Explicit VR Little Endian (merge's per-frame items) are
+    copied as they are: pydicom would parse each one again to check its VRs, which
+    costs more than building them did.
+    """
     ds.file_meta = file_meta_for(ds, syntax)
     ds.preamble = b"\0" * 128
-    pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+    cuts = [int(tag) for tag in list(ds.keys()) if _is_verbatim_sequence(ds.get_item(tag))]
+    segments: list[Dataset] = [Dataset() for _ in range(len(cuts) + 1)]
+    for tag in list(ds.keys()):
+        if int(tag) not in cuts:
+            segments[bisect.bisect(cuts, int(tag))][tag] = ds.get_item(tag)
+    head = segments[0]
+    head.file_meta, head.preamble = ds.file_meta, ds.preamble
+    pydicom.dcmwrite(handle, head, enforce_file_format=True)
+    encoding = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+    stream = DicomFileLike(handle)
+    stream.is_little_endian, stream.is_implicit_VR = True, False
+    for tag, segment in zip(cuts, segments[1:], strict=True):
+        raw = ds.get_item(tag)
+        handle.write(encode_element(tag, "SQ", raw.value))
+        pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
+
+
+def _is_verbatim_sequence(item: Any) -> bool:
+    """Tell whether a dataset item is a raw Explicit VR Little Endian sequence."""
+    return (
+        isinstance(item, RawDataElement)
+        and item.VR == "SQ"
+        and not item.is_implicit_VR
+        and item.is_little_endian
+        and item.value is not None
+        and item.length != 0xFFFFFFFF
+    )
 
 
 def pixel_data_vr(bits_allocated: int, encapsulated: bool) -> bytes:
@@ -1504,19 +1643,56 @@ def element_header(tag: int, vr: bytes, length: int) -> bytes:
     return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr, length)
 
 
-def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
-    """Return an item (or delimiter) header of encapsulated pixel data."""
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+@dataclasses.dataclass(frozen=True)
+class FileSpan:
+    """Bytes of a file, copied to the output by the kernel where it can."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+def copy_span(handle: BinaryIO, span: FileSpan) -> None:
+    """Append a file span to handle (copy_file_range on Linux, read and write elsewhere)."""
+    copy_range = getattr(os, "copy_file_range", None)
+    with span.path.open("rb") as source:
+        if copy_range is not None:
+            handle.flush()
+            offset, left = span.offset, span.length
+            while left > 0:
+                try:
+                    done = copy_range(source.fileno(), handle.fileno(), left, offset)
+                except OSError:  # e.g. across file systems on old kernels
+                    break
+                if done == 0:
+                    raise DicomPressorError(f"{span.path.name}: truncated pixel data")
+                offset, left = offset + done, left - done
+            if left == 0:
+                return
+            span = FileSpan(span.path, offset, left)
+        source.seek(span.offset)
+        data = source.read(span.length)
+    if len(data) != span.length:
+        raise DicomPressorError(f"{span.path.name}: truncated pixel data")
+    handle.write(data)
 
 
 def write_native_frames(
-    handle: BinaryIO, frames: Iterable[bytes], frame_bytes: int, n_frames: int, bits: int
+    handle: BinaryIO,
+    frames: Iterable[bytes | FileSpan],
+    frame_bytes: int,
+    n_frames: int,
+    bits: int,
 ) -> None:
     """Stream native frames as one Pixel Data element, padded to even length."""
     total = frame_bytes * n_frames
     handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), total + total % 2))
     written = 0
     for data in frames:
+        if isinstance(data, FileSpan):
+            copy_span(handle, data)
+            written += 1
+            continue
         if len(data) != frame_bytes:
             raise DicomPressorError(
                 f"frame holds {len(data)} bytes, expected {frame_bytes} (Rows x Columns x "
@@ -1829,7 +2005,7 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     return MergePlan(ds, order, syntax, encapsulated, frame_bytes, needs_decode)
 
 
-def _native_frames(plan: MergePlan) -> Iterator[bytes]:
+def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
     """Yield each slice's frame as native little-endian bytes, one at a time."""
     bits = int(plan.dataset.BitsAllocated)
     for s in plan.order.slices:
@@ -1839,7 +2015,7 @@ def _native_frames(plan: MergePlan) -> Iterator[bytes]:
                     f"{s.path.name}: (7FE0,0010) Pixel Data holds {s.pixels.length} bytes, "
                     f"expected {plan.frame_bytes}"
                 )
-            yield read_span(s.path, s.pixels.offset, plan.frame_bytes)
+            yield FileSpan(s.path, s.pixels.offset, plan.frame_bytes)
         else:
             try:
                 arr = decode_frame(s.path, 0, raw=False)
