@@ -274,6 +274,21 @@ LEGACY_TOP_LEVEL = frozenset(
 )
 
 DEFLATED = UID("1.2.840.10008.1.2.1.99")
+#: The same for the multi-frame Secondary Capture IODs (PS3.3 A.8.2-A.8.5): their SC
+#: Equipment, General Image, Cine, SC Image and Frame of Reference attributes too.
+SC_TOP_LEVEL = LEGACY_TOP_LEVEL | frozenset(
+    """
+    ConversionType SecondaryCaptureDeviceID SecondaryCaptureDeviceManufacturer
+    SecondaryCaptureDeviceManufacturerModelName SecondaryCaptureDeviceSoftwareVersions
+    VideoImageFormatAcquired DigitalImageFormatAcquired DateOfSecondaryCapture
+    TimeOfSecondaryCapture NominalScannedPixelSpacing PixelSpacing PixelSpacingCalibrationType
+    PixelSpacingCalibrationDescription PatientOrientation ImageLaterality
+    AnatomicRegionSequence PrimaryAnatomicStructureSequence FrameTime CineRate
+    RecommendedDisplayFrameRate StartTrim StopTrim ActualFrameDuration FrameDelay
+    ImageTriggerDelay EffectiveDuration
+    """.split()  # noqa: SIM905
+)
+
 NOT_COPIED_TAGS = frozenset(int(Tag(keyword)) for keyword in NOT_COPIED_TO_MULTIFRAME)
 
 #: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
@@ -350,6 +365,14 @@ class Options:
     ratio: float | None = None
     psnr: float | None = None
     jobs: int = 1
+    #: anonymize: the params text (spec's (GGGG,EEEE)=VALUE lines and the other forms)
+    params: str | None = None
+    profile: str = "basic"
+    keep_uids: bool = False
+    keep_dates: bool = False
+    keep_descriptions: bool = False
+    #: headers: "text" or "json"
+    format: str = "text"
 
 
 # ==== 3. Errors and logging ====
@@ -1232,7 +1255,7 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | 
     unassigned: list[DataElement] = []
     for tag in sorted(shared):
         elem = shared[tag]
-        if legacy and elem.keyword not in LEGACY_TOP_LEVEL:
+        if elem.keyword not in (LEGACY_TOP_LEVEL if legacy else SC_TOP_LEVEL):
             unassigned.append(elem)
         else:
             ds.add(DataElement(elem.tag, elem.VR, elem.value))

@@ -416,12 +416,7 @@ class TestMergeValidators:
             *VALID_SERIES,
             pytest.param({"modality": "CT", "bits": 8, "signed": False}, id="CT-8bit"),
             known_bug({"modality": "CT", "bits": 8}, "CT-8bit-signed", BUG_SIGNED_SC),
-            known_bug(
-                {"modality": "PT", "bits": 8, "signed": False},
-                "PT-8bit",
-                "KNOWN LIMITATION: 8-bit PET becomes a Secondary Capture, whose General Series "
-                "forbids PatientPosition beside the PET PatientOrientationCodeSequence",
-            ),
+            pytest.param({"modality": "PT", "bits": 8, "signed": False}, id="PT-8bit"),
             known_bug({"modality": "OT", "signed": True}, "OT-signed-word", BUG_SIGNED_SC),
             known_bug({"modality": "OT", "bits": 8}, "OT-signed-byte", BUG_SIGNED_SC),
             pytest.param(
