@@ -1203,6 +1203,31 @@ def _first_value(*values: Any) -> Any:
     return None
 
 
+def to_offset_binary(frame: bytes | np.ndarray, bits_allocated: int, bits_stored: int) -> bytes:
+    """Store signed pixel values as unsigned ones plus 2**(BitsStored-1) (offset binary).
+
+    frame is either native stored bytes (two's complement in BitsStored bits) or decoded
+    signed values.
+    """
+    offset = 1 << (bits_stored - 1)
+    dtype = np.dtype("<u2" if bits_allocated == 16 else "u1")
+    if isinstance(frame, np.ndarray):
+        values = frame.astype(np.int32)
+    else:
+        values = np.frombuffer(frame, dtype=dtype).astype(np.int32) & ((1 << bits_stored) - 1)
+        values = np.where(values >= offset, values - 2 * offset, values)
+    return (values + offset).astype(dtype).tobytes()
+
+
+def from_offset_binary(frame: bytes, bits_allocated: int, bits_stored: int) -> bytes:
+    """Undo to_offset_binary: unsigned stored values back to signed (two's complement)."""
+    offset = 1 << (bits_stored - 1)
+    unsigned = np.dtype("<u2" if bits_allocated == 16 else "u1")
+    signed = np.dtype("<i2" if bits_allocated == 16 else "i1")
+    values = np.frombuffer(frame, dtype=unsigned).astype(np.int32) & ((1 << bits_stored) - 1)
+    return (values - offset).astype(signed).tobytes()
+
+
 @dataclasses.dataclass
 class MergePlan:
     """A stack ready to write: the header, the frames' sources and how to copy pixels."""
@@ -1213,6 +1238,8 @@ class MergePlan:
     encapsulated: bool
     frame_bytes: int
     decode: bool
+    #: Signed frames stored as offset binary (multi-frame SC allows unsigned only).
+    offset_binary: bool = False
 
 
 def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bool]:
@@ -1241,7 +1268,9 @@ def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bo
     return MF_GRAY_WORD_SC, False
 
 
-def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | None) -> Dataset:
+def build_multiframe_dataset(
+    order: StackOrder, syntax: UID, photometric: str | None, *, offset_binary: bool = False
+) -> Dataset:
     """Build the header of a Legacy Converted Enhanced or multi-frame SC instance.
 
     Modules follow PS3.3 A.70-A.72 (Legacy Converted Enhanced CT/MR/PET) and A.8.2-A.8.5
@@ -1326,12 +1355,18 @@ def build_multiframe_dataset(order: StackOrder, syntax: UID, photometric: str | 
         _add_legacy_enhanced_modules(ds, order, source_type)
     else:
         _add_secondary_capture_modules(ds, order, source_type)
-    if not legacy and int(template.get("PixelRepresentation", 0)) == 1:
-        LOG.warning(
-            "signed pixels in a %s stack: the multi-frame Secondary Capture keeps them, "
-            "though that IOD asks for unsigned ones",
-            ds.Modality,
-        )
+    if offset_binary:
+        # Multi-frame Grayscale Word SC stores unsigned pixels (C.8.6.3): signed values are
+        # shifted up and the shift undone by Rescale Intercept. The source's Pixel
+        # Representation and Pixel Padding Value stay in the Unassigned Shared
+        # Converted Attributes, where split finds them to shift back.
+        shift = 1 << (int(template.BitsStored) - 1)
+        unassigned.append(DataElement(0x00280103, "US", 1))
+        padding = ds.pop("PixelPaddingValue", None)
+        if padding is not None:
+            unassigned.append(padding)
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = str(-shift)
     shared_groups, frames = _frame_groups(order, per_frame, unassigned)
     if legacy:
         frame_type = Dataset()
@@ -2008,10 +2043,20 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     check_pixel_description(template)
     if int(template.BitsAllocated) == 1:
         raise DicomPressorError("BitsAllocated 1 (bit-packed frames) cannot be merged")
+    sop_class, legacy = multiframe_sop_class(template, geometric=order.by_position)
+    # Word SC takes any Rescale Intercept; Byte SC wants 0, so signed 8-bit data stays
+    # signed there (dciodvfy objects to that; no conformant multi-frame IOD takes it).
+    offset_binary = (
+        sop_class == MF_GRAY_WORD_SC and int(template.get("PixelRepresentation", 0)) == 1
+    )
     syntaxes = {s.syntax for s in order.slices}
-    encapsulated = len(syntaxes) == 1 and all(
-        s.pixels is not None and s.pixels.encapsulated and s.pixels.offset >= 0
-        for s in order.slices
+    encapsulated = (
+        not offset_binary
+        and len(syntaxes) == 1
+        and all(
+            s.pixels is not None and s.pixels.encapsulated and s.pixels.offset >= 0
+            for s in order.slices
+        )
     )
     syntax = next(iter(syntaxes)) if encapsulated else ExplicitVRLittleEndian
     needs_decode = not encapsulated and (
@@ -2023,9 +2068,9 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     )
     # One decoded slice means all are decoded, so every frame has the same photometric.
     photometric = decoded_photometric(template, raw=False) if needs_decode else None
-    ds = build_multiframe_dataset(order, syntax, photometric)
+    ds = build_multiframe_dataset(order, syntax, photometric, offset_binary=offset_binary)
     frame_bytes = expected_frame_bytes(ds)
-    return MergePlan(ds, order, syntax, encapsulated, frame_bytes, needs_decode)
+    return MergePlan(ds, order, syntax, encapsulated, frame_bytes, needs_decode, offset_binary)
 
 
 def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
@@ -2038,13 +2083,21 @@ def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
                     f"{s.path.name}: (7FE0,0010) Pixel Data holds {s.pixels.length} bytes, "
                     f"expected {plan.frame_bytes}"
                 )
-            yield FileSpan(s.path, s.pixels.offset, plan.frame_bytes)
+            span = FileSpan(s.path, s.pixels.offset, plan.frame_bytes)
+            if plan.offset_binary:
+                data = read_span(span.path, span.offset, span.length)
+                yield to_offset_binary(data, bits, int(plan.dataset.BitsStored))
+            else:
+                yield span
         else:
             try:
                 arr = decode_frame(s.path, 0, raw=False)
             except DicomPressorError as exc:
                 raise DicomPressorError(f"{s.path.name}: {exc.message}") from exc
-            yield native_frame_bytes(arr, bits)
+            if plan.offset_binary:
+                yield to_offset_binary(arr, bits, int(plan.dataset.BitsStored))
+            else:
+                yield native_frame_bytes(arr, bits)
 
 
 def _encapsulated_frames(
@@ -2312,6 +2365,23 @@ def _owning_series(series: Any, instance_uid: str) -> str | None:
     return None
 
 
+def _stored_as_offset_binary(ds: Dataset) -> bool:
+    """Tell whether merge stored signed frames as offset binary (see to_offset_binary)."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if not shared or int(ds.get("PixelRepresentation", 0)) != 0:
+        return False
+    unassigned = shared[0].get("UnassignedSharedConvertedAttributesSequence")
+    return bool(unassigned) and int(unassigned[0].get("PixelRepresentation", 0)) == 1
+
+
+def _has_macro(ds: Dataset, index: int, keyword: str) -> bool:
+    """Tell whether frame index has a functional group macro, shared or its own."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    own = per_frame[index] if per_frame and index < len(per_frame) else Dataset()
+    return keyword in own or bool(shared and keyword in shared[0])
+
+
 def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None:
     """Split one multi-frame file into single-frame files in a folder of its own."""
     ds, location = read_header(path)
@@ -2327,7 +2397,8 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     decode = False
     frame_spans: list[list[tuple[int, int]]] = []
     out_syntax = syntax
-    if location.encapsulated and location.offset >= 0:
+    shifted = _stored_as_offset_binary(ds)
+    if location.encapsulated and location.offset >= 0 and not shifted:
         offsets, fragments = scan_fragments(path, location)
         frame_spans = frame_fragments(offsets, fragments, n_frames)
     elif (
@@ -2353,6 +2424,9 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                 header.PhotometricInterpretation = decoded_photometric(ds, raw=False)
                 if int(header.get("SamplesPerPixel", 1)) == 3:
                     header.PlanarConfiguration = 0
+            bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+            if shifted and not _has_macro(ds, index, "PixelValueTransformationSequence"):
+                header.RescaleIntercept = f"{float(ds.RescaleIntercept) + (1 << stored - 1):g}"
             target = staging / f"{folder.name[:-7]}_{index + 1:04d}.dcm"
             with target.open("wb") as handle:
                 write_header(handle, header, out_syntax)
@@ -2362,13 +2436,16 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                         handle, [fragments], [encapsulated_size(len(f) for f in fragments)]
                     )
                 elif decode:
-                    bits = int(ds.BitsAllocated)
                     frame = decode_frame(path, index, raw=False)
                     data = pack_native_frames([native_frame_bytes(frame, bits)], bits)
+                    if shifted:
+                        data = from_offset_binary(data, bits, stored)
                     write_native_frames(handle, [data], len(data), 1, bits)
                 else:
                     data = read_span(path, location.offset + index * frame_bytes, frame_bytes)
-                    write_native_frames(handle, [data], frame_bytes, 1, int(ds.BitsAllocated))
+                    if shifted:
+                        data = from_offset_binary(data, bits, stored)
+                    write_native_frames(handle, [data], frame_bytes, 1, bits)
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
