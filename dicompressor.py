@@ -35,10 +35,10 @@ import logging
 import math
 import os
 import re
+import secrets
 import shutil
 import struct
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -476,56 +476,143 @@ def unique_path(path: Path) -> Path:
         n += 1
 
 
-@contextlib.contextmanager
-def atomic_output(target: Path) -> Iterator[BinaryIO]:
-    """Write a file through a temp file in the same folder, renamed over target on success.
+def numbered(path: Path, n: int) -> Path:
+    """Return path with ``_n`` before its suffix (path itself for n == 0)."""
+    if n == 0:
+        return path
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return path.with_name(f"{stem}_{n}{path.suffix}")
 
-    The temp file is removed on any failure, so no partial output is ever left at target.
+
+def temp_path(target: Path) -> Path:
+    """Return a hidden temp name beside target that names the writing process.
+
+    ``.<name>.<pid>.<random>.part``: clean_stale_temp removes those whose process died.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+def pid_alive(pid: int) -> bool:
+    """Tell whether a process with this id runs on this machine."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
-def reserve_unique(path: Path) -> Path:
-    """Claim a free name next to path (``_1``, ``_2``...) by creating it empty with O_EXCL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = path
+def clean_stale_temp(folder: Path, *, max_age_s: float) -> list[Path]:
+    """Remove temp files and folders left in folder by a process that died (kill -9).
+
+    A temp name carries its writer's pid; one whose process is gone, or that is older
+    than max_age_s, is removed. Returns what was removed.
+    """
+    removed = []
+    now = time.time()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        parts = entry.name.split(".")
+        if not entry.name.startswith(".") or parts[-1] != "part" or len(parts) < 5:
+            continue
+        try:
+            pid = int(parts[-3])
+            age_s = now - entry.lstat().st_mtime
+        except (ValueError, OSError):
+            continue
+        if pid_alive(pid) and age_s < max_age_s:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def publish_new(tmp: Path, target: Path) -> Path:
+    """Give a finished temp file its final name, never overwriting (``_1``, ``_2``...).
+
+    A hard link claims the name atomically; where links are not supported the name is
+    checked first and the file renamed.
+    """
     n = 0
     while True:
+        candidate = numbered(target, n)
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, candidate)
         except FileExistsError:
             n += 1
-            stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-            candidate = path.with_name(f"{stem}_{n}{path.suffix}")
             continue
-        os.close(fd)
+        except OSError:  # no hard links here (FAT, some network shares)
+            if candidate.exists():
+                n += 1
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         return candidate
+
+
+class OutputFile:
+    """A file written through a hidden temp file beside its target, published on success.
+
+    ``replace=True`` renames over the target (``-X``: replace the input atomically);
+    otherwise the target is never overwritten and ``path`` tells the name it got. The
+    temp file is removed on any failure, so no partial output is ever left.
+    """
+
+    def __init__(self, target: Path, *, replace: bool) -> None:
+        self.target = target
+        self.replace = replace
+        self.path: Path | None = None
+        self._tmp = temp_path(target)
+        self._handle: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self._tmp.open("xb")
+        return self._handle
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._handle is not None
+        try:
+            if exc_type is None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            self._handle.close()
+            if exc_type is None:
+                if self.replace:
+                    os.replace(self._tmp, self.target)
+                    self.path = self.target
+                else:
+                    self.path = publish_new(self._tmp, self.target)
+        finally:
+            if self.path is None:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path) -> Iterator[BinaryIO]:
+    """Write target through a temp file, renamed over it only when complete."""
+    with OutputFile(target, replace=True) as handle:
+        yield handle
 
 
 def copy_unique(source: Path, folder: Path) -> Path:
     """Copy source into folder atomically, never overwriting (``_1``, ``_2``...)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = reserve_unique(folder / source.name)
-    try:
-        with atomic_output(target) as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            target.unlink()
-        raise
-    return target
+    output = OutputFile(folder / source.name, replace=False)
+    with output as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    assert output.path is not None
+    return output.path
 
 
 def format_duration(seconds: float) -> str:
@@ -2121,9 +2208,10 @@ def _encapsulated_frames(
     return sizes, frames()
 
 
-def write_merged(plan: MergePlan, target: Path) -> None:
-    """Write a planned stack to target atomically, streaming the frames."""
-    with atomic_output(target) as handle:
+def write_merged(plan: MergePlan, target: Path) -> Path:
+    """Write a planned stack atomically, streaming the frames; return the name it got."""
+    output = OutputFile(target, replace=False)
+    with output as handle:
         write_header(handle, plan.dataset, plan.syntax)
         if plan.encapsulated:
             sizes, frames = _encapsulated_frames(plan)
@@ -2136,6 +2224,8 @@ def write_merged(plan: MergePlan, target: Path) -> None:
                 len(plan.order.slices),
                 int(plan.dataset.BitsAllocated),
             )
+    assert output.path is not None
+    return output.path
 
 
 def merge(
@@ -2208,23 +2298,14 @@ def merge(
             plan.order.slices[0].header, per_series_seen[series_uid], per_series_count[series_uid]
         )
         folder = output_dir if output_dir is not None else first.parent
-        target = reserve_unique(folder / name)
         try:
-            write_merged(plan, target)
+            target = write_merged(plan, folder / name)
         except DicomPressorError as exc:
-            with contextlib.suppress(OSError):
-                target.unlink()
             for s in members:
                 result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
             continue
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                target.unlink()
-            raise DicomPressorError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                target.unlink()
-            raise
+            raise DicomPressorError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
         result.inputs_used += len(members)
         result.outputs.append(target)
         kind = uid_name(plan.dataset.SOPClassUID)
@@ -2416,7 +2497,8 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     base = output_dir if output_dir is not None else path.parent
     base.mkdir(parents=True, exist_ok=True)
     folder = unique_path(base / f"{safe_component(path.stem, default='split')}_frames")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=base))
+    staging = temp_path(folder)
+    staging.mkdir()
     try:
         for index in range(n_frames):
             header = _split_header(ds, index)
