@@ -37,8 +37,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import struct
 import sys
+import threading
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -61,10 +64,24 @@ __version__ = "0.1.0"
 
 # ==== 2. Constants and configuration ====
 
+#: Batch files in a job folder (DESIGN.md §4): the done marker, the lock of the runner
+#: working on it, and the journal of a job under way (for recovery after a crash).
+DONE_MARKER = ".dicompressor_done"
+LOCK_FILE = ".dicompressor_lock"
+JOURNAL_FILE = ".dicompressor_journal"
+DEFAULT_LOCK_TIMEOUT_S = 3600.0
+DEFAULT_SETTLE_S = 30.0
+#: A lock file still empty after this long belongs to a runner that died creating it.
+LOCK_WRITE_GRACE_S = 10.0
+#: The log file rotates at this size, keeping this many old files.
+LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
 #: Marks the replace-in-place variant of an action on the command line (-X, -Z, -U).
 REPLACE_SUFFIX = ":replace"
 PROG = "dicompressor"
 UID_PREFIX = "1.2.826.0.1.3680043.10.1443."  # pydicom's org root is not ours; see README
+#: (0002,0012) Implementation Class UID of every file DicomPressor writes.
+IMPLEMENTATION_UID = UID_PREFIX + "1"
 
 #: Exit codes of the CLI (STYLE.md "Errors").
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -1735,7 +1752,7 @@ def file_meta_for(ds: Dataset, syntax: UID) -> FileMetaDataset:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = UID(UID_PREFIX + "1")
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     meta.ImplementationVersionName = f"DICOMPRESSOR{__version__.replace('.', '')}"[:16]
     return meta
 
@@ -3291,6 +3308,14 @@ def job_folders(root: Path, *, recursive: bool) -> list[Path]:
     return sorted(found)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """How jobs are run: markers, locks (DESIGN.md §4)."""
+
+    skip_if_done: bool = False
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+
+
 @dataclasses.dataclass
 class JobOutcome:
     """What one job (folder or file) gave: for the result line and the exit code."""
@@ -3299,10 +3324,13 @@ class JobOutcome:
     inputs: int
     result: ActionResult | None
     error: str | None = None
+    skipped: str | None = None
 
     @property
     def status(self) -> str:
-        """OK, PARTIAL or FAILED."""
+        """OK, PARTIAL, FAILED or SKIPPED."""
+        if self.skipped is not None:
+            return "SKIPPED"
         if self.error is not None or self.result is None:
             return "FAILED"
         if self.result.failures:
@@ -3335,9 +3363,8 @@ def run_job(
         if is_fatal(exc):
             raise
         LOG.debug("unexpected error in %s", spec.name, exc_info=True)
-        return JobOutcome(
-            folder, len(inputs), None, f"internal error: {type(exc).__name__}: {exc}"
-        )
+        message = one_line(f"internal error: {type(exc).__name__}: {exc}")
+        return JobOutcome(folder, len(inputs), None, message)
     if copy_after and options.output_dir is not None:
         for output in list(result.outputs):
             try:
@@ -3349,11 +3376,335 @@ def run_job(
     return JobOutcome(folder, len(inputs), result)
 
 
+# ---- markers, locks and the journal ----
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """Read a small JSON object, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json_file(path: Path, value: dict[str, Any]) -> None:
+    """Write a small JSON object atomically."""
+    with atomic_output(path) as handle:
+        handle.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+
+
+def write_marker(folder: Path, spec: ActionSpec, outcome: JobOutcome) -> None:
+    """Write ``.dicompressor_done`` after a job succeeded (the last thing a job does)."""
+    outputs = [str(p) for p in outcome.result.outputs] if outcome.result else []
+    write_json_file(
+        folder / DONE_MARKER,
+        {
+            "version": __version__,
+            "action": spec.name,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": outcome.inputs,
+            "outputs": outputs,
+        },
+    )
+
+
+def lock_holder(data: dict[str, Any] | None) -> str:
+    """Describe who holds a lock."""
+    if not data:
+        return "an unreadable lock"
+    return f"{data.get('host', '?')} pid {data.get('pid', '?')} since {data.get('started', '?')}"
+
+
+def lock_is_stale(data: dict[str, Any] | None, age_s: float, timeout_s: float) -> bool:
+    """Tell whether a lock can be taken over: its process died, or it is too old."""
+    if age_s > timeout_s:
+        return True
+    if data is None:  # still being written, or its writer died at once
+        return age_s > LOCK_WRITE_GRACE_S
+    if data.get("host") == socket.gethostname():
+        with contextlib.suppress(TypeError, ValueError):
+            return not pid_alive(int(data.get("pid", -1)))
+    return False
+
+
+def acquire_lock(folder: Path, timeout_s: float) -> tuple[Path | None, str]:
+    """Create the folder's lock file with O_EXCL; take over a stale one.
+
+    Returns (lock, "") when this process holds the lock, else (None, who holds it).
+    Taking over renames the stale lock aside first and checks that it was the one judged
+    stale, so two runners never both take the same folder.
+    """
+    lock = folder / LOCK_FILE
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(mine, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return lock, ""
+        try:
+            seen = lock.read_bytes()
+            age_s = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        data = read_json_file(lock) if seen else None
+        if not lock_is_stale(data, age_s, timeout_s):
+            return None, lock_holder(data)
+        grabbed = temp_path(lock)
+        try:
+            os.rename(lock, grabbed)
+        except FileNotFoundError:
+            continue
+        if grabbed.read_bytes() != seen:  # a fresh lock slipped in: give it back
+            with contextlib.suppress(OSError):
+                os.link(grabbed, lock)
+            grabbed.unlink()
+            return None, lock_holder(read_json_file(lock))
+        grabbed.unlink()
+        LOG.warning("%s: took over a stale lock (%s)", folder, lock_holder(data))
+    return None, "a lock that keeps changing"
+
+
+def release_lock(lock: Path) -> None:
+    """Remove a lock this process holds."""
+    data = read_json_file(lock)
+    if data and data.get("pid") == os.getpid() and data.get("host") == socket.gethostname():
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def written_by_us(path: Path) -> bool:
+    """Tell whether a DICOM file (or a folder of them) was written by DicomPressor."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    if not files:
+        return path.is_dir()
+    for file in files:
+        try:
+            meta = pydicom.filereader.read_file_meta_info(file)
+        except Exception:  # not DICOM, unreadable: not ours
+            return False
+        if str(meta.get("ImplementationClassUID", "")) != IMPLEMENTATION_UID:
+            return False
+    return True
+
+
+def recover_folder(folder: Path, timeout_s: float) -> list[Path]:
+    """Undo what a killed run left in a job folder; return what was removed.
+
+    A job writes a journal (the folder's entries when it started) and removes it when it
+    ends. A journal found at the start means the last run died: the DICOM files and
+    ``_frames`` folders it added (recognised by DicomPressor's Implementation Class UID)
+    are removed, so the job runs again from scratch and its outputs exist once. Temp
+    files of dead processes go too.
+    """
+    removed = clean_stale_temp(folder, max_age_s=timeout_s)
+    journal = folder / JOURNAL_FILE
+    before = read_json_file(journal)
+    if before is None:
+        return removed
+    known = set(before.get("entries", []))
+    for entry in sorted(folder.iterdir()):
+        if entry.name in known or entry.name.startswith("."):
+            continue
+        if written_by_us(entry):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    journal.unlink()
+    return removed
+
+
+def run_folder_job(
+    action: str,
+    folder: str | Path,
+    options: Options,
+    batch: BatchOptions,
+    files: Sequence[str | Path] | None = None,
+    progress: ProgressFn = _no_progress,
+) -> JobOutcome:
+    """Run one job: a folder in, its outputs and marker out; safe to run again.
+
+    The one job function behind the serial loop, ``--jobs N`` and ``--watch``. It takes
+    the folder's lock, skips a folder already done (``--skip-if-done``), recovers from
+    a killed earlier run, runs the action and writes the marker on success.
+    """
+    spec = ACTIONS[action]
+    folder = Path(folder)
+    if not spec.writes_files:  # info: nothing to lock, mark or recover
+        inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
+        if not inputs:
+            return JobOutcome(folder, 0, None, "no DICOM files in folder")
+        return run_job(spec, folder, inputs, options, progress)
+    if batch.skip_if_done and (folder / DONE_MARKER).exists():
+        return JobOutcome(folder, 0, None, skipped="already processed")
+    lock, holder = acquire_lock(folder, batch.lock_timeout_s)
+    if lock is None:
+        return JobOutcome(folder, 0, None, skipped=f"locked by {holder}")
+    try:
+        if batch.skip_if_done and (folder / DONE_MARKER).exists():
+            return JobOutcome(folder, 0, None, skipped="already processed")
+        for path in recover_folder(folder, batch.lock_timeout_s):
+            LOG.warning("%s: removed %s left by an interrupted run", folder, path.name)
+        inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
+        if not inputs:
+            return JobOutcome(folder, 0, None, "no DICOM files in folder")
+        entries = sorted(p.name for p in folder.iterdir())
+        write_json_file(folder / JOURNAL_FILE, {"pid": os.getpid(), "entries": entries})
+        outcome = run_job(spec, folder, inputs, options, progress)
+        if batch.skip_if_done and outcome.status == "OK":
+            write_marker(folder, spec, outcome)
+        (folder / JOURNAL_FILE).unlink()
+        return outcome
+    finally:
+        release_lock(lock)
+
+
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl+C goes to the parent, which stops after the current jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_jobs(
+    action: str,
+    jobs: Sequence[tuple[Path, list[Path] | None]],
+    options: Options,
+    batch: BatchOptions,
+    *,
+    workers: int,
+    on_outcome: Callable[[JobOutcome], None],
+    stop: threading.Event,
+    progress: Callable[[Path], ProgressFn] = lambda folder: _no_progress,
+    executor: Any = None,
+) -> list[JobOutcome]:
+    """Run jobs one by one, or in worker processes (``--jobs N``) or a given executor.
+
+    Each job runs run_folder_job; results are reported as they complete. After ``stop``
+    is set no new job starts.
+    """
+    outcomes: list[JobOutcome] = []
+    if executor is None and (workers <= 1 or len(jobs) <= 1):
+        for folder, files in jobs:
+            if stop.is_set():
+                break
+            outcome = run_folder_job(action, folder, options, batch, files, progress(folder))
+            outcomes.append(outcome)
+            on_outcome(outcome)
+        return outcomes
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    inner = dataclasses.replace(options, jobs=1)  # the cores go to the folders
+    own = executor is None
+    pool = executor or ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), initializer=_ignore_interrupts
+    )
+    try:
+        queue = list(jobs)
+        running: set[Any] = set()
+        limit = workers if own else max(workers, len(jobs))
+        while queue or running:
+            while queue and len(running) < limit and not stop.is_set():
+                folder, files = queue.pop(0)
+                running.add(pool.submit(run_folder_job, action, folder, inner, batch, files))
+            if not running:
+                break
+            done, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                outcomes.append(outcome)
+                on_outcome(outcome)
+    finally:
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Return (name, size, mtime) of the folder's candidate files: its content signature."""
+    state = []
+    for path in list_inputs(folder):
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            state.append((path.name, info.st_size, info.st_mtime_ns))
+    return tuple(state)
+
+
+def watch(
+    action: str,
+    root: Path,
+    *,
+    recursive: bool,
+    options: Options,
+    batch: BatchOptions,
+    interval_s: float,
+    settle_s: float,
+    workers: int,
+    on_outcome: Callable[[JobOutcome], None],
+    stop: threading.Event,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Process new or changed job folders under root every interval_s until stopped.
+
+    Folders with a done marker are skipped; a folder with a file changed within
+    settle_s waits for a later pass (it may still be being copied in); a folder that
+    failed is tried again only when its files change.
+    """
+    failed: dict[Path, tuple[tuple[str, int, int], ...]] = {}
+    waiting: set[Path] = set()
+    while not stop.is_set():
+        started = clock()
+        ready = []
+        try:
+            folders = job_folders(root, recursive=recursive) if root.is_dir() else []
+        except OSError as exc:
+            LOG.error("%s: %s", root, exc)
+            folders = []
+        for folder in folders:
+            if (folder / DONE_MARKER).exists():
+                continue
+            try:
+                state = folder_state(folder)
+            except DicomPressorError:
+                continue
+            if not state or failed.get(folder) == state:
+                continue
+            newest_s = max(mtime for _, _, mtime in state) / 1e9
+            if clock() - newest_s < settle_s:
+                if folder not in waiting:
+                    LOG.info(
+                        "%s: files still changing, waiting %gs for them to settle",
+                        folder,
+                        settle_s,
+                    )
+                    waiting.add(folder)
+                continue
+            waiting.discard(folder)
+            ready.append((folder, None))
+
+        def report(outcome: JobOutcome) -> None:
+            if outcome.status in ("FAILED", "PARTIAL"):
+                with contextlib.suppress(DicomPressorError):
+                    failed[outcome.folder] = folder_state(outcome.folder)
+            else:
+                failed.pop(outcome.folder, None)
+            on_outcome(outcome)
+
+        run_jobs(action, ready, options, batch, workers=workers, on_outcome=report, stop=stop)
+        stop.wait(max(0.0, interval_s - (clock() - started)))
+
+
 def exit_code(outcomes: list[JobOutcome]) -> int:
     """Return 0 when all jobs succeeded, 1 when none did, 3 when some part failed."""
     if not outcomes:
         return EXIT_FAILED
-    statuses = [o.status for o in outcomes]
+    statuses = [o.status for o in outcomes if o.status != "SKIPPED"]
     if all(s == "OK" for s in statuses):
         return EXIT_OK
     if all(s == "FAILED" for s in statuses):
@@ -3428,8 +3779,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="worker processes (default: the CPU count)",
     )
+    batch = parser.add_argument_group("batch and watch")
+    batch.add_argument(
+        "--skip-if-done",
+        action="store_true",
+        help=f"skip folders holding {DONE_MARKER}; write it after a folder succeeds",
+    )
+    batch.add_argument(
+        "--watch",
+        type=float,
+        metavar="N",
+        help="every N seconds process new or changed folders (implies --skip-if-done)",
+    )
+    batch.add_argument(
+        "--settle",
+        type=float,
+        metavar="S",
+        default=DEFAULT_SETTLE_S,
+        help=f"watch: wait until no file changed for S seconds (default {DEFAULT_SETTLE_S:g})",
+    )
+    batch.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="S",
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        help=f"take over a folder lock older than S seconds (default {DEFAULT_LOCK_TIMEOUT_S:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
-    parser.add_argument("--log-file", type=Path, metavar="FILE", help="also log to FILE")
+    parser.add_argument(
+        "--log-file", type=Path, metavar="FILE", help="also log to FILE (rotated at 10 MB)"
+    )
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("--verbose", action="store_true", help="log more detail")
     loud.add_argument("--quiet", action="store_true", help="log only warnings and errors")
@@ -3447,11 +3826,19 @@ def configure_logging(args: argparse.Namespace) -> None:
     LOG.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level)
-    console.setFormatter(_LevelFormatter(timestamps=False))
+    console.setFormatter(_LevelFormatter(timestamps=args.watch is not None))
+    console.addFilter(lambda record: not getattr(record, "job_line", False))
     LOG.addHandler(console)
     if args.log_file is not None:
+        from logging.handlers import RotatingFileHandler
+
         args.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(args.log_file, encoding="utf-8")
+        handler = RotatingFileHandler(
+            args.log_file,
+            maxBytes=LOG_FILE_MAX_BYTES,
+            backupCount=LOG_FILE_BACKUPS,
+            encoding="utf-8",
+        )
         handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
         handler.setFormatter(_LevelFormatter(timestamps=True))
         LOG.addHandler(handler)
@@ -3479,8 +3866,10 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
     return action, path, recursive
 
 
-def _plan_jobs(spec: ActionSpec, path: Path, recursive: bool) -> list[tuple[Path, list[Path]]]:
-    """Turn the path into jobs: (folder, inputs) pairs."""
+def _plan_jobs(
+    spec: ActionSpec, path: Path, recursive: bool
+) -> list[tuple[Path, list[Path] | None]]:
+    """Turn the path into jobs: (folder, files) pairs; files None means "list it then"."""
     if path.is_file():
         return [(path.parent, [path])]
     if not path.is_dir():
@@ -3490,11 +3879,39 @@ def _plan_jobs(spec: ActionSpec, path: Path, recursive: bool) -> list[tuple[Path
         for folder in job_folders(path, recursive=recursive):
             files.extend(list_inputs(folder))
         return [(path, files)]
-    return [(folder, list_inputs(folder)) for folder in job_folders(path, recursive=recursive)]
+    return [(folder, None) for folder in job_folders(path, recursive=recursive)]
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Make Ctrl+C and SIGTERM stop after the current job; a second Ctrl+C stops at once.
+
+    The previous handlers come back afterwards (main may run inside another program).
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        LOG.warning("Stopping after the current job (signal %d)...", signum)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _job_line(outcome: JobOutcome) -> str:
     """Return the spec's one-line result of a job."""
+    if outcome.status == "SKIPPED":
+        if outcome.skipped == "already processed":
+            return f"SKIPPED (already processed) {outcome.folder}"
+        return f"SKIPPED ({outcome.skipped}) {outcome.folder}"
     if outcome.status == "FAILED":
         reason = outcome.error
         if reason is None and outcome.result is not None and outcome.result.failures:
@@ -3571,6 +3988,60 @@ def main(argv: list[str] | None = None) -> int:
         psnr=args.psnr,
         jobs=args.jobs,
     )
+    batch = BatchOptions(
+        skip_if_done=args.skip_if_done or args.watch is not None,
+        lock_timeout_s=args.lock_timeout,
+    )
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return _run(args, spec, action, path, recursive, options, batch, stop)
+
+
+def _run(
+    args: argparse.Namespace,
+    spec: ActionSpec,
+    action: str,
+    path: Path,
+    recursive: bool,
+    options: Options,
+    batch: BatchOptions,
+    stop: threading.Event,
+) -> int:
+    """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
+    show_progress = not args.quiet and not args.json
+
+    def report(outcome: JobOutcome) -> None:
+        if args.json:
+            return
+        if spec.writes_files or outcome.status == "SKIPPED":
+            line = _job_line(outcome)
+            print(line, flush=True)
+            LOG.info(line, extra={"job_line": True})
+            return
+        if outcome.result is not None:
+            print("\n".join(outcome.result.report), flush=True)
+        if outcome.status != "OK":
+            print(_job_line(outcome), file=sys.stderr, flush=True)
+
+    if args.watch is not None:
+        if not path.is_dir():
+            print(f"error: {path}: not a folder to watch", file=sys.stderr)
+            return EXIT_FAILED
+        LOG.info("Watching %s every %gs (%s); Ctrl+C stops", path, args.watch, spec.name)
+        watch(
+            action,
+            path,
+            recursive=recursive,
+            options=options,
+            batch=batch,
+            interval_s=args.watch,
+            settle_s=args.settle,
+            workers=args.jobs,
+            on_outcome=report,
+            stop=stop,
+        )
+        LOG.info("Stopped.")
+        return EXIT_OK
     try:
         jobs = _plan_jobs(spec, path, recursive)
     except DicomPressorError as exc:
@@ -3579,24 +4050,25 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         print(f"error: {path}: no DICOM files found", file=sys.stderr)
         return EXIT_FAILED
-    show_progress = not args.quiet and not args.json
-    outcomes: list[JobOutcome] = []
-    for folder, inputs in jobs:
-        if not inputs:
-            outcomes.append(JobOutcome(folder, 0, None, "no DICOM files in folder"))
-        else:
-            progress = Progress(f"{spec.name} {folder.name}", enabled=show_progress)
-            outcomes.append(run_job(spec, folder, inputs, options, progress))
-        outcome = outcomes[-1]
-        if args.json:
-            continue
-        if spec.writes_files:
-            print(_job_line(outcome), flush=True)
-        else:
-            if outcome.result is not None:
-                print("\n".join(outcome.result.report), flush=True)
-            if outcome.status != "OK":
-                print(_job_line(outcome), file=sys.stderr, flush=True)
+    if spec.name == "summary":  # one report over the whole tree: no locks, no marker
+        folder, inputs = jobs[0]
+        progress = Progress(f"{spec.name} {folder.name}", enabled=show_progress)
+        outcomes = [run_job(spec, folder, inputs, options, progress)]
+        report(outcomes[0])
+    else:
+        outcomes = run_jobs(
+            action,
+            [(folder, files) for folder, files in jobs],
+            options,
+            batch,
+            workers=args.jobs,
+            on_outcome=report,
+            stop=stop,
+            progress=lambda f: Progress(f"{spec.name} {f.name}", enabled=show_progress),
+        )
+        if stop.is_set() and len(outcomes) < len(jobs):
+            LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
+            return EXIT_PARTIAL
     if args.json:
         if spec.name == "info":
             records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
