@@ -30,6 +30,7 @@ import bisect
 import contextlib
 import copy
 import dataclasses
+import hmac
 import json
 import logging
 import math
@@ -51,14 +52,17 @@ from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO, DicomFileLike
+from pydicom.fileset import FileSet
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import validate_value
 
 __version__ = "0.1.0"
 
@@ -390,6 +394,327 @@ class Options:
     keep_descriptions: bool = False
     #: headers: "text" or "json"
     format: str = "text"
+    #: anonymize: the key that derives new UIDs (one per run, so all its jobs agree)
+    uid_secret: str = ""
+
+
+# ---- anonymize, headers, DICOMDIR ----
+
+#: PS3.15 Annex E Table E.1-1, Basic Application Level Confidentiality Profile column:
+#: action code -> keywords of the attributes it applies to (entries that pydicom's data
+#: dictionary knows). Codes: D dummy value, Z empty, X remove, K keep, U new UID (kept
+#: consistent), and the table's combinations. Private attributes (X), curves (50xx,xxxx,
+#: X) and overlay data and comments (60xx,3000 / 60xx,4000, X) are rules in
+#: ``profile_action``. Derived from the 2025 edition of the table.
+BASIC_PROFILE_TABLE: dict[str, str] = {
+    "D": """
+        AcquisitionFieldOfViewLabel AnnotationGroupLabel AnnotationGroupUID AssertionDateTime
+        AttributeModificationDateTime BeamHoldTransitionDateTime CertificateOfSigner
+        ClinicalTrialProtocolEthicsCommitteeName ClinicalTrialProtocolID ClinicalTrialSponsorName
+        ClinicalTrialSubjectID ClinicalTrialSubjectReadingID ContainerIdentifier ContentSequence
+        ContextGroupLocalVersion ContextGroupVersion Date DateTime DecayCorrectionDateTime
+        DestinationAE DeviceLabel DigitalSignatureDateTime EffectiveDateTime EncapsulatedDocument
+        EntityLabel EntityLongLabel ExclusionStartDateTime FlowIdentifier FlowIdentifierSequence
+        FrameAcquisitionDateTime FrameOriginTimestamp FrameReferenceDateTime FunctionalSyncPulse
+        GraphicAnnotationSequence HangingProtocolCreationDateTime ImpedanceMeasurementDateTime
+        InformationIssueDateTime InterlockDateTime InterlockDescription InterlockOriginDescription
+        ModifyingSystem OverrideDateTime PersonIdentificationCodeSequence PersonName
+        RadiationDoseIdentificationLabel RadiationDoseInVivoMeasurementLabel
+        RadiationGenerationModeLabel ReasonForTheAttributeModification
+        RecordedRTControlPointDateTime ReferencedDateTime RTPlanLabel RTPrescriptionLabel
+        RTToleranceSetLabel SafePositionExitDate SafePositionExitTime SafePositionReturnDate
+        SafePositionReturnTime SelectorAEValue SelectorASValue SelectorDAValue SelectorDTValue
+        SelectorLOValue SelectorLTValue SelectorOBValue SelectorPNValue SelectorSHValue
+        SelectorSTValue SelectorTMValue SelectorUNValue SelectorURValue SelectorUTValue
+        SourceEndDateTime SourceIdentifier SourceStartDateTime SourceStrengthReferenceDate
+        SourceStrengthReferenceTime SpecimenIdentifier StructureSetLabel Time
+        TreatmentControlPointDate TreatmentControlPointTime TreatmentPositionGroupLabel
+        TreatmentToleranceViolationDateTime TreatmentToleranceViolationDescription
+        UserContentLabel UserContentLongLabel VerificationDateTime VerifyingObserverName
+        VerifyingObserverSequence VerifyingOrganization XRayDetectorID XRaySourceID
+    """,
+    "Z": """
+        AccessionNumber CalibrationDateTime ClinicalTrialCoordinatingCenterName
+        ClinicalTrialProtocolName ClinicalTrialSiteID ClinicalTrialSiteName
+        ClinicalTrialTimePointID ConceptualVolumeCombinationDescription
+        ConceptualVolumeDescription ConsultingPhysicianName DeviceAlternateIdentifier
+        FillerOrderNumberImagingServiceRequest FractionationNotes
+        IssuerOfTheContainerIdentifierSequence IssuerOfTheSpecimenIdentifierSequence
+        ManufacturerDeviceIdentifier ParticipationDateTime PatientBirthDate PatientName
+        PatientSex PlacerOrderNumberImagingServiceRequest PrescriptionNotes
+        PrescriptionNotesSequence RadiationGenerationModeDescription ReasonForSuperseding
+        ReferringPhysicianName ReviewDate ReviewTime ROIInterpreter ROIName
+        RTAccessoryDeviceSlotID RTAccessoryHolderSlotID RTPhysicianIntentNarrative
+        SourceOfPreviousValues SpecimenPreparationSequence StructureSetDate StructureSetTime
+        StudyDate StudyID StudyTime TreatmentTechniqueNotes
+        VerifyingObserverIdentificationCodeSequence
+    """,
+    "U": """
+        AcquisitionUID ConcatenationUID ConceptualVolumeUID ConstituentConceptualVolumeUID
+        DeviceUID DigitalSignatureUID DimensionOrganizationUID DoseReferenceUID
+        DosimetricObjectiveUID FailedSOPInstanceUIDList FiducialUID FrameOfReferenceUID
+        InstanceCreatorUID IrradiationEventUID LargePaletteColorLookupTableUID
+        ManufacturerDeviceClassUID MediaStorageSOPInstanceUID MultiplexGroupUID
+        ObservationSubjectUIDTrial ObservationUID PaletteColorLookupTableUID PatientSetupUID
+        PresentationDisplayCollectionUID PresentationSequenceCollectionUID PyramidUID
+        ReferencedConceptualVolumeUID ReferencedDoseReferenceUID
+        ReferencedDosimetricObjectiveUID ReferencedFiducialsUID ReferencedFrameOfReferenceUID
+        ReferencedGeneralPurposeScheduledProcedureStepTransactionUID
+        ReferencedObservationUIDTrial ReferencedSOPInstanceUID ReferencedSOPInstanceUIDInFile
+        ReferencedTreatmentPositionGroupUID RelatedFrameOfReferenceUID RequestedSOPInstanceUID
+        RTTreatmentPhaseUID SeriesInstanceUID SOPInstanceUID SourceConceptualVolumeUID
+        SourceFrameOfReferenceUID SpecimenUID StorageMediaFileSetUID StudyInstanceUID
+        SynchronizationFrameOfReferenceUID TargetUID TemplateExtensionCreatorUID
+        TemplateExtensionOrganizationUID TrackingUID TransactionUID TreatmentPositionGroupUID
+        TreatmentSessionUID UID
+    """,
+    "X/Z": """
+        AcquisitionContextSequence AcquisitionDate AcquisitionTime BarcodeValue LabelText
+        PatientSexNeutered ReferencedStudySequence RequestedProcedureDescription ReviewerName
+        SourceSerialNumber TreatmentMachineName
+    """,
+    "X/D": """
+        AcquisitionDeviceProcessingDescription DateOfLastDetectorCalibration DetectorID
+        EndAcquisitionDateTime FirstTreatmentDate InstanceCreationDate IntendedPhaseEndDate
+        IntendedPhaseStartDate MostRecentTreatmentDate ObservationDateTime
+        OperatorIdentificationSequence ProtocolName RTPlanDate RTPlanTime
+        RTTreatmentApproachLabel SeriesDate SeriesTime StartAcquisitionDateTime
+        TimeOfLastDetectorCalibration TreatmentDate TreatmentSite TreatmentTime
+    """,
+    "X/Z/D": """
+        AcquisitionDateTime DeviceSerialNumber InstanceCreationTime InstitutionCodeSequence
+        InstitutionName OperatorsName ReferencedPerformedProcedureStepSequence StationName
+    """,
+    "Z/D": """
+        ContentCreatorName ContentDate ContentTime ContrastBolusAgent
+        InstructionPerformedDateTime PatientID
+    """,
+    "X/Z/U*": "ReferencedImageSequence SourceImageSequence",
+    "X": """
+        AcquisitionComments AcquisitionProtocolDescription ActualHumanPerformersSequence
+        AdditionalPatientHistory AddressTrial AdmissionID AdmittingDate
+        AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription AdmittingTime
+        AffectedSOPInstanceUID Allergies AnnotationGroupDescription ApprovalStatusDateTime
+        Arbitrary AssertionExpirationDateTime AuthorObserverSequence BeamDescription
+        BolusDescription BranchOfService CalibrationDate CalibrationTime CameraOwnerName
+        CassetteID CertifiedTimestamp ClinicalTrialProtocolEthicsCommitteeApprovalNumber
+        ClinicalTrialSeriesDescription ClinicalTrialSeriesID ClinicalTrialTimePointDescription
+        CommentsOnRadiationDose CommentsOnThePerformedProcedureStep CompensatorDescription
+        ConfidentialityConstraintOnPatientDataDescription
+        ConsultingPhysicianIdentificationSequence ContainerComponentID ContainerDescription
+        ContentCreatorIdentificationCodeSequence ContrastBolusStartTime ContrastBolusStopTime
+        ContributionDateTime ContributionDescription CountryOfResidence CreationDate
+        CreationTime CurrentObserverTrial CurrentPatientLocation CurveDate CurveTime
+        CustodialOrganizationSequence DataSetTrailingPadding
+        DateOfDocumentOrVerbalTransactionTrial DateOfLastCalibration DateOfSecondaryCapture
+        DateTimeOfLastCalibration DecompositionDescription DerivationDescription
+        DeviceDescription DeviceSettingDescription DigitalSignaturesSequence DischargeDate
+        DischargeDiagnosisDescription DischargeTime DisplacementReferenceLabel
+        DistributionAddress DistributionName DoseReferenceDescription EntityDescription
+        EntityName EquipmentFrameOfReferenceDescription
+        EthicsCommitteeApprovalEffectivenessEndDate EthicsCommitteeApprovalEffectivenessStartDate
+        EthnicGroup ExpectedCompletionDateTime FilterLookupTableDescription
+        FindingsGroupRecordingDateTrial FindingsGroupRecordingTimeTrial
+        FixationDeviceDescription FractionGroupDescription FrameComments GantryID GeneratorID
+        GPSAltitude GPSAltitudeRef GPSAreaInformation GPSDateStamp GPSDestBearing
+        GPSDestBearingRef GPSDestDistance GPSDestDistanceRef GPSDestLatitude GPSDestLatitudeRef
+        GPSDestLongitude GPSDestLongitudeRef GPSDifferential GPSDOP GPSImgDirection
+        GPSImgDirectionRef GPSLatitude GPSLatitudeRef GPSLongitude GPSLongitudeRef GPSMapDatum
+        GPSMeasureMode GPSProcessingMethod GPSSatellites GPSSpeed GPSSpeedRef GPSStatus
+        GPSTimeStamp GPSTrack GPSTrackRef GPSVersionID HL7DocumentEffectiveTime
+        HumanPerformerName HumanPerformerOrganization IconImageSequence IdentifyingComments
+        ImageComments ImagePresentationComments ImagingServiceRequestComments Impressions
+        InstanceCoercionDateTime InstanceOriginStatus InstitutionAddress
+        InstitutionalDepartmentName InstitutionalDepartmentTypeCodeSequence
+        InsurancePlanIdentification IntendedFractionStartTime
+        IntendedRecipientsOfResultsIdentificationSequence InterpretationApprovalDate
+        InterpretationApprovalTime InterpretationApproverSequence InterpretationAuthor
+        InterpretationDiagnosisDescription InterpretationID InterpretationIDIssuer
+        InterpretationRecordedDate InterpretationRecordedTime InterpretationRecorder
+        InterpretationText InterpretationTranscriber InterpretationTranscriptionDate
+        InterpretationTranscriptionTime InterventionDrugStartTime InterventionDrugStopTime
+        IssueDateOfImagingServiceRequest IssuerOfAdmissionID IssuerOfAdmissionIDSequence
+        IssuerOfPatientID IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence
+        IssueTimeOfImagingServiceRequest LastMenstrualDate LensMake LensModel LensSerialNumber
+        LensSpecification LongDeviceDescription MAC MakerNote MedicalAlerts
+        MedicalRecordLocator MilitaryRank ModifiedAttributesSequence ModifiedImageDate
+        ModifiedImageDescription ModifiedImageTime ModifyingDeviceID
+        MultienergyAcquisitionDescription NameOfPhysiciansReadingStudy
+        NamesOfIntendedRecipientsOfResults NetworkID NonconformingDataElementValue
+        NonconformingModifiedAttributesSequence ObservationDateTrial ObservationStartDateTime
+        ObservationTimeTrial Occupation OrderCallbackPhoneNumber
+        OrderCallbackTelecomInformation OrderEnteredBy OrderEntererLocation
+        OriginalAttributesSequence Originator OtherPatientIDs OtherPatientIDsSequence
+        OtherPatientNames OverlayDate OverlayTime ParticipantSequence PatientAddress PatientAge
+        PatientBirthName PatientBirthTime PatientComments PatientInstitutionResidence
+        PatientInsurancePlanCodeSequence PatientMotherBirthName
+        PatientPrimaryLanguageCodeSequence PatientPrimaryLanguageModifierCodeSequence
+        PatientReligiousPreference PatientSetupPhotoDescription PatientSize PatientState
+        PatientTelecomInformation PatientTelephoneNumbers PatientTransportArrangements
+        PatientTreatmentPreparationMethodDescription
+        PatientTreatmentPreparationProcedureParameterDescription PatientWeight
+        PerformedLocation PerformedProcedureStepDescription PerformedProcedureStepEndDate
+        PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime
+        PerformedProcedureStepID PerformedProcedureStepStartDate
+        PerformedProcedureStepStartDateTime PerformedProcedureStepStartTime
+        PerformedStationAETitle PerformedStationGeographicLocationCodeSequence
+        PerformedStationName PerformedStationNameCodeSequence PerformingPhysicianName
+        PerformingPhysicianIdentificationSequence PersonAddress PersonTelecomInformation
+        PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansOfRecord
+        PhysiciansOfRecordIdentificationSequence PhysiciansReadingStudyIdentificationSequence
+        PlateID PositionAcquisitionTemplateDescription PositionAcquisitionTemplateName
+        PregnancyStatus PreMedication PrescriptionDescription PresentationCreationDate
+        PresentationCreationTime PriorTreatmentDoseDescription
+        ProcedureStepCancellationDateTime ProductExpirationDateTime PyramidDescription
+        PyramidLabel RadiopharmaceuticalStartDateTime RadiopharmaceuticalStartTime
+        RadiopharmaceuticalStopDateTime RadiopharmaceuticalStopTime
+        ReasonForOmissionDescription ReasonForRequestedProcedureCodeSequence ReasonForStudy
+        ReasonForTheImagingServiceRequest ReasonForTheRequestedProcedure ReasonForVisit
+        ReasonForVisitCodeSequence ReceivingAE ReferencedDigitalSignatureSequence
+        ReferencedPatientAliasSequence ReferencedPatientPhotoSequence
+        ReferencedPatientSequence ReferencedSOPInstanceMACSequence ReferringPhysicianAddress
+        ReferringPhysicianIdentificationSequence ReferringPhysicianTelephoneNumbers
+        RegionOfResidence RequestAttributesSequence RequestedContrastAgent
+        RequestedProcedureComments RequestedProcedureID RequestedProcedureLocation
+        RequestedSeriesDescription RequestingAE RequestingPhysician RequestingService
+        RespiratoryMotionCompensationTechniqueDescription ResponsibleOrganization
+        ResponsiblePerson ResultsComments ResultsDistributionListSequence ResultsID
+        ResultsIDIssuer RetrieveAETitle ROIDescription ROIGenerationDescription
+        ROIObservationDescription ROIObservationLabel RTPlanDescription RTPlanName
+        ScheduledAdmissionDate ScheduledAdmissionTime ScheduledDischargeDate
+        ScheduledDischargeTime ScheduledHumanPerformersSequence
+        ScheduledPatientInstitutionResidence ScheduledPerformingPhysicianName
+        ScheduledPerformingPhysicianIdentificationSequence ScheduledProcedureStepDescription
+        ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
+        ScheduledProcedureStepExpirationDateTime ScheduledProcedureStepID
+        ScheduledProcedureStepLocation ScheduledProcedureStepModificationDateTime
+        ScheduledProcedureStepStartDate ScheduledProcedureStepStartDateTime
+        ScheduledProcedureStepStartTime ScheduledStationAETitle
+        ScheduledStationGeographicLocationCodeSequence ScheduledStationName
+        ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle
+        ScheduledStudyStartDate ScheduledStudyStartTime ScheduledStudyStopDate
+        ScheduledStudyStopTime SeriesDescription ServiceEpisodeDescription ServiceEpisodeID
+        SetupTechniqueDescription ShieldingDeviceDescription SlideIdentifier SmokingStatus
+        SOPAuthorizationDateTime SourceManufacturer SpecialNeeds SpecimenAccessionNumber
+        SpecimenDetailedDescription SpecimenShortDescription StationAETitle
+        StructureSetDescription StructureSetName StudyArrivalDate StudyArrivalTime
+        StudyComments StudyCompletionDate StudyCompletionTime StudyDescription StudyIDIssuer
+        StudyReadDate StudyReadTime StudyVerifiedDate StudyVerifiedTime
+        SubstanceAdministrationDateTime TelephoneNumberTrial TemplateLocalVersion
+        TemplateVersion TextComments TextString TimeOfDocumentCreationOrVerbalTransactionTrial
+        TimeOfLastCalibration TimeOfSecondaryCapture TimezoneOffsetFromUTC TopicAuthor
+        TopicKeywords TopicSubject TopicTitle TransducerIdentificationSequence TreatmentSites
+        UDISequence UniqueDeviceIdentifier VerbalSourceIdentifierCodeSequenceTrial
+        VerbalSourceTrial VisitComments WaveformFilterDescription XRayDetectorLabel
+    """,
+}
+
+#: How a combined code of Table E.1-1 is resolved: always the least destructive action
+#: that stays conformant, so type 1 and type 2 attributes stay present. "Z/D", "X/D" and
+#: "X/Z/D" keep a dummy value (D), "X/Z" keeps the attribute empty (Z), and "X/Z/U*"
+#: keeps a reference sequence with its instance UIDs replaced (U).
+COMBINED_CODE: dict[str, str] = {"X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U"}
+
+
+def _profile_tags(table: dict[str, str]) -> dict[int, str]:
+    """Turn the keyword lists of a profile table into tag -> resolved action code."""
+    actions: dict[int, str] = {}
+    for code, keywords in table.items():
+        for keyword in keywords.split():
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"Table E.1-1 keyword {keyword!r} is not in pydicom's dictionary")
+            actions[tag] = COMBINED_CODE.get(code, code)
+    return actions
+
+
+#: Table E.1-1 as tag -> one of D, Z, X, U (PS3.15 E.1-1, combinations resolved).
+BASIC_PROFILE: dict[int, str] = _profile_tags(BASIC_PROFILE_TABLE)
+
+#: Descriptors that the Clean Descriptors Option (PS3.15 Table E.1-1, column "Clean Desc.
+#: Opt.") cleans instead of removing; ``--keep-descriptions`` keeps them as they are.
+CLEAN_DESCRIPTORS = frozenset(
+    """
+    AcquisitionComments AcquisitionDeviceProcessingDescription AcquisitionFieldOfViewLabel
+    AcquisitionProtocolDescription AdditionalPatientHistory AdmittingDiagnosesDescription
+    Allergies BeamDescription BolusDescription ClinicalTrialSeriesDescription
+    ClinicalTrialTimePointDescription CommentsOnRadiationDose
+    CommentsOnThePerformedProcedureStep CompensatorDescription ContainerDescription
+    ContrastBolusAgent ContributionDescription DerivationDescription DeviceSettingDescription
+    DischargeDiagnosisDescription DoseReferenceDescription FrameComments IdentifyingComments
+    ImageComments ImagePresentationComments ImagingServiceRequestComments Impressions
+    InterpretationDiagnosisDescription InterpretationText MedicalAlerts
+    ModifiedImageDescription PatientComments PerformedProcedureStepDescription ProtocolName
+    ReasonForStudy ReasonForTheRequestedProcedure ReasonForVisit RequestedContrastAgent
+    RequestedProcedureComments RequestedProcedureDescription ResultsComments
+    ScheduledProcedureStepDescription SeriesDescription StudyComments StudyDescription
+    VisitComments
+    """.split()  # noqa: SIM905
+)
+
+#: PS3.16 CID 7050 De-identification Method (scheme DCM): profile and options.
+DEID_BASIC = ("113100", "Basic Application Confidentiality Profile")
+DEID_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
+DEID_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+DEID_RETAIN_UIDS = ("113110", "Retain UIDs Option")
+
+#: Dummy values for the D action, by VR; they are valid values that identify nobody.
+DUMMY_VALUES: dict[str, Any] = {
+    "AE": "ANONYMOUS",
+    "AS": "000Y",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "PN": "ANONYMIZED^ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "TM": "000000",
+    "UC": "ANONYMIZED",
+    "UR": "",
+    "UT": "ANONYMIZED",
+    "FL": 0.0,
+    "FD": 0.0,
+    "SL": 0,
+    "SS": 0,
+    "SV": 0,
+    "UL": 0,
+    "US": 0,
+    "UV": 0,
+}
+BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())  # noqa: SIM905
+INTEGER_VRS = frozenset("SL SS SV UL US UV".split())  # noqa: SIM905
+FLOAT_VRS = frozenset({"FL", "FD"})
+DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
+
+ANON_SUFFIX = "_anon"
+PROFILES = ("basic", "none")
+HEADER_FORMATS = ("text", "json")
+
+#: Bulk data left out of the JSON headers (PS3.18 F.2.7 BulkDataURI targets): pixel,
+#: waveform, overlay and document values, and any other binary value above the threshold.
+BULK_DATA_KEYWORDS = frozenset(
+    [
+        "PixelData",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+        "WaveformData",
+        "EncapsulatedDocument",
+        "SpectroscopyData",
+        "LargePaletteColorLookupTableData",
+    ]  # noqa: SIM905
+)
+BULK_DATA_THRESHOLD = 64 * 1024
+#: Longest value shown in a text dump before it is cut.
+DUMP_VALUE_CHARS = 160
+
+#: PS3.10 8.2 / PS3.12: a File ID has at most 8 components of 1-8 characters A-Z 0-9 _.
+FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
+MAX_FILE_ID_COMPONENTS = 8
+DICOMDIR_COPY_SUFFIX = "_DICOMDIR"
 
 
 # ==== 3. Errors and logging ====
@@ -2085,6 +2410,480 @@ def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> l
     return paths
 
 
+# ---- anonymize, headers, DICOMDIR ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+    """One user replacement: set the element ``tag`` (VR ``vr``) to ``value``."""
+
+    tag: int
+    vr: str
+    value: Any
+    line: int
+
+    @property
+    def where(self) -> str:
+        """Return the tag as ``(GGGG,EEEE)``."""
+        return f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+
+
+_TAG_LINE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?\s*=(.*)")
+_ORIGINAL_LINE = re.compile(r"([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{4})\s+([A-Za-z]{2})(?:\s(.*))?")
+_KEYWORD_LINE = re.compile(r"([A-Za-z][A-Za-z0-9]*)\s*=(.*)")
+
+
+def _tag_text(tag: int) -> str:
+    """Return a tag as ``(GGGG,EEEE)``."""
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _value_from_text(vr: str, text: str) -> Any:
+    """Convert a params value to what pydicom stores for vr; raise ValueError if invalid."""
+    if text == "":
+        return [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
+    if vr == "SQ" or vr in BINARY_VRS or vr == "AT":
+        raise ValueError(f"a {vr} value cannot be given as text (only an empty value)")
+    parts = text.split("\\")
+    if vr in INTEGER_VRS:
+        try:
+            numbers: list[Any] = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"{text!r} is not a {vr} integer") from None
+    elif vr in FLOAT_VRS:
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"{text!r} is not a {vr} number") from None
+    else:
+        for part in parts:
+            validate_value(vr, part, pydicom_config.RAISE)
+        return text
+    for number in numbers:
+        validate_value(vr, number, pydicom_config.RAISE)
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _parse_line(text: str) -> tuple[int, str | None, str]:
+    """Split one params line into (tag, VR or None, value text); raise ValueError."""
+    if match := _TAG_LINE.fullmatch(text):
+        return int(match[1] + match[2], 16), None, match[3].strip()
+    if match := _ORIGINAL_LINE.fullmatch(text):
+        return int(match[1] + match[2], 16), match[3].upper(), (match[4] or "").strip()
+    if match := _KEYWORD_LINE.fullmatch(text):
+        tag = tag_for_keyword(match[1])
+        if tag is None:
+            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
+        return tag, None, match[2].strip()
+    raise ValueError(
+        f"cannot read {one_line(text, limit=60)!r}: expected (GGGG,EEEE)=VALUE, "
+        "GGGG EEEE VR VALUE or Keyword=VALUE"
+    )
+
+
+def _replacement(number: int, text: str) -> Replacement:
+    """Parse and check one non-empty params line; raise ValueError naming the problem."""
+    tag, vr, value_text = _parse_line(text)
+    group = tag >> 16
+    if group in (0x0000, 0x0002, 0xFFFE) or (tag & 0xFFFF) == 0 or group >= 0x7FE0:
+        raise ValueError(
+            f"{_tag_text(tag)} cannot be set (file meta, group length, item or pixel data)"
+        )
+    if dictionary_has_tag(tag):
+        choices = [v.strip() for v in dictionary_VR(tag).split(" or ")]
+        if vr is None:
+            vr = choices[0]
+        elif vr not in choices:
+            raise ValueError(
+                f"{_tag_text(tag)} {keyword_for_tag(tag)} has VR {' or '.join(choices)}, not {vr}"
+            )
+    elif vr is None:
+        raise ValueError(
+            f"{_tag_text(tag)} is not in the DICOM dictionary (a private tag?): give its VR "
+            f"as 'GGGG EEEE VR VALUE'"
+        )
+    elif vr not in DUMMY_VALUES and vr not in BINARY_VRS and vr not in ("SQ", "AT"):
+        raise ValueError(f"{vr} is not a DICOM VR")
+    try:
+        value = _value_from_text(vr, value_text)
+    except ValueError as exc:
+        raise ValueError(f"{_tag_text(tag)} {vr}: {one_line(str(exc), limit=200)}") from None
+    return Replacement(tag, vr, value, number)
+
+
+def parse_params(text: str) -> list[Replacement]:
+    """Parse anonymize params: ``(GGGG,EEEE)=V``, ``GGGG EEEE VR V`` and ``Keyword=V`` lines.
+
+    ``#`` comment lines and blank lines are ignored; an empty value empties the element.
+    Every malformed line is collected and reported at once: DicomPressorError names each
+    line number. A tag given twice is an error too.
+    """
+    replacements: list[Replacement] = []
+    problems: list[str] = []
+    first_line: dict[int, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            replacement = _replacement(number, line)
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        if replacement.tag in first_line:
+            problems.append(
+                f"line {number}: {replacement.where} is already set on line "
+                f"{first_line[replacement.tag]}"
+            )
+            continue
+        first_line[replacement.tag] = number
+        replacements.append(replacement)
+    if problems:
+        raise DicomPressorError("invalid anonymize params: " + "; ".join(problems))
+    return replacements
+
+
+class UidMap:
+    """Map original UIDs to new ones, the same new UID for the same original.
+
+    One map is kept for a whole action call, so that every file processed together
+    keeps its study, series, frame of reference and references consistent.
+    """
+
+    def __init__(self, secret: str = "") -> None:
+        self._secret = (secret or secrets.token_hex(16)).encode("ascii")
+        self._new: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._new)
+
+    def get(self, old: str) -> str:
+        """Return the replacement of old (empty stays empty).
+
+        The new UID is a keyed hash of the old one: the same secret gives the same UID
+        in every process, so the jobs of one run (``--jobs``, several folders) agree,
+        while without the secret nobody can map new UIDs back to old ones.
+        """
+        old = str(old).strip("\0 ")
+        if not old:
+            return old
+        if old not in self._new:
+            digest = hmac.new(self._secret, old.encode("ascii", "replace"), "sha256").digest()
+            self._new[old] = f"{UID_PREFIX}9.{int.from_bytes(digest[:14], 'big')}"
+        return self._new[old]
+
+
+def is_standard_uid(value: str) -> bool:
+    """Tell whether a UID is a well-known one (SOP class, transfer syntax...), kept as is."""
+    value = str(value).strip("\0 ")
+    return value.startswith("1.2.840.10008.") or uid_name(value) != value
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileChoice:
+    """The profile and options a de-identification uses (from ``Options``)."""
+
+    keep_uids: bool = False
+    keep_dates: bool = False
+    keep_descriptions: bool = False
+
+    @property
+    def method_codes(self) -> list[tuple[str, str]]:
+        """Return the CID 7050 codes of the profile and the options used."""
+        codes = [DEID_BASIC]
+        if self.keep_descriptions:
+            codes.append(DEID_CLEAN_DESCRIPTORS)
+        if self.keep_dates:
+            codes.append(DEID_RETAIN_FULL_DATES)
+        if self.keep_uids:
+            codes.append(DEID_RETAIN_UIDS)
+        return codes
+
+
+def profile_actions(choice: ProfileChoice) -> dict[int, str]:
+    """Return tag -> action (D, Z, X, U or K) of Table E.1-1 with the chosen options."""
+    actions = dict(BASIC_PROFILE)
+    for tag, code in BASIC_PROFILE.items():
+        vr = dictionary_VR(tag)
+        if choice.keep_uids and code == "U":
+            actions[tag] = "K"
+        if choice.keep_dates and vr in DATE_TIME_VRS:
+            actions[tag] = "K"
+        if choice.keep_descriptions and keyword_for_tag(tag) in CLEAN_DESCRIPTORS:
+            actions[tag] = "K"
+    return actions
+
+
+def _removed_by_rule(tag: BaseTag) -> bool:
+    """Tell whether Table E.1-1 removes a tag by a rule: private, curve, overlay data."""
+    group = tag.group
+    if tag.is_private:
+        return True
+    if 0x5000 <= group <= 0x50FF and group % 2 == 0:  # curves (retired), X
+        return True
+    return 0x6000 <= group <= 0x60FF and group % 2 == 0 and tag.element in (0x3000, 0x4000)
+
+
+def _vr_of(ds: Dataset, tag: BaseTag) -> str:
+    """Return the VR of an element, without loading its value when it is raw."""
+    item = ds.get_item(tag)
+    vr = getattr(item, "VR", None)
+    if vr:
+        return str(vr)
+    return dictionary_VR(tag).split(" or ")[0] if dictionary_has_tag(tag) else "UN"
+
+
+def _new_uids(value: Any, uids: UidMap, *, all_uids: bool) -> Any:
+    """Replace each UID of a UI value (only the non-standard ones unless all_uids)."""
+    values = list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    changed = [uids.get(v) if v and (all_uids or not is_standard_uid(v)) else v for v in values]
+    return changed if len(changed) != 1 else changed[0]
+
+
+def deidentify_dataset(
+    ds: Dataset,
+    actions: dict[int, str],
+    uids: UidMap,
+    *,
+    replace_uids: bool,
+    dummy_inside: bool = False,
+) -> None:
+    """Apply Table E.1-1 actions to ds and every nested item, in place.
+
+    Elements the table does not list are kept, except private ones, curves and overlay
+    data (removed); their UI values that are not standard UIDs are replaced through
+    uids when replace_uids, and their sequences are walked. Inside a sequence marked D
+    (dummy_inside) unlisted text values other than CS get dummy values too, so that a
+    code or person sequence keeps its structure but none of its content.
+    """
+    for tag in list(ds.keys()):
+        if _removed_by_rule(tag):
+            del ds[tag]
+            continue
+        vr = _vr_of(ds, tag)
+        code = actions.get(int(tag))
+        if code is None:
+            code = "D" if dummy_inside and vr in DUMMY_VALUES and vr != "CS" else "K"
+        if code == "X":
+            del ds[tag]
+        elif code == "Z":
+            empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
+            ds[tag] = DataElement(tag, vr, empty)
+        elif vr == "SQ":  # D, U and K keep a sequence and clean what it holds
+            for item in ds[tag].value:
+                deidentify_dataset(
+                    item,
+                    actions,
+                    uids,
+                    replace_uids=replace_uids,
+                    dummy_inside=dummy_inside or code == "D",
+                )
+        elif vr == "UI":
+            if code in ("U", "D") or replace_uids:
+                elem = ds[tag]
+                elem.value = _new_uids(elem.value, uids, all_uids=code in ("U", "D"))
+        elif code == "D":
+            dummy = b"" if vr in BINARY_VRS else DUMMY_VALUES.get(vr)
+            ds[tag] = DataElement(tag, vr, dummy)
+
+
+def apply_replacements(ds: Dataset, replacements: Sequence[Replacement]) -> None:
+    """Set each user replacement on ds (added with its VR when absent)."""
+    for r in replacements:
+        ds[r.tag] = DataElement(r.tag, r.vr, r.value)
+
+
+def mark_deidentified(ds: Dataset, choice: ProfileChoice) -> None:
+    """Add the attributes that record a de-identification (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
+    codes = choice.method_codes
+    # Patient (C.7.1.1): Patient Identity Removed, De-identification Method (Code Sequence)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = [meaning for _, meaning in codes]
+    ds.DeidentificationMethodCodeSequence = [code_item(v, "DCM", m) for v, m in codes]
+    # SOP Common (C.12.1): Longitudinal Temporal Information Modified
+    ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if choice.keep_dates else "REMOVED"
+
+
+def anonymized_target(path: Path, output_dir: Path | None, options: Options) -> Path:
+    """Return where an anonymized file goes: the input itself, output_dir or beside it."""
+    if options.in_place:
+        return path
+    folder = output_dir if output_dir is not None else path.parent
+    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
+    return folder / f"{stem}{ANON_SUFFIX}.dcm"
+
+
+def anonymize_file(
+    path: Path,
+    target: Path,
+    replacements: Sequence[Replacement],
+    choice: ProfileChoice | None,
+    uids: UidMap,
+    *,
+    replace: bool,
+) -> tuple[Path, list[str]]:
+    """Write the anonymized copy of path; return (the name it got, warnings).
+
+    choice None is ``--profile none``: only the replacements are applied. replace
+    renames over target (``-A``, target is the input); otherwise target is never
+    overwritten (``_1``, ``_2``...).
+    """
+    ds, _ = read_header(path)
+    warnings_: list[str] = []
+    if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
+        warnings_.append(
+            f"{path.name}: (0028,0301) Burned In Annotation is YES: text burned into the "
+            "pixels is not removed"
+        )
+    if choice is not None:
+        deidentify_dataset(ds, profile_actions(choice), uids, replace_uids=not choice.keep_uids)
+        mark_deidentified(ds, choice)
+    apply_replacements(ds, replacements)
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
+    if missing:
+        raise DicomPressorError(f"no {' and no '.join(missing)}: cannot write File Meta")
+    ds.file_meta = file_meta_for(ds, transfer_syntax_of(ds))
+    ds.preamble = b"\0" * 128
+    output = OutputFile(target, replace=replace)
+    with output as handle:
+        pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+    assert output.path is not None
+    return output.path, warnings_
+
+
+# ---- headers ----
+
+
+def _is_bulk(tag: BaseTag, vr: str, length: int | None) -> bool:
+    """Tell whether an element is bulk data, left out of JSON and elided in text."""
+    if keyword_for_tag(tag) in BULK_DATA_KEYWORDS:
+        return True
+    if 0x6000 <= tag.group <= 0x60FF and tag.element == 0x3000:  # Overlay Data
+        return True
+    return vr in BINARY_VRS and length is not None and length > BULK_DATA_THRESHOLD
+
+
+def _raw_length(ds: Dataset, tag: BaseTag) -> int | None:
+    """Return the encoded length of an element's value without loading it if possible."""
+    item = ds.get_item(tag)
+    length = getattr(item, "length", None)
+    if length is not None and length != 0xFFFFFFFF:
+        return int(length)
+    value = ds[tag].value
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    return None
+
+
+def without_bulk_data(ds: Dataset) -> Dataset:
+    """Return a copy of ds (nested items too) without its bulk data elements."""
+    out = Dataset()
+    tags = ds.keys()  # tags, not elements: raw values stay unread
+    for tag in tags:
+        vr = _vr_of(ds, tag)
+        if vr != "SQ" and _is_bulk(tag, vr, _raw_length(ds, tag) if vr in BINARY_VRS else 0):
+            continue
+        elem = ds[tag]
+        if vr == "SQ":
+            out[tag] = DataElement(tag, "SQ", [without_bulk_data(i) for i in elem.value or []])
+        else:
+            out[tag] = elem
+    return out
+
+
+def _show_value(elem: DataElement) -> str:
+    """Return an element's value as one readable line."""
+    value = elem.value
+    if value is None or value == "":
+        return "(empty)"
+    if isinstance(value, (bytes, bytearray)):
+        head = " ".join(f"{b:02x}" for b in value[:16])
+        return f"<{len(value)} bytes: {head}{' ...' if len(value) > 16 else ''}>"
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= DUMP_VALUE_CHARS else text[: DUMP_VALUE_CHARS - 3] + "..."
+
+
+def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
+    """Yield the text dump of ds: tag, VR, keyword and value; items indented."""
+    indent = "  " * depth
+    tags = ds.keys()
+    for tag in tags:
+        vr = _vr_of(ds, tag)
+        name = keyword_for_tag(tag) or ("PrivateCreator" if tag.is_private_creator else "")
+        if not name:
+            name = f"[{ds[tag].name}]" if tag.is_private else "[unknown]"
+        head = f"{indent}{_tag_text(int(tag))} {vr} {name}"
+        if vr == "SQ":
+            items = ds[tag].value or []
+            yield f"{head}: {len(items)} item(s)"
+            for number, item in enumerate(items, 1):
+                yield f"{indent}  Item {number}"
+                yield from dump_lines(item, depth + 2)
+            continue
+        length = _raw_length(ds, tag) if vr in BINARY_VRS else 0
+        if _is_bulk(tag, vr, length):
+            encapsulated = getattr(ds.get_item(tag), "length", None) == 0xFFFFFFFF or (
+                int(tag) == 0x7FE00010 and transfer_syntax_of(ds).is_compressed
+            )
+            kind = "encapsulated, " if encapsulated else ""
+            shown = f"{length} bytes" if length is not None else "undefined length"
+            yield f"{head}: <bulk data elided: {kind}{shown}>"
+            continue
+        elem = ds[tag]
+        yield f"{head}: {_show_value(elem) if _value_ok(elem) else '<unreadable value>'}"
+
+
+def header_text(path: Path, ds: Dataset) -> str:
+    """Return the text dump of a file: File Meta, then the dataset."""
+    lines = [f"# {path.name}", "# File Meta Information"]
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        lines.extend(dump_lines(meta, 1))
+    lines.append("# Dataset")
+    lines.extend(dump_lines(ds, 1))
+    return "\n".join(lines) + "\n"
+
+
+def header_json(ds: Dataset) -> str:
+    """Return the DICOM JSON Model of ds (PS3.18 F.2) without bulk data, sorted."""
+    data = without_bulk_data(ds).to_json_dict(bulk_data_threshold=1 << 62)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# ---- DICOMDIR ----
+
+
+def is_conformant_file_id(parts: Sequence[str]) -> bool:
+    """Tell whether path components form a File ID (PS3.10 8.2: <= 8 of A-Z 0-9 _, <= 8)."""
+    return 0 < len(parts) <= MAX_FILE_ID_COMPONENTS and all(
+        FILE_ID_COMPONENT.fullmatch(p) for p in parts
+    )
+
+
+def _write_dicomdir_in_place(fs: FileSet, file_ids: dict[str, list[str]], target: Path) -> None:
+    """Write fs's DICOMDIR to target with each instance's Referenced File ID set as given.
+
+    pydicom writes a DICOMDIR only together with copies of the files in its own layout;
+    this does what its ``FileSet.copy()`` does for the DICOMDIR alone (set the records'
+    Referenced File ID, encode with recomputed offsets), leaving the files where they are.
+    """
+    saved = []
+    for instance in fs:
+        record = instance.node._record
+        saved.append((record, record.ReferencedFileID))
+        record.ReferencedFileID = file_ids[instance.SOPInstanceUID]
+    try:
+        with atomic_output(target) as handle:
+            fs._write_dicomdir(DicomFileLike(handle), copy_safe=True)
+    finally:
+        for record, value in saved:
+            record.ReferencedFileID = value
+
+
 # ==== 6. Actions ====
 
 
@@ -2952,6 +3751,242 @@ def decompress(
     return _transcode(inputs, mode, options, progress)
 
 
+# ---- anonymize, headers and DICOMDIR ----
+
+
+def anonymize(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """De-identify files with the PS3.15 Basic Profile, then apply the user's params.
+
+    Parameters
+    ----------
+    inputs
+        DICOM files processed together: their UIDs are replaced consistently.
+    output_dir
+        Folder for ``<stem>_anon.dcm``; None writes beside each input.
+    options
+        ``params`` (the params text), ``profile`` ("basic" or "none"), ``keep_uids``,
+        ``keep_dates``, ``keep_descriptions`` (the Retain UIDs, Retain Longitudinal Full
+        Dates and Clean Descriptors options) and ``in_place`` (replace each input
+        atomically, ``-A``).
+
+    Returns
+    -------
+    ActionResult
+        One output per file. With the basic profile the attributes of PS3.15 Table E.1-1
+        are removed, emptied or given dummy values, also inside sequences; private
+        elements are removed; (0008,0018) SOP Instance, (0020,000D) Study, (0020,000E)
+        Series, (0020,0052) Frame of Reference and every other non-standard UID get new
+        values, the same for the same original across all inputs; (0012,0062) Patient
+        Identity Removed is YES, (0012,0063) De-identification Method and (0012,0064)
+        De-identification Method Code Sequence name the profile and options, (0028,0303)
+        Longitudinal Temporal Information Modified is REMOVED (UNMODIFIED with
+        keep_dates). The params are applied last. Pixel data is never changed: a file
+        with (0028,0301) Burned In Annotation YES gives a warning.
+    """
+    if options.profile not in PROFILES:
+        raise DicomPressorError(
+            f"unknown profile {options.profile!r}: use one of {', '.join(PROFILES)}"
+        )
+    replacements = parse_params(options.params or "")
+    choice = None
+    if options.profile == "basic":
+        choice = ProfileChoice(options.keep_uids, options.keep_dates, options.keep_descriptions)
+    elif not replacements:
+        raise DicomPressorError("--profile none with no params would change nothing")
+    result = ActionResult()
+    uids = UidMap(options.uid_secret)
+    label = "basic profile" if choice is not None else "params only"
+    result.info(f"Anonymizing {len(inputs)} files ({label}, {len(replacements)} replacements)...")
+    if choice is not None and choice.keep_descriptions:
+        result.warn("descriptions are kept as they are: check them for identifying text")
+    for index, path in enumerate(inputs, 1):
+        target = anonymized_target(path, output_dir, options)
+        try:
+            target, notes = anonymize_file(
+                path, target, replacements, choice, uids, replace=options.in_place
+            )
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        except OSError as exc:
+            result.fail(path, f"cannot write {target.name}: {exc.strerror or exc}")
+        except BaseException as exc:  # a bad file fails alone
+            if is_fatal(exc):
+                raise
+            LOG.debug("unexpected error on %s", path, exc_info=True)
+            result.fail(path, f"cannot anonymize: {type(exc).__name__}: {exc}")
+        else:
+            for note in notes:
+                result.warn(note)
+            result.inputs_used += 1
+            result.outputs.append(target)
+            shown = "replaced" if options.in_place else f"-> {target.name}"
+            result.info(f"Anonymized {path.name} {shown}")
+        progress(index, len(inputs))
+    result.data["uids_replaced"] = len(uids)
+    result.info("Done.")
+    return result
+
+
+def headers(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Write each file's header as ``<stem>.txt`` or, with ``format`` json, ``<stem>.json``.
+
+    Parameters
+    ----------
+    inputs
+        DICOM files.
+    output_dir
+        Folder for the dumps; None writes beside each input.
+    options
+        ``format``: "text" (tag, VR, keyword and value per line, sequence items
+        indented, bulk data elided with its length) or "json" (the DICOM JSON Model,
+        PS3.18 F.2, without bulk data).
+
+    Returns
+    -------
+    ActionResult
+        One dump per file; no DICOM file is changed.
+    """
+    if options.format not in HEADER_FORMATS:
+        raise DicomPressorError(
+            f"unknown header format {options.format!r}: use one of {', '.join(HEADER_FORMATS)}"
+        )
+    suffix = ".json" if options.format == "json" else ".txt"
+    result = ActionResult()
+    for index, path in enumerate(inputs, 1):
+        folder = output_dir if output_dir is not None else path.parent
+        stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
+        output = OutputFile(folder / f"{stem}{suffix}", replace=False)
+        try:
+            ds, _ = read_header(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                text = header_json(ds) if suffix == ".json" else header_text(path, ds)
+            with output as handle:
+                handle.write(text.encode("utf-8"))
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        except OSError as exc:
+            result.fail(path, f"cannot write {stem}{suffix}: {exc.strerror or exc}")
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            LOG.debug("unexpected error on %s", path, exc_info=True)
+            result.fail(path, f"cannot dump the header: {type(exc).__name__}: {exc}")
+        else:
+            assert output.path is not None
+            result.inputs_used += 1
+            result.outputs.append(output.path)
+            result.info(f"{path.name} -> {output.path.name}")
+        progress(index, len(inputs))
+    result.info("Done.")
+    return result
+
+
+def dicomdir(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Make a DICOMDIR (PS3.10, PS3.3 F) for the files of one folder.
+
+    Parameters
+    ----------
+    inputs
+        Every DICOM file of one folder (a per-folder action).
+    output_dir
+        None: when every file name is a conformant File ID (up to 8 components of up to
+        8 characters A-Z 0-9 _) the DICOMDIR is written in the folder and references
+        the files where they are; otherwise a conformant copy is made beside the folder
+        in ``<folder>_DICOMDIR/`` (``_1``, ``_2``... when taken): DICOMDIR plus
+        PT000000/ST000000/SE000000/IM000000 files. Given: that copy is made in
+        ``output_dir/<folder>_DICOMDIR/``.
+    options
+        Not used.
+
+    Returns
+    -------
+    ActionResult
+        The DICOMDIR (a Media Storage Directory instance with PATIENT, STUDY, SERIES and
+        IMAGE records) and, for a copy, the copied files; the log says which was made.
+        Inputs are never changed.
+    """
+    if not inputs:
+        raise DicomPressorError("no DICOM files to put in a DICOMDIR")
+    root = Path(os.path.commonpath([str(p.parent) for p in inputs]))
+    result = ActionResult()
+    fs = FileSet()
+    file_ids: dict[str, list[str]] = {}
+    for index, path in enumerate(inputs, 1):
+        try:
+            read_header(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                instance = fs.add(path)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            result.fail(path, f"cannot be put in a DICOMDIR: {one_line(str(exc))}")
+        else:
+            file_ids[instance.SOPInstanceUID] = list(path.relative_to(root).parts)
+            result.inputs_used += 1
+        progress(index, len(inputs))
+    if not file_ids:
+        return result
+    in_place = output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values())
+    if in_place:
+        target = root / "DICOMDIR"
+        replaced = target.exists()
+        _write_dicomdir_in_place(fs, file_ids, target)
+        result.outputs.append(target)
+        result.info(
+            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {root.name}/ referencing "
+            f"{len(file_ids)} files in place (their names are conformant File IDs)"
+        )
+    else:
+        parent = output_dir if output_dir is not None else root.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+        staging.mkdir()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fs.write(staging)
+            copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+            os.rename(staging, copy_root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        result.outputs.append(copy_root / "DICOMDIR")
+        result.outputs.extend(
+            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+        )
+        why = (
+            "--output-dir given"
+            if output_dir is not None
+            else "file names are not conformant File IDs (<= 8 characters A-Z 0-9 _)"
+        )
+        result.info(
+            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
+            f"{copy_root} ({why})"
+        )
+    result.info("Done.")
+    return result
+
+
 # ---- info and summary ----
 
 
@@ -3233,6 +4268,8 @@ class ActionSpec:
     per_folder: bool = False
     #: The CLI flag that runs the action replacing each input atomically (-X, -Z, -U).
     replace_flag: str | None = None
+    #: When set, the flag takes a value (``-a PARAMS``, ``-I png``) named so in the help.
+    metavar: str | None = None
 
 
 ACTIONS: dict[str, ActionSpec] = {
@@ -3268,6 +4305,16 @@ ACTIONS: dict[str, ActionSpec] = {
             decompress,
             replace_flag="-U",
         ),
+        ActionSpec(
+            "anonymize",
+            "-a",
+            "Anonymize (PS3.15 Basic Profile, then the params file's replacements)",
+            anonymize,
+            replace_flag="-A",
+            metavar="PARAMS",
+        ),
+        ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
+        ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, per_folder=True),
         ActionSpec(
             "info", "--info", "Show detailed DICOM file information", info, writes_files=False
         ),
@@ -3715,6 +4762,20 @@ def exit_code(outcomes: list[JobOutcome]) -> int:
 # ==== 9. CLI ====
 
 
+class _ActionWithValue(argparse.Action):
+    """An action flag that takes a value (``-a PARAMS``): stores both."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.action = self.const
+        namespace.action_value = values
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the command-line parser; action flags come from the ACTIONS registry."""
     parser = argparse.ArgumentParser(
@@ -3733,17 +4794,23 @@ def build_parser() -> argparse.ArgumentParser:
                 spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
             )
             continue
-        actions.add_argument(
-            spec.flag, dest="action", action="store_const", const=spec.name, help=spec.summary
-        )
+        flags = [(spec.flag, spec.name, spec.summary)]
         if spec.replace_flag:
-            actions.add_argument(
-                spec.replace_flag,
-                dest="action",
-                action="store_const",
-                const=f"{spec.name}{REPLACE_SUFFIX}",
-                help=f"as {spec.flag}, replacing each input atomically",
-            )
+            replace_help = f"as {spec.flag}, replacing each input atomically"
+            flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help))
+        for flag, const, help_text in flags:
+            if spec.metavar:
+                actions.add_argument(
+                    flag,
+                    action=_ActionWithValue,
+                    const=const,
+                    metavar=spec.metavar,
+                    help=help_text,
+                )
+            else:
+                actions.add_argument(
+                    flag, dest="action", action="store_const", const=const, help=help_text
+                )
     actions.add_argument("-c", "--version", action="store_true", help="print the version")
     actions.add_argument(
         "--make-sample",
@@ -3778,6 +4845,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         default=os.cpu_count() or 1,
         help="worker processes (default: the CPU count)",
+    )
+    anon = parser.add_argument_group("anonymize (-a/-A PARAMS) and headers (-t)")
+    anon.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="basic",
+        help="basic: the PS3.15 Basic Application Level Confidentiality Profile first "
+        "(default); none: only the PARAMS replacements",
+    )
+    anon.add_argument("--keep-uids", action="store_true", help="Retain UIDs option")
+    anon.add_argument(
+        "--keep-dates", action="store_true", help="Retain Longitudinal Temporal Information"
+    )
+    anon.add_argument(
+        "--keep-descriptions", action="store_true", help="keep descriptions (Clean Descriptors)"
+    )
+    anon.add_argument(
+        "--format", choices=HEADER_FORMATS, default="text", help="headers: text or json"
     )
     batch = parser.add_argument_group("batch and watch")
     batch.add_argument(
@@ -3980,7 +5065,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    params = None
+    if spec.name == "anonymize":
+        params_file = Path(args.action_value)
+        try:
+            params = params_file.read_text(encoding="utf-8")
+            parse_params(params)  # every line checked before any file is touched
+        except OSError as exc:
+            print(f"error: {params_file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except DicomPressorError as exc:
+            print(f"error: {params_file}: {exc.message}", file=sys.stderr)
+            return EXIT_FAILED
     options = Options(
+        params=params,
+        profile=args.profile,
+        keep_uids=args.keep_uids,
+        keep_dates=args.keep_dates,
+        keep_descriptions=args.keep_descriptions,
+        format=args.format,
+        uid_secret=secrets.token_hex(16),
         output_dir=args.output_dir,
         in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
         codec=args.codec,

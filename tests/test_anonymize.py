@@ -1,0 +1,394 @@
+"""Anonymize (-a/-A): params parsing, the PS3.15 Basic Profile, UIDs, outputs, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import dciodvfy_errors, hash_files
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from dicompressor import (
+    BASIC_PROFILE,
+    DicomPressorError,
+    Options,
+    Replacement,
+    anonymize,
+    parse_params,
+)
+
+# Identifying values put into the generated series: each must vanish from the outputs.
+IDENTIFYING: dict[str, str] = {
+    "PatientName": "SMITH^JOHNATHAN",
+    "PatientID": "MRN7654321",
+    "PatientBirthDate": "19561224",
+    "OtherPatientIDs": "OTHERID99",
+    "OtherPatientNames": "SMYTHE^JON",
+    "PatientBirthName": "BIRTHNAMEX",
+    "PatientMotherBirthName": "MOTHERMAIDEN",
+    "PatientAddress": "12 ELM STREET SPRINGFIELD",
+    "PatientTelephoneNumbers": "5551234567",
+    "MilitaryRank": "COLONELX",
+    "Occupation": "ASTRONAUTX",
+    "AdditionalPatientHistory": "HISTORY OF SECRETS",
+    "PatientComments": "PATIENTCOMMENTX",
+    "MedicalRecordLocator": "LOCATORX",
+    "IssuerOfPatientID": "ISSUERX",
+    "AccessionNumber": "ACCX98765",
+    "StudyID": "STUDYIDX",
+    "StudyDate": "20210317",
+    "StudyTime": "141516",
+    "SeriesDate": "20210318",
+    "SeriesTime": "151617",
+    "AcquisitionDate": "20210319",
+    "ContentDate": "20210320",
+    "InstanceCreationDate": "20210321",
+    "ReferringPhysicianName": "REFERRER^ALICE",
+    "PerformingPhysicianName": "PERFORMER^BOB",
+    "NameOfPhysiciansReadingStudy": "READER^CAROL",
+    "OperatorsName": "OPERATOR^DAVE",
+    "PhysiciansOfRecord": "RECORD^ERIN",
+    "InstitutionName": "SAINT ELSEWHERE HOSPITAL",
+    "InstitutionAddress": "1 HOSPITAL ROAD",
+    "InstitutionalDepartmentName": "DEPTRADIOLOGYX",
+    "StationName": "STATIONX01",
+    "DeviceSerialNumber": "SERIAL424242",
+    "StudyDescription": "STUDYDESCX",
+    "SeriesDescription": "SERIESDESCX",
+    "ProtocolName": "PROTOCOLX",
+    "ImageComments": "IMAGECOMMENTX",
+    "RequestingPhysician": "REQUESTER^FRANK",
+    "PerformedProcedureStepID": "PPSIDX",
+    "PerformedProcedureStepDescription": "PPSDESCX",
+    "RequestedProcedureDescription": "REQPROCDESCX",
+    "AdmissionID": "ADMITX77",
+    "CountryOfResidence": "ATLANTISX",
+}
+PRIVATE_VALUE = "PRIVATESECRETX"
+NESTED_NAME = "NESTED^PERSONX"
+NESTED_ID = "NESTEDIDX"
+
+
+def enrich_series(paths: list[Path]) -> tuple[list[Dataset], list[str]]:
+    """Add identifying attributes, sequences, private tags and references; return the
+    originals and every identifying value (for the byte search)."""
+    originals = [pydicom.dcmread(p) for p in paths]
+    for index, (path, ds) in enumerate(zip(paths, originals, strict=True)):
+        for keyword, value in IDENTIFYING.items():
+            setattr(ds, keyword, value)
+        # Nested: a referenced patient, a request with a physician, an identifying code
+        person = Dataset()
+        person.PatientName = NESTED_NAME
+        person.PatientID = NESTED_ID
+        request = Dataset()
+        request.RequestingPhysician = "NESTEDREQ^GINA"
+        request.AccessionNumber = "NESTEDACCX"
+        request.StudyInstanceUID = ds.StudyInstanceUID
+        ds.RequestAttributesSequence = [request]
+        ds.ReferencedPatientSequence = [person]
+        op = Dataset()
+        code = Dataset()
+        code.CodeValue = "OPCODEX"
+        code.CodingSchemeDesignator = "99LOCAL"
+        code.CodeMeaning = "OPSEQ^HENRY"
+        op.PersonIdentificationCodeSequence = [code]
+        op.InstitutionName = "OPSEQ INSTITUTE"
+        ds.OperatorIdentificationSequence = [op]
+        # A reference to the next slice of the series, kept and followed
+        other = originals[(index + 1) % len(originals)]
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = other.SOPClassUID
+        ref.ReferencedSOPInstanceUID = other.SOPInstanceUID
+        ds.ReferencedImageSequence = [ref]
+        # Private block with an identifying value, nested private too
+        block = ds.private_block(0x0009, "ACME CORP", create=True)
+        block.add_new(0x01, "LO", PRIVATE_VALUE)
+        person.private_block(0x0011, "ACME CORP", create=True).add_new(0x02, "LO", PRIVATE_VALUE)
+        ds.Laterality = "R"  # type 2C that the generated series leaves out
+        ds.save_as(path, enforce_file_format=True)
+    values = [*IDENTIFYING.values(), PRIVATE_VALUE, NESTED_NAME, NESTED_ID, "NESTEDREQ^GINA"]
+    values += ["NESTEDACCX", "OPSEQ^HENRY", "OPCODEX", "OPSEQ INSTITUTE", "DOE^JANE", "PID001"]
+    values += ["General Hospital", "REF^DOC", "ACC123", "SN-1", "SYNTH STUDY", "20240102"]
+    for ds in originals:
+        values += [ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID]
+        values.append(ds.FrameOfReferenceUID)
+    return [pydicom.dcmread(p) for p in paths], values
+
+
+class TestParseParams:
+    """parse_params: the three line forms, comments, empty values and errors."""
+
+    def test_three_forms_comments_and_blank_lines(self):
+        text = (
+            "# a comment\n\n(0010,0010)=ANONYMOUS^PATIENT\n0010 0020 LO ID42\n"
+            "PatientSex=O\n  (0008,1030) = \n0009 1001 LO private value\n"
+        )
+        assert parse_params(text) == [
+            Replacement(0x00100010, "PN", "ANONYMOUS^PATIENT", 3),
+            Replacement(0x00100020, "LO", "ID42", 4),
+            Replacement(0x00100040, "CS", "O", 5),
+            Replacement(0x00081030, "LO", None, 6),
+            Replacement(0x00091001, "LO", "private value", 7),
+        ]
+
+    def test_numbers_and_multiple_values(self):
+        assert parse_params("0028 0010 US 64\nImageType=DERIVED\\SECONDARY") == [
+            Replacement(0x00280010, "US", 64, 1),
+            Replacement(0x00080008, "CS", "DERIVED\\SECONDARY", 2),
+        ]
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            (
+                "PatientName=A\nnonsense line",
+                "invalid anonymize params: line 2: cannot read 'nonsense line': expected "
+                "(GGGG,EEEE)=VALUE, GGGG EEEE VR VALUE or Keyword=VALUE",
+            ),
+            (
+                "PatientNam=X",
+                "invalid anonymize params: line 1: 'PatientNam' is not a DICOM keyword",
+            ),
+            (
+                "\n(0009,1001)=X",
+                "invalid anonymize params: line 2: (0009,1001) is not in the DICOM dictionary "
+                "(a private tag?): give its VR as 'GGGG EEEE VR VALUE'",
+            ),
+            (
+                "0010 0010 DA X",
+                "invalid anonymize params: line 1: (0010,0010) PatientName has VR PN, not DA",
+            ),
+            (
+                "0028 0010 US many",
+                "invalid anonymize params: line 1: (0028,0010) US: 'many' is not a US integer",
+            ),
+            (
+                "PatientName=A\nPatientName=B",
+                "invalid anonymize params: line 2: (0010,0010) is already set on line 1",
+            ),
+            (
+                "(0002,0010)=1.2",
+                "invalid anonymize params: line 1: (0002,0010) cannot be set (file meta, "
+                "group length, item or pixel data)",
+            ),
+        ],
+    )
+    def test_errors_name_the_line(self, text, message):
+        with pytest.raises(DicomPressorError) as info:
+            parse_params(text)
+        assert info.value.message == message
+
+    def test_every_bad_line_reported_at_once(self):
+        with pytest.raises(DicomPressorError) as info:
+            parse_params("bad one\nPatientName=OK\nbad two")
+        assert "line 1:" in info.value.message and "line 3:" in info.value.message
+
+    def test_bad_date_value(self):
+        with pytest.raises(DicomPressorError, match=r"line 1: \(0008,0020\) DA"):
+            parse_params("StudyDate=2021-13-45-bad")
+
+
+class TestBasicProfile:
+    """The default profile on a series with identifying values in 40+ attributes."""
+
+    def test_table_covers_hundreds_of_attributes(self):
+        assert len(BASIC_PROFILE) > 400
+        assert BASIC_PROFILE[0x00100010] == "Z"  # Patient's Name
+        assert BASIC_PROFILE[0x0020000D] == "U"  # Study Instance UID
+        assert BASIC_PROFILE[0x00081030] == "X"  # Study Description
+
+    def test_no_identifying_value_left(self, make_series, tmp_path):
+        paths = make_series("s", n=4, modality="MR", signed=False)
+        originals, values = enrich_series(paths)
+        assert len(IDENTIFYING) >= 40
+        before = hash_files(paths)
+        out_dir = tmp_path / "out"
+        result = anonymize(paths, out_dir, Options())
+        assert not result.failures, result.log
+        assert hash_files(paths) == before  # inputs untouched
+        assert sorted(p.name for p in result.outputs) == sorted(
+            p.stem + "_anon.dcm" for p in paths
+        )
+        for output in result.outputs:
+            data = output.read_bytes()
+            left = [v for v in values if v.encode() in data]
+            assert left == [], f"{output.name} still holds {left}"
+
+    def test_uids_consistent_and_references_followed(self, make_series, tmp_path):
+        paths = make_series("s", n=5)
+        originals, _ = enrich_series(paths)
+        result = anonymize(paths, tmp_path / "out", Options())
+        outs = [pydicom.dcmread(p) for p in result.outputs]
+        by_source = dict(zip([o.SOPInstanceUID for o in originals], outs, strict=True))
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            new = {str(getattr(o, keyword)) for o in outs}
+            assert len(new) == 1, keyword
+            assert new.isdisjoint({str(getattr(o, keyword)) for o in originals})
+        new_instances = {o.SOPInstanceUID for o in outs}
+        assert len(new_instances) == 5
+        assert new_instances.isdisjoint(by_source)
+        for source, out in zip(originals, outs, strict=True):
+            assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+            assert out.SOPClassUID == source.SOPClassUID  # well-known UIDs kept
+            assert out.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+            ref = out.ReferencedImageSequence[0]
+            target = source.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            assert ref.ReferencedSOPInstanceUID == by_source[target].SOPInstanceUID
+            assert ref.ReferencedSOPClassUID == source.SOPClassUID
+            assert "RequestAttributesSequence" not in out  # X in Table E.1-1
+
+    def test_pixels_unchanged_and_marked(self, make_series, tmp_path):
+        paths = make_series("s", n=3)
+        enrich_series(paths)
+        result = anonymize(paths, None, Options())
+        for source, output in zip(paths, result.outputs, strict=True):
+            assert output.parent == source.parent
+            src, out = pydicom.dcmread(source), pydicom.dcmread(output)
+            assert out.PixelData == src.PixelData
+            np.testing.assert_array_equal(out.pixel_array, src.pixel_array)
+            assert out.PatientIdentityRemoved == "YES"
+            assert out.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+            assert out.DeidentificationMethodCodeSequence[0].CodingSchemeDesignator == "DCM"
+            assert out.PatientName == ""
+            assert out.StudyDate == ""
+            assert out.ContentDate == "19000101"
+            assert "StudyDescription" not in out
+            assert "InstitutionAddress" not in out
+            assert not [e for e in out.iterall() if e.tag.is_private]
+            assert out.LongitudinalTemporalInformationModified == "REMOVED"
+
+    def test_dciodvfy_no_errors(self, make_series, tmp_path):
+        paths = make_series("s", n=2)
+        enrich_series(paths)
+        result = anonymize(paths, tmp_path / "out", Options())
+        for output in result.outputs:
+            assert dciodvfy_errors(output) == []
+
+    def test_pydicom_sample_file(self, testdata, tmp_path):
+        path = testdata("CT_small.dcm")
+        source = pydicom.dcmread(path)
+        result = anonymize([path], tmp_path / "out", Options())
+        out = pydicom.dcmread(result.outputs[0])
+        assert out.PixelData == source.PixelData
+        assert str(source.PatientName).encode() not in result.outputs[0].read_bytes()
+        assert dciodvfy_errors(result.outputs[0]) == []
+
+
+class TestOptions:
+    """--keep-uids, --keep-dates, --keep-descriptions, --profile none, the params."""
+
+    def test_keep_options(self, make_series, tmp_path):
+        paths = make_series("s", n=2)
+        originals, _ = enrich_series(paths)
+        options = Options(keep_uids=True, keep_dates=True, keep_descriptions=True)
+        result = anonymize(paths, tmp_path / "out", options)
+        codes = []
+        for source, output in zip(originals, result.outputs, strict=True):
+            out = pydicom.dcmread(output)
+            assert out.SOPInstanceUID == source.SOPInstanceUID
+            assert out.StudyInstanceUID == source.StudyInstanceUID
+            assert out.StudyDate == source.StudyDate
+            assert out.SeriesDate == source.SeriesDate
+            assert out.StudyDescription == source.StudyDescription
+            assert out.PatientName == ""
+            assert out.LongitudinalTemporalInformationModified == "UNMODIFIED"
+            codes = [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+        assert codes == ["113100", "113105", "113106", "113110"]
+        assert any("descriptions are kept" in line for line in result.log)
+
+    def test_params_on_top_of_profile(self, make_series, tmp_path):
+        paths = make_series("s", n=2)
+        text = (
+            "(0010,0010)=ANONYMOUS^PATIENT\n0010 0020 LO SUBJ01\nStudyDescription=TRIAL\n"
+            "0009 1001 LO kept private\nAccessionNumber=\n"
+        )
+        result = anonymize(paths, tmp_path / "out", Options(params=text))
+        out = pydicom.dcmread(result.outputs[0])
+        assert out.PatientName == "ANONYMOUS^PATIENT"
+        assert out.PatientID == "SUBJ01"
+        assert out.StudyDescription == "TRIAL"
+        assert out[0x00091001].value == "kept private"
+        assert out.AccessionNumber == ""
+
+    def test_profile_none_changes_only_the_params(self, make_series, tmp_path):
+        paths = make_series("s", n=1)
+        result = anonymize(paths, tmp_path / "o", Options(profile="none", params="PatientID=X"))
+        src, out = pydicom.dcmread(paths[0]), pydicom.dcmread(result.outputs[0])
+        assert out.PatientID == "X"
+        del src.PatientID, out.PatientID
+        assert out == src
+        assert out.file_meta.MediaStorageSOPInstanceUID == src.SOPInstanceUID
+
+    def test_bad_params_fail_before_any_write(self, make_series, tmp_path):
+        paths = make_series("s", n=2)
+        with pytest.raises(DicomPressorError, match="line 2"):
+            anonymize(paths, tmp_path / "out", Options(params="PatientName=A\nbroken"))
+        assert not (tmp_path / "out").exists()
+        assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(p.name for p in paths)
+
+    def test_unknown_profile(self, make_series):
+        with pytest.raises(DicomPressorError, match="unknown profile 'strict'"):
+            anonymize(make_series("s", n=1), None, Options(profile="strict"))
+
+    def test_burned_in_annotation_warns(self, make_series, tmp_path):
+        paths = make_series("s", n=1)
+        ds = pydicom.dcmread(paths[0])
+        ds.BurnedInAnnotation = "YES"
+        ds.save_as(paths[0], enforce_file_format=True)
+        result = anonymize(paths, tmp_path / "out", Options())
+        assert (
+            f"[WARNING] {paths[0].name}: (0028,0301) Burned In Annotation is YES: text "
+            "burned into the pixels is not removed" in result.log
+        )
+        assert pydicom.dcmread(result.outputs[0]).PixelData == ds.PixelData
+
+
+class TestInPlaceAndFailures:
+    """-A replaces atomically; a bad file fails alone; names never overwritten."""
+
+    def test_in_place_replaces_inputs(self, make_series):
+        paths = make_series("s", n=3)
+        study = pydicom.dcmread(paths[0]).StudyInstanceUID
+        result = anonymize(paths, None, Options(in_place=True))
+        assert result.outputs == paths
+        assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(p.name for p in paths)
+        outs = [pydicom.dcmread(p) for p in paths]
+        assert {o.StudyInstanceUID for o in outs} != {study}
+        assert len({o.StudyInstanceUID for o in outs}) == 1
+
+    def test_bad_file_fails_alone(self, make_series, tmp_path):
+        paths = make_series("s", n=2)
+        bad = paths[0].parent / "broken.dcm"
+        bad.write_bytes(b"not dicom at all")
+        result = anonymize([bad, *paths], tmp_path / "out", Options())
+        assert result.failures == [(bad, "not a DICOM file (no DICM prefix or File Meta)")]
+        assert len(result.outputs) == 2
+        assert bad.read_bytes() == b"not dicom at all"
+
+    def test_never_overwrites(self, make_series):
+        paths = make_series("s", n=1)
+        first = anonymize(paths, None, Options()).outputs[0]
+        second = anonymize(paths, None, Options()).outputs[0]
+        assert first.name == paths[0].stem + "_anon.dcm"
+        assert second.name == paths[0].stem + "_anon_1.dcm"
+
+    def test_merged_file_keeps_pointing_at_sources(self, make_series, tmp_path):
+        from conftest import merge_one
+
+        paths = make_series("m", n=4)
+        merged = merge_one(paths[0].parent)
+        result = anonymize([*paths, merged], tmp_path / "out", Options())
+        assert not result.failures
+        outs = {p.name: pydicom.dcmread(p) for p in result.outputs}
+        multi = outs[merged.stem + "_anon.dcm"]
+        singles = {o.SOPInstanceUID for n, o in outs.items() if n != merged.stem + "_anon.dcm"}
+        refs = {str(e.value) for e in multi.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+        assert refs and refs <= singles
+        assert len({o.StudyInstanceUID for o in outs.values()}) == 1
+
+
+def test_generate_uid_not_reused():
+    assert generate_uid() != generate_uid()

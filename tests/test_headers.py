@@ -1,0 +1,83 @@
+"""Headers (-t): text dumps and the DICOM JSON Model (PS3.18 F.2) read back by pydicom."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from conftest import hash_files
+from pydicom.dataset import Dataset
+
+from dicompressor import DicomPressorError, Options, headers
+
+BULK = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData")
+
+
+def without_bulk(ds: Dataset) -> Dataset:
+    """Return ds without pixel and waveform data, at any depth."""
+    for keyword in BULK:
+        if keyword in ds:
+            delattr(ds, keyword)
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                without_bulk(item)
+    return ds
+
+
+class TestText:
+    """The text dump: one line per element, items indented, bulk data elided."""
+
+    def test_dump_beside_input(self, make_series):
+        paths = make_series("s", n=2)
+        before = hash_files(paths)
+        result = headers(paths, None, Options())
+        assert not result.failures
+        assert [p.name for p in result.outputs] == [p.stem + ".txt" for p in paths]
+        text = result.outputs[0].read_text()
+        assert "(0010,0010) PN PatientName: DOE^JANE" in text
+        assert "(0002,0010) UI TransferSyntaxUID: 1.2.840.10008.1.2.1" in text
+        assert "(7FE0,0010) OW PixelData: <bulk data elided: 1536 bytes>" in text
+        assert hash_files(paths) == before
+
+    def test_sequences_indented(self, testdata, tmp_path):
+        path = testdata("rtplan.dcm")
+        result = headers([path], tmp_path / "out", Options())
+        text = result.outputs[0].read_text()
+        assert "  (300A,00B0) SQ BeamSequence: " in text
+        assert "\n    Item 1\n" in text
+        assert "\n      (300A,00B2) SH TreatmentMachineName: " in text
+
+    def test_bad_file_fails_alone(self, make_series, tmp_path):
+        paths = make_series("s", n=1)
+        bad = tmp_path / "bad.dcm"
+        bad.write_bytes(b"nope")
+        result = headers([bad, *paths], tmp_path / "out", Options())
+        assert result.failures == [(bad, "not a DICOM file (no DICM prefix or File Meta)")]
+        assert [p.name for p in result.outputs] == [paths[0].stem + ".txt"]
+
+
+class TestJson:
+    """--format json: the DICOM JSON Model without bulk data, read back equal."""
+
+    @pytest.mark.parametrize(
+        "name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "waveform_ecg.dcm", "JPEG2000.dcm"]
+    )
+    def test_round_trip(self, testdata, tmp_path, name):
+        path = testdata(name)
+        result = headers([path], tmp_path / "out", Options(format="json"))
+        assert not result.failures, result.log
+        assert result.outputs[0].name == path.stem + ".json"
+        back = Dataset.from_json(result.outputs[0].read_text())
+        source = without_bulk(pydicom.dcmread(path))
+        assert back == source
+
+    def test_generated_series(self, make_series, tmp_path):
+        paths = make_series("s", n=1)
+        result = headers(paths, tmp_path / "out", Options(format="json"))
+        back = Dataset.from_json(result.outputs[0].read_text())
+        assert back == without_bulk(pydicom.dcmread(paths[0]))
+        assert "7FE00010" not in result.outputs[0].read_text()
+
+    def test_unknown_format(self, make_series):
+        with pytest.raises(DicomPressorError, match="unknown header format 'xml'"):
+            headers(make_series("s", n=1), None, Options(format="xml"))
