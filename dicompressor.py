@@ -41,10 +41,13 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -396,6 +399,11 @@ class Options:
     format: str = "text"
     #: anonymize: the key that derives new UIDs (one per run, so all its jobs agree)
     uid_secret: str = ""
+    #: exports: --window C,W, --png-bits 8|16, --fps (fallback), the -I format
+    window: tuple[float, float] | None = None
+    png_bits: int = 8
+    fps: float | None = None
+    image_format: str = "png"
 
 
 # ---- anonymize, headers, DICOMDIR ----
@@ -3987,6 +3995,971 @@ def dicomdir(
     return result
 
 
+# ---- export ----
+
+#: Image formats of ``-I`` and the file suffix of each.
+IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
+#: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
+DEFAULT_FPS = 10.0
+#: JPEG quality of ``-I jpg`` (Pillow's scale, 1-95).
+JPEG_QUALITY = 92
+#: VOI LUT Function values (0028,1056), PS3.3 C.11.2.1.3.
+VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Lut:
+    """A lookup table: values for inputs first, first + 1, ... (PS3.3 C.11.1.1.1)."""
+
+    first: int
+    table: np.ndarray
+    bits: int
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Look values up; inputs outside the table take its first or last entry."""
+        index = np.rint(values).astype(np.int64) - self.first
+        return self.table[np.clip(index, 0, len(self.table) - 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A VOI window: center, width and the VOI LUT Function (PS3.3 C.11.2.1.2)."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSpec:
+    """How one frame's decoded values become display values (picklable, per frame).
+
+    ``photometric`` is that of the decoded frame (YBR already converted to RGB).
+    """
+
+    photometric: str
+    bits_out: int = 8
+    slope: float = 1.0
+    intercept: float = 0.0
+    modality_lut: Lut | None = None
+    window: Window | None = None
+    voi_lut: Lut | None = None
+    padding: tuple[int, int] | None = None  # stored values excluded from the auto range
+    palette: np.ndarray | None = None  # (2**BitsStored, 3) table of a PALETTE COLOR image
+    palette_bits: int = 8
+    colour_bits: int = 8  # BitsStored of RGB samples
+    offset16: int = 0  # added to modality values in 16-bit output
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderJob:
+    """One frame to decode and render (picklable): its stored bytes, or where to decode it.
+
+    With ``target`` the worker writes the image to a temp file beside it and returns the
+    temp path; without, it returns the frame as RGB bytes (for the video).
+    """
+
+    path: str
+    index: int
+    spec: RenderSpec
+    data: bytes | None = None
+    syntax: str = ""
+    description: dict[str, Any] | None = None
+    target: str | None = None
+    image_format: str = "png"
+    error: str | None = None
+
+
+# ---- export: the pixel pipeline (pure functions) ----
+
+
+def _lut_of(item: Dataset, *, signed_first: bool) -> Lut:
+    """Read a Modality or VOI LUT Sequence item (LUT Descriptor and LUT Data)."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    entries = descriptor[0] or 1 << 16
+    first = descriptor[1]
+    if signed_first and first >= 1 << 15:
+        first -= 1 << 16
+    bits = descriptor[2]
+    data = item.LUTData
+    if isinstance(data, bytes):
+        table = np.frombuffer(data, dtype="<u2" if len(data) >= 2 * entries else "u1")
+    else:
+        table = np.asarray(data if isinstance(data, (list, tuple)) else [data])
+    table = table[:entries].astype(np.float64)
+    if len(table) == 0:
+        raise DicomPressorError("(0028,3006) LUT Data is empty")
+    return Lut(first, table, bits)
+
+
+def modality_values(stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
+    """Apply the Modality LUT or the rescale to stored values (PS3.3 C.11.1)."""
+    if spec.modality_lut is not None:
+        return spec.modality_lut.apply(stored)
+    values = stored.astype(np.float64)
+    if spec.slope != 1.0:
+        values *= spec.slope
+    if spec.intercept != 0.0:
+        values += spec.intercept
+    return values
+
+
+def apply_window(values: np.ndarray, window: Window, y_max: float = 255.0) -> np.ndarray:
+    """Map values through a VOI window onto 0..y_max (PS3.3 C.11.2.1.2 and C.11.2.1.3).
+
+    LINEAR: ``((x - (c - 0.5)) / (w - 1) + 0.5) * y_max``, clipped (width 1: a threshold
+    at c - 0.5); LINEAR_EXACT: ``((x - c) / w + 0.5) * y_max``, clipped; SIGMOID:
+    ``y_max / (1 + exp(-4 (x - c) / w))``.
+    """
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return y_max / (1.0 + np.exp(-4.0 * (values - c) / w))
+    if window.function == "LINEAR_EXACT":
+        y = ((values - c) / w + 0.5) * y_max
+    elif w <= 1:
+        return np.where(values <= c - 0.5, 0.0, y_max)
+    else:
+        y = ((values - (c - 0.5)) / (w - 1) + 0.5) * y_max
+    return np.clip(y, 0.0, y_max)
+
+
+def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
+    """Stretch the frame's range (padding pixels left out) linearly onto 0..255.
+
+    A frame of one value renders black.
+    """
+    sample = values
+    if spec.padding is not None:
+        low, high = spec.padding
+        kept = values[(stored < low) | (stored > high)]
+        if kept.size:
+            sample = kept
+    lo, hi = float(sample.min()), float(sample.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.clip((values - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+
+
+def render_frame(frame: np.ndarray, spec: RenderSpec) -> np.ndarray:
+    """Turn one decoded frame into display values: uint8 (or uint16), 2-D grey or RGB.
+
+    Grey: Modality LUT, then VOI (window, VOI LUT, or the frame's range), MONOCHROME1
+    inverted. PALETTE COLOR: the palette. RGB: as decoded, scaled to 8 bits. With
+    ``bits_out`` 16, grey frames give the modality values plus ``offset16`` (rounded,
+    clipped to 0..65535, not inverted) and colour frames are scaled to 0..65535.
+    """
+    full = 65535.0 if spec.bits_out == 16 else 255.0
+    dtype = np.uint16 if spec.bits_out == 16 else np.uint8
+    if spec.palette is not None:
+        rgb = spec.palette[np.clip(frame.astype(np.int64), 0, len(spec.palette) - 1)]
+        scale = full / ((1 << spec.palette_bits) - 1)
+        return np.rint(rgb * scale).astype(dtype)
+    if frame.ndim == 3:
+        if frame.shape[-1] != 3:
+            raise DicomPressorError(f"{frame.shape[-1]} samples per pixel: only 1 or 3")
+        if spec.bits_out == 8 and frame.dtype == np.uint8 and spec.colour_bits == 8:
+            return frame
+        scale = full / ((1 << spec.colour_bits) - 1)
+        return np.rint(np.clip(frame, 0, None) * scale).clip(0, full).astype(dtype)
+    values = modality_values(frame, spec)
+    if spec.bits_out == 16:
+        return np.clip(np.rint(values) + spec.offset16, 0, 65535).astype(np.uint16)
+    if spec.window is not None:
+        display = apply_window(values, spec.window)
+    elif spec.voi_lut is not None:
+        display = spec.voi_lut.apply(values) * (255.0 / ((1 << spec.voi_lut.bits) - 1))
+    else:
+        display = auto_range(values, frame, spec)
+    if spec.photometric == "MONOCHROME1":
+        display = 255.0 - display
+    return np.rint(np.clip(display, 0.0, 255.0)).astype(np.uint8)
+
+
+# ---- export: reading what a frame needs from the header ----
+
+
+def _macro(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """Return a frame's functional group macro item: its own, else the shared one."""
+    for groups_keyword, position in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        groups = ds.get(groups_keyword)
+        if groups and position < len(groups):
+            sequence = groups[position].get(keyword)
+            if sequence:
+                return sequence[0]
+    return None
+
+
+def _first_number(value: Any) -> float | None:
+    """Return the first value of a (multi-valued) number, or None."""
+    if value is None or value == "":
+        return None
+    with contextlib.suppress(TypeError, IndexError):
+        if not isinstance(value, (str, bytes, int, float)):
+            value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _window_of(item: Dataset, function_default: str) -> Window | None:
+    """Return the first window of a dataset or FrameVOILUT item, or None."""
+    center = _first_number(item.get("WindowCenter"))
+    width = _first_number(item.get("WindowWidth"))
+    if center is None or width is None:
+        return None
+    function = str(item.get("VOILUTFunction", "") or function_default).upper()
+    return Window(center, width, function)
+
+
+def _check_window(window: Window, path: Path) -> None:
+    """Raise DicomPressorError for a window PS3.3 C.11.2.1.2 does not allow."""
+    if window.function not in VOI_FUNCTIONS:
+        raise DicomPressorError(
+            f"(0028,1056) VOI LUT Function {window.function!r} is not LINEAR, "
+            f"LINEAR_EXACT or SIGMOID in {path.name}"
+        )
+    least = 1.0 if window.function == "LINEAR" else 0.0
+    if window.width < least or (window.function != "LINEAR" and window.width <= 0):
+        raise DicomPressorError(
+            f"(0028,1051) Window Width value of {window.width:g} is invalid for "
+            f"{window.function} (it must be {'>= 1' if least else '> 0'})"
+        )
+
+
+def _padding_of(ds: Dataset) -> tuple[int, int] | None:
+    """Return the stored values Pixel Padding Value (and Range Limit) mark (C.7.5.1.1.2)."""
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+
+    def value(keyword: str) -> int | None:
+        raw = _first_number(ds.get(keyword))
+        if raw is None:
+            return None
+        number = int(raw)
+        bits = 8 if int(ds.get("BitsAllocated", 16) or 16) == 8 else 16
+        return number - (1 << bits) if signed and number >= 1 << (bits - 1) else number
+
+    padding = value("PixelPaddingValue")
+    if padding is None:
+        return None
+    limit = value("PixelPaddingRangeLimit")
+    if limit is None:
+        return padding, padding
+    return min(padding, limit), max(padding, limit)
+
+
+def _palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
+    """Return a PALETTE COLOR image's palette for every stored value, and its entry bits."""
+    from pydicom.pixels import apply_color_lut
+
+    bits_stored = int(ds.get("BitsStored", 8) or 8)
+    palette_ds = Dataset()
+    for elem in ds:
+        if elem.tag.group == 0x0028 and 0x1100 <= elem.tag.element <= 0x1223:
+            palette_ds.add(elem)
+    palette_ds.PhotometricInterpretation = "PALETTE COLOR"
+    palette_ds.BitsStored = bits_stored
+    palette_ds.PixelRepresentation = 0
+    table = apply_color_lut(np.arange(1 << bits_stored), palette_ds)
+    bits = 16 if table.dtype == np.uint16 else 8
+    if bits == 16 and int(table.max(initial=0)) < 256:  # 8-bit values in 16-bit entries
+        bits = 8
+    return table, bits
+
+
+def _offset16(ds: Dataset, spec: RenderSpec) -> int:
+    """Return what 16-bit output adds to modality values: minus the least value possible.
+
+    The least value is that of the lowest stored value BitsStored and Pixel
+    Representation allow, through the Modality LUT or rescale; it is 0 when no modality
+    value can be negative. So frames of one series share one offset.
+    """
+    bits = int(ds.get("BitsStored", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if spec.modality_lut is not None:
+        least = float(spec.modality_lut.table.min())
+    else:
+        least = min(lo * spec.slope, hi * spec.slope) + spec.intercept
+    return max(0, -math.floor(least))
+
+
+def render_spec(
+    ds: Dataset, index: int, options: Options, path: Path, *, palette: Any = None
+) -> RenderSpec:
+    """Collect what frame index of ds needs to be rendered (see ``render_frame``).
+
+    Modality: the frame's Pixel Value Transformation macro (own, else shared), else
+    (0028,3000) Modality LUT Sequence, else (0028,1052)/(0028,1053) Rescale
+    Intercept/Slope. VOI: ``--window`` (with the file's VOI LUT Function), else the
+    frame's Frame VOI LUT macro, else the first (0028,1050)/(0028,1051) window, else
+    (0028,3010) VOI LUT Sequence, else the frame's range.
+    """
+    photometric = decoded_photometric(ds, raw=False)
+    bits_out = int(options.png_bits or 8)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 3:
+        return RenderSpec(
+            photometric, bits_out=bits_out, colour_bits=int(ds.get("BitsStored", 8) or 8)
+        )
+    if photometric == "PALETTE COLOR":
+        table, bits = palette if palette is not None else _palette_table(ds)
+        return RenderSpec(photometric, bits_out=bits_out, palette=table, palette_bits=bits)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    slope, intercept, modality_lut = 1.0, 0.0, None
+    transformation = _macro(ds, index, "PixelValueTransformationSequence")
+    if transformation is not None and "RescaleSlope" in transformation:
+        slope = _first_number(transformation.get("RescaleSlope")) or 1.0
+        intercept = _first_number(transformation.get("RescaleIntercept")) or 0.0
+    elif ds.get("ModalityLUTSequence"):
+        modality_lut = _lut_of(ds.ModalityLUTSequence[0], signed_first=signed)
+    else:
+        slope = _first_number(ds.get("RescaleSlope")) or 1.0
+        intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").upper()
+    window, voi_lut = None, None
+    override = options.window
+    frame_voi = _macro(ds, index, "FrameVOILUTSequence")
+    if override is not None:
+        if frame_voi is not None and frame_voi.get("VOILUTFunction"):
+            function = str(frame_voi.VOILUTFunction).upper()
+        window = Window(float(override[0]), float(override[1]), function)
+    elif frame_voi is not None and _window_of(frame_voi, function) is not None:
+        window = _window_of(frame_voi, function)
+    elif _window_of(ds, function) is not None:
+        window = _window_of(ds, function)
+    elif ds.get("VOILUTSequence"):
+        modality_signed = signed or intercept < 0 or slope < 0
+        voi_lut = _lut_of(ds.VOILUTSequence[0], signed_first=modality_signed)
+    if window is not None:
+        _check_window(window, path)
+    spec = RenderSpec(
+        photometric,
+        bits_out=bits_out,
+        slope=slope,
+        intercept=intercept,
+        modality_lut=modality_lut,
+        window=window,
+        voi_lut=voi_lut,
+        padding=_padding_of(ds),
+    )
+    if bits_out == 16:
+        spec = dataclasses.replace(spec, offset16=_offset16(ds, spec))
+    return spec
+
+
+def _frame_rate(ds: Dataset, options: Options) -> float:
+    """Return frames per second: (0018,1063) Frame Time, (0018,0040) Cine Rate or
+    (0008,2144) Recommended Display Frame Rate, else ``--fps``, else 10.
+    """
+    frame_time = _first_number(ds.get("FrameTime"))
+    if frame_time is not None and frame_time > 0:
+        return 1000.0 / frame_time
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = _first_number(ds.get(keyword))
+        if rate is not None and rate > 0:
+            return rate
+    fps = options.fps
+    return float(fps) if fps else DEFAULT_FPS
+
+
+# ---- export: encoding and the worker ----
+
+
+def png16_rgb_bytes(rgb: np.ndarray) -> bytes:
+    """Encode a (rows, columns, 3) uint16 array as a 16-bit RGB PNG (Pillow cannot)."""
+    rows, columns = rgb.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">L", len(body)) + kind + body + struct.pack(">L", crc)
+
+    scanlines = np.zeros((rows, 1 + columns * 6), dtype=np.uint8)  # filter type 0 per row
+    scanlines[:, 1:] = rgb.astype(">u2").view(np.uint8).reshape(rows, columns * 6)
+    header = struct.pack(">LLBBBBB", columns, rows, 16, 2, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)),
+            chunk(b"IEND", b""),
+        )
+    )
+
+
+def encode_image(image: np.ndarray, image_format: str, offset16: int = 0) -> bytes:
+    """Encode a rendered frame as PNG (8 or 16 bits) or JPEG."""
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    if image.dtype == np.uint16 and image.ndim == 3:
+        return png16_rgb_bytes(image)
+    buffer = io.BytesIO()
+    if image.dtype == np.uint16:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", f"modality value = PNG value - {offset16}")
+        info.add_text("ModalityValueOffset", str(offset16))
+        Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    elif image_format == "jpg":
+        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _decode_job(job: RenderJob) -> np.ndarray:
+    """Decode the frame of a job: from its stored bytes, else from the file."""
+    if job.data is not None and job.description is not None:
+        return decode_stored_frame(job.data, UID(job.syntax), job.description, raw=False)
+    return decode_frame(Path(job.path), job.index, raw=False)
+
+
+def _render_job(job: RenderJob) -> tuple[bool, Any]:
+    """Worker: decode and render a frame; return (True, temp path or RGB bytes) or
+    (False, one-line message).
+    """
+    if job.error is not None:
+        return False, job.error
+    try:
+        image = render_frame(_decode_job(job), job.spec)
+        if job.target is None:
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+            return True, np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+        data = encode_image(image, job.image_format, job.spec.offset16)
+        target = Path(job.target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return True, tmp
+    except DicomPressorError as exc:
+        return False, f"frame {job.index + 1}: {exc.message}"
+    except OSError as exc:
+        return False, f"cannot write {job.target}: {exc.strerror or exc}"
+    except BaseException as exc:  # a codec panic or a bug fails this file only
+        if is_fatal(exc):
+            raise
+        return False, one_line(f"frame {job.index + 1}: {type(exc).__name__}: {exc}")
+
+
+# ---- export: planning files and frames ----
+
+
+@dataclasses.dataclass
+class ExportSource:
+    """A file whose frames are exported: its header and where its pixels are."""
+
+    path: Path
+    header: Dataset
+    location: PixelLocation | None
+    frames: int
+
+
+def _frame_jobs_of(
+    source: ExportSource,
+    options: Options,
+    targets: Sequence[Path | None],
+    image_format: str,
+    frame_indices: Sequence[int] | None = None,
+) -> Iterator[RenderJob]:
+    """Yield one RenderJob per frame of source; a problem becomes a job with an error."""
+    path, ds = source.path, source.header
+    indices = list(frame_indices) if frame_indices is not None else list(range(source.frames))
+    try:
+        palette = None
+        if decoded_photometric(ds, raw=False) == "PALETTE COLOR":
+            palette = _palette_table(ds)
+        specs = [render_spec(ds, i, options, path, palette=palette) for i in indices]
+        stored = stored_frames(path, ds, source.location)
+    except DicomPressorError as exc:
+        for i in indices:
+            yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=exc.message)
+        return
+    except BaseException as exc:  # malformed LUTs and the like fail this file only
+        if is_fatal(exc):
+            raise
+        message = one_line(f"{type(exc).__name__}: {exc}")
+        for i in indices:
+            yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=message)
+        return
+    syntax = str(transfer_syntax_of(ds))
+    planar = int(ds.get("PlanarConfiguration", 0) or 0)
+    description = pixel_description(ds, planar_configuration=planar)
+    wanted = set(indices)
+    position = 0
+    for index in range(source.frames):
+        data = None
+        error = None
+        if stored is not None:
+            try:
+                data = next(stored)
+            except DicomPressorError as exc:
+                error, stored = exc.message, None
+            except StopIteration:
+                error, stored = f"frame {index + 1} is missing", None
+        if index not in wanted:
+            continue
+        target = targets[position]
+        yield RenderJob(
+            str(path),
+            index,
+            specs[position],
+            data=data,
+            syntax=syntax,
+            description=description if data is not None else None,
+            target=str(target) if target is not None else None,
+            image_format=image_format,
+            error=error,
+        )
+        position += 1
+        if position == len(indices):
+            return
+
+
+def _claim_stem(folder: Path, stem: str, claimed: set[tuple[Path, str]]) -> str:
+    """Return stem, or stem_1, stem_2... when another input of this run took it."""
+    candidate, n = stem, 0
+    while (folder, candidate.lower()) in claimed:
+        n += 1
+        candidate = f"{stem}_{n}"
+    claimed.add((folder, candidate.lower()))
+    return candidate
+
+
+def _stem(path: Path) -> str:
+    """Return a file's name without a .dcm/.dicom suffix."""
+    if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
+        return path.stem
+    return path.name
+
+
+def _read_sources(
+    inputs: Sequence[Path], result: ActionResult
+) -> list[tuple[Path, Dataset, PixelLocation | None]]:
+    """Read the headers of inputs; files without pixel data fail."""
+    readable = []
+    for path, ds, location in _read_inputs(inputs, result, _no_progress):
+        if location is None or "Rows" not in ds:
+            result.fail(path, "no (7FE0,0010) Pixel Data to export")
+            continue
+        readable.append((path, ds, location))
+    return readable
+
+
+def export_images(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+    image_format: str | None = None,
+) -> ActionResult:
+    """Export every frame as an 8-bit PNG (or JPEG with ``image_format`` "jpg").
+
+    Each grey frame goes through the Modality LUT (the frame's Pixel Value
+    Transformation, (0028,3000) Modality LUT Sequence or (0028,1052)/(0028,1053) Rescale
+    Intercept/Slope), then the VOI (``--window C,W``, else the frame's Frame VOI LUT, the
+    first (0028,1050)/(0028,1051) window with (0028,1056) VOI LUT Function, or the
+    (0028,3010) VOI LUT Sequence; with none, the frame's range, pixels equal to
+    (0028,0120) Pixel Padding Value left out), MONOCHROME1 inverted. PALETTE COLOR goes
+    through its palette; YBR is converted to RGB.
+
+    With ``png_bits`` 16 a grey frame gives its modality values, unwindowed and not
+    inverted, rounded to integers, plus an offset: minus the least value the file's
+    BitsStored, Pixel Representation and rescale allow, or 0 when none can be negative
+    (CT stored as 12-bit unsigned with intercept -1024: offset 1024, so the PNG holds the
+    stored values). The PNG's ``ModalityValueOffset`` text says it; values beyond
+    0..65535 are clipped. Colour frames are scaled to 0..65535 (8-bit x 257).
+
+    Parameters
+    ----------
+    inputs
+        DICOM files in any transfer syntax pydicom can decode.
+    output_dir
+        Folder for the images; None writes each beside its input.
+    options
+        ``window`` (center, width), ``png_bits`` (8 or 16), ``image_format`` ("png" or
+        "jpg"), ``jobs`` (frames render in that many worker processes).
+    image_format
+        Overrides ``options.image_format`` (``export_png`` and ``export_jpg`` set it).
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>.png`` for a single frame, ``<stem>_frame0001.png``... for multi-frame
+        files; an existing image of that name is replaced, a second input with the same
+        stem in one run gets ``<stem>_1``. Inputs are never modified; a file that cannot
+        be decoded fails alone and leaves no image.
+    """
+    image_format = (image_format or options.image_format or "png").lower()
+    image_format = "jpg" if image_format == "jpeg" else image_format
+    if image_format not in IMAGE_FORMATS:
+        raise DicomPressorError(f"unknown image format {image_format!r}: use png or jpg")
+    bits_out = int(options.png_bits or 8)
+    if bits_out not in (8, 16):
+        raise DicomPressorError(f"--png-bits must be 8 or 16, not {bits_out}")
+    if bits_out == 16 and image_format != "png":
+        raise DicomPressorError("--png-bits 16 needs PNG output (-I png), JPEG has 8 bits")
+    window = options.window
+    if window is not None and not float(window[1]) > 0:
+        raise DicomPressorError(f"--window width must be positive, not {window[1]}")
+    result = ActionResult()
+    sources = [
+        ExportSource(path, ds, location, number_of_frames(ds))
+        for path, ds, location in _read_sources(inputs, result)
+    ]
+    if not sources:
+        if not result.failures:
+            raise DicomPressorError("nothing to export: no DICOM images found")
+        return result
+    total = sum(s.frames for s in sources)
+    result.info(f"Processing {len(sources)} files ({total} frames)...")
+    suffix = IMAGE_FORMATS[image_format]
+    claimed: set[tuple[Path, str]] = set()
+    plans: list[tuple[ExportSource, list[Path]]] = []
+    input_set = {p.resolve() for p in inputs}
+    for source in sources:
+        folder = output_dir if output_dir is not None else source.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = _claim_stem(folder, safe_component(_stem(source.path), default="image"), claimed)
+        if source.frames == 1:
+            targets = [folder / f"{stem}{suffix}"]
+        else:
+            targets = [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(source.frames)]
+        if any(t.resolve() in input_set for t in targets):
+            raise DicomPressorError(f"an output name of {source.path.name} is an input's name")
+        plans.append((source, targets))
+
+    def jobs() -> Iterator[RenderJob]:
+        for source, targets in plans:
+            yield from _frame_jobs_of(source, options, targets, image_format)
+
+    outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total)
+    for source, targets in plans:
+        temps: list[str] = []
+        error = None
+        for _ in targets:
+            ok, payload = next(outcomes)
+            if ok:
+                temps.append(payload)
+            elif error is None:
+                error = payload
+        if error is not None:
+            for tmp in temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            result.fail(source.path, error)
+            continue
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+        result.outputs.extend(targets)
+        result.inputs_used += 1
+        shown = targets[0].name if len(targets) == 1 else f"{len(targets)} images"
+        result.info(f"{source.path.name} -> {shown}")
+    result.info("Done.")
+    return result
+
+
+def export_png(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Export every frame as PNG (``-I png``); see ``export_images``."""
+    return export_images(inputs, output_dir, options, progress=progress, image_format="png")
+
+
+def export_jpg(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Export every frame as JPEG (``-I jpg``, quality 92); see ``export_images``."""
+    return export_images(inputs, output_dir, options, progress=progress, image_format="jpg")
+
+
+# ---- export: video ----
+
+
+def ffmpeg_executable() -> str:
+    """Return imageio-ffmpeg's bundled ffmpeg, or fail naming the pip package."""
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError) as exc:
+        raise DicomPressorError(
+            f"no ffmpeg for -E ({one_line(str(exc), limit=200)}): pip install imageio-ffmpeg"
+        ) from exc
+
+
+def _fps_text(fps: float) -> str:
+    """Format a frame rate for ffmpeg: an integer, else a fraction over 1000."""
+    if abs(fps - round(fps)) < 1e-6:
+        return str(int(round(fps)))
+    return f"{int(round(fps * 1000))}/1000"
+
+
+def write_video(target: Path, frames: Iterator[bytes], width: int, height: int, fps: float) -> int:
+    """Encode RGB frames to target as H.264 MP4 (yuv420p, odd sizes padded to even).
+
+    The video is written to a temp file in target's folder and renamed over target once
+    ffmpeg succeeded; return the number of frames written (none: nothing is written).
+    """
+    exe = ffmpeg_executable()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    log = tmp.with_suffix(".log")
+    argv = [
+        exe, "-y", "-hide_banner", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+        "-r", _fps_text(fps), "-i", "-",
+        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        "-c:v", "libx264", "-preset", "fast", "-crf", "18", "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-f", "mp4", str(tmp),
+    ]  # fmt: skip
+    count = 0
+    try:
+        with log.open("wb") as errors:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
+            )
+            assert process.stdin is not None
+            try:
+                for frame in frames:
+                    process.stdin.write(frame)
+                    count += 1
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code != 0:
+            text = one_line(log.read_text(errors="replace"), limit=300)
+            raise DicomPressorError(f"ffmpeg failed (exit {code}): {text}")
+        if count:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        return count
+    finally:
+        for leftover in (tmp, log):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+@dataclasses.dataclass
+class VideoPlan:
+    """One video: its name, the frames of which files, in order, and its frame rate."""
+
+    target: Path
+    parts: list[tuple[ExportSource, int]]  # (file, frame index)
+    fps: float
+    width: int
+    height: int
+    multi_frame: bool  # the frames of one multi-frame file (else one slice per file)
+
+
+def _video_jobs(plan: VideoPlan, options: Options) -> Iterator[RenderJob]:
+    """Yield the render jobs of a video's frames, in order (RGB bytes, no file)."""
+    if plan.multi_frame:
+        source = plan.parts[0][0]
+        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "")
+        return
+    for source, index in plan.parts:
+        yield from _frame_jobs_of(source, options, [None], "", [index])
+
+
+def _video_frames(
+    plan: VideoPlan, outcomes: Iterator[tuple[bool, Any]], failed: list[tuple[Path, str]]
+) -> Iterator[bytes]:
+    """Yield the rendered frames; a slice that failed is noted in failed and left out,
+    a frame of a multi-frame file that failed stops the video.
+    """
+    expected = plan.width * plan.height * 3
+    for (source, _), (ok, payload) in zip(plan.parts, outcomes, strict=True):
+        if ok and len(payload) != expected:
+            ok, payload = False, "frame size differs from the first slice of its series"
+        if ok:
+            yield payload
+            continue
+        if plan.multi_frame:
+            raise DicomPressorError(payload)
+        failed.append((source.path, payload))
+
+
+def series_video_name(template: Dataset, stack_index: int, stack_count: int) -> str:
+    """Return ``<Patient>_series<N>.mp4`` (``-<k>`` per extra stack of the series)."""
+    patient = safe_component(str(template.get("PatientName", "") or ""), default="Patient")
+    number = template.get("SeriesNumber")
+    series = str(number) if number not in (None, "") else "0"
+    if stack_count > 1:
+        series += f"-{stack_index}"
+    return f"{patient}_series{series}.mp4"
+
+
+def _video_plans(
+    sources: list[ExportSource], output_dir: Path | None, options: Options, result: ActionResult
+) -> list[VideoPlan]:
+    """One video per multi-frame file, one per stack of single-frame slices."""
+    plans: list[VideoPlan] = []
+    claimed: set[tuple[Path, str]] = set()
+    singles: list[Slice] = []
+    by_path = {s.path: s for s in sources}
+    for source in sources:
+        if source.frames == 1:
+            singles.append(make_slice(source.path, source.header, source.location))
+            continue
+        folder = output_dir if output_dir is not None else source.path.parent
+        stem = _claim_stem(folder, safe_component(_stem(source.path), default="video"), claimed)
+        plans.append(
+            VideoPlan(
+                folder / f"{stem}.mp4",
+                [(source, i) for i in range(source.frames)],
+                _frame_rate(source.header, options),
+                int(source.header.Columns),
+                int(source.header.Rows),
+                True,
+            )
+        )
+    stacks = group_into_stacks(singles)
+    per_series: dict[str, int] = {}
+    for uid, _ in stacks:
+        per_series[uid] = per_series.get(uid, 0) + 1
+    seen: dict[str, int] = {}
+    for uid, members in stacks:
+        seen[uid] = seen.get(uid, 0) + 1
+        order = sort_slices(members)
+        for note in order.notes:
+            result.warn(f"series {uid}: {note}")
+        first = order.slices[0]
+        folder = output_dir if output_dir is not None else first.path.parent
+        name = series_video_name(first.header, seen[uid], per_series[uid])
+        stem = _claim_stem(folder, name[: -len(".mp4")], claimed)
+        plans.append(
+            VideoPlan(
+                folder / f"{stem}.mp4",
+                [(by_path[s.path], 0) for s in order.slices],
+                _frame_rate(first.header, options),
+                int(first.header.Columns),
+                int(first.header.Rows),
+                False,
+            )
+        )
+    return plans
+
+
+def export_video(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Export MP4 videos (H.264, yuv420p) through imageio-ffmpeg's bundled ffmpeg.
+
+    Frames are rendered as ``export_images`` renders 8-bit images (same modality, VOI,
+    MONOCHROME1, palette and YBR handling), in ``options.jobs`` worker processes, and
+    piped to ffmpeg as RGB; odd sizes are padded to even with black.
+
+    Parameters
+    ----------
+    inputs
+        DICOM files: each multi-frame file gives one video; single-frame slices are
+        grouped like merge groups them (series, then consistent stacks) and each stack
+        gives one video of its slices in spatial order.
+    output_dir
+        Folder for the videos; None writes each beside its (first) input.
+    options
+        ``fps``: the frame rate when the file states none ((0018,1063) Frame Time as
+        1000/FrameTime, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
+        Rate); default 10. ``window``, ``jobs``.
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>.mp4`` per multi-frame file, ``<Patient>_series<N>.mp4`` per series of
+        slices (``-<k>`` per extra stack); an existing video of that name is replaced.
+        A multi-frame file with an undecodable frame fails and leaves no video; an
+        undecodable slice fails alone and its series' video goes on without it.
+    """
+    ffmpeg_executable()
+    window = options.window
+    if window is not None and not float(window[1]) > 0:
+        raise DicomPressorError(f"--window width must be positive, not {window[1]}")
+    fps = options.fps
+    if fps is not None and not float(fps) > 0:
+        raise DicomPressorError(f"--fps must be positive, not {fps}")
+    result = ActionResult()
+    sources = [
+        ExportSource(path, ds, location, number_of_frames(ds))
+        for path, ds, location in _read_sources(inputs, result)
+    ]
+    if not sources:
+        if not result.failures:
+            raise DicomPressorError("nothing to export: no DICOM images found")
+        return result
+    plans = _video_plans(sources, output_dir, options, result)
+    total = sum(len(p.parts) for p in plans)
+    result.info(f"Processing {len(sources)} files into {len(plans)} video(s)...")
+    done = 0
+    for plan in plans:
+        failed: list[tuple[Path, str]] = []
+        outcomes = iter_ordered(
+            _render_job,
+            _video_jobs(plan, options),
+            options.jobs,
+            lambda n, _, start=done: progress(start + n, total),
+            len(plan.parts),
+        )
+        try:
+            count = write_video(
+                plan.target,
+                _video_frames(plan, outcomes, failed),
+                plan.width,
+                plan.height,
+                plan.fps,
+            )
+        except DicomPressorError as exc:
+            count = 0
+            if plan.multi_frame:
+                failed = [(plan.parts[0][0].path, exc.message)]
+            elif not failed:
+                failed = [(source.path, exc.message) for source, _ in plan.parts]
+        done += len(plan.parts)
+        for path, message in failed:
+            result.fail(path, message)
+        if count == 0:
+            continue
+        result.outputs.append(plan.target)
+        result.inputs_used += len(plan.parts) - len(failed) if not plan.multi_frame else 1
+        result.info(f"{count} frames at {plan.fps:.4g} fps -> {plan.target.name}")
+    result.info("Done.")
+    return result
+
+
 # ---- info and summary ----
 
 
@@ -4312,6 +5285,19 @@ ACTIONS: dict[str, ActionSpec] = {
             anonymize,
             replace_flag="-A",
             metavar="PARAMS",
+        ),
+        ActionSpec(
+            "export_png",
+            "-I",
+            "Export each frame as an image: -I png (or jpg), windowed as a viewer shows it",
+            export_images,
+            metavar="FORMAT",
+        ),
+        ActionSpec(
+            "export_video",
+            "-E",
+            "Export a multi-frame file (or a folder's series) as MP4 video",
+            export_video,
         ),
         ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
         ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, per_folder=True),
@@ -4864,6 +5850,23 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument(
         "--format", choices=HEADER_FORMATS, default="text", help="headers: text or json"
     )
+    export = parser.add_argument_group("exports (-I png|jpg, -E)")
+    export.add_argument(
+        "--window", metavar="C,W", help="window centre and width instead of the file's"
+    )
+    export.add_argument(
+        "--png-bits",
+        type=int,
+        choices=(8, 16),
+        default=8,
+        help="16: modality values unwindowed in 16-bit PNG (default 8)",
+    )
+    export.add_argument(
+        "--fps",
+        type=float,
+        metavar="N",
+        help=f"video frame rate when the file states none (default {DEFAULT_FPS:g})",
+    )
     batch = parser.add_argument_group("batch and watch")
     batch.add_argument(
         "--skip-if-done",
@@ -5061,6 +6064,20 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--ratio must be 1 or more, not {args.ratio:g}"
     elif args.psnr is not None and args.psnr <= 0:
         problem = f"--psnr must be positive, not {args.psnr:g}"
+    elif args.fps is not None and args.fps <= 0:
+        problem = f"--fps must be positive, not {args.fps:g}"
+    elif spec.name == "export_png" and args.action_value not in IMAGE_FORMATS:
+        problem = f"-I takes one of {', '.join(IMAGE_FORMATS)}, not {args.action_value!r}"
+    window = None
+    if problem is None and args.window is not None:
+        try:
+            centre, width = (float(v) for v in args.window.split(","))
+        except ValueError:
+            problem = f"--window takes CENTRE,WIDTH (e.g. 40,400), not {args.window!r}"
+        else:
+            if width <= 0:
+                problem = f"--window width must be positive, not {width:g}"
+            window = (centre, width)
     if problem is not None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problem}", file=sys.stderr)
@@ -5085,6 +6102,10 @@ def main(argv: list[str] | None = None) -> int:
         keep_descriptions=args.keep_descriptions,
         format=args.format,
         uid_secret=secrets.token_hex(16),
+        window=window,
+        png_bits=args.png_bits,
+        fps=args.fps,
+        image_format=args.action_value if spec.name == "export_png" else "png",
         output_dir=args.output_dir,
         in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
         codec=args.codec,

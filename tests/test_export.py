@@ -1,0 +1,401 @@
+"""Tests of the export actions (-I png|jpg, -E), against renderings computed here.
+
+Every expected image is computed in this file from the DICOM formulas (PS3.3 C.11.1
+Modality LUT, C.11.2.1.2 / C.11.2.1.3 VOI windows, C.7.6.3.1.2 YBR_FULL, C.7.6.3.1.5
+palettes), never by calling the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pydicom
+import pytest
+import synth
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicompressor import Options, export_jpg, export_png, export_video, merge
+
+
+class Opts:
+    """Options with the fields the coordinator adds (window, png_bits, fps)."""
+
+    def __init__(self, **values: object) -> None:
+        base = Options(jobs=int(values.pop("jobs", 1)))  # type: ignore[call-overload]
+        for name in ("output_dir", "keep_beside", "in_place"):
+            setattr(self, name, getattr(base, name))
+        self.jobs = base.jobs
+        self.window = values.pop("window", None)
+        self.png_bits = values.pop("png_bits", 8)
+        self.fps = values.pop("fps", None)
+        self.image_format = values.pop("image_format", "png")
+        assert not values, values
+
+
+def sample(name: str) -> Path:
+    """A pydicom sample file, never downloaded."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} not bundled with this pydicom")
+    return Path(path)
+
+
+def png(path: Path) -> np.ndarray:
+    """Read an image as an array."""
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def digest(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file."""
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+# ---- the formulas, written out independently ----
+
+
+def linear(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, output 0..255."""
+    out = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
+    out[x <= c - 0.5 - (w - 1) / 2] = 0
+    out[x > c - 0.5 + (w - 1) / 2] = 255
+    return out
+
+
+def linear_exact(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.3.2, output 0..255."""
+    out = ((x - c) / w + 0.5) * 255
+    out[x <= c - w / 2] = 0
+    out[x > c + w / 2] = 255
+    return out
+
+
+def sigmoid(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.3.1, output 0..255."""
+    return 255 / (1 + np.exp(-4 * (x - c) / w))
+
+
+def stored_values(path: Path, index: int = 0) -> np.ndarray:
+    """Stored pixel values of one frame, read from the raw bytes of a native file."""
+    ds = pydicom.dcmread(path)
+    dtype = {(16, 0): "<u2", (16, 1): "<i2", (8, 0): "u1", (8, 1): "i1"}[
+        (ds.BitsAllocated, ds.PixelRepresentation)
+    ]
+    frame = ds.Rows * ds.Columns
+    flat = np.frombuffer(ds.PixelData, dtype=dtype)[index * frame : (index + 1) * frame]
+    values = flat.astype(np.int64).reshape(ds.Rows, ds.Columns)
+    bits = ds.BitsStored
+    if bits < ds.BitsAllocated:
+        values &= (1 << bits) - 1
+        if ds.PixelRepresentation:
+            values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+    return values
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Every pixel within 1."""
+    assert got.shape == want.shape
+    diff = np.abs(got.astype(np.float64) - want)
+    assert diff.max() <= 1.0, (
+        f"max difference {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    )
+
+
+def rewrite(path: Path, **changes: object) -> Path:
+    """Change attributes of a file in place (test data only); None deletes one."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def ct(tmp_path: Path) -> list[Path]:
+    """A signed 12-bit CT series (rescale -1024, window 40/400)."""
+    return synth.make_series(tmp_path / "ct", n=4, rows=20, cols=14)
+
+
+# ---- PNG ----
+
+
+class TestExportPng:
+    def test_monochrome2_window_and_rescale(self, ct: list[Path], tmp_path: Path) -> None:
+        out = tmp_path / "out"
+        result = export_png(ct, out, Opts())
+        assert not result.failures
+        for path in ct:
+            want = linear(stored_values(path) * 1.0 - 1024, 40, 400)
+            assert_close(png(out / f"{path.stem}.png"), want)
+
+    def test_mr_sample_signed_window(self, tmp_path: Path) -> None:
+        path = sample("MR_small.dcm")
+        export_png([path], tmp_path, Opts())
+        want = linear(stored_values(path).astype(float), 600, 1600)
+        got = png(tmp_path / "MR_small.png")
+        assert got.dtype == np.uint8
+        assert_close(got, want)
+
+    def test_ct_sample_range_without_window_ignores_padding(self, tmp_path: Path) -> None:
+        source = sample("CT_small.dcm")
+        path = tmp_path / "ct.dcm"
+        ds = pydicom.dcmread(source)
+        arr = ds.pixel_array.copy()
+        arr[:5, :] = -2000  # PixelPaddingValue
+        ds.PixelData = arr.astype("<i2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        export_png([path], tmp_path / "out", Opts())
+        stored = stored_values(path)
+        hu = stored * 1.0 - 1024
+        real = hu[stored != -2000]
+        want = np.clip((hu - real.min()) / (real.max() - real.min()) * 255, 0, 255)
+        got = png(tmp_path / "out" / "ct.png")
+        assert_close(got, want)
+        assert got[:5].max() == 0 and got.max() == 255
+
+    def test_monochrome1_inverted(self, ct: list[Path], tmp_path: Path) -> None:
+        path = rewrite(ct[0], PhotometricInterpretation="MONOCHROME1")
+        export_png([path], tmp_path, Opts())
+        want = 255 - linear(stored_values(path) - 1024.0, 40, 400)
+        assert_close(png(tmp_path / f"{path.stem}.png"), want)
+
+    @pytest.mark.parametrize(
+        ("function", "formula"), [("LINEAR_EXACT", linear_exact), ("SIGMOID", sigmoid)]
+    )
+    def test_voi_lut_function(self, ct: list[Path], tmp_path: Path, function, formula) -> None:
+        path = rewrite(ct[1], VOILUTFunction=function, WindowCenter="-100", WindowWidth="700")
+        export_png([path], tmp_path, Opts())
+        want = formula(stored_values(path) - 1024.0, -100, 700)
+        assert_close(png(tmp_path / f"{path.stem}.png"), want)
+
+    def test_window_width_one_is_a_threshold(self, ct: list[Path], tmp_path: Path) -> None:
+        path = rewrite(ct[0], WindowCenter="0", WindowWidth="1")
+        export_png([path], tmp_path, Opts())
+        hu = stored_values(path) - 1024.0
+        assert_close(png(tmp_path / f"{path.stem}.png"), np.where(hu <= -0.5, 0, 255))
+
+    def test_window_option_overrides(self, ct: list[Path], tmp_path: Path) -> None:
+        export_png(ct[:1], tmp_path, Opts(window=(-600.0, 1500.0)))
+        want = linear(stored_values(ct[0]) - 1024.0, -600, 1500)
+        assert_close(png(tmp_path / f"{ct[0].stem}.png"), want)
+
+    def test_modality_lut_and_voi_lut_sequences(self, ct: list[Path], tmp_path: Path) -> None:
+        path = ct[0]
+        ds = pydicom.dcmread(path)
+        arr = np.clip(ds.pixel_array, 0, 4095).astype("<i2")  # stored values 0..4095
+        ds.PixelRepresentation = 0
+        ds.PixelData = arr.astype("<u2").tobytes()
+        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType"):
+            delattr(ds, keyword)
+        for keyword in ("WindowCenter", "WindowWidth"):
+            delattr(ds, keyword)
+        modality = Dataset()
+        modality.LUTDescriptor = [4096, 0, 16]
+        modality_table = (np.arange(4096) * 3 // 2).astype("<u2")  # 0..6142
+        modality.LUTData = modality_table.tobytes()
+        modality.ModalityLUTType = "US"
+        ds.ModalityLUTSequence = DicomSequence([modality])
+        voi = Dataset()
+        voi.LUTDescriptor = [2048, 1000, 12]
+        voi_table = (np.linspace(0, 4095, 2048) ** 1.0).astype("<u2")
+        voi.LUTData = voi_table.tobytes()
+        ds.VOILUTSequence = DicomSequence([voi])
+        ds.save_as(path, enforce_file_format=True)
+        export_png([path], tmp_path, Opts())
+        stored = stored_values(path)
+        m = modality_table[np.clip(stored, 0, 4095)].astype(np.int64)
+        want = voi_table[np.clip(m - 1000, 0, 2047)] / 4095 * 255
+        assert_close(png(tmp_path / f"{path.stem}.png"), want)
+
+    def test_rgb_sample_exact(self, tmp_path: Path) -> None:
+        path = sample("examples_rgb_color.dcm")
+        export_png([path], tmp_path, Opts())
+        ds = pydicom.dcmread(path)
+        want = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns, 3)
+        if ds.get("PlanarConfiguration", 0) == 1:
+            want = np.frombuffer(ds.PixelData, np.uint8).reshape(3, ds.Rows, ds.Columns)
+            want = want.transpose(1, 2, 0)
+        assert_close(png(tmp_path / "examples_rgb_color.png"), want.astype(float))
+
+    def test_ybr_full_422_jpeg_to_rgb(self, tmp_path: Path) -> None:
+        path = sample("examples_ybr_color.dcm")
+        result = export_png([path], tmp_path, Opts(jobs=2))
+        assert len(result.outputs) == 30
+        for index in (0, 17, 29):
+            ybr = pydicom.pixels.pixel_array(str(path), index=index, raw=True).astype(float)
+            y, cb, cr = ybr[..., 0], ybr[..., 1] - 128, ybr[..., 2] - 128
+            rgb = np.stack(
+                [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1
+            )
+            got = png(tmp_path / f"examples_ybr_color_frame{index + 1:04d}.png")
+            assert_close(got, np.clip(rgb, 0, 255))
+
+    def test_palette_colour(self, tmp_path: Path) -> None:
+        path = sample("examples_palette.dcm")
+        export_png([path], tmp_path, Opts())
+        ds = pydicom.dcmread(path)
+        stored = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns)
+        channels = []
+        for colour in ("Red", "Green", "Blue"):
+            count, first, bits = getattr(ds, f"{colour}PaletteColorLookupTableDescriptor")
+            data = getattr(ds, f"{colour}PaletteColorLookupTableData")
+            table = np.frombuffer(data, "<u2")[: count or 65536].astype(float)
+            channels.append(table[np.clip(stored.astype(int) - first, 0, len(table) - 1)])
+        want = np.stack(channels, axis=-1) / ((1 << bits) - 1) * 255
+        assert_close(png(tmp_path / "examples_palette.png"), want)
+
+    def test_enhanced_multiframe_per_frame_groups(self, tmp_path: Path) -> None:
+        slices = synth.make_series(
+            tmp_path / "pt", n=5, modality="PT", rows=18, cols=12, vary_window=True
+        )
+        merged = merge(slices, tmp_path / "merged", Options()).outputs[0]
+        ds = pydicom.dcmread(merged, stop_before_pixels=True)
+        assert "PerFrameFunctionalGroupsSequence" in ds
+        out = tmp_path / "out"
+        result = export_png([merged], out, Opts(jobs=2))
+        assert [p.name for p in result.outputs] == [
+            f"{merged.stem}_frame{i:04d}.png" for i in range(1, 6)
+        ]
+        for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            uid = frame.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+            source = next(p for p in slices if pydicom.dcmread(p).SOPInstanceUID == uid)
+            src = pydicom.dcmread(source)
+            values = stored_values(source) * float(src.RescaleSlope) + float(src.RescaleIntercept)
+            want = linear(values, float(src.WindowCenter), float(src.WindowWidth))
+            assert_close(png(out / f"{merged.stem}_frame{index + 1:04d}.png"), want)
+
+    def test_png_16_bits_modality_values(self, ct: list[Path], tmp_path: Path) -> None:
+        export_png(ct[:1], tmp_path, Opts(png_bits=16))
+        image = Image.open(tmp_path / f"{ct[0].stem}.png")
+        got = np.asarray(image).astype(np.int64)
+        # signed 12-bit stored, intercept -1024: least value -2048 - 1024 = -3072
+        assert image.text["ModalityValueOffset"] == "3072"
+        assert np.array_equal(got - 3072, stored_values(ct[0]) - 1024)
+
+    def test_png_16_bits_unsigned_no_offset(self, tmp_path: Path) -> None:
+        paths = synth.make_series(tmp_path / "u", n=1, signed=False, modality="MR")
+        export_png(paths, tmp_path, Opts(png_bits=16))
+        got = np.asarray(Image.open(tmp_path / f"{paths[0].stem}.png")).astype(np.int64)
+        assert np.array_equal(got, stored_values(paths[0]))
+
+    def test_jpg(self, ct: list[Path], tmp_path: Path) -> None:
+        result = export_jpg(ct[:2], tmp_path, Opts())
+        assert sorted(p.name for p in result.outputs) == sorted(f"{p.stem}.jpg" for p in ct[:2])
+        want = linear(stored_values(ct[0]) - 1024.0, 40, 400)
+        got = png(tmp_path / f"{ct[0].stem}.jpg").astype(float)
+        assert abs(got.mean() - want.mean()) < 4
+
+    def test_beside_input_and_inputs_untouched(self, ct: list[Path]) -> None:
+        before = digest(ct)
+        result = export_png(ct, None, Opts(jobs=2))
+        assert sorted(result.outputs) == sorted(p.with_suffix(".png") for p in ct)
+        assert digest(ct) == before
+
+    def test_jobs_give_the_same_images(self, ct: list[Path], tmp_path: Path) -> None:
+        one = export_png(ct, tmp_path / "one", Opts(jobs=1)).outputs
+        two = export_png(ct, tmp_path / "two", Opts(jobs=2)).outputs
+        assert [png(p).tobytes() for p in one] == [png(p).tobytes() for p in two]
+
+    def test_undecodable_file_fails_alone(self, ct: list[Path], tmp_path: Path) -> None:
+        bad = tmp_path / "ct" / "bad.dcm"
+        ds = pydicom.dcmread(sample("examples_ybr_color.dcm"))
+        ds.PixelData = ds.PixelData[:2000] + b"\x00" * 64 + ds.PixelData[-2000:]
+        ds.save_as(bad, enforce_file_format=True)
+        garbage = tmp_path / "ct" / "garbage.dcm"
+        garbage.write_bytes(b"not dicom at all")
+        out = tmp_path / "out"
+        result = export_png([*ct, bad, garbage], out, Opts(jobs=2))
+        failed = {p.name: m for p, m in result.failures}
+        assert set(failed) == {"bad.dcm", "garbage.dcm"}
+        assert all("\n" not in m for m in failed.values())
+        assert failed["garbage.dcm"] == "not a DICOM file (no DICM prefix or File Meta)"
+        names = sorted(p.name for p in out.iterdir())
+        assert names == sorted(f"{p.stem}.png" for p in ct)  # no partial, no temp files
+
+    def test_bad_options(self, ct: list[Path], tmp_path: Path) -> None:
+        from dicompressor import DicomPressorError
+
+        with pytest.raises(DicomPressorError, match="--png-bits 16 needs PNG"):
+            export_jpg(ct, tmp_path, Opts(png_bits=16))
+        with pytest.raises(DicomPressorError, match="--window width must be positive"):
+            export_png(ct, tmp_path, Opts(window=(40.0, 0.0)))
+
+
+# ---- MP4 ----
+
+
+def read_video(path: Path) -> tuple[dict, list[np.ndarray]]:
+    """Read a video back: its metadata and its RGB frames."""
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader]
+    return meta, frames
+
+
+class TestExportVideo:
+    def test_multiframe_ybr_frame_rate_from_frame_time(self, tmp_path: Path) -> None:
+        path = sample("examples_ybr_color.dcm")
+        result = export_video([path], tmp_path, Opts(jobs=2))
+        assert result.outputs == [tmp_path / "examples_ybr_color.mp4"]
+        meta, frames = read_video(result.outputs[0])
+        assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+        assert math.isclose(meta["fps"], 1000 / 33.333, rel_tol=1e-3)
+        assert len(frames) == 30 and frames[0].shape == (240, 320, 3)
+        for index in (0, 15, 29):
+            source = pydicom.pixels.pixel_array(str(path), index=index)
+            assert abs(frames[index].mean() - source.mean()) < 3
+
+    def test_series_in_spatial_order_odd_size_fps_option(self, tmp_path: Path) -> None:
+        folder = tmp_path / "series"
+        paths = synth.make_series(folder, n=7, rows=25, cols=33, instance_order="shuffled")
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            # brightness rises along the slice normal: frame k must be the k-th slice
+            z = float(ds.SliceLocation)
+            stored = int(1024 + 40 - 180 + z * 10)  # HU from -180 up in 25 HU steps
+            ds.PixelData = np.full((25, 33), stored, "<i2").tobytes()
+            ds.save_as(path, enforce_file_format=True)
+        out = tmp_path / "out"
+        result = export_video(paths, out, Opts(fps=5.0))
+        assert not result.failures
+        assert result.outputs == [out / "DOE_JANE_series3.mp4"]
+        meta, frames = read_video(result.outputs[0])
+        assert meta["size"] == (34, 26) and math.isclose(meta["fps"], 5.0)
+        assert len(frames) == 7
+        hu = sorted(-180 + float(pydicom.dcmread(p).SliceLocation) * 10 for p in paths)
+        want = linear(np.array(hu) + 40, 40, 400)
+        means = [f[:25, :33].mean() for f in frames]
+        assert np.all(np.abs(np.array(means) - want) < 3), (means, want)
+
+    def test_cine_rate_and_default(self, ct: list[Path], tmp_path: Path) -> None:
+        result = export_video(ct, tmp_path / "a", Opts())
+        assert math.isclose(read_video(result.outputs[0])[0]["fps"], 10.0)
+        for path in ct:
+            rewrite(path, CineRate=25)
+        result = export_video(ct, tmp_path / "b", Opts(fps=7.0))
+        assert math.isclose(read_video(result.outputs[0])[0]["fps"], 25.0)
+
+    def test_bad_slice_fails_alone(self, ct: list[Path], tmp_path: Path) -> None:
+        bad = ct[2]
+        ds = pydicom.dcmread(bad)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+        ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f garbage" * 8])
+        ds.save_as(bad, enforce_file_format=True)
+        out = tmp_path / "out"
+        result = export_video(ct, out, Opts(jobs=2))
+        assert [p for p, _ in result.failures] == [bad]
+        _, frames = read_video(result.outputs[0])
+        assert len(frames) == 3
+        assert sorted(p.name for p in out.iterdir()) == ["DOE_JANE_series3.mp4"]
