@@ -30,6 +30,7 @@ import bisect
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -5635,6 +5636,11 @@ def run_jobs(
 
     inner = dataclasses.replace(options, jobs=1)  # the cores go to the folders
     own = executor is None
+    job_function = run_folder_job
+    if not own:  # remote workers import the module by name, not the __main__ script
+        import dicompressor
+
+        job_function = dicompressor.run_folder_job
     pool = executor or ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), initializer=_ignore_interrupts
     )
@@ -5645,7 +5651,7 @@ def run_jobs(
         while queue or running:
             while queue and len(running) < limit and not stop.is_set():
                 folder, files = queue.pop(0)
-                running.add(pool.submit(run_folder_job, action, folder, inner, batch, files))
+                running.add(pool.submit(job_function, action, folder, inner, batch, files))
             if not running:
                 break
             done, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -5657,6 +5663,83 @@ def run_jobs(
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
+
+
+# ---- beyond one machine: shards and Dask ----
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``I/N`` (0 <= I < N); raise UsageError naming what is wrong."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"--shard takes I/N (e.g. 0/4), not {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise UsageError(f"--shard {text}: I must be 0 to N-1 and N at least 1")
+    return index, count
+
+
+def in_shard(folder: Path, root: Path, index: int, count: int) -> bool:
+    """Tell whether a job folder belongs to shard index of count.
+
+    The shard of a folder is a hash of its path relative to the root, so it does not
+    depend on the machine, the mount point or which other folders exist: N runs with
+    I = 0..N-1 cover every folder exactly once.
+    """
+    try:
+        relative = folder.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        relative = folder.as_posix()
+    digest = hashlib.sha256(relative.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count == index
+
+
+def worker_identity() -> dict[str, str]:
+    """Return this process's DicomPressor version and script hash (for Dask workers)."""
+    source = Path(__file__).read_bytes()
+    return {"version": __version__, "sha256": hashlib.sha256(source).hexdigest()}
+
+
+def dask_executor(address: str) -> Any:
+    """Connect to a Dask scheduler; return (client's) executor after checking the workers.
+
+    Every worker must run the same DicomPressor (version and script bytes) as this
+    driver, and see the same storage paths; a mismatch is an error, not a silent run.
+    """
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise DicomPressorError(
+            "--dask needs the Dask distributed package: pip install distributed"
+        ) from exc
+    import dicompressor as module  # by name, so workers can import it (not __main__)
+
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise DicomPressorError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
+    mine = module.worker_identity()
+    try:
+        theirs = client.run(module.worker_identity)
+    except Exception as exc:  # workers that cannot import dicompressor, among others
+        client.close()
+        raise DicomPressorError(
+            f"Dask workers at {address} cannot run dicompressor ({type(exc).__name__}: "
+            f"{one_line(str(exc), limit=200)}); put the same dicompressor.py on their "
+            "PYTHONPATH"
+        ) from exc
+    if not theirs:
+        client.close()
+        raise DicomPressorError(f"the Dask scheduler {address} has no workers")
+    different = sorted(worker for worker, ident in theirs.items() if ident != mine)
+    if different:
+        client.close()
+        raise DicomPressorError(
+            f"{len(different)} Dask worker(s) run another DicomPressor than this one "
+            f"({mine['version']}, sha256 {mine['sha256'][:12]}): {', '.join(different[:5])}"
+        )
+    LOG.info("Dask: %d worker(s) at %s run DicomPressor %s", len(theirs), address, __version__)
+    return client.get_executor()
 
 
 def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
@@ -5682,6 +5765,7 @@ def watch(
     on_outcome: Callable[[JobOutcome], None],
     stop: threading.Event,
     clock: Callable[[], float] = time.time,
+    shard: tuple[int, int] | None = None,
 ) -> None:
     """Process new or changed job folders under root every interval_s until stopped.
 
@@ -5701,6 +5785,8 @@ def watch(
             folders = []
         for folder in folders:
             if (folder / DONE_MARKER).exists():
+                continue
+            if shard is not None and not in_shard(folder, root, *shard):
                 continue
             try:
                 state = folder_state(folder)
@@ -5893,6 +5979,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LOCK_TIMEOUT_S,
         help=f"take over a folder lock older than S seconds (default {DEFAULT_LOCK_TIMEOUT_S:g})",
     )
+    batch.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="process only shard I of N of the job folders (Slurm array, Kubernetes "
+        "Indexed Job): N runs with I = 0..N-1 cover every folder once",
+    )
+    batch.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the job folders on a Dask cluster (scheduler address, e.g. tcp://host:8786)",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
         "--log-file", type=Path, metavar="FILE", help="also log to FILE (rotated at 10 MB)"
@@ -6078,10 +6175,19 @@ def main(argv: list[str] | None = None) -> int:
             if width <= 0:
                 problem = f"--window width must be positive, not {width:g}"
             window = (centre, width)
+    shard = None
+    if problem is None and args.shard is not None:
+        try:
+            shard = parse_shard(args.shard)
+        except UsageError as exc:
+            problem = exc.message
+    if problem is None and args.dask and args.watch is not None:
+        problem = "--dask and --watch do not go together (run the watcher with --jobs)"
     if problem is not None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    args.shard_parsed = shard
     params = None
     if spec.name == "anonymize":
         params_file = Path(args.action_value)
@@ -6164,6 +6270,7 @@ def _run(
             workers=args.jobs,
             on_outcome=report,
             stop=stop,
+            shard=args.shard_parsed,
         )
         LOG.info("Stopped.")
         return EXIT_OK
@@ -6181,15 +6288,27 @@ def _run(
         outcomes = [run_job(spec, folder, inputs, options, progress)]
         report(outcomes[0])
     else:
+        if args.shard_parsed is not None and path.is_dir():
+            index, count = args.shard_parsed
+            jobs = [(f, files) for f, files in jobs if in_shard(f, path, index, count)]
+            LOG.info("Shard %d/%d: %d job folder(s)", index, count, len(jobs))
+        executor = None
+        if args.dask:
+            try:
+                executor = dask_executor(args.dask)
+            except DicomPressorError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return EXIT_FAILED
         outcomes = run_jobs(
             action,
-            [(folder, files) for folder, files in jobs],
+            jobs,
             options,
             batch,
             workers=args.jobs,
             on_outcome=report,
             stop=stop,
             progress=lambda f: Progress(f"{spec.name} {f.name}", enabled=show_progress),
+            executor=executor,
         )
         if stop.is_set() and len(outcomes) < len(jobs):
             LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
