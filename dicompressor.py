@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DicomPressor: merge, split, compress, inspect and summarize DICOM files, one script.
+"""DicomPressor: merge, split, compress, anonymize and export DICOM files, one script.
 
 Usage (see ``python3 dicompressor.py -h``)::
 
@@ -8,18 +8,25 @@ Usage (see ``python3 dicompressor.py -h``)::
     python3 dicompressor.py -x -f /data [--codec jpegls]     # lossless, <stem>_jll.dcm
     python3 dicompressor.py -z --ratio 10 -f /data           # JPEG 2000 lossy
     python3 dicompressor.py -u -f /data                      # decompress
+    python3 dicompressor.py -a params.txt -f /data           # anonymize, <stem>_anon.dcm
+    python3 dicompressor.py -I png -f /data                  # one PNG per frame
+    python3 dicompressor.py -E -f /data/series               # MP4 video
+    python3 dicompressor.py -t -f /data [--format json]      # headers as text or JSON
+    python3 dicompressor.py -d -F /data/cd                   # DICOMDIR
     python3 dicompressor.py --info file.dcm [--json]
     python3 dicompressor.py --summary /data [--json]
+    python3 dicompressor.py -j --watch 300 -f /data/patients  # unattended
 
 Sections (each opened by a ``# ==== N. name ====`` banner, in dependency order):
 
 1. Header: this docstring, imports, ``__version__``.
 2. Constants and configuration: limits, DICOM tables with their PS3 citation, options.
 3. Errors and logging: ``DicomPressorError``, the logger, ``ActionResult``.
-4. Generic helpers: atomic writes, safe names, progress on a terminal.
-5. DICOM helpers: reading, grouping, slice sorting, frame access, streamed writing.
+4. Generic helpers: atomic writes, safe names, temp files, progress on a terminal.
+5. DICOM helpers: reading, grouping, slice sorting, frame access, streamed writing,
+   codecs, the de-identification walkers, header dumps, DICOMDIR.
 6. Actions: one function per action, then the ``ACTIONS`` registry.
-7. Batch: job folders, running an action over them.
+7. Batch: job folders, markers, locks, recovery, parallel jobs, watch, shards, Dask.
 9. CLI: ``build_parser()``, ``main()``.
 """
 
