@@ -39,9 +39,12 @@ import copy
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
+import mimetypes
+import multiprocessing
 import os
 import re
 import secrets
@@ -54,13 +57,17 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import multipart
 import numpy as np
 import pydicom
 from pydicom import config as pydicom_config
@@ -731,6 +738,23 @@ DUMP_VALUE_CHARS = 160
 FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
 MAX_FILE_ID_COMPONENTS = 8
 DICOMDIR_COPY_SUFFIX = "_DICOMDIR"
+
+
+# ---- the REST API (--serve) ----
+
+#: Defaults of the ``--serve`` flags: the limits of the spec's "Rate Limits" table.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_RATE_LIMIT_PER_MIN = 30
+DEFAULT_SESSION_RATE_LIMIT_PER_MIN = 5
+DEFAULT_MAX_SESSIONS = 50
+DEFAULT_MAX_UPLOAD_MB = 500
+DEFAULT_MAX_FILES = 2000
+DEFAULT_PROCESS_TIMEOUT_S = 300.0
+DEFAULT_SESSION_TTL_S = 3600.0
+#: A client must send (or take) some bytes this often, or its connection is dropped.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_SWEEP_INTERVAL_S = 60.0
 
 
 # ==== 3. Errors and logging ====
@@ -5838,6 +5862,1265 @@ def exit_code(outcomes: list[JobOutcome]) -> int:
     return EXIT_PARTIAL
 
 
+# ==== 8. HTTP API ====
+
+API_KEYS_ENV = "DICOMPRESSOR_API_KEYS"
+API_KEY_HEADER = "X-API-Key"
+SESSION_FILE = "session.json"
+#: Largest JSON body of a process request.
+MAX_JSON_BYTES = 1024 * 1024
+#: A body this small that a request did not need is read and dropped so the connection
+#: stays usable; a larger one closes the connection instead.
+DRAIN_LIMIT_BYTES = 64 * 1024
+UPLOAD_CHUNK_BYTES = 256 * 1024
+#: The quick start's download name; it stands for the session's one merged file.
+MERGED_ALIAS = "merged_multiframe.dcm"
+UPLOAD_FIELD = "files"
+MAX_UPLOAD_NAME_CHARS = 120
+#: Windows device names, forbidden as a file stem whatever the extension.
+WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"}
+    | {f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789¹²³"}
+)
+#: ``options`` a process request may carry, per action (the CLI's long option names).
+ACTION_OPTIONS: dict[str, frozenset[str]] = {
+    "merge": frozenset(),
+    "split": frozenset(),
+    "compress_lossless": frozenset({"codec"}),
+    "compress_lossy": frozenset({"ratio", "psnr"}),
+    "decompress": frozenset(),
+    "anonymize": frozenset({"profile", "keep_uids", "keep_dates", "keep_descriptions"}),
+    "export_png": frozenset({"image_format", "window", "png_bits"}),
+    "export_video": frozenset({"fps", "window"}),
+    "dicomdir": frozenset(),
+    "headers": frozenset({"format"}),
+    "info": frozenset(),
+    "summary": frozenset(),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Settings of ``--serve``: where to listen, keys, limits and the data directory."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Sessions live in <data_dir>/<uuid>/ (input/, output/, session.json).
+    data_dir: Path = dataclasses.field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "dicompressor-sessions"
+    )
+    #: Keys from --api-key; DICOMPRESSOR_API_KEYS and api_keys_file add to them.
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None
+    rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN
+    session_rate_limit_per_min: int = DEFAULT_SESSION_RATE_LIMIT_PER_MIN
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
+    max_files: int = DEFAULT_MAX_FILES
+    process_timeout_s: float = DEFAULT_PROCESS_TIMEOUT_S
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    #: Worker processes an action may use inside its child process.
+    jobs: int = 1
+    #: Wall clock (session creation and expiry, stored in session.json) and the
+    #: monotonic clock of the rate buckets; injectable for tests.
+    clock: Callable[[], float] = dataclasses.field(default=time.time, compare=False)
+    monotonic: Callable[[], float] = dataclasses.field(default=time.monotonic, compare=False)
+
+
+class HTTPError(DicomPressorError):
+    """A request that fails with an HTTP status; the dispatcher answers ``{"error": ...}``."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.headers = dict(headers or {})
+
+
+# ---- keys ----
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a bind address only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_key(key: str, where: str) -> str:
+    """Return a configured key if it is usable; say where the bad one came from."""
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise UsageError(f"API key from {where} must be printable ASCII without spaces")
+    return key
+
+
+def resolve_api_keys(config: ServerConfig, environ: Mapping[str, str]) -> list[str]:
+    """Collect the keys of --api-key, DICOMPRESSOR_API_KEYS and the keys file (no dups).
+
+    The keys file holds one key a line; blank lines and ``#`` comments are skipped.
+    """
+    keys = [_check_key(k.strip(), "--api-key") for k in config.api_keys if k.strip()]
+    for part in environ.get(API_KEYS_ENV, "").split(","):
+        if part.strip():
+            keys.append(_check_key(part.strip(), API_KEYS_ENV))
+    if config.api_keys_file is not None:
+        try:
+            text = config.api_keys_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(
+                f"cannot read API keys file {config.api_keys_file}: {reason}"
+            ) from exc
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(_check_key(line, f"{config.api_keys_file} line {number}"))
+    return list(dict.fromkeys(keys))
+
+
+# ---- names ----
+
+
+def safe_upload_name(filename: str | None, *, default: str = "upload.dcm") -> str:
+    """Reduce a client's file name to a safe base name for the session's input folder.
+
+    Directories (``/`` and ``\\``), ``..``, control and shell-hostile characters and
+    leading dots go; a Windows device name (CON, NUL, COM1...) gets a ``_`` prefix.
+    """
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^\w.+()-]+", "_", base)
+    base = re.sub(r"_+", "_", base).strip(" .-")
+    if not base.strip("._"):
+        return default
+    if base.split(".", 1)[0].upper() in WINDOWS_RESERVED:
+        base = f"_{base}"
+    if len(base) > MAX_UPLOAD_NAME_CHARS:
+        stem, dot, suffix = base.rpartition(".")
+        if dot and 0 < len(suffix) <= 16:
+            base = f"{stem[: MAX_UPLOAD_NAME_CHARS - len(suffix) - 1]}.{suffix}"
+        else:
+            base = base[:MAX_UPLOAD_NAME_CHARS]
+    return base
+
+
+def canonical_session_id(text: str) -> str | None:
+    """Return text as a lower-case UUID if it is one, else None."""
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return str(value) if str(value) == text.lower() else None
+
+
+def listed_files(folder: Path) -> dict[str, Path]:
+    """Return {relative POSIX name: path} of the visible regular files under folder.
+
+    Hidden entries (temp files, markers) and symbolic links are left out; a request's
+    file name is only ever looked up in this listing, never joined to a path.
+    """
+    found: dict[str, Path] = {}
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(current)
+        for name in sorted(files):
+            path = base / name
+            if name.startswith(".") or path.is_symlink() or not path.is_file():
+                continue
+            found[path.relative_to(folder).as_posix()] = path
+    return found
+
+
+def _entries(files: dict[str, Path]) -> list[dict[str, Any]]:
+    """Return the spec's ``[{"name", "size"}]`` list of a listing."""
+    out = []
+    for name, path in files.items():
+        with contextlib.suppress(OSError):
+            out.append({"name": name, "size": path.stat().st_size})
+    return out
+
+
+# ---- sessions and rate limits ----
+
+
+@dataclasses.dataclass
+class Session:
+    """One session: a folder with input/, output/ and session.json, alive until expires."""
+
+    id: str
+    folder: Path
+    created: float
+    expires: float
+    file_count: int = 0
+    busy: bool = False
+
+    @property
+    def input_dir(self) -> Path:
+        """Where uploads go."""
+        return self.folder / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        """Where results go."""
+        return self.folder / "output"
+
+
+class RateLimiter:
+    """Token buckets per client: ``per_min`` requests a minute, bursts up to per_min."""
+
+    def __init__(self, per_min: int) -> None:
+        self.per_min = per_min
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str, now: float) -> float:
+        """Take one token for client; return 0, or the seconds until one is free."""
+        if self.per_min <= 0:
+            return 0.0
+        rate = self.per_min / 60.0
+        tokens, last = self._buckets.get(client, (float(self.per_min), now))
+        tokens = min(float(self.per_min), tokens + (now - last) * rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1.0 - tokens) / rate
+
+    def prune(self, now: float) -> None:
+        """Forget clients whose bucket has filled up again."""
+        for client, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self.per_min / 60.0 >= self.per_min:
+                del self._buckets[client]
+
+
+class ServerState:
+    """Everything the request threads share, behind one lock: sessions, keys, buckets."""
+
+    def __init__(self, config: ServerConfig, keys: Sequence[str]) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._keys = [k.encode("ascii") for k in keys]
+        self._sessions: dict[str, Session] = {}
+        self._api_rate = RateLimiter(config.rate_limit_per_min)
+        self._session_rate = RateLimiter(config.session_rate_limit_per_min)
+
+    # -- keys and limits
+
+    def key_ok(self, candidate: str | None) -> bool:
+        """Compare a presented key with every configured one in constant time."""
+        if not candidate:
+            return False
+        try:
+            presented = candidate.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(presented, key)
+        return ok
+
+    def throttle(self, client: str, *, session_create: bool = False) -> None:
+        """Count one request of client; raise 429 with Retry-After past the limit."""
+        limiter = self._session_rate if session_create else self._api_rate
+        with self._lock:
+            wait_s = limiter.take(client, self.config.monotonic())
+        if wait_s > 0:
+            what = "session creations" if session_create else "API requests"
+            raise HTTPError(
+                429,
+                f"rate limit exceeded: at most {limiter.per_min} {what} per minute per "
+                f"client; retry in {math.ceil(wait_s)} s",
+                headers={"Retry-After": str(math.ceil(wait_s))},
+            )
+
+    # -- sessions
+
+    def load(self) -> None:
+        """Take up the sessions left on disk by an earlier run; drop the expired ones."""
+        root = self.config.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(root.iterdir()):
+            sid = canonical_session_id(folder.name)
+            if sid is None or sid != folder.name or not folder.is_dir():
+                continue
+            info = _read_session_file(folder / SESSION_FILE)
+            if info is None:
+                continue
+            clean_stale_temp(folder / "input", max_age_s=0)
+            clean_stale_temp(folder / "output", max_age_s=0)
+            session = Session(sid, folder, info[0], info[1])
+            session.file_count = len(listed_files(session.input_dir))
+            self._sessions[sid] = session
+        self.sweep()
+
+    def create(self) -> Session:
+        """Make a new session on disk; 503 when the server holds max_sessions already."""
+        now = self.config.clock()
+        with self._lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise HTTPError(
+                    503,
+                    f"server busy: {len(self._sessions)} sessions open (limit "
+                    f"{self.config.max_sessions}); delete one or retry later",
+                )
+            sid = str(uuid.uuid4())
+            session = Session(
+                sid, self.config.data_dir / sid, now, now + self.config.session_ttl_s
+            )
+            self._sessions[sid] = session
+        try:
+            session.input_dir.mkdir(parents=True)
+            session.output_dir.mkdir()
+            record = {"session_id": sid, "created": session.created, "expires": session.expires}
+            with atomic_output(session.folder / SESSION_FILE) as handle:
+                handle.write(json.dumps(record).encode("utf-8"))
+        except OSError as exc:
+            with self._lock:
+                self._sessions.pop(sid, None)
+            shutil.rmtree(session.folder, ignore_errors=True)
+            raise HTTPError(500, f"cannot create a session folder: {exc.strerror}") from exc
+        return session
+
+    def get(self, text: str) -> Session:
+        """Return a live session; 404 for an unknown or expired id."""
+        sid = canonical_session_id(text)
+        with self._lock:
+            session = self._sessions.get(sid) if sid else None
+            if session is not None and self._expired(session):
+                session = None
+        if session is None:
+            raise HTTPError(
+                404,
+                f"no session {one_line(text, limit=80)!r}: unknown or expired (sessions "
+                f"last {self.config.session_ttl_s:g} s); create one with POST /api/session",
+            )
+        return session
+
+    def delete(self, session: Session) -> None:
+        """Remove a session and its files; 409 while it is processing."""
+        with self._lock:
+            if session.busy:
+                raise HTTPError(409, f"session {session.id} is processing; retry when it is done")
+            self._sessions.pop(session.id, None)
+        shutil.rmtree(session.folder, ignore_errors=True)
+
+    def _expired(self, session: Session) -> bool:
+        """Tell whether a session is past its time (a busy one lives until it is done)."""
+        return not session.busy and self.config.clock() >= session.expires
+
+    def sweep(self) -> list[str]:
+        """Delete the expired sessions; return their ids."""
+        with self._lock:
+            gone = [s for s in self._sessions.values() if self._expired(s)]
+            for session in gone:
+                del self._sessions[session.id]
+            now = self.config.monotonic()
+            self._api_rate.prune(now)
+            self._session_rate.prune(now)
+        for session in gone:
+            shutil.rmtree(session.folder, ignore_errors=True)
+            LOG.info("Session %s expired and was deleted", session.id)
+        return [s.id for s in gone]
+
+    def count(self) -> int:
+        """Return the number of live sessions."""
+        with self._lock:
+            return len(self._sessions)
+
+    def reserve_files(self, session: Session, count: int) -> None:
+        """Count count more input files in a session; 413 past max_files."""
+        with self._lock:
+            if session.file_count + count > self.config.max_files:
+                raise HTTPError(
+                    413,
+                    f"too many files: session {session.id} holds {session.file_count} "
+                    f"(limit {self.config.max_files} per session)",
+                )
+            session.file_count += count
+
+    def release_files(self, session: Session, count: int) -> None:
+        """Give back reserved file slots of an upload that failed."""
+        with self._lock:
+            session.file_count = max(0, session.file_count - count)
+
+    @contextlib.contextmanager
+    def processing(self, session: Session) -> Iterator[None]:
+        """Mark a session busy for one process call; 409 if another one runs."""
+        with self._lock:
+            if session.busy:
+                raise HTTPError(
+                    409,
+                    f"session {session.id} is already processing; wait for that call to end",
+                )
+            session.busy = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                session.busy = False
+
+
+def _read_session_file(path: Path) -> tuple[float, float] | None:
+    """Return (created, expires) from a session.json, or None if it is unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return float(data["created"]), float(data["expires"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---- process requests ----
+
+
+def _number(name: str, value: Any) -> float:
+    """Return value as a float; 400 if it is not a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HTTPError(400, f"options.{name} must be a number, not {json.dumps(value)}")
+    if not math.isfinite(value):
+        raise HTTPError(400, f"options.{name} must be a finite number, not {value}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return value if it is one of choices; 400 naming them otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise HTTPError(
+            400, f"options.{name} must be one of {', '.join(choices)}, not {json.dumps(value)}"
+        )
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    """Return value if it is a JSON boolean."""
+    if not isinstance(value, bool):
+        raise HTTPError(400, f"options.{name} must be true or false, not {json.dumps(value)}")
+    return value
+
+
+def _window(value: Any) -> tuple[float, float]:
+    """Return a window from ``"C,W"`` or ``[C, W]``; 400 if it is not one."""
+    problem = HTTPError(
+        400, f'options.window takes "CENTRE,WIDTH" or [CENTRE, WIDTH], not {json.dumps(value)}'
+    )
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise problem
+    try:
+        centre, width = (float(p) if isinstance(p, str) else _number("window", p) for p in parts)
+    except (ValueError, HTTPError):
+        raise problem from None
+    if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
+        raise HTTPError(400, "options.window needs a finite centre and a positive width")
+    return centre, width
+
+
+def _option_value(name: str, value: Any) -> Any:
+    """Check one ``options`` entry and return it as Options holds it."""
+    if name == "codec":
+        return _choice(name, value, sorted(CODECS))
+    if name in ("ratio", "psnr", "fps"):
+        number = _number(name, value)
+        if (name == "ratio" and number < 1) or (name != "ratio" and number <= 0):
+            bound = "1 or more" if name == "ratio" else "positive"
+            raise HTTPError(400, f"options.{name} must be {bound}, not {number:g}")
+        return number
+    if name == "window":
+        return _window(value)
+    if name == "format":
+        return _choice(name, value, HEADER_FORMATS)
+    if name == "profile":
+        return _choice(name, value, PROFILES)
+    if name == "image_format":
+        return _choice(name, value, sorted(IMAGE_FORMATS))
+    if name == "png_bits":
+        if value not in (8, 16) or isinstance(value, bool):
+            raise HTTPError(400, f"options.png_bits must be 8 or 16, not {json.dumps(value)}")
+        return int(value)
+    return _flag(name, value)  # keep_uids, keep_dates, keep_descriptions
+
+
+def process_request(
+    payload: Any, output_dir: Path, *, jobs: int = 1
+) -> tuple[ActionSpec, Options]:
+    """Check a process request body and build the action's Options; 400 on any fault.
+
+    The body is ``{"action": NAME, "params": TEXT, "options": {...}}``: params only for
+    anonymize (checked line by line here, before anything runs), options keyed by the
+    CLI's long option names that the action uses.
+    """
+    if not isinstance(payload, dict):
+        raise HTTPError(400, 'the request body must be a JSON object like {"action": "merge"}')
+    action = payload.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        shown = json.dumps(action) if action is not None else "none"
+        raise HTTPError(400, f"unknown action {shown}: use one of {', '.join(ACTIONS)}")
+    params = payload.get("params")
+    if params is not None and not isinstance(params, str):
+        raise HTTPError(400, "params must be a string: (GGGG,EEEE)=VALUE lines")
+    if params and action != "anonymize":
+        raise HTTPError(400, f"params is only for anonymize, not {action}")
+    if action == "anonymize" and params:
+        try:
+            parse_params(params)
+        except DicomPressorError as exc:
+            raise HTTPError(400, f"bad params: {exc.message}") from exc
+    raw = payload.get("options") or {}
+    if not isinstance(raw, dict):
+        raise HTTPError(400, "options must be a JSON object of option names and values")
+    values: dict[str, Any] = {}
+    allowed = ACTION_OPTIONS[action]
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            choices = ", ".join(sorted(allowed)) or "none"
+            raise HTTPError(400, f"unknown option {key!r} for {action}: it takes {choices}")
+        values[name] = _option_value(name, value)
+    if "ratio" in values and "psnr" in values:
+        raise HTTPError(400, "give options.ratio or options.psnr, not both")
+    if action == "anonymize" and values.get("profile") == "none" and not params:
+        raise HTTPError(400, 'anonymize with options.profile "none" needs params to apply')
+    options = Options(
+        output_dir=output_dir,
+        keep_beside=False,
+        jobs=jobs,
+        params=params if action == "anonymize" else None,
+        uid_secret=secrets.token_hex(16),
+        **values,
+    )
+    return ACTIONS[action], options
+
+
+def _process_child(
+    action: str, folder: str, inputs: list[str], options: Options, conn: Any
+) -> None:
+    """Run one action in the child process and send its outcome back through conn."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpgid(0, 0)  # so a timeout also kills what the action started (ffmpeg)
+    warnings.filterwarnings("ignore", module="pydicom")
+    try:
+        outcome = run_job(
+            ACTIONS[action], Path(folder), [Path(p) for p in inputs], options, _no_progress
+        )
+        result = outcome.result
+        payload = {
+            "status": outcome.status,
+            "error": outcome.error,
+            "log": (result.log + result.report) if result else [],
+            "outputs": [str(p) for p in result.outputs] if result else [],
+        }
+    except BaseException as exc:  # the parent must hear back whatever happened
+        payload = {
+            "status": "FAILED",
+            "error": one_line(f"internal error: {type(exc).__name__}: {exc}"),
+            "log": [],
+            "outputs": [],
+        }
+    conn.send(payload)
+    conn.close()
+
+
+def _mp_context() -> Any:
+    """Return the multiprocessing context of the child processes (no fork of threads)."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def _tree(folder: Path) -> set[str]:
+    """Return the relative names of every entry under folder, hidden ones included."""
+    return {
+        str(Path(current, name).relative_to(folder))
+        for current, dirs, files in os.walk(folder)
+        for name in (*dirs, *files)
+    }
+
+
+def remove_new_entries(folder: Path, before: set[str]) -> list[str]:
+    """Remove what appeared under folder since before was taken; return the names."""
+    added = sorted(_tree(folder) - before, key=lambda n: n.count(os.sep), reverse=True)
+    for name in added:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return added
+
+
+def _kill(process: Any) -> None:
+    """Kill a child process and its process group, and reap it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.join(10)
+
+
+def run_isolated(
+    spec: ActionSpec, folder: Path, inputs: list[Path], options: Options, timeout_s: float
+) -> dict[str, Any]:
+    """Run an action in a child process; past timeout_s kill it, remove its outputs, 504."""
+    assert options.output_dir is not None
+    ctx = _mp_context()
+    before = _tree(options.output_dir)
+    receiver, sender = ctx.Pipe(duplex=False)
+    args = (spec.name, str(folder), [str(p) for p in inputs], options, sender)
+    child = ctx.Process(target=_process_child, args=args, name=f"dicompressor-{spec.name}")
+    try:
+        child.start()
+        sender.close()
+        if not receiver.poll(timeout_s):
+            _kill(child)
+            removed = remove_new_entries(options.output_dir, before)
+            raise HTTPError(
+                504,
+                f"processing timed out: {spec.name} ran past the {timeout_s:g} s limit, was "
+                f"stopped and its {len(removed)} partial output(s) removed",
+            )
+        try:
+            payload: dict[str, Any] = receiver.recv()
+        except EOFError:
+            child.join(10)
+            remove_new_entries(options.output_dir, before)
+            raise HTTPError(
+                500, f"{spec.name} stopped unexpectedly (exit code {child.exitcode})"
+            ) from None
+        child.join(30)
+        return payload
+    finally:
+        receiver.close()
+        if child.is_alive():
+            _kill(child)
+
+
+# ---- request bodies ----
+
+
+class BodyReader:
+    """Read a request body (Content-Length or chunked) and stop at the byte limit (413)."""
+
+    def __init__(
+        self, rfile: BinaryIO, *, length: int | None, chunked: bool, limit_bytes: int
+    ) -> None:
+        self.rfile = rfile
+        self.length = length
+        self.chunked = chunked
+        self.limit_bytes = limit_bytes
+        self.received = 0
+        self.done = length == 0 or (length is None and not chunked)
+        self._chunk_left = 0
+
+    def _count(self, data: bytes) -> bytes:
+        """Count data against the limit."""
+        self.received += len(data)
+        if self.received > self.limit_bytes:
+            raise HTTPError(
+                413,
+                f"request body too large: more than {self.limit_bytes / 1048576:g} MB "
+                f"(limit {self.limit_bytes} bytes per request)",
+            )
+        return data
+
+    def read(self, size: int) -> bytes:
+        """Return up to size bytes of the body, b"" at its end."""
+        if self.done:
+            return b""
+        if not self.chunked:
+            assert self.length is not None
+            data = self.rfile.read(min(size, self.length - self.received))
+            if not data:
+                raise HTTPError(
+                    400,
+                    f"request body truncated: got {self.received} of {self.length} bytes",
+                )
+            self._count(data)
+            self.done = self.received >= self.length
+            return data
+        if self._chunk_left == 0:
+            line = self.rfile.readline(1024)
+            try:
+                self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise HTTPError(400, "malformed chunked request body") from None
+            if self._chunk_left == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailer fields
+                self.done = True
+                return b""
+        data = self.rfile.read(min(size, self._chunk_left))
+        if not data:
+            raise HTTPError(400, f"request body truncated after {self.received} bytes")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            self.rfile.readline(16)  # the CRLF after the chunk
+        return self._count(data)
+
+    def read_all(self) -> bytes:
+        """Return the whole (small) body."""
+        parts = []
+        while chunk := self.read(UPLOAD_CHUNK_BYTES):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Read and drop what is left of the body."""
+        while self.read(UPLOAD_CHUNK_BYTES):
+            pass
+
+
+# ---- routing and the handler ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One endpoint: method, path pattern, handler method name, and whether it needs a key."""
+
+    method: str
+    pattern: re.Pattern[str]
+    handler: str
+    auth: bool = True
+
+
+ROUTES = (
+    Route("GET", re.compile(r"/api/health"), "health", auth=False),
+    Route("POST", re.compile(r"/api/session"), "create_session"),
+    Route("DELETE", re.compile(r"/api/session/([^/]+)"), "delete_session"),
+    Route("POST", re.compile(r"/api/upload/([^/]+)"), "upload"),
+    Route("GET", re.compile(r"/api/files/([^/]+)"), "list_files"),
+    Route("POST", re.compile(r"/api/process/([^/]+)"), "process"),
+    Route("GET", re.compile(r"/api/download/([^/]+)/(.+)"), "download"),
+    Route("GET", re.compile(r"/api/view/([^/]+)/(.+)"), "view"),
+)
+
+
+def match_route(method: str, path: str) -> tuple[Route, tuple[str, ...]]:
+    """Find the route of a request; 404 for an unknown path, 405 for a wrong method."""
+    lookup = "GET" if method == "HEAD" else method
+    allowed = []
+    for route in ROUTES:
+        match = route.pattern.fullmatch(path)
+        if match is None:
+            continue
+        if route.method == lookup:
+            return route, tuple(unquote(g) for g in match.groups())
+        allowed.append(route.method)
+    if allowed:
+        raise HTTPError(
+            405,
+            f"{method} is not allowed on {path}: use {', '.join(allowed)}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    raise HTTPError(404, f"no such endpoint: {method} {one_line(path, limit=200)}")
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    """The thin request handler: dispatch, auth, bodies in and out; the work is elsewhere."""
+
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+    server_version = f"DicomPressor/{__version__}"
+
+    def setup(self) -> None:
+        """Give the connection the server's per-request socket timeout."""
+        self.timeout = self.server.state.config.request_timeout_s
+        super().setup()
+
+    # -- plumbing
+
+    @property
+    def state(self) -> ServerState:
+        """The shared server state."""
+        return self.server.state
+
+    def handle_expect_100(self) -> bool:
+        """Hold back ``100 Continue`` until the body is wanted (so a 413 comes first)."""
+        self._expect_100 = True
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        """Answer GET."""
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        """Answer HEAD (downloads and views without the body)."""
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:  # noqa: N802
+        """Answer POST."""
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        """Answer DELETE."""
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        """Route one request and turn every failure into the spec's JSON error."""
+        self._method = method
+        self._body: BodyReader | None = None
+        self._expect_100 = getattr(self, "_expect_100", False)
+        url = urlsplit(self.path)
+        self._url_path = url.path
+        try:
+            route, args = match_route(method, url.path)
+            client = self.client_address[0]
+            if route.auth:
+                self.state.throttle(client)
+                query = parse_qs(url.query, errors="replace")
+                key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
+                if not self.state.key_ok(key):
+                    raise HTTPError(
+                        401,
+                        f"invalid or missing API key: send it in the {API_KEY_HEADER} "
+                        "header or as ?api_key=",
+                    )
+            getattr(self, f"route_{route.handler}")(*args)
+        except HTTPError as exc:
+            self._send_error(exc.status, exc.message, exc.headers)
+        except DicomPressorError as exc:
+            self._send_error(exc.status, exc.message)
+        except (ConnectionError, TimeoutError) as exc:
+            self.close_connection = True
+            LOG.info("%s %s: connection lost (%s)", method, self._url_path, type(exc).__name__)
+        except Exception:
+            LOG.error("internal error on %s %s", method, self._url_path, exc_info=True)
+            self._send_error(500, "internal error")
+        finally:
+            self._expect_100 = False
+
+    def _body_reader(self, limit_bytes: int) -> BodyReader:
+        """Open the request body: 413 from Content-Length before reading any of it."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        length = None
+        if not chunked:
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                raise HTTPError(400, "bad Content-Length header") from None
+            if length > limit_bytes:
+                raise HTTPError(
+                    413,
+                    f"request body too large: {length} bytes (limit {limit_bytes} bytes, "
+                    f"{limit_bytes / 1048576:g} MB per request)",
+                )
+        if self._expect_100:
+            self.send_response_only(100)
+            self.end_headers()
+            self._expect_100 = False
+        self._body = BodyReader(
+            self.rfile, length=length, chunked=chunked, limit_bytes=limit_bytes
+        )
+        return self._body
+
+    def _settle_body(self) -> None:
+        """Before answering, drop a small unread body or mark the connection for closing."""
+        if self._body is not None:  # a route read (part of) it: never drain an upload
+            if not self._body.done:
+                self.close_connection = True
+            return
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        length = self.headers.get("Content-Length", "0").strip() or "0"
+        if not chunked and length == "0":
+            return
+        if chunked or self._expect_100 or not length.isdigit() or int(length) > DRAIN_LIMIT_BYTES:
+            self.close_connection = True
+            return
+        body = BodyReader(
+            self.rfile, length=int(length), chunked=False, limit_bytes=DRAIN_LIMIT_BYTES
+        )
+        try:
+            body.drain()
+        except (HTTPError, OSError):
+            self.close_connection = True
+
+    def _start(self, status: int, headers: Mapping[str, str]) -> None:
+        """Send the status line and headers."""
+        self._settle_body()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _send_json(
+        self, status: int, payload: Any, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send a JSON answer."""
+        body = json.dumps(payload).encode("utf-8")
+        self._start(
+            status,
+            {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                "Cache-Control": "no-store",
+                **(headers or {}),
+            },
+        )
+        if self._method != "HEAD":
+            self.wfile.write(body)
+
+    def _send_error(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send the spec's ``{"error": ...}``."""
+        try:
+            self._send_json(status, {"error": message}, headers)
+        except OSError:
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Log one line per request: client, method, path without the query (no keys)."""
+        LOG.info(
+            "%s %s %s %s",
+            self.client_address[0],
+            getattr(self, "_method", self.command),
+            getattr(self, "_url_path", "-"),
+            code,
+        )
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Send http.server's own messages to the debug log (never the raw request)."""
+        LOG.debug("http: %s", one_line(format % args, limit=200).split("?", 1)[0])
+
+    # -- endpoints
+
+    def route_health(self) -> None:
+        """``GET /api/health``: the server is up (no key needed)."""
+        self._send_json(200, {"status": "ok", "version": __version__})
+
+    def route_create_session(self) -> None:
+        """``POST /api/session``: ``{"session_id": UUID}``."""
+        self.state.throttle(self.client_address[0], session_create=True)
+        session = self.state.create()
+        LOG.info("Session %s created", session.id)
+        self._send_json(200, {"session_id": session.id})
+
+    def route_delete_session(self, sid: str) -> None:
+        """``DELETE /api/session/{id}``: remove the session and its files."""
+        session = self.state.get(sid)
+        self.state.delete(session)
+        self._send_json(200, {"deleted": session.id})
+
+    def route_list_files(self, sid: str) -> None:
+        """``GET /api/files/{id}``: the spec's input and output lists."""
+        session = self.state.get(sid)
+        self._send_json(
+            200,
+            {
+                "input": _entries(listed_files(session.input_dir)),
+                "output": _entries(listed_files(session.output_dir)),
+            },
+        )
+
+    def route_upload(self, sid: str) -> None:
+        """``POST /api/upload/{id}``: stream the ``files`` parts of a form into input/."""
+        session = self.state.get(sid)
+        content_type, type_options = multipart.parse_options_header(
+            self.headers.get("Content-Type", "")
+        )
+        boundary = type_options.get("boundary")
+        if content_type != "multipart/form-data" or not boundary:
+            raise HTTPError(
+                400, f"upload files as multipart/form-data in the field {UPLOAD_FIELD!r}"
+            )
+        reader = self._body_reader(self.state.config.max_upload_bytes)
+        names = receive_upload(self.state, session, reader, boundary)
+        self._send_json(200, {"uploaded": len(names), "files": names})
+
+    def route_process(self, sid: str) -> None:
+        """``POST /api/process/{id}``: run an action in a child process on the inputs."""
+        session = self.state.get(sid)
+        raw = self._body_reader(MAX_JSON_BYTES).read_all()
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HTTPError(
+                400,
+                f"request body is not valid JSON ({one_line(str(exc), limit=120)}): send "
+                '{"action": "merge"}',
+            ) from None
+        spec, options = process_request(payload, session.output_dir, jobs=self.state.config.jobs)
+        with self.state.processing(session):
+            inputs = list_inputs(session.input_dir)
+            if not inputs:
+                raise HTTPError(
+                    400,
+                    f"no files to process in session {session.id}: upload DICOM files "
+                    f"first (POST /api/upload/{session.id})",
+                )
+            LOG.info("Session %s: %s on %d files", session.id, spec.name, len(inputs))
+            outcome = run_isolated(
+                spec, session.input_dir, inputs, options, self.state.config.process_timeout_s
+            )
+        self._send_json(200, process_response(spec, session, outcome))
+
+    def route_download(self, sid: str, name: str) -> None:
+        """``GET /api/download/{id}/{name}``: the file as an attachment."""
+        self._send_file(self.state.get(sid), name, inline=False)
+
+    def route_view(self, sid: str, name: str) -> None:
+        """``GET /api/view/{id}/{name}``: the file inline as application/dicom (VolView)."""
+        self._send_file(self.state.get(sid), name, inline=True)
+
+    def _send_file(self, session: Session, name: str, *, inline: bool) -> None:
+        """Send a session file found by name in output/ (then input/)."""
+        path = find_session_file(session, name)
+        try:
+            handle = path.open("rb")
+        except OSError:
+            raise HTTPError(404, f"no file {name!r} in session {session.id}") from None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            headers = {"Content-Length": str(size), "Cache-Control": "no-store"}
+            disposition = content_disposition(path.name)
+            if inline:
+                guessed = mimetypes.guess_type(path.name)[0]
+                headers["Content-Type"] = (
+                    guessed
+                    if guessed and not guessed.startswith("application/")
+                    else "application/dicom"
+                )
+                headers["Content-Disposition"] = f"inline; {disposition}"
+                headers["Access-Control-Allow-Origin"] = "*"
+            else:
+                headers["Content-Type"] = "application/octet-stream"
+                headers["Content-Disposition"] = f"attachment; {disposition}"
+            self._start(200, headers)
+            if self._method == "HEAD":
+                return
+            try:
+                self.connection.sendfile(handle)
+            except (AttributeError, NotImplementedError):  # pragma: no cover
+                shutil.copyfileobj(handle, self.wfile, UPLOAD_CHUNK_BYTES)
+
+
+def content_disposition(name: str) -> str:
+    """Return the ``filename=...; filename*=UTF-8''...`` parameters for a file name."""
+    fallback = re.sub(r"[^A-Za-z0-9._()+-]", "_", name) or "file"
+    return f"filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def receive_upload(
+    state: ServerState, session: Session, reader: BodyReader, boundary: str
+) -> list[str]:
+    """Stream a multipart body's ``files`` parts to temp files; publish all or nothing.
+
+    Returns the names the files got in input/ (``_1``, ``_2``... for a taken name). A
+    truncated or oversized body, or a part past max_files, removes every part of it.
+    """
+    staged: list[tuple[Path, str]] = []
+    reserved = 0
+    handle: BinaryIO | None = None
+    published: list[str] = []
+    try:
+        parser = multipart.PushMultipartParser(boundary, max_header_count=16)
+        for event in parser.parse_blocking(reader.read, UPLOAD_CHUNK_BYTES):
+            if isinstance(event, multipart.MultipartSegment):
+                if event.name == UPLOAD_FIELD and event.filename:
+                    state.reserve_files(session, 1)
+                    reserved += 1
+                    name = safe_upload_name(event.filename)
+                    tmp = temp_path(session.input_dir / name)
+                    handle = tmp.open("xb")
+                    staged.append((tmp, name))
+            elif event is None:
+                if handle is not None:
+                    handle.close()
+                    handle = None
+            elif handle is not None:
+                handle.write(event)
+        reader.drain()
+        if not staged:
+            raise HTTPError(
+                400, f"no files in the upload: send them in the multipart field {UPLOAD_FIELD!r}"
+            )
+        for tmp, name in staged:
+            published.append(publish_new(tmp, session.input_dir / name).name)
+        staged.clear()
+        reserved = 0
+        return published
+    except multipart.MultipartError as exc:
+        raise HTTPError(400, f"malformed multipart upload: {one_line(str(exc))}") from None
+    finally:
+        if handle is not None:
+            handle.close()
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if reserved:
+            state.release_files(session, reserved)
+
+
+def find_session_file(session: Session, name: str) -> Path:
+    """Find a file of the session by its listed name (output/ first, then input/).
+
+    ``merged_multiframe.dcm`` (the quick start's name) stands for the one merged
+    output when there is exactly one; 404 otherwise, naming what there is.
+    """
+    outputs = listed_files(session.output_dir)
+    if name in outputs:
+        return outputs[name]
+    inputs = listed_files(session.input_dir)
+    if name in inputs:
+        return inputs[name]
+    if name == MERGED_ALIAS:
+        merged = sorted(n for n in outputs if "/" not in n and n.endswith("_multiframe.dcm"))
+        merged += sorted(
+            n for n in outputs if "/" not in n and re.search(r"_multiframe_\d+\.dcm$", n)
+        )
+        if len(merged) == 1:
+            return outputs[merged[0]]
+        if merged:
+            raise HTTPError(
+                404,
+                f"{MERGED_ALIAS} is ambiguous in session {session.id}: it holds "
+                f"{len(merged)} merged files ({', '.join(merged)}); download one by name",
+            )
+    raise HTTPError(
+        404,
+        f"no file {one_line(name, limit=200)!r} in session {session.id}: see "
+        f"GET /api/files/{session.id}",
+    )
+
+
+def process_response(
+    spec: ActionSpec, session: Session, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    """Build the spec's process answer: success, action, log, output_files."""
+    log = list(outcome["log"])
+    if outcome["error"]:
+        log.append(f"[ERROR] {outcome['error']}")
+    listing = listed_files(session.output_dir)
+    by_path = {path.resolve(): name for name, path in listing.items()}
+    names: list[str] = []
+    for text in outcome["outputs"]:
+        produced = Path(text).resolve()
+        if produced in by_path:
+            names.append(by_path[produced])
+        elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
+            names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
+    files = {n: listing[n] for n in dict.fromkeys(names)}
+    return {
+        "success": outcome["status"] in ("OK", "PARTIAL"),
+        "action": spec.name,
+        "log": "\n".join(log),
+        "output_files": _entries(files) if spec.writes_files else [],
+    }
+
+
+# ---- the server ----
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The threading HTTP server with the shared state and the session sweeper."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, config: ServerConfig, keys: Sequence[str]) -> None:
+        self.state = ServerState(config, keys)
+        self.state.load()
+        super().__init__((config.host, config.port), ApiHandler)
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="dicompressor-sweeper", daemon=True
+        )
+        self._sweeper.start()
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use."""
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}"
+
+    def _sweep_loop(self) -> None:
+        """Delete expired sessions every sweep interval until the server closes."""
+        while not self._stop.wait(self.state.config.sweep_interval_s):
+            try:
+                self.state.sweep()
+            except Exception:  # the sweeper must outlive one bad folder
+                LOG.error("session sweep failed", exc_info=True)
+
+    def close(self) -> None:
+        """Stop serving (when serve_forever runs in another thread) and release the port."""
+        self._stop.set()
+        self.shutdown()
+        self.server_close()
+
+
+def make_server(config: ServerConfig, keys: Sequence[str]) -> ApiServer:
+    """Create the data folder, take up its sessions and bind; serve_forever() serves."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ctx = _mp_context()
+    if ctx.get_start_method() == "forkserver" and __name__ != "__main__":
+        ctx.set_forkserver_preload(["__main__", __name__])
+    return ApiServer(config, keys)
+
+
+def run_server(
+    config: ServerConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    on_ready: Callable[[ApiServer], None] | None = None,
+) -> int:
+    """Serve the API until Ctrl+C or SIGTERM; return the exit code.
+
+    With no key configured one is generated and printed once; a non-loopback host
+    without a configured key is refused (exit 2).
+    """
+    try:
+        keys = resolve_api_keys(config, os.environ if environ is None else environ)
+    except UsageError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    generated = None
+    if not keys:
+        if not is_loopback(config.host):
+            print(
+                f"error: refusing to serve on {config.host} without an API key: give "
+                f"--api-key KEY, --api-keys-file FILE or {API_KEYS_ENV}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        generated = secrets.token_urlsafe(24)
+        keys = [generated]
+    try:
+        server = make_server(config, keys)
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        print(f"error: cannot serve on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Serving the DicomPressor API on {server.url} (sessions in {config.data_dir})")
+    if generated is not None:
+        print(f"API key (generated, shown only now): {generated}")
+    sys.stdout.flush()
+    if on_ready is not None:
+        on_ready(server)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        LOG.info("Stopping the server")
+    finally:
+        server._stop.set()
+        server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
 # ==== 9. CLI ====
 
 
@@ -5891,6 +7174,9 @@ def build_parser() -> argparse.ArgumentParser:
                     flag, dest="action", action="store_const", const=const, help=help_text
                 )
     actions.add_argument("-c", "--version", action="store_true", help="print the version")
+    actions.add_argument(
+        "--serve", action="store_true", help="serve the actions over the REST API (see below)"
+    )
     actions.add_argument(
         "--make-sample",
         type=Path,
@@ -5996,6 +7282,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--dask",
         metavar="ADDRESS",
         help="run the job folders on a Dask cluster (scheduler address, e.g. tcp://host:8786)",
+    )
+    server = parser.add_argument_group("server (--serve)")
+    server.add_argument("--host", default=DEFAULT_HOST, help=f"bind address ({DEFAULT_HOST})")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
+    server.add_argument("--data-dir", type=Path, metavar="DIR", help="where sessions live")
+    server.add_argument(
+        "--api-key", action="append", default=[], metavar="KEY", help="an API key (repeatable)"
+    )
+    server.add_argument("--api-keys-file", type=Path, metavar="FILE", help="keys, one a line")
+    for flag, default, text in (
+        ("--rate-limit", DEFAULT_RATE_LIMIT_PER_MIN, "API requests per minute per IP"),
+        ("--session-rate-limit", DEFAULT_SESSION_RATE_LIMIT_PER_MIN, "sessions/min per IP"),
+        ("--max-sessions", DEFAULT_MAX_SESSIONS, "concurrent sessions"),
+        ("--max-upload-mb", DEFAULT_MAX_UPLOAD_MB, "MB per upload request"),
+        ("--max-files", DEFAULT_MAX_FILES, "files per session"),
+    ):
+        server.add_argument(
+            flag, type=int, default=default, metavar="N", help=f"{text} ({default})"
+        )
+    server.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_PROCESS_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds per process call ({DEFAULT_PROCESS_TIMEOUT_S:g})",
+    )
+    server.add_argument(
+        "--session-ttl",
+        type=float,
+        default=DEFAULT_SESSION_TTL_S,
+        metavar="S",
+        help=f"seconds a session lives ({DEFAULT_SESSION_TTL_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
@@ -6148,6 +7466,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EXIT_OK
     configure_logging(args)
+    if args.serve:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir or ServerConfig().data_dir,
+            api_keys=tuple(args.api_key),
+            api_keys_file=args.api_keys_file,
+            rate_limit_per_min=args.rate_limit,
+            session_rate_limit_per_min=args.session_rate_limit,
+            max_sessions=args.max_sessions,
+            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+            max_files=args.max_files,
+            process_timeout_s=args.timeout,
+            session_ttl_s=args.session_ttl,
+            jobs=args.jobs,
+        )
+        return run_server(config)
     if args.make_sample is not None:
         paths = write_sample_series(args.make_sample)
         print(f"Wrote {len(paths)} sample slices to {args.make_sample}")

@@ -1,0 +1,804 @@
+"""HTTP API (``--serve``): the spec's examples, errors, limits, uploads, over real HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+import synth
+from conftest import ROOT
+
+import dicompressor as srv
+
+SPEC_API = "https://dicompressor.sitnov.work"
+KEY = "test-key-0123456789"
+#: Limits high enough for tests that send many requests.
+RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
+
+
+class Running:
+    """A server running in a thread of the test process."""
+
+    def __init__(self, server: srv.ApiServer, key: str) -> None:
+        self.server = server
+        self.url = server.url
+        self.key = key
+        self.headers = {"X-API-Key": key}
+        self.state = server.state
+        self.data_dir = server.state.config.data_dir
+
+    def session(self) -> str:
+        """Create a session and return its id."""
+        r = requests.post(f"{self.url}/api/session", headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["session_id"]
+
+    def upload(self, sid: str, paths: list[Path], **kw: Any) -> requests.Response:
+        """Upload files in one request."""
+        handles = [p.open("rb") for p in paths]
+        try:
+            files = [("files", (p.name, h)) for p, h in zip(paths, handles, strict=True)]
+            return requests.post(
+                f"{self.url}/api/upload/{sid}", headers=self.headers, files=files, timeout=60, **kw
+            )
+        finally:
+            for h in handles:
+                h.close()
+
+    def process(self, sid: str, body: Any) -> requests.Response:
+        """Run an action."""
+        return requests.post(
+            f"{self.url}/api/process/{sid}", headers=self.headers, json=body, timeout=120
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Return a factory starting a server on 127.0.0.1 port 0 in a thread."""
+    started: list[srv.ApiServer] = []
+
+    def start(**overrides: Any) -> Running:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        config = srv.ServerConfig(host="127.0.0.1", port=0, **overrides)
+        server = srv.make_server(config, [KEY])
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return Running(server, KEY)
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def api(start_server: Callable[..., Running]) -> Running:
+    """A server with relaxed rate limits."""
+    return start_server(**RELAXED)
+
+
+@pytest.fixture
+def dicoms(tmp_path: Path) -> list[Path]:
+    """Eight CT slices in tmp_path/dicoms."""
+    return sorted(synth.make_series(tmp_path / "dicoms", n=8))
+
+
+def raw_request(
+    url: str, method: str, path: str, headers: dict[str, Any], body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a request with http.client (raw header bytes allowed); return status, headers, body."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    if body:
+        conn.send(body)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def part_head(name: str, boundary: str = "xyz") -> bytes:
+    """Return the opening of one multipart ``files`` part."""
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
+    ).encode()
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file under folder, hidden ones included."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ---- the spec's examples ----
+
+
+class TestSpecExamples:
+    def test_curl_quick_start(self, api: Running, tmp_path: Path) -> None:
+        curl = shutil.which("curl")
+        if curl is None:
+            pytest.skip("curl not on PATH")
+        work = tmp_path / "qs"
+        work.mkdir()
+        series = sorted(synth.make_series(tmp_path / "qs_src", n=2))
+        for i, path in enumerate(series):
+            shutil.copyfile(path, work / f"{i:04d}.dcm")
+
+        def sh(command: str) -> str:
+            command = command.replace(SPEC_API, api.url).replace("YOUR_KEY", api.key)
+            proc = subprocess.run(
+                command, shell=True, cwd=work, capture_output=True, text=True, timeout=60
+            )
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+
+        # 1. Create a session (jq may be missing: the JSON is parsed here)
+        out = sh(
+            'curl -s -X POST -H "X-API-Key: YOUR_KEY" https://dicompressor.sitnov.work/api/session'
+        )
+        session = json.loads(out)["session_id"]
+        # 2. Upload DICOM files
+        out = sh(
+            'curl -X POST -H "X-API-Key: YOUR_KEY" -F "files=@0000.dcm" -F "files=@0001.dcm" '
+            f"https://dicompressor.sitnov.work/api/upload/{session}"
+        )
+        assert json.loads(out) == {"uploaded": 2, "files": ["0000.dcm", "0001.dcm"]}
+        # 3. Process (merge)
+        out = sh(
+            'curl -s -X POST -H "X-API-Key: YOUR_KEY" -H "Content-Type: application/json" '
+            f'-d \'{{"action":"merge"}}\' https://dicompressor.sitnov.work/api/process/{session}'
+        )
+        result = json.loads(out)
+        assert set(result) == {"success", "action", "log", "output_files"}
+        assert result["success"] is True and result["action"] == "merge"
+        assert result["log"].startswith("[INFO] Processing 2 files")
+        assert result["log"].endswith("[INFO] Done.")
+        [output] = result["output_files"]
+        assert output["name"] == "DOE_JANE_series3_multiframe.dcm"
+        # 4. Download result under the quick start's name
+        sh(
+            'curl -H "X-API-Key: YOUR_KEY" -o merged.dcm '
+            f"https://dicompressor.sitnov.work/api/download/{session}/merged_multiframe.dcm"
+        )
+        ds = pydicom.dcmread(work / "merged.dcm")
+        assert int(ds.NumberOfFrames) == 2
+        assert (work / "merged.dcm").stat().st_size == output["size"]
+
+    def test_curl_full_example(self, api: Running, tmp_path: Path) -> None:
+        if shutil.which("curl") is None or shutil.which("jq") is None:
+            pytest.skip("curl or jq not on PATH")
+        work = tmp_path / "full"
+        synth.make_series(work / "dicoms", n=6)
+        script = textwrap.dedent(
+            """\
+            #!/bin/bash
+            # DicomPressor API — Full merge example
+            # Replace YOUR_KEY with your actual API key
+            API="https://dicompressor.sitnov.work"
+            KEY="YOUR_KEY"
+            # Step 1: Create session
+            echo "Creating session..."
+            SESSION=$(curl -s -X POST -H "X-API-Key: $KEY" $API/api/session | jq -r .session_id)
+            echo "Session: $SESSION"
+            # Step 2: Upload all .dcm files from a folder
+            echo "Uploading files..."
+            for f in ./dicoms/*.dcm; do
+              curl -s -X POST \\
+                -H "X-API-Key: $KEY" \\
+                -F "files=@$f" \\
+                $API/api/upload/$SESSION > /dev/null
+            done
+            echo "Upload complete"
+            # Step 3: Merge
+            echo "Merging..."
+            RESULT=$(curl -s -X POST \\
+              -H "X-API-Key: $KEY" \\
+              -H "Content-Type: application/json" \\
+              -d '{"action":"merge"}' \\
+              $API/api/process/$SESSION)
+            echo "Success: $(echo $RESULT | jq .success)"
+            # Step 4: Download each output file
+            echo $RESULT | jq -r '.output_files[].name' | while read fname; do
+              echo "Downloading $fname..."
+              curl -s -H "X-API-Key: $KEY" \\
+                -o "$fname" \\
+                $API/api/download/$SESSION/$fname
+            done
+            echo "Done!"
+            """
+        )
+        script = script.replace(SPEC_API, api.url).replace("YOUR_KEY", api.key)
+        proc = subprocess.run(
+            ["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Success: true" in proc.stdout
+        ds = pydicom.dcmread(work / "DOE_JANE_series3_multiframe.dcm")
+        assert int(ds.NumberOfFrames) == 6
+
+    def test_python_example(self, api: Running, tmp_path: Path) -> None:
+        work = tmp_path / "py"
+        synth.make_series(work / "dicoms", n=25)  # two upload batches of 20
+        # The spec's "Full Examples / Python" as written; only API and KEY substituted.
+        code = textwrap.dedent(
+            """\
+            import requests
+            import os
+            from pathlib import Path
+
+            API = "https://dicompressor.sitnov.work"
+            KEY = "YOUR_KEY"
+            HEADERS = {"X-API-Key": KEY}
+
+            # 1. Create session
+            session_id = requests.post(f"{API}/api/session", headers=HEADERS).json()["session_id"]
+            print(f"Session: {session_id}")
+
+            # 2. Upload files (batch of 20)
+            dcm_folder = Path("./dicoms")
+            files = sorted(dcm_folder.glob("*.dcm"))
+            for i in range(0, len(files), 20):
+                batch = files[i:i+20]
+                form_files = [("files", (f.name, open(f, "rb"))) for f in batch]
+                r = requests.post(f"{API}/api/upload/{session_id}", headers=HEADERS, files=form_files)
+                print(f"  Uploaded {r.json()['uploaded']} files")
+
+            # 3. Process
+            result = requests.post(
+                f"{API}/api/process/{session_id}",
+                headers={**HEADERS, "Content-Type": "application/json"},
+                json={"action": "merge"}
+            ).json()
+            print(f"Success: {result['success']}")
+            print(f"Output files: {len(result['output_files'])}")
+
+            # 4. Download results
+            for f in result["output_files"]:
+                r = requests.get(
+                    f"{API}/api/download/{session_id}/{f['name']}",
+                    headers=HEADERS
+                )
+                Path(f["name"]).write_bytes(r.content)
+                print(f"  Downloaded {f['name']} ({f['size'] / 1048576:.1f} MB)")
+            """  # noqa: E501 (the spec's code as written)
+        )
+        code = code.replace(SPEC_API, api.url).replace("YOUR_KEY", api.key)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[1:3] == ["  Uploaded 20 files", "  Uploaded 5 files"]
+        assert "Success: True" in lines and "Output files: 1" in lines
+        ds = pydicom.dcmread(work / "DOE_JANE_series3_multiframe.dcm")
+        assert int(ds.NumberOfFrames) == 25
+
+    def test_anonymize_example(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        assert api.upload(sid, dicoms).status_code == 200
+        params = (
+            "(0010,0010)=ANONYMOUS^PATIENT\n(0010,0020)=ANON001\n(0010,0030)=19000101\n"
+            "(0010,0040)=O\n(0008,0090)=DR ANONYMOUS"
+        )
+        result = api.process(sid, {"action": "anonymize", "params": params}).json()
+        assert result["success"] is True
+        assert len(result["output_files"]) == len(dicoms)
+        name = result["output_files"][0]["name"]
+        r = requests.get(f"{api.url}/api/download/{sid}/{name}", headers=api.headers, timeout=30)
+        ds = pydicom.dcmread(__import__("io").BytesIO(r.content))
+        assert str(ds.PatientName) == "ANONYMOUS^PATIENT" and ds.PatientID == "ANON001"
+
+
+# ---- endpoints and response shapes ----
+
+
+class TestEndpoints:
+    def test_files_download_view_delete(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        r = api.upload(sid, dicoms[:3])
+        assert r.json() == {"uploaded": 3, "files": [p.name for p in dicoms[:3]]}
+        api.upload(sid, dicoms[3:])
+        listing = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers).json()
+        assert listing == {
+            "input": [{"name": p.name, "size": p.stat().st_size} for p in dicoms],
+            "output": [],
+        }
+        result = api.process(sid, {"action": "merge"}).json()
+        name = result["output_files"][0]["name"]
+        r = requests.get(f"{api.url}/api/download/{sid}/{name}", headers=api.headers)
+        assert r.headers["Content-Type"] == "application/octet-stream"
+        assert r.headers["Content-Disposition"].startswith("attachment;")
+        v = requests.get(f"{api.url}/api/view/{sid}/{name}?api_key={api.key}")
+        assert v.status_code == 200 and v.content == r.content
+        assert v.headers["Content-Type"] == "application/dicom"
+        assert "attachment" not in v.headers.get("Content-Disposition", "")
+        assert v.headers["Access-Control-Allow-Origin"] == "*"
+        listing = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers).json()
+        assert listing["output"] == [{"name": name, "size": len(r.content)}]
+        d = requests.delete(f"{api.url}/api/session/{sid}", headers=api.headers)
+        assert d.status_code == 200 and not (api.data_dir / sid).exists()
+        gone = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers)
+        assert gone.status_code == 404
+
+    def test_health_needs_no_key(self, api: Running) -> None:
+        r = requests.get(f"{api.url}/api/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+
+    def test_info_and_summary_put_text_in_log(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        api.upload(sid, dicoms[:1])
+        for action in ("info", "summary"):
+            result = api.process(sid, {"action": action}).json()
+            assert result["success"] is True and result["output_files"] == []
+            assert "DOE^JANE" in result["log"]
+        listing = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers).json()
+        assert listing["output"] == []
+
+    def test_options_reach_the_action(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        api.upload(sid, dicoms[:2])
+        result = api.process(sid, {"action": "headers", "options": {"format": "json"}}).json()
+        assert result["success"] and all(
+            f["name"].endswith(".json") for f in result["output_files"]
+        )
+        result = api.process(
+            sid, {"action": "export_png", "options": {"image_format": "jpg", "window": "40,400"}}
+        ).json()
+        assert result["success"] and all(
+            f["name"].endswith(".jpg") for f in result["output_files"]
+        )
+
+    def test_merged_alias_ambiguous(self, api: Running, tmp_path: Path) -> None:
+        a = synth.make_series(tmp_path / "a", n=3, series_number=1)
+        b = synth.make_series(tmp_path / "b", n=3, series_number=2, prefix="B")
+        sid = api.session()
+        api.upload(sid, a + b)
+        result = api.process(sid, {"action": "merge"}).json()
+        names = sorted(f["name"] for f in result["output_files"])
+        assert names == ["DOE_JANE_series1_multiframe.dcm", "DOE_JANE_series2_multiframe.dcm"]
+        r = requests.get(
+            f"{api.url}/api/download/{sid}/merged_multiframe.dcm", headers=api.headers
+        )
+        assert r.status_code == 404
+        assert all(n in r.json()["error"] for n in names)
+
+
+# ---- errors ----
+
+
+class TestErrors:
+    def test_400(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        url = f"{api.url}/api/process/{sid}"
+        bad_json = requests.post(url, headers=api.headers, data=b"{not json")
+        assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]
+        empty = api.process(sid, {"action": "merge"})
+        assert empty.status_code == 400 and "no files to process" in empty.json()["error"]
+        api.upload(sid, dicoms[:1])
+        unknown = api.process(sid, {"action": "explode"})
+        assert unknown.status_code == 400
+        assert unknown.json()["error"].startswith('unknown action "explode": use one of merge,')
+        params = api.process(sid, {"action": "anonymize", "params": "(0010,0010)=A\nnonsense"})
+        assert params.status_code == 400 and params.json()["error"].startswith("bad params:")
+        for options, text in (
+            ({"ratio": 5}, "unknown option 'ratio' for merge"),
+            ({"bogus": 1}, "unknown option 'bogus'"),
+        ):
+            r = api.process(sid, {"action": "merge", "options": options})
+            assert r.status_code == 400 and text in r.json()["error"]
+        bad_value = api.process(sid, {"action": "compress_lossy", "options": {"ratio": 0.5}})
+        assert bad_value.json() == {"error": "options.ratio must be 1 or more, not 0.5"}
+        no_files = requests.post(
+            f"{api.url}/api/upload/{sid}",
+            headers=api.headers,
+            files=[("other", ("x.dcm", b"data"))],
+        )
+        assert no_files.status_code == 400 and "no files in the upload" in no_files.json()["error"]
+        assert list((api.data_dir / sid / "output").iterdir()) == []
+
+    def test_401(self, api: Running) -> None:
+        assert requests.post(f"{api.url}/api/session").status_code == 401
+        wrong = requests.post(f"{api.url}/api/session", headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        status, _, body = raw_request(
+            api.url, "POST", "/api/session", {"X-API-Key": "ключ".encode()}
+        )
+        assert status == 401 and "error" in json.loads(body)
+        status, _, _ = raw_request(api.url, "POST", "/api/session?api_key=%D0%BA%D0%BB", {})
+        assert status == 401
+        assert requests.post(f"{api.url}/api/session?api_key={api.key}").status_code == 200
+
+    def test_404(self, api: Running) -> None:
+        for path in (
+            "/api/files/not-a-uuid",
+            "/api/files/" + "0" * 8 + "-0000-4000-8000-" + "0" * 12,
+        ):
+            r = requests.get(api.url + path, headers=api.headers)
+            assert r.status_code == 404 and r.json()["error"].startswith("no session")
+        sid = api.session()
+        r = requests.get(f"{api.url}/api/download/{sid}/missing.dcm", headers=api.headers)
+        assert r.status_code == 404 and "missing.dcm" in r.json()["error"]
+        assert requests.get(f"{api.url}/api/nothing", headers=api.headers).status_code == 404
+
+    def test_413_from_content_length(self, start_server: Callable[..., Running]) -> None:
+        api = start_server(max_upload_bytes=1024 * 1024, **RELAXED)
+        sid = api.session()
+        headers = {
+            "X-API-Key": api.key,
+            "Content-Type": "multipart/form-data; boundary=xyz",
+            "Content-Length": str(600 * 1024 * 1024),
+            "Expect": "100-continue",
+        }
+        status, _, body = raw_request(api.url, "POST", f"/api/upload/{sid}", headers)
+        assert status == 413 and "too large" in json.loads(body)["error"]
+
+    def test_413_while_streaming(self, start_server: Callable[..., Running]) -> None:
+        api = start_server(max_upload_bytes=1024 * 1024, **RELAXED)
+        sid = api.session()
+
+        def body() -> Iterator[bytes]:
+            yield part_head("a.dcm")
+            for _ in range(40):
+                yield b"\0" * 65536
+            yield b"\r\n--xyz--\r\n"
+
+        headers = {**api.headers, "Content-Type": "multipart/form-data; boundary=xyz"}
+        try:
+            r = requests.post(f"{api.url}/api/upload/{sid}", headers=headers, data=body())
+            assert r.status_code == 413
+        except requests.ConnectionError:
+            pass  # the server may close before the client finishes sending
+        assert files_under(api.data_dir / sid / "input") == []
+
+    def test_413_too_many_files(
+        self, start_server: Callable[..., Running], dicoms: list[Path]
+    ) -> None:
+        api = start_server(max_files=5, **RELAXED)
+        sid = api.session()
+        assert api.upload(sid, dicoms[:4]).status_code == 200
+        r = api.upload(sid, dicoms[4:])
+        assert r.status_code == 413 and "too many files" in r.json()["error"]
+        assert len(files_under(api.data_dir / sid / "input")) == 4
+
+    def test_429_with_retry_after(self, start_server: Callable[..., Running]) -> None:
+        now = [1000.0]
+        api = start_server(
+            rate_limit_per_min=30, session_rate_limit_per_min=5, monotonic=lambda: now[0]
+        )
+        codes = [
+            requests.post(f"{api.url}/api/session", headers=api.headers).status_code
+            for _ in range(6)
+        ]
+        assert codes == [200] * 5 + [429]
+        r = requests.post(f"{api.url}/api/session", headers=api.headers)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) == 12
+        now[0] += 12
+        assert requests.post(f"{api.url}/api/session", headers=api.headers).status_code == 200
+        for _ in range(30):
+            requests.get(f"{api.url}/api/health")
+        statuses = [
+            requests.get(f"{api.url}/api/files/x", headers=api.headers).status_code
+            for _ in range(30)
+        ]
+        assert statuses.count(429) >= 1 and set(statuses) <= {404, 429}
+
+    def test_503_max_sessions(self, start_server: Callable[..., Running]) -> None:
+        api = start_server(max_sessions=2, **RELAXED)
+        api.session(), api.session()
+        r = requests.post(f"{api.url}/api/session", headers=api.headers)
+        assert r.status_code == 503 and "server busy" in r.json()["error"]
+
+    def test_504_timeout(self, start_server: Callable[..., Running], dicoms: list[Path]) -> None:
+        api = start_server(process_timeout_s=0.001, **RELAXED)
+        sid = api.session()
+        api.upload(sid, dicoms)
+        r = api.process(sid, {"action": "merge"})
+        assert r.status_code == 504 and "timed out" in r.json()["error"]
+        assert files_under(api.data_dir / sid / "output") == []
+
+    def test_409_busy(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        api.upload(sid, dicoms)
+        with api.state.processing(api.state.get(sid)):
+            r = api.process(sid, {"action": "merge"})
+        assert r.status_code == 409
+        assert api.process(sid, {"action": "merge"}).status_code == 200
+
+
+# ---- uploads ----
+
+
+HOSTILE = [
+    "../../etc/passwd",
+    "..\\..\\windows\\system32\\config",
+    "/abs/path.dcm",
+    "C:\\Users\\x\\a.dcm",
+    "..",
+    ".",
+    "...",
+    "",
+    " ",
+    "CON",
+    "nul.dcm",
+    "Com1.txt",
+    "LPT9",
+    "aux.",
+    ".hidden",
+    ".dicompressor_done",
+    "a\x00b.dcm",
+    "line\nbreak.dcm",
+    "tab\tname",
+    "esc\x1b[31m.dcm",
+    "del\x7f.dcm",
+    "%2e%2e%2fescape",
+    "..%2f..%2fx",
+    "a/b/c/../../d.dcm",
+    "名前.dcm",
+    "emoji😀.dcm",
+    "x" * 300 + ".dcm",
+    "trailing. . .",
+    "semi;colon.dcm",
+    'quote".dcm',
+    "star*?.dcm",
+    "pipe|<>.dcm",
+    "~/.ssh/authorized_keys",
+    "\\\\server\\share\\f.dcm",
+    "session.json",
+    "../session.json",
+    "input/../output/x",
+]
+
+
+class TestUploads:
+    def test_hostile_names_stay_inside(self, api: Running, tmp_path: Path) -> None:
+        names = [*HOSTILE, *(f"{h}{i}" for i, h in enumerate(HOSTILE)), *HOSTILE[:30]]
+        assert len(names) >= 100
+        sid = api.session()
+        folder = api.data_dir / sid
+        files = [("files", (name, f"payload {i}".encode())) for i, name in enumerate(names)]
+        contents = [data for _, (name, data) in files if name]
+        # requests would mangle some names; build the body by hand (names as UTF-8, quoted)
+        boundary = "b0undary"
+        parts = []
+        for _, (name, data) in files:
+            quoted = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "%0A")
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+                f'filename="{quoted}"\r\n\r\n'.encode()
+                + data
+                + b"\r\n"
+            )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        r = requests.post(
+            f"{api.url}/api/upload/{sid}",
+            headers={**api.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            data=body,
+        )
+        assert r.status_code == 200, r.text
+        stored = r.json()["files"]
+        # a part with an empty filename is a browser's empty file input: skipped
+        assert r.json()["uploaded"] == len([n for n in names if n]) == len(set(stored))
+        outside = [
+            p
+            for p in api.data_dir.rglob("*")
+            if p.is_file()
+            and p.resolve().parent != (folder / "input").resolve()
+            and p.name != "session.json"
+        ]
+        assert outside == []
+        assert sorted(p.name for p in (folder / "input").iterdir()) == sorted(stored)
+        for name in stored:
+            assert "/" not in name and "\\" not in name and not name.startswith(".")
+            assert all(ord(c) >= 32 and c != "\x7f" for c in name)
+            assert name.split(".")[0].upper() not in srv.WINDOWS_RESERVED
+        escapes = 0
+        for i, name in enumerate(stored):
+            for route in ("download", "view"):
+                r = requests.get(
+                    f"{api.url}/api/{route}/{sid}/{requests.utils.quote(name, safe='')}",
+                    headers=api.headers,
+                )
+                assert r.status_code == 200, (name, r.text)
+                escapes += r.content != contents[i]
+        for name in names:  # the raw hostile names never reach a file outside
+            quoted = requests.utils.quote(name, safe="")
+            r = requests.get(f"{api.url}/api/download/{sid}/{quoted}", headers=api.headers)
+            if r.status_code == 200:
+                assert r.content.startswith(b"payload ")
+            else:
+                assert r.status_code in (404, 400)
+        assert escapes == 0
+
+    def test_same_name_kept_apart(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        assert api.upload(sid, dicoms[:1]).json()["files"] == [dicoms[0].name]
+        again = api.upload(sid, [dicoms[0], dicoms[0]]).json()["files"]
+        stem = dicoms[0].stem
+        assert again == [f"{stem}_1.dcm", f"{stem}_2.dcm"]
+
+    def test_truncated_upload_leaves_nothing(self, api: Running) -> None:
+        sid = api.session()
+        host, port = api.url.removeprefix("http://").split(":")
+        part = part_head("a.dcm") + b"A" * 5000 + b"\r\n" + part_head("b.dcm") + b"B" * 5000
+        head = (
+            f"POST /api/upload/{sid} HTTP/1.1\r\nHost: x\r\nX-API-Key: {api.key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+        ).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(head + part)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(65536)
+        time.sleep(0.2)
+        assert files_under(api.data_dir / sid / "input") == []
+
+    def test_chunked_upload(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        data = dicoms[0].read_bytes()
+
+        def body() -> Iterator[bytes]:
+            yield part_head("c.dcm")
+            yield data
+            yield b"\r\n--xyz--\r\n"
+
+        headers = {**api.headers, "Content-Type": "multipart/form-data; boundary=xyz"}
+        r = requests.post(f"{api.url}/api/upload/{sid}", headers=headers, data=body())
+        assert r.json() == {"uploaded": 1, "files": ["c.dcm"]}
+        assert (api.data_dir / sid / "input" / "c.dcm").read_bytes() == data
+
+    def test_safe_upload_name(self) -> None:
+        assert srv.safe_upload_name("../../etc/passwd") == "passwd"
+        assert srv.safe_upload_name("C:\\dir\\IM 01.dcm") == "IM_01.dcm"
+        assert srv.safe_upload_name("..") == "upload.dcm"
+        assert srv.safe_upload_name("CON.dcm") == "_CON.dcm"
+        assert srv.safe_upload_name("a\x00b") == "a_b"
+
+
+# ---- sessions, keys, server ----
+
+
+class TestSessions:
+    def test_ttl_sweep_and_restart(
+        self, start_server: Callable[..., Running], tmp_path: Path
+    ) -> None:
+        now = [1_000_000.0]
+        api = start_server(session_ttl_s=100, clock=lambda: now[0], **RELAXED)
+        sid = api.session()
+        record = json.loads((api.data_dir / sid / "session.json").read_text())
+        assert record["expires"] - record["created"] == 100
+        api.server.close()
+        again = start_server(session_ttl_s=100, clock=lambda: now[0], **RELAXED)
+        assert (
+            requests.get(f"{again.url}/api/files/{sid}", headers=again.headers).status_code == 200
+        )
+        now[0] += 101
+        assert (
+            requests.get(f"{again.url}/api/files/{sid}", headers=again.headers).status_code == 404
+        )
+        assert again.state.sweep() == [sid]
+        assert not (again.data_dir / sid).exists()
+
+    def test_keys_from_env_and_file(self, tmp_path: Path) -> None:
+        keys_file = tmp_path / "keys"
+        keys_file.write_text("# comment\nfile-key\n\nshared\n")
+        config = srv.ServerConfig(api_keys=("cli-key", "shared"), api_keys_file=keys_file)
+        keys = srv.resolve_api_keys(config, {"DICOMPRESSOR_API_KEYS": "env1, env2,"})
+        assert keys == ["cli-key", "shared", "env1", "env2", "file-key"]
+
+    def test_non_loopback_without_key_refused(self, tmp_path: Path, capsys: Any) -> None:
+        config = srv.ServerConfig(host="0.0.0.0", port=0, data_dir=tmp_path / "d")
+        assert srv.run_server(config, environ={}) == 2
+        assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def server_process(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Start a server in a subprocess with a generated key; return (process, url, key)."""
+    config = f"ServerConfig(port=0, data_dir=Path({str(data_dir)!r}){''.join(extra)})"
+    code = (
+        "import sys; from pathlib import Path; from dicompressor import *; "
+        f"sys.exit(run_server({config}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DICOMPRESSOR_API_KEYS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    second = proc.stdout.readline()
+    url = first.split(" on ", 1)[1].split(" ", 1)[0]
+    assert second.startswith("API key (generated, shown only now): ")
+    return proc, url, second.rsplit(" ", 1)[1].strip()
+
+
+class TestScale:
+    def test_generated_key_printed_once(self, tmp_path: Path) -> None:
+        proc, url, key = server_process(tmp_path / "d")
+        try:
+            assert (
+                requests.post(f"{url}/api/session", headers={"X-API-Key": key}).status_code == 200
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    def test_50_concurrent_clients(
+        self, start_server: Callable[..., Running], tmp_path: Path
+    ) -> None:
+        api = start_server(max_sessions=100, **RELAXED)
+        folders = [
+            sorted(synth.make_series(tmp_path / f"c{i}", n=3, seed=i + 1)) for i in range(50)
+        ]
+
+        def client(paths: list[Path]) -> tuple[int, int]:
+            with requests.Session() as http:
+                http.headers.update(api.headers)
+                sid = http.post(f"{api.url}/api/session").json()["session_id"]
+                files = [("files", (p.name, p.read_bytes())) for p in paths]
+                up = http.post(f"{api.url}/api/upload/{sid}", files=files)
+                assert up.json()["uploaded"] == 3
+                result = http.post(f"{api.url}/api/process/{sid}", json={"action": "merge"}).json()
+                assert result["success"], result
+                [out] = result["output_files"]
+                r = http.get(f"{api.url}/api/download/{sid}/{out['name']}")
+                ds = pydicom.dcmread(__import__("io").BytesIO(r.content))
+                return int(ds.NumberOfFrames), len(r.content) - out["size"]
+
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(client, folders))
+        assert results == [(3, 0)] * 50
+
+    def test_400_mb_upload_memory(self, tmp_path: Path) -> None:
+        proc, url, key = server_process(tmp_path / "d")
+        try:
+
+            def rss_kb(field: str) -> int:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith(field):
+                        return int(line.split()[1])
+                raise AssertionError(field)
+
+            headers = {"X-API-Key": key}
+            sid = requests.post(f"{url}/api/session", headers=headers).json()["session_id"]
+            idle_kb = rss_kb("VmRSS")
+            chunk = os.urandom(1 << 20)
+
+            def body() -> Iterator[bytes]:
+                yield part_head("big.dcm")
+                for _ in range(400):
+                    yield chunk
+                yield b"\r\n--xyz--\r\n"
+
+            r = requests.post(
+                f"{url}/api/upload/{sid}",
+                headers={**headers, "Content-Type": "multipart/form-data; boundary=xyz"},
+                data=body(),
+                timeout=300,
+            )
+            assert r.json() == {"uploaded": 1, "files": ["big.dcm"]}
+            peak_kb = rss_kb("VmHWM")
+            assert (tmp_path / "d" / sid / "input" / "big.dcm").stat().st_size == 400 << 20
+            assert (peak_kb - idle_kb) / 1024 < 100, (idle_kb, peak_kb)
+        finally:
+            proc.terminate()
+            proc.wait(10)
