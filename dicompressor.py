@@ -752,6 +752,9 @@ DEFAULT_MAX_UPLOAD_MB = 500
 DEFAULT_MAX_FILES = 2000
 DEFAULT_PROCESS_TIMEOUT_S = 300.0
 DEFAULT_SESSION_TTL_S = 3600.0
+#: The public VolView app; view links have the spec's form <VolView base>/?urls=<view URL>.
+DEFAULT_VOLVIEW_URL = "https://volview.kitware.app"
+DEFAULT_CORS_ORIGIN = "*"
 #: A client must send (or take) some bytes this often, or its connection is dropped.
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_SWEEP_INTERVAL_S = 60.0
@@ -5923,6 +5926,11 @@ class ServerConfig:
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     #: Worker processes an action may use inside its child process.
     jobs: int = 1
+    #: VolView: the viewer's base URL, this server's external base (behind a proxy;
+    #: None: taken from the request's Host), and the CORS origin of /api/view.
+    volview_url: str = DEFAULT_VOLVIEW_URL
+    public_url: str | None = None
+    cors_origin: str = DEFAULT_CORS_ORIGIN
     #: Wall clock (session creation and expiry, stored in session.json) and the
     #: monotonic clock of the rate buckets; injectable for tests.
     clock: Callable[[], float] = dataclasses.field(default=time.time, compare=False)
@@ -6035,13 +6043,31 @@ def listed_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _entries(files: dict[str, Path]) -> list[dict[str, Any]]:
-    """Return the spec's ``[{"name", "size"}]`` list of a listing."""
+def _entries(
+    files: dict[str, Path], link: Callable[[str], str] | None = None
+) -> list[dict[str, Any]]:
+    """Return the spec's ``[{"name", "size"}]`` list of a listing (with ``view_url``)."""
     out = []
     for name, path in files.items():
         with contextlib.suppress(OSError):
-            out.append({"name": name, "size": path.stat().st_size})
+            entry: dict[str, Any] = {"name": name, "size": path.stat().st_size}
+            if link is not None:
+                entry["view_url"] = link(name)
+            out.append(entry)
     return out
+
+
+def volview_link(volview_url: str, public_url: str, session_id: str, name: str, key: str) -> str:
+    """Return a link that opens a session file in VolView (the spec's ``?urls=`` form).
+
+    The view URL carries the key as ``?api_key=`` because VolView sends no custom
+    headers; the whole view URL is URL-encoded into VolView's ``urls`` parameter.
+    """
+    view = (
+        f"{public_url.rstrip('/')}/api/view/{quote(session_id, safe='')}/"
+        f"{quote(name, safe='/')}?api_key={quote(key, safe='')}"
+    )
+    return f"{volview_url.rstrip('/')}/?urls={quote(view, safe='')}"
 
 
 # ---- sessions and rate limits ----
@@ -6571,6 +6597,590 @@ class BodyReader:
             pass
 
 
+# ---- the OpenAPI description ----
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    """Return OpenAPI responses for error codes, each the spec's ``{"error": ...}``."""
+    meaning = {
+        400: "Bad request: invalid JSON, unknown action, no files or bad params",
+        401: "Invalid or missing API key",
+        404: "Unknown session or file",
+        405: "Method not allowed on this path",
+        409: "The session is busy with another process call",
+        413: "Upload too large, or too many files in the session",
+        429: "Rate limit exceeded (see Retry-After)",
+        503: "Maximum number of sessions reached",
+        504: "Processing exceeded the time limit",
+    }
+    out: dict[str, Any] = {}
+    for code in codes:
+        response: dict[str, Any] = {
+            "description": meaning[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        if code == 429:
+            response["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+            }
+        out[str(code)] = response
+    return out
+
+
+def _json_response(description: str, schema: str) -> dict[str, Any]:
+    """Return a 200 response with a JSON body of a component schema."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 description of every endpoint the server answers."""
+    session = {
+        "name": "session_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "Session UUID from POST /api/session",
+    }
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "A file name from output_files or GET /api/files (merged_multiframe.dcm "
+        "stands for the session's one merged file)",
+    }
+    secured = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+    auth_errors = (401, 404, 429)
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    file_responses = {
+        "200": {
+            "description": "The file",
+            "content": {"application/octet-stream": binary, "application/dicom": binary},
+        },
+        **_error_responses(*auth_errors),
+    }
+    action_names = list(ACTIONS)
+    option_names = sorted({key for keys in ACTION_OPTIONS.values() for key in keys})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "DicomPressor API",
+            "version": __version__,
+            "description": "Upload, process (merge, split, compress, anonymize, export...) "
+            "and download DICOM files. Every /api/ endpoint but health and this document "
+            "needs an API key, in the X-API-Key header or the api_key query parameter.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": {
+            "/": {
+                "get": {
+                    "summary": "The web page",
+                    "operationId": "webPage",
+                    "responses": {
+                        "200": {
+                            "description": "HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/volview/": {
+                "get": {
+                    "summary": "Redirect to the configured VolView, keeping the query",
+                    "operationId": "volviewRedirect",
+                    "parameters": [{"name": "urls", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"302": {"description": "Redirect to VolView"}},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "operationId": "openapi",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1 document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/api/health": {
+                "get": {
+                    "summary": "Health check (no key needed)",
+                    "operationId": "health",
+                    "responses": {"200": _json_response("The server is up", "Health")},
+                }
+            },
+            "/api/session": {
+                "post": {
+                    "summary": "Create a session",
+                    "operationId": "createSession",
+                    "security": secured,
+                    "responses": {
+                        "200": _json_response("The new session", "Session"),
+                        **_error_responses(401, 429, 503),
+                    },
+                }
+            },
+            "/api/session/{session_id}": {
+                "delete": {
+                    "summary": "Delete a session and its files",
+                    "operationId": "deleteSession",
+                    "security": secured,
+                    "parameters": [session],
+                    "responses": {
+                        "200": _json_response("Deleted", "Deleted"),
+                        **_error_responses(*auth_errors, 409),
+                    },
+                }
+            },
+            "/api/upload/{session_id}": {
+                "post": {
+                    "summary": "Upload DICOM files (multipart field files, several per request)",
+                    "operationId": "upload",
+                    "security": secured,
+                    "parameters": [session],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "files": {
+                                            "type": "array",
+                                            "items": {"type": "string", "format": "binary"},
+                                        }
+                                    },
+                                    "required": ["files"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_response("Files stored", "UploadResult"),
+                        **_error_responses(400, *auth_errors, 413),
+                    },
+                }
+            },
+            "/api/files/{session_id}": {
+                "get": {
+                    "summary": "List input and output files",
+                    "operationId": "listFiles",
+                    "security": secured,
+                    "parameters": [session],
+                    "responses": {
+                        "200": _json_response("The session's files", "FileList"),
+                        **_error_responses(*auth_errors),
+                    },
+                }
+            },
+            "/api/process/{session_id}": {
+                "post": {
+                    "summary": "Run an action on the uploaded files",
+                    "operationId": "process",
+                    "security": secured,
+                    "parameters": [session],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ProcessRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_response("The action ran", "ProcessResult"),
+                        **_error_responses(400, *auth_errors, 409, 504),
+                    },
+                }
+            },
+            "/api/download/{session_id}/{name}": {
+                "get": {
+                    "summary": "Download a file (attachment, application/octet-stream)",
+                    "operationId": "download",
+                    "security": secured,
+                    "parameters": [session, name],
+                    "responses": file_responses,
+                }
+            },
+            "/api/view/{session_id}/{name}": {
+                "get": {
+                    "summary": "Serve a file inline as application/dicom (for VolView; CORS)",
+                    "operationId": "view",
+                    "security": secured,
+                    "parameters": [session, name],
+                    "responses": file_responses,
+                },
+                "options": {
+                    "summary": "CORS preflight",
+                    "operationId": "viewPreflight",
+                    "parameters": [session, name],
+                    "responses": {"204": {"description": "CORS headers"}},
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                },
+                "Health": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string"},
+                        "version": {"type": "string"},
+                        "session_ttl_s": {"type": "number"},
+                    },
+                    "required": ["status", "version"],
+                },
+                "Session": {
+                    "type": "object",
+                    "properties": {"session_id": {"type": "string", "format": "uuid"}},
+                    "required": ["session_id"],
+                },
+                "Deleted": {
+                    "type": "object",
+                    "properties": {"deleted": {"type": "string"}},
+                    "required": ["deleted"],
+                },
+                "UploadResult": {
+                    "type": "object",
+                    "properties": {
+                        "uploaded": {"type": "integer", "minimum": 0},
+                        "files": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "required": ["uploaded", "files"],
+                },
+                "FileEntry": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                        "view_url": {"type": "string", "description": "Opens it in VolView"},
+                    },
+                    "required": ["name", "size"],
+                },
+                "FileList": {
+                    "type": "object",
+                    "properties": {
+                        "input": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/FileEntry"},
+                        },
+                        "output": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/FileEntry"},
+                        },
+                    },
+                    "required": ["input", "output"],
+                },
+                "ProcessRequest": {
+                    "type": "object",
+                    "properties": {
+                        "action": {"type": "string", "enum": action_names},
+                        "params": {
+                            "type": "string",
+                            "description": "anonymize: (GGGG,EEEE)=VALUE lines",
+                        },
+                        "options": {
+                            "type": "object",
+                            "description": "CLI long option names valid for the action",
+                            "propertyNames": {"enum": option_names},
+                        },
+                    },
+                    "required": ["action"],
+                },
+                "ProcessResult": {
+                    "type": "object",
+                    "properties": {
+                        "success": {"type": "boolean"},
+                        "action": {"type": "string"},
+                        "log": {"type": "string"},
+                        "output_files": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/FileEntry"},
+                        },
+                    },
+                    "required": ["success", "action", "log", "output_files"],
+                },
+            },
+        },
+    }
+
+
+# ---- the web page ----
+
+#: The page served at ``/``: plain HTML, CSS and JavaScript, no build step, no external
+#: assets. It uses the public API only (the key goes in the X-API-Key header; links for
+#: downloads and VolView carry it as ?api_key=).
+WEB_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>DicomPressor</title>
+<style>
+  body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }
+  header { background: #1d3557; color: #fff; padding: 14px 24px; }
+  header h1 { margin: 0; font-size: 20px; }
+  main { max-width: 920px; margin: 0 auto; padding: 16px 24px 48px; }
+  section { background: #fff; border-radius: 8px; padding: 14px 18px; margin: 14px 0;
+            box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+  h2 { font-size: 16px; margin: 0 0 10px; }
+  label { display: inline-block; margin: 4px 12px 4px 0; }
+  input[type=text], input[type=password], input[type=number], select, textarea {
+    font: inherit; padding: 5px 7px; border: 1px solid #b8bfcc; border-radius: 5px; }
+  textarea { width: 100%; box-sizing: border-box; min-height: 90px; font-family: monospace; }
+  button { font: inherit; padding: 6px 14px; border: 0; border-radius: 5px;
+           background: #2a6fdb; color: #fff; cursor: pointer; }
+  button:disabled { background: #9aa5b8; cursor: default; }
+  #drop { border: 2px dashed #9aa5b8; border-radius: 8px; padding: 18px; text-align: center;
+          color: #4a5568; margin: 8px 0; }
+  #drop.over { border-color: #2a6fdb; background: #eef4ff; }
+  progress { width: 100%; height: 14px; }
+  pre#log { background: #10151f; color: #d7e0ef; padding: 10px; border-radius: 6px;
+            max-height: 260px; overflow: auto; white-space: pre-wrap; margin: 0; }
+  table { border-collapse: collapse; width: 100%; }
+  td, th { text-align: left; padding: 4px 6px; border-bottom: 1px solid #e3e6ec; }
+  .error { color: #b42318; font-weight: 600; }
+  .muted { color: #6b7280; }
+  .hidden { display: none; }
+</style>
+</head>
+<body>
+<header><h1>DicomPressor</h1></header>
+<main>
+<section>
+  <h2>1. API key</h2>
+  <label>Key <input id="key" type="password" size="40" autocomplete="off"></label>
+  <button id="save-key" type="button">Remember</button>
+  <span id="key-state" class="muted"></span>
+</section>
+<section>
+  <h2>2. Files</h2>
+  <div id="drop">Drop DICOM files or a folder here, or
+    <input id="files" type="file" multiple>
+    <input id="folder" type="file" webkitdirectory multiple></div>
+  <progress id="progress" value="0" max="1"></progress>
+  <div id="upload-state" class="muted">No session yet.</div>
+  <div id="expiry" class="muted"></div>
+</section>
+<section>
+  <h2>3. Action</h2>
+  <label>Action <select id="action"></select></label>
+  <div id="opts"></div>
+  <div id="params-box" class="hidden">
+    <div class="muted">Anonymization parameters, one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
+    <textarea id="params">(0010,0010)=ANONYMOUS^PATIENT
+(0010,0020)=ANON001</textarea>
+  </div>
+  <p><button id="run" type="button">Run</button> <span id="run-state" class="muted"></span></p>
+</section>
+<section>
+  <h2>4. Log</h2>
+  <pre id="log"></pre>
+</section>
+<section>
+  <h2>5. Results</h2>
+  <table><thead><tr><th>File</th><th>Size</th><th></th><th></th></tr></thead>
+  <tbody id="results"></tbody></table>
+</section>
+</main>
+<script>
+"use strict";
+const ACTIONS = {
+  merge: [], split: [],
+  compress_lossless: [["codec", "select", ["j2k", "jpegls", "rle", "htj2k"]]],
+  compress_lossy: [["ratio", "number", "10"], ["psnr", "number", ""]],
+  decompress: [],
+  anonymize: [["profile", "select", ["basic", "none"]], ["keep_uids", "checkbox"],
+              ["keep_dates", "checkbox"], ["keep_descriptions", "checkbox"]],
+  export_png: [["image_format", "select", ["png", "jpg"]], ["window", "text", ""],
+               ["png_bits", "select", ["8", "16"]]],
+  export_video: [["fps", "number", ""], ["window", "text", ""]],
+  dicomdir: [], headers: [["format", "select", ["text", "json"]]],
+  info: [], summary: []
+};
+const BATCH = 50;
+const $ = (id) => document.getElementById(id);
+let session = null, sessionTtl = 3600, created = 0;
+
+function say(text, cls) {
+  const line = document.createElement("div");
+  if (cls) line.className = cls;
+  line.textContent = text;
+  $("log").appendChild(line);
+  $("log").scrollTop = $("log").scrollHeight;
+}
+function key() { return $("key").value.trim(); }
+async function api(method, path, body, isJson) {
+  const headers = {"X-API-Key": key()};
+  if (isJson) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {method, headers, body});
+  } catch (e) {
+    throw new Error("The server cannot be reached (" + e.message + ").");
+  }
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = null; }
+  if (!response.ok) {
+    const why = data && data.error ? data.error : response.statusText;
+    const plain = {401: "The API key was refused. Check the key above.",
+                   413: "The upload is too large.", 429: "Too many requests: wait a moment.",
+                   503: "The server is busy (too many sessions).",
+                   504: "Processing took too long and was stopped."}[response.status];
+    throw new Error((plain ? plain + " " : "") + why);
+  }
+  return data;
+}
+async function ensureSession() {
+  if (session) return session;
+  const health = await api("GET", "/api/health");
+  if (health && health.session_ttl_s) sessionTtl = health.session_ttl_s;
+  session = (await api("POST", "/api/session")).session_id;
+  created = Date.now();
+  const expires = new Date(created + sessionTtl * 1000);
+  $("expiry").textContent = "Session " + session + " expires at " + expires.toLocaleTimeString();
+  return session;
+}
+async function upload(files) {
+  if (!files.length) return;
+  try {
+    await ensureSession();
+    $("progress").max = files.length; $("progress").value = 0;
+    let done = 0;
+    for (let i = 0; i < files.length; i += BATCH) {
+      const form = new FormData();
+      for (const f of files.slice(i, i + BATCH)) form.append("files", f, f.name);
+      const result = await api("POST", "/api/upload/" + session, form, false);
+      done += result.uploaded;
+      $("progress").value = Math.min(i + BATCH, files.length);
+      $("upload-state").textContent = "Uploaded " + done + " of " + files.length + " file(s).";
+    }
+    say("[INFO] Uploaded " + done + " file(s).");
+  } catch (e) { say(e.message, "error"); $("upload-state").textContent = e.message; }
+}
+async function walk(entry, out) {
+  if (entry.isFile) {
+    await new Promise((ok) => entry.file((f) => { out.push(f); ok(); }, ok));
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((ok) => reader.readEntries(ok, () => ok([])));
+      if (!batch.length) break;
+      for (const child of batch) await walk(child, out);
+    }
+  }
+}
+function fillOptions() {
+  const action = $("action").value;
+  $("params-box").classList.toggle("hidden", action !== "anonymize");
+  const box = $("opts"); box.textContent = "";
+  for (const [name, kind, values] of ACTIONS[action]) {
+    const label = document.createElement("label");
+    label.textContent = name + " ";
+    let input;
+    if (kind === "select") {
+      input = document.createElement("select");
+      for (const v of values) {
+        const o = document.createElement("option"); o.textContent = v; input.appendChild(o);
+      }
+    } else {
+      input = document.createElement("input");
+      input.type = kind;
+      if (kind !== "checkbox") { input.value = values || ""; input.size = 8; }
+    }
+    input.dataset.option = name; input.dataset.kind = kind;
+    label.appendChild(input); box.appendChild(label);
+  }
+}
+function chosenOptions() {
+  const options = {};
+  for (const input of $("opts").querySelectorAll("[data-option]")) {
+    const name = input.dataset.option, kind = input.dataset.kind;
+    if (kind === "checkbox") { if (input.checked) options[name] = true; continue; }
+    const value = input.value.trim();
+    if (value === "") continue;
+    options[name] = (kind === "number" || name === "png_bits") ? Number(value) : value;
+  }
+  return options;
+}
+function link(text, href) {
+  const a = document.createElement("a");
+  a.textContent = text; a.href = href; a.rel = "noopener"; return a;
+}
+async function run() {
+  $("run").disabled = true; $("run-state").textContent = "Running...";
+  try {
+    if (!session) throw new Error("Upload files first.");
+    const body = {action: $("action").value, options: chosenOptions()};
+    if (body.action === "anonymize") body.params = $("params").value;
+    const result = await api("POST", "/api/process/" + session, JSON.stringify(body), true);
+    for (const line of (result.log || "").split("\\n")) {
+      if (line) say(line, line.startsWith("[ERROR]") ? "error" : "");
+    }
+    const rows = $("results"); rows.textContent = "";
+    for (const f of result.output_files) {
+      const tr = document.createElement("tr");
+      const q = "?api_key=" + encodeURIComponent(key());
+      const cells = [document.createTextNode(f.name),
+                     document.createTextNode((f.size / 1048576).toFixed(2) + " MB"),
+                     link("Download", "/api/download/" + session + "/" +
+                          encodeURIComponent(f.name) + q),
+                     f.view_url ? link("View in VolView", f.view_url)
+                                : document.createTextNode("")];
+      cells[2].className = "download"; cells[2].setAttribute("download", f.name);
+      for (const c of cells) {
+        const td = document.createElement("td"); td.appendChild(c); tr.appendChild(td);
+      }
+      rows.appendChild(tr);
+    }
+    $("run-state").textContent = result.success ? "Done." : "Finished with errors (see the log).";
+  } catch (e) { say(e.message, "error"); $("run-state").textContent = e.message; }
+  finally { $("run").disabled = false; }
+}
+for (const name of Object.keys(ACTIONS)) {
+  const o = document.createElement("option");
+  o.value = o.textContent = name; $("action").appendChild(o);
+}
+$("action").addEventListener("change", fillOptions); fillOptions();
+$("key").value = localStorage.getItem("dicompressor-key") || "";
+$("key-state").textContent = $("key").value ? "(remembered)" : "";
+$("save-key").addEventListener("click", () => {
+  localStorage.setItem("dicompressor-key", key()); $("key-state").textContent = "(remembered)";
+});
+$("files").addEventListener("change", (e) => upload(Array.from(e.target.files)));
+$("folder").addEventListener("change", (e) => upload(Array.from(e.target.files)));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", async (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  const files = [];
+  for (const item of Array.from(e.dataTransfer.items)) {
+    const entry = item.webkitGetAsEntry && item.webkitGetAsEntry();
+    if (entry) await walk(entry, files); else if (item.getAsFile()) files.push(item.getAsFile());
+  }
+  upload(files);
+});
+$("run").addEventListener("click", run);
+</script>
+</body>
+</html>
+"""
+
+
 # ---- routing and the handler ----
 
 
@@ -6585,6 +7195,9 @@ class Route:
 
 
 ROUTES = (
+    Route("GET", re.compile(r"/"), "index_page", auth=False),
+    Route("GET", re.compile(r"/volview/?"), "volview_redirect", auth=False),
+    Route("GET", re.compile(r"/api/openapi\.json"), "openapi", auth=False),
     Route("GET", re.compile(r"/api/health"), "health", auth=False),
     Route("POST", re.compile(r"/api/session"), "create_session"),
     Route("DELETE", re.compile(r"/api/session/([^/]+)"), "delete_session"),
@@ -6593,6 +7206,7 @@ ROUTES = (
     Route("POST", re.compile(r"/api/process/([^/]+)"), "process"),
     Route("GET", re.compile(r"/api/download/([^/]+)/(.+)"), "download"),
     Route("GET", re.compile(r"/api/view/([^/]+)/(.+)"), "view"),
+    Route("OPTIONS", re.compile(r"/api/view/([^/]+)/(.+)"), "view_preflight", auth=False),
 )
 
 
@@ -6656,6 +7270,10 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Answer DELETE."""
         self._dispatch("DELETE")
 
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        """Answer the CORS preflight of /api/view."""
+        self._dispatch("OPTIONS")
+
     def _dispatch(self, method: str) -> None:
         """Route one request and turn every failure into the spec's JSON error."""
         self._method = method
@@ -6670,6 +7288,7 @@ class ApiHandler(BaseHTTPRequestHandler):
                 self.state.throttle(client)
                 query = parse_qs(url.query, errors="replace")
                 key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
+                self._key = key or ""
                 if not self.state.key_ok(key):
                     raise HTTPError(
                         401,
@@ -6790,8 +7409,70 @@ class ApiHandler(BaseHTTPRequestHandler):
     # -- endpoints
 
     def route_health(self) -> None:
-        """``GET /api/health``: the server is up (no key needed)."""
-        self._send_json(200, {"status": "ok", "version": __version__})
+        """``GET /api/health``: the server is up (no key needed), and its session TTL."""
+        self._send_json(
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "session_ttl_s": self.state.config.session_ttl_s,
+            },
+        )
+
+    def route_index_page(self) -> None:
+        """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
+        body = WEB_PAGE.encode("utf-8")
+        self._start(
+            200,
+            {
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Length": str(len(body)),
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+        if self._method != "HEAD":
+            self.wfile.write(body)
+
+    def route_openapi(self) -> None:
+        """``GET /api/openapi.json``: the OpenAPI 3.1 description of this API."""
+        self._send_json(200, openapi_document(self._public_url()))
+
+    def route_volview_redirect(self) -> None:
+        """``GET /volview/?urls=...``: send the browser on to the configured VolView."""
+        query = urlsplit(self.path).query
+        target = self.state.config.volview_url.rstrip("/") + "/" + (f"?{query}" if query else "")
+        self._start(302, {"Location": target, "Content-Length": "0"})
+
+    def route_view_preflight(self, sid: str, name: str) -> None:
+        """``OPTIONS /api/view/...``: the CORS preflight VolView's browser sends."""
+        self._start(
+            204,
+            {
+                "Access-Control-Allow-Origin": self.state.config.cors_origin,
+                "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                "Access-Control-Allow-Headers": f"Authorization, {API_KEY_HEADER}, Range",
+                "Access-Control-Max-Age": "600",
+                "Content-Length": "0",
+            },
+        )
+
+    def _public_url(self) -> str:
+        """This server's base URL as clients see it (--public-url, else the Host header)."""
+        if self.state.config.public_url:
+            return self.state.config.public_url.rstrip("/")
+        host = self.headers.get("Host", "")
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,255}", host):
+            host = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        return f"http://{host}"
+
+    def _view_link(self, session: Session) -> Callable[[str], str]:
+        """Return a function giving the VolView link of a session file."""
+        base, volview = self._public_url(), self.state.config.volview_url
+        key = getattr(self, "_key", "")
+        return lambda name: volview_link(volview, base, session.id, name, key)
 
     def route_create_session(self) -> None:
         """``POST /api/session``: ``{"session_id": UUID}``."""
@@ -6813,7 +7494,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             200,
             {
                 "input": _entries(listed_files(session.input_dir)),
-                "output": _entries(listed_files(session.output_dir)),
+                "output": _entries(listed_files(session.output_dir), self._view_link(session)),
             },
         )
 
@@ -6857,7 +7538,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             outcome = run_isolated(
                 spec, session.input_dir, inputs, options, self.state.config.process_timeout_s
             )
-        self._send_json(200, process_response(spec, session, outcome))
+        answer = process_response(spec, session, outcome, self._view_link(session))
+        self._send_json(200, answer)
 
     def route_download(self, sid: str, name: str) -> None:
         """``GET /api/download/{id}/{name}``: the file as an attachment."""
@@ -6886,7 +7568,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                     else "application/dicom"
                 )
                 headers["Content-Disposition"] = f"inline; {disposition}"
-                headers["Access-Control-Allow-Origin"] = "*"
+                headers["Access-Control-Allow-Origin"] = self.state.config.cors_origin
+                headers["Access-Control-Expose-Headers"] = "Content-Disposition, Content-Length"
             else:
                 headers["Content-Type"] = "application/octet-stream"
                 headers["Content-Disposition"] = f"attachment; {disposition}"
@@ -6989,7 +7672,10 @@ def find_session_file(session: Session, name: str) -> Path:
 
 
 def process_response(
-    spec: ActionSpec, session: Session, outcome: dict[str, Any]
+    spec: ActionSpec,
+    session: Session,
+    outcome: dict[str, Any],
+    link: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Build the spec's process answer: success, action, log, output_files."""
     log = list(outcome["log"])
@@ -7009,7 +7695,7 @@ def process_response(
         "success": outcome["status"] in ("OK", "PARTIAL"),
         "action": spec.name,
         "log": "\n".join(log),
-        "output_files": _entries(files) if spec.writes_files else [],
+        "output_files": _entries(files, link) if spec.writes_files else [],
     }
 
 
@@ -7291,6 +7977,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", action="append", default=[], metavar="KEY", help="an API key (repeatable)"
     )
     server.add_argument("--api-keys-file", type=Path, metavar="FILE", help="keys, one a line")
+    server.add_argument(
+        "--volview-url",
+        default=DEFAULT_VOLVIEW_URL,
+        metavar="URL",
+        help=f"VolView base for view links ({DEFAULT_VOLVIEW_URL})",
+    )
+    server.add_argument(
+        "--public-url", metavar="URL", help="this server's external base URL (behind a proxy)"
+    )
+    server.add_argument(
+        "--cors-origin",
+        default=DEFAULT_CORS_ORIGIN,
+        metavar="ORIGIN",
+        help=f"Access-Control-Allow-Origin of /api/view ({DEFAULT_CORS_ORIGIN})",
+    )
     for flag, default, text in (
         ("--rate-limit", DEFAULT_RATE_LIMIT_PER_MIN, "API requests per minute per IP"),
         ("--session-rate-limit", DEFAULT_SESSION_RATE_LIMIT_PER_MIN, "sessions/min per IP"),
@@ -7481,6 +8182,9 @@ def main(argv: list[str] | None = None) -> int:
             process_timeout_s=args.timeout,
             session_ttl_s=args.session_ttl,
             jobs=args.jobs,
+            volview_url=args.volview_url,
+            public_url=args.public_url,
+            cors_origin=args.cors_origin,
         )
         return run_server(config)
     if args.make_sample is not None:

@@ -331,7 +331,10 @@ class TestEndpoints:
         assert "attachment" not in v.headers.get("Content-Disposition", "")
         assert v.headers["Access-Control-Allow-Origin"] == "*"
         listing = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers).json()
-        assert listing["output"] == [{"name": name, "size": len(r.content)}]
+        assert [{k: e[k] for k in ("name", "size")} for e in listing["output"]] == [
+            {"name": name, "size": len(r.content)}
+        ]
+        assert set(listing["output"][0]) == {"name", "size", "view_url"}
         d = requests.delete(f"{api.url}/api/session/{sid}", headers=api.headers)
         assert d.status_code == 200 and not (api.data_dir / sid).exists()
         gone = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers)
