@@ -6968,9 +6968,9 @@ WEB_PAGE = """<!doctype html>
 </section>
 <section>
   <h2>2. Files</h2>
-  <div id="drop">Drop DICOM files or a folder here, or
-    <input id="files" type="file" multiple>
-    <input id="folder" type="file" webkitdirectory multiple></div>
+  <div id="drop">Drop DICOM files or a folder here, or choose
+    <label>files <input id="files" type="file" multiple></label>
+    <label>a folder <input id="folder" type="file" webkitdirectory multiple></label></div>
   <progress id="progress" value="0" max="1"></progress>
   <div id="upload-state" class="muted">No session yet.</div>
   <div id="expiry" class="muted"></div>
