@@ -92,6 +92,8 @@ DONE_MARKER = ".dicompressor_done"
 LOCK_FILE = ".dicompressor_lock"
 JOURNAL_FILE = ".dicompressor_journal"
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
+#: How long --dask waits for its scheduler to answer.
+DASK_CONNECT_TIMEOUT_S = 15
 DEFAULT_SETTLE_S = 30.0
 #: A lock file still empty after this long belongs to a runner that died creating it.
 LOCK_WRITE_GRACE_S = 10.0
@@ -5462,9 +5464,31 @@ def write_json_file(path: Path, value: dict[str, Any]) -> None:
         handle.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
 
 
+def marker_done(folder: Path, action: str) -> bool:
+    """Tell whether the folder's done marker says this action finished there.
+
+    A marker of another action (``-j`` done, now ``-x``) does not skip the folder.
+    """
+    marker = folder / DONE_MARKER
+    if not marker.exists():
+        return False
+    data = read_json_file(marker)
+    if data is None:  # unreadable: do not run twice on a guess
+        return True
+    done = {data.get("action")} | {e.get("action") for e in data.get("earlier", [])}
+    return action in done or data.get("action") is None
+
+
 def write_marker(folder: Path, spec: ActionSpec, outcome: JobOutcome) -> None:
-    """Write ``.dicompressor_done`` after a job succeeded (the last thing a job does)."""
+    """Write ``.dicompressor_done`` after a job succeeded (the last thing a job does).
+
+    Markers of other actions done there before are kept under ``earlier``.
+    """
     outputs = [str(p) for p in outcome.result.outputs] if outcome.result else []
+    earlier: list[dict[str, Any]] = []
+    previous = read_json_file(folder / DONE_MARKER)
+    if previous and previous.get("action") != spec.name:
+        earlier = [*previous.pop("earlier", []), previous]
     write_json_file(
         folder / DONE_MARKER,
         {
@@ -5473,6 +5497,7 @@ def write_marker(folder: Path, spec: ActionSpec, outcome: JobOutcome) -> None:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "inputs": outcome.inputs,
             "outputs": outputs,
+            **({"earlier": earlier} if earlier else {}),
         },
     )
 
@@ -5611,13 +5636,13 @@ def run_folder_job(
         if not inputs:
             return JobOutcome(folder, 0, None, "no DICOM files in folder")
         return run_job(spec, folder, inputs, options, progress)
-    if batch.skip_if_done and (folder / DONE_MARKER).exists():
+    if batch.skip_if_done and marker_done(folder, action):
         return JobOutcome(folder, 0, None, skipped="already processed")
     lock, holder = acquire_lock(folder, batch.lock_timeout_s)
     if lock is None:
         return JobOutcome(folder, 0, None, skipped=f"locked by {holder}")
     try:
-        if batch.skip_if_done and (folder / DONE_MARKER).exists():
+        if batch.skip_if_done and marker_done(folder, action):
             return JobOutcome(folder, 0, None, skipped="already processed")
         for path in recover_folder(folder, batch.lock_timeout_s):
             LOG.warning("%s: removed %s left by an interrupted run", folder, path.name)
@@ -5681,16 +5706,26 @@ def run_jobs(
     try:
         queue = list(jobs)
         running: set[Any] = set()
+        submitted: dict[Any, Path] = {}
         limit = workers if own else max(workers, len(jobs))
         while queue or running:
             while queue and len(running) < limit and not stop.is_set():
                 folder, files = queue.pop(0)
-                running.add(pool.submit(job_function, action, folder, inner, batch, files))
+                future = pool.submit(job_function, action, folder, inner, batch, files)
+                submitted[future] = folder
+                running.add(future)
             if not running:
                 break
             done, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
-                outcome = future.result()
+                folder = submitted.pop(future)
+                try:
+                    outcome = future.result()
+                except BaseException as exc:  # a worker died, or the cluster gave up
+                    if is_fatal(exc):
+                        raise
+                    message = one_line(f"worker failed: {type(exc).__name__}: {exc}")
+                    outcome = JobOutcome(Path(folder), 0, None, message)
                 outcomes.append(outcome)
                 on_outcome(outcome)
     finally:
@@ -5734,8 +5769,8 @@ def worker_identity() -> dict[str, str]:
     return {"version": __version__, "sha256": hashlib.sha256(source).hexdigest()}
 
 
-def dask_executor(address: str) -> Any:
-    """Connect to a Dask scheduler; return (client's) executor after checking the workers.
+def dask_executor(address: str) -> tuple[Any, Any]:
+    """Connect to a Dask scheduler; return (client, executor) after checking the workers.
 
     Every worker must run the same DicomPressor (version and script bytes) as this
     driver, and see the same storage paths; a mismatch is an error, not a silent run.
@@ -5749,7 +5784,7 @@ def dask_executor(address: str) -> Any:
     import dicompressor as module  # by name, so workers can import it (not __main__)
 
     try:
-        client = Client(address, timeout=30)
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise DicomPressorError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
     mine = module.worker_identity()
@@ -5768,12 +5803,14 @@ def dask_executor(address: str) -> Any:
     different = sorted(worker for worker, ident in theirs.items() if ident != mine)
     if different:
         client.close()
+        seen = sorted({f"{theirs[w]['version']} ({theirs[w]['sha256'][:12]})" for w in different})
         raise DicomPressorError(
             f"{len(different)} Dask worker(s) run another DicomPressor than this one "
-            f"({mine['version']}, sha256 {mine['sha256'][:12]}): {', '.join(different[:5])}"
+            f"({mine['version']}, sha256 {mine['sha256'][:12]}): {', '.join(different[:5])} "
+            f"run {', '.join(seen)}"
         )
     LOG.info("Dask: %d worker(s) at %s run DicomPressor %s", len(theirs), address, __version__)
-    return client.get_executor()
+    return client, client.get_executor()
 
 
 def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
@@ -5818,7 +5855,7 @@ def watch(
             LOG.error("%s: %s", root, exc)
             folders = []
         for folder in folders:
-            if (folder / DONE_MARKER).exists():
+            if marker_done(folder, action):
                 continue
             if shard is not None and not in_shard(folder, root, *shard):
                 continue
@@ -8338,24 +8375,31 @@ def _run(
             index, count = args.shard_parsed
             jobs = [(f, files) for f, files in jobs if in_shard(f, path, index, count)]
             LOG.info("Shard %d/%d: %d job folder(s)", index, count, len(jobs))
-        executor = None
+        client = executor = None
         if args.dask:
             try:
-                executor = dask_executor(args.dask)
+                client, executor = dask_executor(args.dask)
             except DicomPressorError as exc:
                 print(f"error: {exc.message}", file=sys.stderr)
                 return EXIT_FAILED
-        outcomes = run_jobs(
-            action,
-            jobs,
-            options,
-            batch,
-            workers=args.jobs,
-            on_outcome=report,
-            stop=stop,
-            progress=lambda f: Progress(f"{spec.name} {f.name}", enabled=show_progress),
-            executor=executor,
-        )
+        if not jobs:  # an empty shard is a finished one
+            return EXIT_OK
+        try:
+            outcomes = run_jobs(
+                action,
+                jobs,
+                options,
+                batch,
+                workers=args.jobs,
+                on_outcome=report,
+                stop=stop,
+                progress=lambda f: Progress(f"{spec.name} {f.name}", enabled=show_progress),
+                executor=executor,
+            )
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
         if stop.is_set() and len(outcomes) < len(jobs):
             LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
             return EXIT_PARTIAL
