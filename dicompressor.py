@@ -955,9 +955,16 @@ class OutputFile:
     temp file is removed on any failure, so no partial output is ever left.
     """
 
-    def __init__(self, target: Path, *, replace: bool) -> None:
+    def __init__(
+        self,
+        target: Path,
+        *,
+        replace: bool,
+        on_ready: Callable[[Path], None] | None = None,
+    ) -> None:
         self.target = target
         self.replace = replace
+        self.on_ready = on_ready
         self.path: Path | None = None
         self._tmp = temp_path(target)
         self._handle: BinaryIO | None = None
@@ -974,6 +981,8 @@ class OutputFile:
                 self._handle.flush()
                 os.fsync(self._handle.fileno())
             self._handle.close()
+            if exc_type is None and self.on_ready is not None:
+                self.on_ready(self._tmp)  # complete, not yet under its final name
             if exc_type is None:
                 if self.replace:
                     os.replace(self._tmp, self.target)
@@ -993,13 +1002,47 @@ def atomic_output(target: Path) -> Iterator[BinaryIO]:
         yield handle
 
 
-def copy_unique(source: Path, folder: Path) -> Path:
-    """Copy source into folder atomically, never overwriting (``_1``, ``_2``...)."""
-    output = OutputFile(folder / source.name, replace=False)
+def copy_unique(
+    source: Path, folder: Path, *, on_ready: Callable[[Path], None] | None = None
+) -> Path:
+    """Copy source into folder atomically, never overwriting (``_1``, ``_2``...).
+
+    on_ready sees the complete temp copy before it gets its name (for the job journal).
+    """
+    output = OutputFile(folder / source.name, replace=False, on_ready=on_ready)
     with output as out, source.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
     assert output.path is not None
     return output.path
+
+
+class StopFlag:
+    """A stop request a signal handler may set (threading.Event is not signal-safe).
+
+    Event.set() takes a lock that the main thread may hold inside Event.wait() when the
+    signal arrives; this flag is a plain attribute, and wait() sleeps in short steps.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Ask to stop."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Tell whether a stop was asked for."""
+        return self._set
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep up to timeout_s, waking early when a stop is asked for."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(0.2, left))
+        return self._set
 
 
 def format_duration(seconds: float) -> str:
@@ -5414,6 +5457,7 @@ def run_job(
     inputs: list[Path],
     options: Options,
     progress: ProgressFn,
+    journal: Journal | None = None,
 ) -> JobOutcome:
     """Run an action on one job's inputs; copy results to --output-dir as the action says.
 
@@ -5438,7 +5482,9 @@ def run_job(
     if copy_after and options.output_dir is not None:
         for output in list(result.outputs):
             try:
-                copy = copy_unique(output, options.output_dir)
+                copy = copy_unique(
+                    output, options.output_dir, on_ready=journal.note_copy if journal else None
+                )
             except OSError as exc:
                 result.fail(output, f"cannot copy to {options.output_dir}: {exc.strerror}")
             else:
@@ -5587,6 +5633,54 @@ def written_by_us(path: Path) -> bool:
     return True
 
 
+class Journal:
+    """The record a job keeps in its folder while it runs (see recover_folder).
+
+    It holds the folder's entries when the job started and every copy made in
+    ``--output-dir`` (its directory, device and inode, noted before the copy gets its
+    name), so that a run killed at any moment can be undone exactly.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / JOURNAL_FILE
+        self.data: dict[str, Any] = {"pid": os.getpid(), "entries": [], "copies": []}
+
+    def start(self) -> None:
+        """Record the folder's entries as the job starts."""
+        self.data["entries"] = sorted(p.name for p in self.path.parent.iterdir())
+        write_json_file(self.path, self.data)
+
+    def note_copy(self, tmp: Path) -> None:
+        """Record a finished temp copy before it is published under its final name."""
+        info = tmp.stat()
+        self.data["copies"].append(
+            {"dir": str(tmp.parent), "device": info.st_dev, "inode": info.st_ino}
+        )
+        write_json_file(self.path, self.data)
+
+    def finish(self) -> None:
+        """The job ended (well or badly, but not killed): forget the record."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _undo_copies(copies: Sequence[dict[str, Any]], timeout_s: float) -> list[Path]:
+    """Remove the --output-dir copies a killed job made (found by device and inode)."""
+    removed: list[Path] = []
+    for folder in sorted({str(c.get("dir")) for c in copies}):
+        wanted = {(c.get("device"), c.get("inode")) for c in copies if str(c.get("dir")) == folder}
+        directory = Path(folder)
+        removed.extend(clean_stale_temp(directory, max_age_s=timeout_s))
+        with contextlib.suppress(OSError):
+            for entry in list(directory.iterdir()):
+                with contextlib.suppress(OSError):
+                    info = entry.lstat()
+                    if (info.st_dev, info.st_ino) in wanted and entry.is_file():
+                        entry.unlink()
+                        removed.append(entry)
+    return removed
+
+
 def recover_folder(folder: Path, timeout_s: float) -> list[Path]:
     """Undo what a killed run left in a job folder; return what was removed.
 
@@ -5601,6 +5695,11 @@ def recover_folder(folder: Path, timeout_s: float) -> list[Path]:
     before = read_json_file(journal)
     if before is None:
         return removed
+    marker = read_json_file(folder / DONE_MARKER)
+    if marker and journal.stat().st_mtime <= (folder / DONE_MARKER).stat().st_mtime:
+        journal.unlink()  # the job finished (its marker is newer): nothing to undo
+        return removed
+    removed.extend(_undo_copies(before.get("copies", []), timeout_s))
     known = set(before.get("entries", []))
     for entry in sorted(folder.iterdir()):
         if entry.name in known or entry.name.startswith("."):
@@ -5649,12 +5748,12 @@ def run_folder_job(
         inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
         if not inputs:
             return JobOutcome(folder, 0, None, "no DICOM files in folder")
-        entries = sorted(p.name for p in folder.iterdir())
-        write_json_file(folder / JOURNAL_FILE, {"pid": os.getpid(), "entries": entries})
-        outcome = run_job(spec, folder, inputs, options, progress)
+        journal = Journal(folder)
+        journal.start()
+        outcome = run_job(spec, folder, inputs, options, progress, journal)
         if batch.skip_if_done and outcome.status == "OK":
             write_marker(folder, spec, outcome)
-        (folder / JOURNAL_FILE).unlink()
+        journal.finish()
         return outcome
     finally:
         release_lock(lock)
@@ -5673,7 +5772,7 @@ def run_jobs(
     *,
     workers: int,
     on_outcome: Callable[[JobOutcome], None],
-    stop: threading.Event,
+    stop: StopFlag,
     progress: Callable[[Path], ProgressFn] = lambda folder: _no_progress,
     executor: Any = None,
 ) -> list[JobOutcome]:
@@ -5814,12 +5913,16 @@ def dask_executor(address: str) -> tuple[Any, Any]:
 
 
 def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Return (name, size, mtime) of the folder's candidate files: its content signature."""
+    """Return (name, size, last change) of the folder's candidate files: its signature.
+
+    The last change is the later of mtime and ctime: a copy that keeps the source's
+    mtime (``cp -p``, ``rsync -a``) still sets the ctime to when it was written.
+    """
     state = []
     for path in list_inputs(folder):
         with contextlib.suppress(OSError):
             info = path.stat()
-            state.append((path.name, info.st_size, info.st_mtime_ns))
+            state.append((path.name, info.st_size, max(info.st_mtime_ns, info.st_ctime_ns)))
     return tuple(state)
 
 
@@ -5834,7 +5937,7 @@ def watch(
     settle_s: float,
     workers: int,
     on_outcome: Callable[[JobOutcome], None],
-    stop: threading.Event,
+    stop: StopFlag,
     clock: Callable[[], float] = time.time,
     shard: tuple[int, int] | None = None,
 ) -> None:
@@ -5865,7 +5968,7 @@ def watch(
                 continue
             if not state or failed.get(folder) == state:
                 continue
-            newest_s = max(mtime for _, _, mtime in state) / 1e9
+            newest_s = max(changed for _, _, changed in state) / 1e9
             if clock() - newest_s < settle_s:
                 if folder not in waiting:
                     LOG.info(
@@ -8131,7 +8234,7 @@ def _plan_jobs(
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def _stop_on_signals(stop: StopFlag) -> Iterator[None]:
     """Make Ctrl+C and SIGTERM stop after the current job; a second Ctrl+C stops at once.
 
     The previous handlers come back afterwards (main may run inside another program).
@@ -8244,6 +8347,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--ratio must be 1 or more, not {args.ratio:g}"
     elif args.psnr is not None and args.psnr <= 0:
         problem = f"--psnr must be positive, not {args.psnr:g}"
+    elif args.watch is not None and args.watch <= 0:
+        problem = f"--watch takes a positive number of seconds, not {args.watch:g}"
+    elif args.settle < 0:
+        problem = f"--settle takes 0 or more seconds, not {args.settle:g}"
     elif args.fps is not None and args.fps <= 0:
         problem = f"--fps must be positive, not {args.fps:g}"
     elif spec.name == "export_png" and args.action_value not in IMAGE_FORMATS:
@@ -8306,7 +8413,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_if_done=args.skip_if_done or args.watch is not None,
         lock_timeout_s=args.lock_timeout,
     )
-    stop = threading.Event()
+    stop = StopFlag()
     with _stop_on_signals(stop):
         return _run(args, spec, action, path, recursive, options, batch, stop)
 
@@ -8319,7 +8426,7 @@ def _run(
     recursive: bool,
     options: Options,
     batch: BatchOptions,
-    stop: threading.Event,
+    stop: StopFlag,
 ) -> int:
     """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
     show_progress = not args.quiet and not args.json
