@@ -3888,37 +3888,55 @@ def anonymize(
     elif not replacements:
         raise DicomPressorError("--profile none with no params would change nothing")
     result = ActionResult()
-    uids = UidMap(options.uid_secret)
+    # One key for the whole call: every worker derives the same new UID for an old one.
+    options = dataclasses.replace(options, uid_secret=options.uid_secret or secrets.token_hex(16))
     label = "basic profile" if choice is not None else "params only"
     result.info(f"Anonymizing {len(inputs)} files ({label}, {len(replacements)} replacements)...")
     if choice is not None and choice.keep_descriptions:
         result.warn("descriptions are kept as they are: check them for identifying text")
-    for index, path in enumerate(inputs, 1):
-        target = anonymized_target(path, output_dir, options)
-        try:
-            target, notes = anonymize_file(
-                path, target, replacements, choice, uids, replace=options.in_place
-            )
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        except OSError as exc:
-            result.fail(path, f"cannot write {target.name}: {exc.strerror or exc}")
-        except BaseException as exc:  # a bad file fails alone
-            if is_fatal(exc):
-                raise
-            LOG.debug("unexpected error on %s", path, exc_info=True)
-            result.fail(path, f"cannot anonymize: {type(exc).__name__}: {exc}")
-        else:
-            for note in notes:
-                result.warn(note)
-            result.inputs_used += 1
-            result.outputs.append(target)
-            shown = "replaced" if options.in_place else f"-> {target.name}"
-            result.info(f"Anonymized {path.name} {shown}")
-        progress(index, len(inputs))
-    result.data["uids_replaced"] = len(uids)
+    tasks = [(path, output_dir, options, replacements, choice) for path in inputs]
+    replaced = 0
+    for path, (target, notes, count, error) in zip(
+        inputs,
+        iter_ordered(_anonymize_task, tasks, options.jobs, progress, len(tasks)),
+        strict=True,
+    ):
+        if error is not None:
+            result.fail(path, error)
+            continue
+        for note in notes:
+            result.warn(note)
+        replaced += count
+        result.inputs_used += 1
+        result.outputs.append(target)
+        shown = "replaced" if options.in_place else f"-> {target.name}"
+        result.info(f"Anonymized {path.name} {shown}")
+    result.data["uids_replaced"] = replaced
     result.info("Done.")
     return result
+
+
+def _anonymize_task(
+    task: tuple[Path, Path | None, Options, list[Replacement], ProfileChoice | None],
+) -> tuple[Path | None, list[str], int, str | None]:
+    """Worker: anonymize one file; return (output, notes, UIDs replaced, error)."""
+    path, output_dir, options, replacements, choice = task
+    target = anonymized_target(path, output_dir, options)
+    uids = UidMap(options.uid_secret)
+    try:
+        target, notes = anonymize_file(
+            path, target, replacements, choice, uids, replace=options.in_place
+        )
+    except DicomPressorError as exc:
+        return None, [], 0, exc.message
+    except OSError as exc:
+        return None, [], 0, f"cannot write {target.name}: {exc.strerror or exc}"
+    except BaseException as exc:  # a bad file fails alone
+        if is_fatal(exc):
+            raise
+        LOG.debug("unexpected error on %s", path, exc_info=True)
+        return None, [], 0, f"cannot anonymize: {type(exc).__name__}: {exc}"
+    return target, notes, len(uids), None
 
 
 def headers(
@@ -3952,34 +3970,49 @@ def headers(
         )
     suffix = ".json" if options.format == "json" else ".txt"
     result = ActionResult()
-    for index, path in enumerate(inputs, 1):
-        folder = output_dir if output_dir is not None else path.parent
-        stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-        output = OutputFile(folder / f"{stem}{suffix}", replace=False)
-        try:
-            ds, _ = read_header(path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                text = header_json(ds) if suffix == ".json" else header_text(path, ds)
-            with output as handle:
-                handle.write(text.encode("utf-8"))
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        except OSError as exc:
-            result.fail(path, f"cannot write {stem}{suffix}: {exc.strerror or exc}")
-        except BaseException as exc:
-            if is_fatal(exc):
-                raise
-            LOG.debug("unexpected error on %s", path, exc_info=True)
-            result.fail(path, f"cannot dump the header: {type(exc).__name__}: {exc}")
-        else:
-            assert output.path is not None
-            result.inputs_used += 1
-            result.outputs.append(output.path)
-            result.info(f"{path.name} -> {output.path.name}")
-        progress(index, len(inputs))
+    tasks = [(path, output_dir, suffix) for path in inputs]
+    for path, (output, error) in zip(
+        inputs,
+        iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks)),
+        strict=True,
+    ):
+        if error is not None:
+            result.fail(path, error)
+            continue
+        result.inputs_used += 1
+        result.outputs.append(output)
+        result.info(f"{path.name} -> {output.name}")
     result.info("Done.")
     return result
+
+
+def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str | None]:
+    """Worker: dump one file's header; return (output, error).
+
+    The dump is derived data, so a new run replaces the old one rather than adding
+    ``_1`` copies.
+    """
+    path, output_dir, suffix = task
+    folder = output_dir if output_dir is not None else path.parent
+    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
+    output = OutputFile(folder / f"{stem}{suffix}", replace=True)
+    try:
+        ds, _ = read_header(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            text = header_json(ds) if suffix == ".json" else header_text(path, ds)
+        with output as handle:
+            handle.write(text.encode("utf-8"))
+    except DicomPressorError as exc:
+        return None, exc.message
+    except OSError as exc:
+        return None, f"cannot write {stem}{suffix}: {exc.strerror or exc}"
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        LOG.debug("unexpected error on %s", path, exc_info=True)
+        return None, f"cannot dump the header: {type(exc).__name__}: {exc}"
+    return output.path, None
 
 
 def dicomdir(
