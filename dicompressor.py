@@ -5776,7 +5776,10 @@ def run_folder_job(
     try:
         if batch.skip_if_done and marker_done(folder, action):
             return JobOutcome(folder, 0, None, skipped="already processed")
-        for path in recover_folder(folder, batch.lock_timeout_s):
+        removed = recover_folder(folder, batch.lock_timeout_s)
+        if options.output_dir is not None:  # temps of dead runs only: safe beside others
+            removed += clean_stale_temp(options.output_dir, max_age_s=batch.lock_timeout_s)
+        for path in removed:
             LOG.warning("%s: removed %s left by an interrupted run", folder, path.name)
         inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
         if not inputs:
