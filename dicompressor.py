@@ -791,8 +791,12 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 def one_line(text: str, *, limit: int = 400) -> str:
-    """Fold a (library) message onto one line of at most limit characters."""
-    folded = " ".join(str(text).split())
+    """Fold a (library) message onto one line of at most limit characters.
+
+    A traceback some libraries embed in their messages is cut off.
+    """
+    text = str(text).split("Traceback (most recent call last)", 1)[0]
+    folded = " ".join(text.split())
     return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
@@ -1203,6 +1207,30 @@ def locate_value(path: Path, value: bytes) -> int:
     return -1
 
 
+#: Elements every action relies on, read (converted) as soon as a header is read.
+HEADER_CHECKED = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+)
+
+
+def unreadable(exc: BaseException) -> str:
+    """Describe a file pydicom could not read (one line, no traceback)."""
+    return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
+
+
 def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
@@ -1214,8 +1242,22 @@ def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
         ds = pydicom.dcmread(path, defer_size=4096)
     except InvalidDicomError as exc:
         raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
-    except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError) as exc:
-        raise DicomPressorError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+    except BaseException as exc:  # pydicom raises many types on malformed files
+        if is_fatal(exc):
+            raise
+        raise DicomPressorError(unreadable(exc)) from exc
+    try:
+        syntax = transfer_syntax_of(ds)
+        for keyword in HEADER_CHECKED:
+            ds.get(keyword)  # converted now, so a malformed value fails here, named
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        raise DicomPressorError(unreadable(exc)) from exc
+    if not syntax.is_transfer_syntax:
+        raise DicomPressorError(
+            f"(0002,0010) Transfer Syntax UID {str(syntax)!r} is not a transfer syntax"
+        )
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
@@ -1258,6 +1300,9 @@ def check_pixel_description(ds: Dataset) -> None:
             problems.append(f"{keyword} is missing")
         elif not isinstance(value, int) or value <= 0:
             problems.append(f"{keyword} value of {value!r} is invalid")
+    samples = ds.get("SamplesPerPixel", 1)
+    if not isinstance(samples, int) or not 1 <= samples <= 4:
+        problems.append(f"SamplesPerPixel value of {samples!r} is invalid (1 or 3 expected)")
     if not problems and ds.BitsAllocated not in (1, 8, 16, 32, 64):
         problems.append(f"BitsAllocated value of {ds.BitsAllocated} is not 1, 8, 16, 32 or 64")
     if not problems and ds.BitsStored > ds.BitsAllocated:
@@ -3171,7 +3216,14 @@ def merge(
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             result.info(f"Skipping {path.name}: already multi-frame ({frames} frames)")
             continue
-        uid = str(ds.get("SOPInstanceUID", ""))
+        try:
+            uid = str(ds.get("SOPInstanceUID", ""))
+            stack_key(make_slice(path, ds, location))  # malformed values fail this file
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            result.fail(path, unreadable(exc))
+            continue
         if uid and uid in seen_instances:
             result.info(
                 f"Skipping {path.name}: same SOP Instance UID as {seen_instances[uid].name}"
@@ -3196,6 +3248,12 @@ def merge(
             for s in members:
                 result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
             continue
+        except BaseException as exc:  # a malformed element read late fails the stack
+            if is_fatal(exc):
+                raise
+            for s in members:
+                result.fail(s.path, f"cannot merge series {series_uid}: {unreadable(exc)}")
+            continue
         for note in plan.order.notes:
             result.warn(f"series {series_uid}: {note}")
         name = merged_name(
@@ -3210,6 +3268,12 @@ def merge(
             continue
         except OSError as exc:
             raise DicomPressorError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            for s in members:
+                result.fail(s.path, f"cannot merge series {series_uid}: {unreadable(exc)}")
+            continue
         result.inputs_used += len(members)
         result.outputs.append(target)
         kind = uid_name(plan.dataset.SOPClassUID)
@@ -3474,6 +3538,12 @@ def split(
             split_one(path, output_dir, result)
         except DicomPressorError as exc:
             result.fail(path, exc.message)
+        except OSError as exc:
+            result.fail(path, f"cannot write: {exc.strerror or exc}")
+        except BaseException as exc:  # a malformed file fails alone
+            if is_fatal(exc):
+                raise
+            result.fail(path, unreadable(exc))
         progress(index, len(inputs))
     if not result.outputs and not result.failures:
         raise DicomPressorError("nothing to split: no multi-frame DICOM images found")
@@ -4668,6 +4738,17 @@ def _read_sources(
         if location is None or "Rows" not in ds:
             result.fail(path, "no (7FE0,0010) Pixel Data to export")
             continue
+        try:  # before anything is planned per frame: NumberOfFrames may be absurd
+            check_pixel_description(ds)
+            stored_frames(path, ds, location)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+            continue
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
+            result.fail(path, unreadable(exc))
+            continue
         readable.append((path, ds, location))
     return readable
 
@@ -5237,6 +5318,10 @@ def info(
             record = info_record(path)
         except DicomPressorError as exc:
             result.fail(path, exc.message)
+        except BaseException as exc:  # a malformed file fails alone
+            if is_fatal(exc):
+                raise
+            result.fail(path, unreadable(exc))
         else:
             records.append(record)
             if result.report:
@@ -5275,24 +5360,35 @@ def summary(
     }
     total_bytes = 0
     frames = 0
-    unreadable: list[dict[str, str]] = []
+    bad_files: list[dict[str, str]] = []
     for index, path in enumerate(inputs, 1):
         try:
             size = path.stat().st_size
             ds, _ = read_header(path)
-        except (DicomPressorError, OSError) as exc:
-            message = exc.message if isinstance(exc, DicomPressorError) else str(exc)
-            unreadable.append({"file": str(path), "error": message})
+            keys = (
+                f"{_text(ds, 'PatientName')} ({_text(ds, 'PatientID')})",
+                _text(ds, "StudyInstanceUID"),
+                _text(ds, "SeriesInstanceUID"),
+                _text(ds, "Modality") or "?",
+                uid_name(transfer_syntax_of(ds)),
+            )
+            count = number_of_frames(ds)
+        except BaseException as exc:  # a malformed file is listed, not fatal
+            if is_fatal(exc):
+                raise
+            if isinstance(exc, DicomPressorError):
+                message = exc.message
+            else:
+                message = str(exc) if isinstance(exc, OSError) else unreadable(exc)
+            bad_files.append({"file": str(path), "error": message})
             progress(index, len(inputs))
             continue
         total_bytes += size
-        frames += number_of_frames(ds)
-        patient = f"{_text(ds, 'PatientName')} ({_text(ds, 'PatientID')})"
-        counters["patients"][patient] += 1
-        counters["studies"][_text(ds, "StudyInstanceUID")] += 1
-        counters["series"][_text(ds, "SeriesInstanceUID")] += 1
-        counters["modalities"][_text(ds, "Modality") or "?"] += 1
-        counters["transfer_syntaxes"][uid_name(transfer_syntax_of(ds))] += 1
+        frames += count
+        for name, key in zip(
+            ("patients", "studies", "series", "modalities", "transfer_syntaxes"), keys, strict=True
+        ):
+            counters[name][key] += 1
         result.inputs_used += 1
         progress(index, len(inputs))
     data: dict[str, Any] = {
@@ -5307,7 +5403,7 @@ def summary(
         "per_series": dict(sorted(counters["series"].items())),
         "per_modality": dict(sorted(counters["modalities"].items())),
         "per_transfer_syntax": dict(sorted(counters["transfer_syntaxes"].items())),
-        "unreadable": unreadable,
+        "unreadable": bad_files,
     }
     result.data = data
     lines = [
@@ -5315,7 +5411,7 @@ def summary(
         f"Patients:           {data['patients']}",
         f"Studies:            {data['studies']}",
         f"Series:             {data['series']}",
-        f"Unreadable files:   {len(unreadable)}",
+        f"Unreadable files:   {len(bad_files)}",
     ]
     for title, key in (
         ("Per modality", "per_modality"),
@@ -5326,9 +5422,9 @@ def summary(
     ):
         lines.append(f"{title}:")
         lines.extend(f"  {name or '(none)'}: {count}" for name, count in data[key].items())
-    if unreadable:
+    if bad_files:
         lines.append("Unreadable:")
-        lines.extend(f"  {u['file']}: {u['error']}" for u in unreadable)
+        lines.extend(f"  {u['file']}: {u['error']}" for u in bad_files)
     result.report = lines
     return result
 
@@ -7417,6 +7513,36 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Give the connection the server's per-request socket timeout."""
         self.timeout = self.server.state.config.request_timeout_s
         super().setup()
+
+    def handle_one_request(self) -> None:
+        """Read and answer one request; a client must send its whole header in time.
+
+        The socket timeout bounds each read; a client trickling one byte at a time would
+        pass it forever, so a timer cuts the connection when the request line and
+        headers have not arrived within the request timeout.
+        """
+        deadline = threading.Timer(self.timeout or 30.0, self._cut_slow_client)
+        deadline.daemon = True
+        self._deadline = deadline
+        deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            deadline.cancel()
+
+    def _cut_slow_client(self) -> None:
+        """Close a connection whose request header did not arrive in time."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        """Parse the header; once it is in, the header deadline no longer applies."""
+        ok = super().parse_request()
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        return ok
 
     # -- plumbing
 
