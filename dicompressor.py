@@ -69,18 +69,34 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import multipart
 import numpy as np
-import pydicom
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO, DicomFileLike
-from pydicom.fileset import FileSet
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import validate_value
+
+# pydicom's test-data module imports `requests` (about 70 ms, a third of pydicom's import)
+# only to download files, which this tool never does. Hide it while pydicom loads; later
+# imports of `requests` (by the user's own code) work as usual.
+_REQUESTS_HIDDEN = "requests" not in sys.modules
+if _REQUESTS_HIDDEN:
+    sys.modules["requests"] = None  # type: ignore[assignment]
+try:
+    import pydicom
+    from pydicom import config as pydicom_config
+    from pydicom.datadict import (
+        dictionary_has_tag,
+        dictionary_VR,
+        keyword_for_tag,
+        tag_for_keyword,
+    )
+    from pydicom.dataelem import DataElement, RawDataElement
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filebase import DicomBytesIO, DicomFileLike
+    from pydicom.fileset import FileSet
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.tag import BaseTag, Tag
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.valuerep import validate_value
+finally:
+    if _REQUESTS_HIDDEN:
+        del sys.modules["requests"]
 
 __version__ = "0.1.0"
 
@@ -1449,6 +1465,8 @@ class Slice:
     orientation: tuple[float, ...] | None
     instance_number: int | None
     syntax: UID
+    #: stack_key(), once computed
+    stack: tuple[Any, ...] | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -1604,7 +1622,9 @@ def describe_spacing(distances: list[float]) -> list[str]:
     real = steps[np.abs(steps) >= 10**-GEOMETRY_DECIMALS]
     if real.size == 0:
         return notes
-    typical = float(np.median(real))
+    ordered = sorted(real.tolist())  # np.median would import numpy.ma (about 30 ms)
+    middle = len(ordered) // 2
+    typical = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     gaps = int(np.sum(real > GAP_FACTOR * typical))
     if gaps:
         notes.append(
@@ -1639,7 +1659,9 @@ def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
     Elements pydicom has not converted yet are compared as their raw bytes, so only
     elements that were already converted somewhere cost a conversion.
     """
-    items = [ds.get_item(tag, keep_deferred=True) if tag in ds else None for ds in datasets]
+    # Dataset._dict holds the raw or converted element by tag; reading it directly skips
+    # pydicom's Tag conversions, which dominate when 400 headers are compared.
+    items = [ds._dict.get(tag) for ds in datasets]
     if any(item is None for item in items):
         return False
     if not any(isinstance(item, DataElement) for item in items):
@@ -1673,13 +1695,13 @@ def _value_ok(elem: DataElement) -> bool:
 def carried_tags(ds: Dataset) -> list[int]:
     """Return the tags of the dataset's elements that merge may carry over."""
     tags = []
-    all_tags = ds.keys()
-    for tag in all_tags:
-        if tag.group in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or tag.element == 0:
+    for key in ds._dict:
+        tag = int(key)  # plain ints: BaseTag's comparisons are Python-level and slow
+        if tag >> 16 in (0x0002, 0xFFFA, 0xFFFC) or tag >= 0x7FE00000 or not tag & 0xFFFF:
             continue
         if tag in NOT_COPIED_TAGS:
             continue
-        tags.append(int(tag))
+        tags.append(tag)
     return tags
 
 
@@ -1696,11 +1718,12 @@ def partition_attributes(
     first = slices[0].header
     shared: dict[int, DataElement] = {}
     varying: set[int] = set()
+    headers = [s.header for s in slices]
     for tag in all_tags:
-        if tag not in first:
+        if tag not in first._dict:
             varying.add(tag)
             continue
-        if same_in_all([s.header for s in slices], tag):
+        if same_in_all(headers, tag):
             elem = first[tag]
             if _value_ok(elem):
                 shared[tag] = elem
@@ -1710,7 +1733,7 @@ def partition_attributes(
     for s in slices:
         values = {}
         for tag in varying:
-            if tag in s.header:
+            if tag in s.header._dict:
                 elem = s.header[tag]
                 if _value_ok(elem):
                     values[tag] = elem
@@ -3023,7 +3046,11 @@ def _write_dicomdir_in_place(fs: FileSet, file_ids: dict[str, list[str]], target
 def _read_inputs(
     inputs: Sequence[Path], result: ActionResult, progress: ProgressFn
 ) -> list[tuple[Path, Dataset, PixelLocation | None]]:
-    """Read the headers of inputs; failures are recorded and the rest returned."""
+    """Read the headers of inputs; failures are recorded and the rest returned.
+
+    (Reading them in worker processes does not pay: pickling a header back costs about as
+    much as parsing it.)
+    """
     readable = []
     for index, path in enumerate(inputs, 1):
         try:
@@ -3047,7 +3074,7 @@ def group_into_stacks(
     for series_uid in sorted(by_series, key=lambda u: _series_sort_key(by_series[u])):
         groups: dict[tuple[Any, ...], list[Slice]] = {}
         for s in by_series[series_uid]:
-            groups.setdefault(stack_key(s), []).append(s)
+            groups.setdefault(s.stack if s.stack is not None else stack_key(s), []).append(s)
         for members in sorted(groups.values(), key=len, reverse=True):
             stacks.append((series_uid, members))
     return stacks
@@ -3218,7 +3245,8 @@ def merge(
             continue
         try:
             uid = str(ds.get("SOPInstanceUID", ""))
-            stack_key(make_slice(path, ds, location))  # malformed values fail this file
+            candidate = make_slice(path, ds, location)
+            candidate.stack = stack_key(candidate)  # malformed values fail this file
         except BaseException as exc:
             if is_fatal(exc):
                 raise
@@ -3230,7 +3258,7 @@ def merge(
             )
             continue
         seen_instances[uid] = path
-        slices.append(make_slice(path, ds, location))
+        slices.append(candidate)
     if not slices:
         if not result.failures:
             raise DicomPressorError("nothing to merge: no single-frame DICOM images found")
