@@ -37,8 +37,10 @@ import bisect
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -92,7 +94,13 @@ try:
     from pydicom.fileset import FileSet
     from pydicom.sequence import Sequence as DicomSequence
     from pydicom.tag import BaseTag, Tag
-    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import (
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        generate_uid,
+    )
     from pydicom.valuerep import validate_value
 finally:
     if _REQUESTS_HIDDEN:
@@ -2046,6 +2054,105 @@ def element_bytes(elem: DataElement) -> bytes:
     return buffer.getvalue()
 
 
+def _fast_element_bytes(item: DataElement | RawDataElement) -> bytes | None:
+    """Encode one element in Explicit VR Little Endian without pydicom's writer, or None.
+
+    A raw element read from an Explicit VR Little Endian file is copied as read; a
+    converted one is encoded when it is ASCII text, numbers, AT, bytes or a sequence of
+    such items. Anything else (other character sets, ambiguous or unknown VRs, values not
+    read yet) gives None: the caller then lets pydicom write the whole dataset.
+    """
+    tag = int(item.tag)
+    if isinstance(item, RawDataElement):
+        vr = item.VR
+        if (
+            item.is_implicit_VR
+            or not item.is_little_endian
+            or not vr
+            or vr == "UN"  # pydicom would convert it to the dictionary VR
+            or item.value is None
+            or item.length == 0xFFFFFFFF
+            or len(item.value) % 2
+        ):
+            return None
+        return encode_element(tag, vr, item.value)
+    vr, value = item.VR, item.value
+    if vr == "SQ":  # lengths defined or undefined as they were read, like pydicom
+        parts = []
+        for child in value or []:
+            body = fast_dataset_bytes(child)
+            if body is None:
+                return None
+            if getattr(child, "is_undefined_length_sequence_item", False):
+                parts.append(item_header(0xFFFFFFFF) + body + item_header(0, 0xFFFEE00D))
+            else:
+                parts.append(item_header(len(body)) + body)
+        content = b"".join(parts)
+        if not item.is_undefined_length:
+            return encode_element(tag, vr, content)
+        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, b"SQ", 0xFFFFFFFF)
+        return head + content + item_header(0, 0xFFFEE0DD)
+    if item.is_undefined_length:  # encapsulated pixel data: pydicom writes it
+        return None
+    if value is None or value == "" or (isinstance(value, list) and not value):
+        return encode_element(tag, vr, b"")
+    values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    if vr in TEXT_VRS:
+        text = "\\".join(str(v) for v in values)
+        return encode_element(tag, vr, text.encode("ascii")) if text.isascii() else None
+    if vr in NUMBER_FORMATS:
+        return encode_element(tag, vr, struct.pack(f"<{len(values)}{NUMBER_FORMATS[vr]}", *values))
+    if vr == "AT":
+        return encode_element(
+            tag, vr, b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
+        )
+    if vr in BINARY_VRS and isinstance(value, (bytes, bytearray)):
+        return encode_element(tag, vr, bytes(value))
+    return None
+
+
+def fast_dataset_bytes(ds: Dataset) -> bytes | None:
+    """Encode ds (not its File Meta) in Explicit VR Little Endian, or None (see above)."""
+    parts = []
+    for tag in sorted(ds._dict):
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # retired group length (PS3.5 7.2), which pydicom does not write
+        encoded = _fast_element_bytes(ds._dict[tag])
+        if encoded is None:
+            return None
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+def encode_file(ds: Dataset) -> bytes:
+    """Return ds as a whole file: preamble, File Meta (ds.file_meta) and dataset.
+
+    Datasets in Explicit VR Little Endian (also the compressed syntaxes) are encoded by
+    fast_dataset_bytes where it can, which copies the elements that were only read; the
+    rest goes through pydicom.
+    """
+    buffer = io.BytesIO()  # not DicomBytesIO: pydicom would take its encoding from it
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    body = (
+        fast_dataset_bytes(ds)
+        if not syntax.is_implicit_VR
+        and syntax.is_little_endian
+        and not syntax.is_deflated
+        # a changed character set makes pydicom re-encode every text value
+        and ds.original_character_set == ds._character_set
+        else None
+    )
+    if body is None:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+    buffer.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(
+        DicomFileLike(buffer), ds.file_meta, enforce_standard=True
+    )
+    buffer.write(body)
+    return buffer.getvalue()
+
+
 def add_raw_sequence(ds: Dataset, tag: int, items: list[bytes]) -> None:
     """Put a sequence of encoded items into ds; pydicom writes a raw element's bytes as is."""
     value = b"".join(item_header(len(i)) + i for i in items)
@@ -2477,17 +2584,37 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     return encoded, error, int(array.size)
 
 
+def _apply_each(function: Callable[[Any], Any], tasks: list[Any]) -> list[Any]:
+    """Worker: run function on each of a batch of tasks."""
+    return [function(task) for task in tasks]
+
+
+def _batches(tasks: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Yield tasks in lists of size (the last may be shorter)."""
+    batch: list[Any] = []
+    for task in tasks:
+        batch.append(task)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def iter_ordered(
     function: Callable[[Any], Any],
     tasks: Iterable[Any],
     jobs: int,
     progress: ProgressFn,
     total: int,
+    *,
+    batch: int = 1,
 ) -> Iterator[Any]:
     """Yield function(task) in task order, from worker processes when jobs > 1.
 
     At most a few tasks per worker are in flight, so memory stays bounded however many
-    tasks (frames) there are.
+    tasks (frames) there are. batch > 1 sends tasks to the workers that many at a time:
+    for small tasks (one file's header) the round trip costs more than the work.
     """
     if jobs <= 1 or total <= 1:
         for index, task in enumerate(tasks, 1):
@@ -2497,20 +2624,25 @@ def iter_ordered(
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
+    batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
     window = 4 * jobs
     with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
         pending: deque[Any] = deque()
         done = 0
-        for task in tasks:
-            pending.append(pool.submit(function, task))
-            if len(pending) >= window:
+
+        def finish_one() -> Iterator[Any]:
+            nonlocal done
+            for result in pending.popleft().result():
                 done += 1
-                yield pending.popleft().result()
+                yield result
                 progress(done, total)
+
+        for group in _batches(tasks, batch):
+            pending.append(pool.submit(_apply_each, function, group))
+            if len(pending) >= window:
+                yield from finish_one()
         while pending:
-            done += 1
-            yield pending.popleft().result()
-            progress(done, total)
+            yield from finish_one()
 
 
 def run_tasks(
@@ -2756,8 +2888,12 @@ class ProfileChoice:
         return codes
 
 
+@functools.lru_cache(maxsize=8)
 def profile_actions(choice: ProfileChoice) -> dict[int, str]:
-    """Return tag -> action (D, Z, X, U or K) of Table E.1-1 with the chosen options."""
+    """Return tag -> action (D, Z, X, U or K) of Table E.1-1 with the chosen options.
+
+    The table is built once per choice (callers must not change it).
+    """
     actions = dict(BASIC_PROFILE)
     for tag, code in BASIC_PROFILE.items():
         vr = dictionary_VR(tag)
@@ -2782,7 +2918,7 @@ def _removed_by_rule(tag: BaseTag) -> bool:
 
 def _vr_of(ds: Dataset, tag: BaseTag) -> str:
     """Return the VR of an element, without loading its value when it is raw."""
-    item = ds.get_item(tag)
+    item = ds.get_item(tag, keep_deferred=True)
     vr = getattr(item, "VR", None)
     if vr:
         return str(vr)
@@ -2884,7 +3020,7 @@ def anonymize_file(
     renames over target (``-A``, target is the input); otherwise target is never
     overwritten (``_1``, ``_2``...).
     """
-    ds, _ = read_header(path)
+    ds, location = read_header(path)
     warnings_: list[str] = []
     if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
         warnings_.append(
@@ -2902,9 +3038,67 @@ def anonymize_file(
     ds.preamble = b"\0" * 128
     output = OutputFile(target, replace=replace)
     with output as handle:
-        pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        write_keeping_pixels(handle, ds, path, location)
     assert output.path is not None
     return output.path, warnings_
+
+
+def _verbatim_pixel_span(
+    ds: Dataset, path: Path, location: PixelLocation | None
+) -> FileSpan | None:
+    """Return the source file's whole native Pixel Data element when it can be copied.
+
+    That is when the element is still the one read (deferred, untouched), is the last
+    element, its value is native and the transfer syntax is not deflated; the element's
+    header in the file is checked against what was read.
+    """
+    raw = ds._dict.get(0x7FE00010)
+    if (
+        location is None
+        or location.offset < 0
+        or location.encapsulated
+        or not isinstance(raw, RawDataElement)
+        or raw.value is not None
+        or max(int(tag) for tag in ds._dict) != 0x7FE00010
+        or transfer_syntax_of(ds) == DEFLATED
+    ):
+        return None
+    implicit = transfer_syntax_of(ds) == ImplicitVRLittleEndian
+    little = transfer_syntax_of(ds) != ExplicitVRBigEndian
+    start = location.offset - (8 if implicit else 12)
+    if start < 0:
+        return None
+    head = read_span(path, start, location.offset - start)
+    order = "<" if little else ">"
+    if implicit:
+        expected = struct.pack("<HHL", 0x7FE0, 0x0010, location.length)
+    else:
+        expected = struct.pack(f"{order}HH2s2xL", 0x7FE0, 0x0010, head[4:6], location.length)
+        if head[4:6] not in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+            return None
+    if head != expected:
+        return None
+    return FileSpan(path, start, location.offset - start + location.length)
+
+
+def write_keeping_pixels(
+    handle: BinaryIO, ds: Dataset, source: Path, location: PixelLocation | None
+) -> None:
+    """Write ds as a file; copy its native Pixel Data element from source unread.
+
+    The header is encoded in memory and written at once; the pixel data goes from file
+    to file (by the kernel where it can). Anything else is written by pydicom whole.
+    """
+    span = _verbatim_pixel_span(ds, source, location)
+    if span is None:
+        pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        return
+    pixels = ds._dict.pop(0x7FE00010)
+    try:
+        handle.write(encode_file(ds))
+    finally:
+        ds._dict[Tag(0x7FE00010)] = pixels
+    copy_span(handle, span)
 
 
 # ---- headers ----
@@ -2921,7 +3115,7 @@ def _is_bulk(tag: BaseTag, vr: str, length: int | None) -> bool:
 
 def _raw_length(ds: Dataset, tag: BaseTag) -> int | None:
     """Return the encoded length of an element's value without loading it if possible."""
-    item = ds.get_item(tag)
+    item = ds.get_item(tag, keep_deferred=True)
     length = getattr(item, "length", None)
     if length is not None and length != 0xFFFFFFFF:
         return int(length)
@@ -2982,9 +3176,9 @@ def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
             continue
         length = _raw_length(ds, tag) if vr in BINARY_VRS else 0
         if _is_bulk(tag, vr, length):
-            encapsulated = getattr(ds.get_item(tag), "length", None) == 0xFFFFFFFF or (
-                int(tag) == 0x7FE00010 and transfer_syntax_of(ds).is_compressed
-            )
+            encapsulated = getattr(
+                ds.get_item(tag, keep_deferred=True), "length", None
+            ) == 0xFFFFFFFF or (int(tag) == 0x7FE00010 and transfer_syntax_of(ds).is_compressed)
             kind = "encapsulated, " if encapsulated else ""
             shown = f"{length} bytes" if length is not None else "undefined length"
             yield f"{head}: <bulk data elided: {kind}{shown}>"
@@ -3996,7 +4190,7 @@ def anonymize(
     replaced = 0
     for path, (target, notes, count, error) in zip(
         inputs,
-        iter_ordered(_anonymize_task, tasks, options.jobs, progress, len(tasks)),
+        iter_ordered(_anonymize_task, tasks, options.jobs, progress, len(tasks), batch=8),
         strict=True,
     ):
         if error is not None:
@@ -4071,7 +4265,7 @@ def headers(
     tasks = [(path, output_dir, suffix) for path in inputs]
     for path, (output, error) in zip(
         inputs,
-        iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks)),
+        iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks), batch=8),
         strict=True,
     ):
         if error is not None:
