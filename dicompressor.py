@@ -1255,11 +1255,13 @@ def unreadable(exc: BaseException) -> str:
     return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
 
 
-def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
+def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
     Raises DicomPressorError naming the problem when the file is not readable DICOM or
-    when its pixel data is shorter than declared (a truncated file).
+    when its pixel data is shorter than declared (a truncated file), and, with
+    check_values, when one of the HEADER_CHECKED values is malformed (the headers dump
+    reads without that check: it shows such values as unreadable).
     """
     try:
         size = path.stat().st_size
@@ -1272,7 +1274,7 @@ def read_header(path: Path) -> tuple[Dataset, PixelLocation | None]:
         raise DicomPressorError(unreadable(exc)) from exc
     try:
         syntax = transfer_syntax_of(ds)
-        for keyword in HEADER_CHECKED:
+        for keyword in HEADER_CHECKED if check_values else ():
             ds.get(keyword)  # converted now, so a malformed value fails here, named
     except BaseException as exc:
         if is_fatal(exc):
@@ -3147,14 +3149,63 @@ def _show_value(elem: DataElement) -> str:
     if value is None or value == "":
         return "(empty)"
     if isinstance(value, (bytes, bytearray)):
-        head = " ".join(f"{b:02x}" for b in value[:16])
-        return f"<{len(value)} bytes: {head}{' ...' if len(value) > 16 else ''}>"
+        return _show_bytes(value)
     if isinstance(value, (list, pydicom.multival.MultiValue)):
-        text = "\\".join(str(v) for v in value)
-    else:
-        text = str(value)
+        return _show_text("\\".join(str(v) for v in value))
+    return _show_text(str(value))
+
+
+def _show_bytes(value: bytes) -> str:
+    """Return binary data as its length and first bytes."""
+    head = " ".join(f"{b:02x}" for b in value[:16])
+    return f"<{len(value)} bytes: {head}{' ...' if len(value) > 16 else ''}>"
+
+
+def _show_text(text: str) -> str:
+    """Return text as one line, cut to DUMP_VALUE_CHARS."""
+    if not text:
+        return "(empty)"
     text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= DUMP_VALUE_CHARS else text[: DUMP_VALUE_CHARS - 3] + "..."
+
+
+#: How pydicom cleans each VR's text when it converts a value (pydicom.values), for
+#: values shown straight from the bytes read: the padding stripped from the whole
+#: value, from each value, or both ends of each value.
+_STRIP_WHOLE = frozenset("AS CS DA DT TM UI LT ST UT PN".split())  # noqa: SIM905
+_STRIP_EACH_RIGHT = frozenset("LO SH UC".split())  # noqa: SIM905
+_STRIP_EACH_BOTH = frozenset("AE DS IS".split())  # noqa: SIM905
+
+
+def _show_raw(item: RawDataElement) -> str | None:
+    """Return the dump of a raw value as its conversion would show it, or None.
+
+    ASCII text and numbers are shown from the bytes read, which is several times faster
+    than converting them; anything else (other characters, AT, UN, odd sizes) gives
+    None and is converted by pydicom.
+    """
+    vr, data = item.VR, item.value
+    if data is None or not vr or vr == "UN":
+        return None
+    if vr in NUMBER_FORMATS:
+        size = struct.calcsize("<" + NUMBER_FORMATS[vr])
+        if len(data) % size:
+            return None
+        order = "<" if item.is_little_endian else ">"
+        numbers = struct.unpack(f"{order}{len(data) // size}{NUMBER_FORMATS[vr]}", data)
+        return _show_text("\\".join(str(n) for n in numbers))
+    if vr in BINARY_VRS:
+        return _show_bytes(data) if data else "(empty)"
+    if not data.isascii():
+        return None
+    text = data.decode("ascii")
+    if vr in _STRIP_WHOLE:
+        return _show_text(text.rstrip("\0 "))
+    if vr in _STRIP_EACH_RIGHT:
+        return _show_text("\\".join(v.rstrip("\0 ") for v in text.split("\\")))
+    if vr in _STRIP_EACH_BOTH:
+        return _show_text("\\".join(v.strip() for v in text.rstrip("\0 ").split("\\")))
+    return None
 
 
 def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
@@ -3163,10 +3214,11 @@ def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
     tags = ds.keys()
     for tag in tags:
         vr = _vr_of(ds, tag)
-        name = keyword_for_tag(tag) or ("PrivateCreator" if tag.is_private_creator else "")
-        if not name:
-            name = f"[{ds[tag].name}]" if tag.is_private else "[unknown]"
-        head = f"{indent}{_tag_text(int(tag))} {vr} {name}"
+        if tag.is_private:  # the name depends on the private creator
+            name = "PrivateCreator" if tag.is_private_creator else f"[{ds[tag].name}]"
+            head = f"{indent}{_tag_text(int(tag))} {vr} {name}"
+        else:
+            head = indent + _public_head(int(tag), vr)
         if vr == "SQ":
             items = ds[tag].value or []
             yield f"{head}: {len(items)} item(s)"
@@ -3183,8 +3235,18 @@ def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
             shown = f"{length} bytes" if length is not None else "undefined length"
             yield f"{head}: <bulk data elided: {kind}{shown}>"
             continue
-        elem = ds[tag]
-        yield f"{head}: {_show_value(elem) if _value_ok(elem) else '<unreadable value>'}"
+        raw = ds._dict[tag]
+        shown = _show_raw(raw) if isinstance(raw, RawDataElement) else None
+        if shown is None:
+            elem = ds[tag]
+            shown = _show_value(elem) if _value_ok(elem) else "<unreadable value>"
+        yield f"{head}: {shown}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_head(tag: int, vr: str) -> str:
+    """Return ``(GGGG,EEEE) VR Keyword`` of a public tag (the same in every file)."""
+    return f"{_tag_text(tag)} {vr} {keyword_for_tag(tag) or '[unknown]'}"
 
 
 def header_text(path: Path, ds: Dataset) -> str:
@@ -4289,7 +4351,7 @@ def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str
     stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
     output = OutputFile(folder / f"{stem}{suffix}", replace=True)
     try:
-        ds, _ = read_header(path)
+        ds, _ = read_header(path, check_values=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             text = header_json(ds) if suffix == ".json" else header_text(path, ds)

@@ -7,7 +7,7 @@ import pytest
 from conftest import hash_files
 from pydicom.dataset import Dataset
 
-from dicompressor import DicomPressorError, Options, headers
+from dicompressor import DicomPressorError, Options, _show_raw, _show_value, headers
 
 BULK = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData")
 
@@ -54,6 +54,38 @@ class TestText:
         result = headers([bad, *paths], tmp_path / "out", Options())
         assert result.failures == [(bad, "not a DICOM file (no DICM prefix or File Meta)")]
         assert [p.name for p in result.outputs] == [paths[0].stem + ".txt"]
+
+    def test_values_shown_from_bytes_match_pydicom(self, make_series):
+        """Values shown straight from the bytes read equal pydicom's converted values."""
+        import warnings
+        from pathlib import Path
+
+        from pydicom.data import get_testdata_file
+        from pydicom.dataelem import RawDataElement
+
+        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+        checked = 0
+        for path in [*sorted(folder.glob("*.dcm")), *make_series("s", n=2)]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    ds = pydicom.dcmread(path, defer_size=4096)
+                except Exception:  # files pydicom cannot read at all
+                    continue
+                for tag in list(ds.keys()):
+                    raw = ds._dict[tag]
+                    if not isinstance(raw, RawDataElement):
+                        continue
+                    shown = _show_raw(raw)
+                    if shown is None:
+                        continue
+                    try:
+                        expected = _show_value(ds[tag])
+                    except Exception:  # a value pydicom cannot convert
+                        continue
+                    assert shown == expected, (path.name, tag)
+                    checked += 1
+        assert checked > 1000
 
 
 class TestJson:
