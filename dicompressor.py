@@ -8976,10 +8976,26 @@ def _run(
     return exit_code(outcomes)
 
 
+def run_main(argv: list[str] | None = None) -> int:
+    """Run main(); a closed standard output (``dicompressor ... | head``) ends it quietly.
+
+    The exception unwinds the job under way like an interrupt (its temp files are
+    removed, the journal undoes its outputs), and the exit code is 1.
+    """
+    try:
+        return main(argv)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # no second error when Python flushes at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        LOG.warning("standard output closed: stopped")
+        return EXIT_FAILED
+
+
 def main_entry() -> None:
     """Console-script entry point (``dicompressor``)."""
-    sys.exit(main())
+    sys.exit(run_main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

@@ -246,3 +246,25 @@ class TestOutputFlags:
         code, out, err = run_cli(action, "-f", target)
         assert code == 0
         assert "\r" not in err and "\r" not in out
+
+
+def test_closed_stdout_ends_quietly(make_series, tmp_path):
+    """``dicompressor ... | head``: no traceback, exit 1, no temp files left."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for index in range(4):
+        make_series(f"s{index}", n=2)[0].parent.rename(root / f"f{index}")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    argv = [sys.executable, dicompressor.__file__, "-t", "-f", str(root), "--jobs", "1"]
+    child = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    os.close(write_end)
+    err = child.stderr.decode()
+    assert "Traceback" not in err
+    assert "standard output closed" in err
+    assert child.returncode == 1
+    assert not [p for p in root.rglob("*") if p.name.endswith(".part")]
