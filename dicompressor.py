@@ -764,6 +764,19 @@ DUMP_VALUE_CHARS = 160
 FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
 MAX_FILE_ID_COMPONENTS = 8
 DICOMDIR_COPY_SUFFIX = "_DICOMDIR"
+#: Values put in a directory record (never in the file) when an instance lacks a key
+#: PS3.3 F.5 makes Type 1 there: anonymized files have empty Study Date, Time and ID.
+DICOMDIR_PLACEHOLDERS = {
+    "PatientID": "UNKNOWN",
+    "StudyDate": "19000101",
+    "StudyTime": "000000",
+    "StudyID": "UNKNOWN",
+    "SeriesNumber": "0",
+    "InstanceNumber": "0",
+    "ContentDate": "19000101",
+    "ContentTime": "000000",
+    "InstanceCreationDate": "19000101",
+}
 
 
 # ---- the REST API (--serve) ----
@@ -3269,6 +3282,41 @@ def header_json(ds: Dataset) -> str:
 # ---- DICOMDIR ----
 
 
+def add_with_placeholders(fs: FileSet, path: Path) -> tuple[Any, list[str]]:
+    """Add an instance whose directory records lack Type 1 keys; return (it, the keys).
+
+    The records are built from a copy of the header with the DICOMDIR_PLACEHOLDERS
+    value of each key a record creator finds missing or empty (as dcmmkdir's "invent"
+    option does); the file itself is referenced, or copied, unchanged.
+    """
+    from pydicom.fileset import RecordNode
+
+    ds = pydicom.dcmread(path)
+    probe = Dataset(dict(ds._dict))  # a new element dict: the file's dataset is kept
+    probe.file_meta = ds.file_meta
+    filled: list[str] = []
+    while True:  # pydicom's own record creators (PS3.3 F.5) name the key they miss
+        try:
+            records = list(fs._recordify(probe))
+            break
+        except ValueError as exc:
+            missing = [
+                k for k in DICOMDIR_PLACEHOLDERS if str(Tag(k)) in str(exc) and k not in filled
+            ]
+            if not missing:
+                raise
+            setattr(probe, missing[0], DICOMDIR_PLACEHOLDERS[missing[0]])
+            filled.append(missing[0])
+    node = None
+    for record in records:
+        child = RecordNode(record)
+        if node is not None:
+            child.parent = node
+        node = child
+    assert node is not None
+    return fs.add_custom(ds, node), filled
+
+
 def is_conformant_file_id(parts: Sequence[str]) -> bool:
     """Tell whether path components form a File ID (PS3.10 8.2: <= 8 of A-Z 0-9 _, <= 8)."""
     return 0 < len(parts) <= MAX_FILE_ID_COMPONENTS and all(
@@ -4405,12 +4453,19 @@ def dicomdir(
     result = ActionResult()
     fs = FileSet()
     file_ids: dict[str, list[str]] = {}
+    invented: Counter[str] = Counter()
     for index, path in enumerate(inputs, 1):
         try:
             read_header(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                instance = fs.add(path)
+                try:
+                    instance = fs.add(path)
+                except ValueError as exc:  # a Type 1 record key is missing or empty
+                    if "record creator" not in str(exc):
+                        raise
+                    instance, filled = add_with_placeholders(fs, path)
+                    invented.update(filled)
         except DicomPressorError as exc:
             result.fail(path, exc.message)
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
@@ -4419,6 +4474,12 @@ def dicomdir(
             file_ids[instance.SOPInstanceUID] = list(path.relative_to(root).parts)
             result.inputs_used += 1
         progress(index, len(inputs))
+    if invented:
+        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
+        result.warn(
+            f"directory records got placeholder values for keys the files lack: {keys}; "
+            "the files themselves are unchanged (anonymized files empty these)"
+        )
     if not file_ids:
         return result
     in_place = output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values())

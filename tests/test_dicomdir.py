@@ -96,3 +96,38 @@ class TestCopy:
         result = dicomdir([*paths, bad], None, Options())
         assert result.failures == [(bad, "not a DICOM file (no DICM prefix or File Meta)")]
         assert len(instances_found(paths[0].parent / "DICOMDIR")) == 2
+
+
+class TestAnonymized:
+    """Anonymized files (empty Study Date, Time and ID) still go into a DICOMDIR."""
+
+    def test_anonymized_series(self, make_series, tmp_path):
+        from dicompressor import anonymize
+
+        anonymized = anonymize(make_series("A", n=3), tmp_path / "anon", Options()).outputs
+        assert all(pydicom.dcmread(p).StudyDate == "" for p in anonymized)
+        paths = conformant_names(anonymized)
+        before = hash_files(paths)
+        result = dicomdir(paths, None, Options())
+        assert not result.failures
+        target = paths[0].parent / "DICOMDIR"
+        assert result.outputs == [target]
+        assert any("placeholder" in line and "StudyDate" in line for line in result.log)
+        assert hash_files(paths) == before  # the files keep their empty values
+        assert dciodvfy_errors(target) == []
+        assert tool_exit_code("dcmdump", target) == 0
+        assert instances_found(target) == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+        study = next(r for r in FileSet(target)._tree if r.record_type == "STUDY")
+        assert study._record.StudyDate == "19000101"
+
+    def test_anonymized_copy_keeps_files(self, make_series, tmp_path):
+        from dicompressor import anonymize
+
+        anonymized = anonymize(make_series("B", n=2), tmp_path / "anon", Options()).outputs
+        result = dicomdir(anonymized, tmp_path / "out", Options())
+        assert not result.failures
+        copies = [p for p in result.outputs if p.name != "DICOMDIR"]
+        assert len(copies) == 2
+        for copy in copies:
+            assert pydicom.dcmread(copy).StudyDate == ""  # unchanged: only records invent
+        assert dciodvfy_errors(result.outputs[0]) == []
