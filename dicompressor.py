@@ -396,7 +396,7 @@ CODECS: dict[str, Codec] = {
     "j2k": Codec("j2k", UID("1.2.840.10008.1.2.4.90"), "_jll", "pylibjpeg-openjpeg"),
     "jpegls": Codec("jpegls", UID("1.2.840.10008.1.2.4.80"), "_jls", "pyjpegls"),
     "rle": Codec("rle", UID("1.2.840.10008.1.2.5"), "_rle", "pylibjpeg-rle"),
-    "htj2k": Codec("htj2k", UID("1.2.840.10008.1.2.4.201"), "_htj2k", "an HTJ2K encoder"),
+    "htj2k": Codec("htj2k", UID("1.2.840.10008.1.2.4.201"), "_htj2k", "imagecodecs"),
 }
 #: JPEG 2000 (lossy allowed), the syntax of ``-z`` (PS3.5 A.4.4).
 J2K_LOSSY = UID("1.2.840.10008.1.2.4.91")
@@ -2566,6 +2566,29 @@ def decode_stored_frame(
     return array
 
 
+def htj2k_encoder() -> Callable[..., bytes] | None:
+    """Return imagecodecs' HTJ2K encoder (OpenJPH), or None when it is not installed."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    encoder = getattr(imagecodecs, "htj2k_encode", None)
+    available = getattr(getattr(imagecodecs, "HTJ2K", None), "available", encoder is not None)
+    return encoder if available else None
+
+
+def htj2k_encode(array: np.ndarray) -> bytes:
+    """Encode a frame as an HTJ2K lossless codestream (PS3.5 A.4.6, ...4.201).
+
+    Reversible 5/3 wavelet, no multi-component transform (so RGB stays RGB and the
+    Photometric Interpretation is unchanged, as for ``--codec j2k``).
+    """
+    encoder = htj2k_encoder()
+    if encoder is None:
+        raise DicomPressorError("no HTJ2K encoder: pip install imagecodecs")
+    return bytes(encoder(np.ascontiguousarray(array), reversible=True, rgb=False))
+
+
 def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     """Worker: decode a frame, encode it when asked; return (bytes, squared error, samples).
 
@@ -2582,6 +2605,8 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     if job.psnr is not None:
         kwargs["j2k_psnr"] = [job.psnr]
     try:
+        if job.target_syntax == CODECS["htj2k"].syntax:
+            return htj2k_encode(array), 0.0, 0
         encoded = pydicom.pixels.get_encoder(UID(job.target_syntax)).encode(array, **kwargs)
         if job.ratio is None and job.psnr is None:
             return encoded, 0.0, 0
@@ -4173,14 +4198,12 @@ def compress_lossless(
     codec = CODECS.get(options.codec)
     if codec is None:
         raise DicomPressorError(f"unknown codec {options.codec!r}: use one of {', '.join(CODECS)}")
-    try:
-        pydicom.pixels.get_encoder(codec.syntax)
-    except (NotImplementedError, ValueError) as exc:
-        raise DicomPressorError(
-            f"no encoder for {uid_name(codec.syntax)} is installed ({codec.package}); "
-            "pydicom 3.0 can decode HTJ2K but not encode it: use --codec j2k or jpegls"
-        ) from exc
-    if not pydicom.pixels.get_encoder(codec.syntax).is_available:
+    if codec.name == "htj2k":  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
+        if htj2k_encoder() is None:
+            raise DicomPressorError(
+                f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
+            )
+    elif not pydicom.pixels.get_encoder(codec.syntax).is_available:
         raise DicomPressorError(
             f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
         )

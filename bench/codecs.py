@@ -14,7 +14,8 @@ with ``dicompressor.py -j``. Neither step is timed. Each contender then runs on 
 inputs, the folder of single-frame files and the multi-frame file:
 
 * dicompressor ``-x`` (JPEG 2000 lossless), also with ``--jobs 1``; ``-z`` (JPEG 2000
-  lossy, ratio 10); ``-x --codec jpegls``; ``-u`` on the ``-x`` output;
+  lossy, ratio 10); ``-x --codec jpegls`` and ``--codec htj2k``; ``-u`` on the ``-x``
+  output and on the HTJ2K output;
 * GDCM ``gdcmconv --j2k``, ``--jpegls`` and ``--raw`` (on dicompressor's ``-x`` output);
 * dcmtk ``dcmcjpeg +e1`` (lossless JPEG, SV1) and ``dcmcjpls +el`` (JPEG-LS lossless).
 
@@ -128,7 +129,7 @@ class Contender:
     """One way of transcoding an input; argv is built per run (fresh output folder)."""
 
     name: str
-    source: str  # "original" or "jll" (dicompressor's -x output)
+    source: str  # "original", "jll" (dicompressor's -x output) or "htj" (-x --codec htj2k)
     kind: str  # "dicompressor" or "tool"
     args: list[str] = field(default_factory=list)  # dicompressor options, or the tool argv
     lossless: bool = True
@@ -171,6 +172,13 @@ def contenders(script: Path, tools: dict[str, str | None]) -> list[Contender]:
         Contender(
             "dicompressor -x jpegls", "original", "dicompressor", ["-x", "--codec", "jpegls"]
         ),
+        Contender(
+            "dicompressor -x htj2k",
+            "original",
+            "dicompressor",
+            ["-x", "--codec", "htj2k"],
+            keep_as="htj",
+        ),
     ]
     if tools["gdcmconv"]:
         found += [
@@ -182,6 +190,7 @@ def contenders(script: Path, tools: dict[str, str | None]) -> list[Contender]:
     if tools["dcmcjpls"]:
         found.append(Contender("dcmcjpls +el", "original", "tool", [tools["dcmcjpls"], "+el"]))
     found.append(Contender("dicompressor -u", "jll", "dicompressor", ["-u"]))
+    found.append(Contender("dicompressor -u (htj2k)", "htj", "dicompressor", ["-u"]))
     if tools["gdcmconv"]:
         found.append(Contender("gdcmconv --raw", "jll", "tool", [tools["gdcmconv"], "--raw"]))
     for c in found:

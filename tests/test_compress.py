@@ -39,12 +39,14 @@ J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 J2K_LOSSY = "1.2.840.10008.1.2.4.91"
 JLS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 RLE = "1.2.840.10008.1.2.5"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
 EVRLE = "1.2.840.10008.1.2.1"
 #: codec name -> (transfer syntax, output suffix)
 CODEC_TARGETS = {
     "j2k": (J2K_LOSSLESS, "_jll"),
     "jpegls": (JLS_LOSSLESS, "_jls"),
     "rle": (RLE, "_rle"),
+    "htj2k": (HTJ2K_LOSSLESS, "_htj2k"),
 }
 
 
@@ -407,14 +409,40 @@ class TestLossless:
             assert code == 0, out + err
             assert_same_pixels(small, tmp_path / f"small{CODEC_TARGETS[codec][1]}.dcm")
 
-    def test_htj2k_has_no_encoder(self, tmp_path: Path) -> None:
-        source = write_image(tmp_path / "img.dcm")
-        code, out, err = run("-x", "--codec", "htj2k", "-f", source)
-        assert code == 1, out + err
-        text = [ln for ln in (out + err).splitlines() if ln.strip()]
+    def test_htj2k_without_imagecodecs(self, tmp_path: Path) -> None:
+        """With imagecodecs hidden, --codec htj2k fails in one line naming the package."""
+        import subprocess
+        import sys
+
+        shim = tmp_path / "shim" / "imagecodecs"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+        source = write_image(tmp_path / "data" / "img.dcm")
+        env = {**os.environ, "PYTHONPATH": str(shim.parent)}
+        script = Path(__file__).resolve().parents[1] / "dicompressor.py"
+        proc = subprocess.run(
+            [sys.executable, str(script), "-x", "--codec", "htj2k", "-f", str(source)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        text = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
         assert len(text) == 1, text
-        assert "encoder" in text[0] and ("HTJ2K" in text[0] or "High-Throughput" in text[0])
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["img.dcm"]
+        assert "High-Throughput JPEG 2000" in text[0] and "pip install imagecodecs" in text[0]
+        assert sorted(p.name for p in source.parent.iterdir()) == ["img.dcm"]
+
+    def test_htj2k_is_lossless_reversible_without_colour_transform(self, lossless_runs) -> None:
+        """The HTJ2K frames are reversible codestreams (COD: 5/3 wavelet, no MCT)."""
+        folder, code, out, err, _ = lossless_runs("htj2k")
+        ds = read(folder / "rgb_65x47_htj2k.dcm")
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        cod = frame.index(b"\xff\x52")
+        assert frame[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: a bare codestream
+        assert frame[cod + 8] == 0  # multiple component transform: none
+        assert frame[cod + 13] == 1  # wavelet: 5/3 reversible
+        assert ds.PhotometricInterpretation == "RGB"
 
     def test_invalid_element_value_fails_only_that_file(self, tmp_path: Path) -> None:
         """pydicom's badVR.dcm holds an IS value '1A': compress it as is, or fail it alone."""
