@@ -310,6 +310,33 @@ def run_contender(
     return result, kept
 
 
+def decode_floor(files: list[Path], sample: int = 24) -> tuple[float, int, float]:
+    """Time openjpeg decoding sampled JPEG 2000 frames on one core, in this process.
+
+    Return (ms per frame, frames in all, seconds for all of them spread evenly over
+    every core): no -u can beat that floor with this decoder, whatever it does around it.
+    """
+    import os
+
+    import openjpeg
+    from pydicom.encaps import generate_frames
+
+    frames: list[bytes] = []
+    total = 0
+    for path in files:
+        ds = pydicom.dcmread(path)
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        total += count
+        if len(frames) < sample:
+            frames.extend(generate_frames(ds.PixelData, number_of_frames=count))
+    frames = frames[:sample]
+    start = time.perf_counter()
+    for frame in frames:
+        openjpeg.decode(frame)
+    per_frame = (time.perf_counter() - start) / max(1, len(frames))
+    return per_frame * 1000, total, per_frame * total / (os.cpu_count() or 1)
+
+
 # ---- report ----
 
 
@@ -461,6 +488,14 @@ def main(argv: list[str] | None = None) -> int:
         lines, checks = report(results)
         print()
         print("\n".join(lines))
+        for case in args.cases:
+            jll = inputs[case][0].get("jll")
+            if jll:
+                ms, frames, floor_s = decode_floor(jll)
+                print(
+                    f"decode floor ({case}): openjpeg takes {ms:.1f} ms per frame on one core; "
+                    f"{frames} frames over every core take at least {floor_s:.2f} s"
+                )
         print("\ncommands (<in>: the input folder; <out>: a fresh folder per run):")
         for r in results:
             print(f"  {r.case:<6} {r.contender:<26} {r.command}")
