@@ -993,7 +993,9 @@ class OutputFile:
 
     ``replace=True`` renames over the target (``-X``: replace the input atomically);
     otherwise the target is never overwritten and ``path`` tells the name it got. The
-    temp file is removed on any failure, so no partial output is ever left.
+    temp file is removed on any failure, so no partial output is ever left. Outputs are
+    synced to disk before they get their name, except derived text (``durable=False``:
+    header dumps, which a rerun makes again), where a power cut may leave an empty file.
     """
 
     def __init__(
@@ -1002,10 +1004,12 @@ class OutputFile:
         *,
         replace: bool,
         on_ready: Callable[[Path], None] | None = None,
+        durable: bool = True,
     ) -> None:
         self.target = target
         self.replace = replace
         self.on_ready = on_ready
+        self.durable = durable
         self.path: Path | None = None
         self._tmp = temp_path(target)
         self._handle: BinaryIO | None = None
@@ -1020,7 +1024,8 @@ class OutputFile:
         try:
             if exc_type is None:
                 self._handle.flush()
-                os.fsync(self._handle.fileno())
+                if self.durable:
+                    os.fsync(self._handle.fileno())
             self._handle.close()
             if exc_type is None and self.on_ready is not None:
                 self.on_ready(self._tmp)  # complete, not yet under its final name
@@ -4420,7 +4425,7 @@ def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str
     path, output_dir, suffix = task
     folder = output_dir if output_dir is not None else path.parent
     stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-    output = OutputFile(folder / f"{stem}{suffix}", replace=True)
+    output = OutputFile(folder / f"{stem}{suffix}", replace=True, durable=False)
     try:
         ds, _ = read_header(path, check_values=False)
         with warnings.catch_warnings():
