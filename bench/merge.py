@@ -584,6 +584,23 @@ def profile_once(script: Path, folder: Path, log: Path, top: int = 15) -> list[s
 # ---- main ----
 
 
+def print_start_cost(script: Path, results: list[Result], log: Path, repeat: int) -> None:
+    """Print what ``dicompressor.py -c`` (start, imports, compiling the script) costs.
+
+    That fixed cost is paid before the first slice is read; next to dcmulti's whole merge
+    it shows how much of the wall-time target is left for the merge itself.
+    """
+    walls = sorted(measure([sys.executable, str(script), "-c"], log).wall_s for _ in range(repeat))
+    start = walls[len(walls) // 2]
+    print(f"\nstart-up alone (`{script.name} -c`: Python, imports, compiling): {start:.3f} s")
+    for r in results:
+        if r.contender.startswith("dcmulti") and r.wall_s > 0:
+            print(
+                f"  n={r.slices}: {start / r.wall_s:.2f}x dcmulti's whole merge "
+                f"({r.wall_s:.3f} s); left for merging within 2x: {2 * r.wall_s - start:.3f} s"
+            )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -718,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         lines, checks = report(results)
         print()
         print("\n".join(lines))
+        print_start_cost(first_script, results, log, args.repeat)
         if profile:
             print(
                 f"\ncProfile of one merge by {next(iter(sources.values()))} "
