@@ -4419,13 +4419,14 @@ def headers(
 def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str | None]:
     """Worker: dump one file's header; return (output, error).
 
-    The dump is derived data, so a new run replaces the old one rather than adding
-    ``_1`` copies.
+    Beside its file the dump is derived data, so a new run replaces the old one rather
+    than adding ``_1`` copies. In --output-dir, where files of several folders may share
+    a name, a dump never overwrites another (``_1``, ``_2``).
     """
     path, output_dir, suffix = task
     folder = output_dir if output_dir is not None else path.parent
     stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-    output = OutputFile(folder / f"{stem}{suffix}", replace=True, durable=False)
+    output = OutputFile(folder / f"{stem}{suffix}", replace=output_dir is None, durable=False)
     try:
         ds, _ = read_header(path, check_values=False)
         with warnings.catch_warnings():

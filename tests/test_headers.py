@@ -87,6 +87,27 @@ class TestText:
                     checked += 1
         assert checked > 1000
 
+    def test_output_dir_never_overwrites(self, make_series, tmp_path):
+        """Files of two folders with the same names: both dumps kept in --output-dir."""
+        from conftest import run_cli
+
+        root = tmp_path / "root"
+        root.mkdir()
+        for name in ("a", "b"):
+            folder = make_series(name, n=1)[0].parent
+            for path in folder.iterdir():
+                path.rename(folder / "IM1.dcm")
+            folder.rename(root / name)
+        out = tmp_path / "dumps"
+        code, _, err = run_cli("-t", "-f", root, "--output-dir", out)
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["IM1.txt", "IM1_1.txt"]
+        sources = {p.read_text().split("\n")[0] for p in out.iterdir()}
+        assert sources == {"# IM1.dcm"}
+        dumped = {line for p in out.iterdir() for line in p.read_text().splitlines()}
+        uids = {pydicom.dcmread(root / n / "IM1.dcm").SOPInstanceUID for n in ("a", "b")}
+        assert all(any(uid in line for line in dumped) for uid in uids)
+
 
 class TestJson:
     """--format json: the DICOM JSON Model without bulk data, read back equal."""
