@@ -2590,7 +2590,7 @@ def htj2k_encode(array: np.ndarray) -> bytes:
     """
     encoder = htj2k_encoder()
     if encoder is None:
-        raise DicomPressorError("no HTJ2K encoder: pip install imagecodecs")
+        raise DicomPressorError("no HTJ2K encoder: pip install 'imagecodecs>=2026.1'")
     return bytes(encoder(np.ascontiguousarray(array), reversible=True, rgb=False))
 
 
@@ -4206,7 +4206,8 @@ def compress_lossless(
     if codec.name == "htj2k":  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
         if htj2k_encoder() is None:
             raise DicomPressorError(
-                f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
+                f"no encoder for {uid_name(codec.syntax)}: pip install 'imagecodecs>=2026.1' "
+                "(Python 3.11 or later)"
             )
     elif not pydicom.pixels.get_encoder(codec.syntax).is_available:
         raise DicomPressorError(
