@@ -235,6 +235,7 @@ PER_FRAME_KEPT = (
     "InstanceNumber",
     "SliceLocation",
 )
+PER_FRAME_KEPT_TAGS = tuple(int(Tag(keyword)) for keyword in PER_FRAME_KEPT)
 
 #: Attributes of a single-frame instance that the multi-frame header replaces or drops
 #: (identity, pixel description and multi-frame bookkeeping).
@@ -1695,8 +1696,41 @@ def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
     if not any(isinstance(item, DataElement) for item in items):
         first = items[0]
         return all((i.length, i.value) == (first.length, first.value) for i in items[1:])
-    signatures = [element_signature(ds[tag]) for ds in datasets]
+    signatures = [
+        element_signature(item if isinstance(item, DataElement) else ds[tag])
+        for ds, item in zip(datasets, items, strict=True)
+    ]
     return all(sig == signatures[0] for sig in signatures[1:])
+
+
+def element_of(ds: Dataset, tag: int) -> DataElement | None:
+    """Return an element by tag, or None when absent (like ds.get by keyword, faster).
+
+    The element is converted once, as ds[tag] does; merge calls this for every slice.
+    """
+    item = ds._dict.get(tag)
+    if item is None or isinstance(item, DataElement):
+        return item
+    return ds[tag]
+
+
+def encoded_element(ds: Dataset, tag: int) -> bytes | None:
+    """Return an element of ds encoded in Explicit VR Little Endian, or None when absent.
+
+    An element still as read from an Explicit VR Little Endian file is copied as read,
+    without converting it.
+    """
+    item = ds._dict.get(tag)
+    if item is None:
+        return None
+    fast = _fast_element_bytes(item) if isinstance(item, RawDataElement) else None
+    return fast if fast is not None else element_bytes(ds[tag])
+
+
+def value_of(ds: Dataset, tag: int) -> Any:
+    """Return an element's value by tag, or None when absent."""
+    elem = element_of(ds, tag)
+    return None if elem is None else elem.value
 
 
 def element_signature(elem: DataElement) -> Any:
@@ -2181,9 +2215,11 @@ def add_raw_sequence(ds: Dataset, tag: int, items: list[bytes]) -> None:
 
 def reference_bytes(header: Dataset) -> bytes:
     """Encode an item referencing a source instance by SOP Class and Instance UID."""
-    sop_class = str(header.get("SOPClassUID", SECONDARY_CAPTURE)).encode("ascii", "replace")
-    instance = str(header.get("SOPInstanceUID", "")).encode("ascii", "replace")
-    return encode_element(0x00081150, "UI", sop_class) + encode_element(0x00081155, "UI", instance)
+    sop_class = str(value_of(header, 0x00080016) or SECONDARY_CAPTURE)
+    instance = str(value_of(header, 0x00080018) or "")
+    return encode_element(0x00081150, "UI", sop_class.encode("ascii", "replace")) + (
+        encode_element(0x00081155, "UI", instance.encode("ascii", "replace"))
+    )
 
 
 def dataset_bytes(ds: Dataset) -> dict[int, bytes]:
@@ -2231,7 +2267,8 @@ def _frame_groups(
     for index, (frame, s) in enumerate(zip(frames, slices, strict=True)):
         header = s.header
         if s.position is not None and order.by_position:
-            position = element_bytes(header["ImagePositionPatient"])
+            position = encoded_element(header, 0x00200032)  # Image Position (Patient)
+            assert position is not None
             frame[0x00209113] = encode_sequence(0x00209113, [position])
         content = {
             0x00209056: encode_element(0x00209056, "SH", b"1"),
@@ -2244,14 +2281,15 @@ def _frame_groups(
             for tag in (0x00189074, 0x00189151):  # Frame Acquisition / Reference DateTime
                 content[tag] = encode_element(tag, "DT", acquired.encode("ascii", "replace"))
         if s.instance_number is not None:
-            number = _int_or_none(header.get("AcquisitionNumber")) or 0
+            number = _int_or_none(value_of(header, 0x00200012)) or 0  # Acquisition Number
             content[0x00209156] = encode_element(0x00209156, "US", struct.pack("<H", number))
         frame[0x00209111] = encode_sequence(0x00209111, [encode_items(content)])
         frame[0x00209172] = encode_sequence(0x00209172, [reference_bytes(header)])
         unassigned = {tag: element_bytes(elem) for tag, elem in per_frame[index].items()}
-        for keyword in PER_FRAME_KEPT:
-            if keyword in header:
-                unassigned[Tag(keyword)] = element_bytes(header[keyword])
+        for tag in PER_FRAME_KEPT_TAGS:
+            encoded = encoded_element(header, tag)
+            if encoded is not None:
+                unassigned[tag] = encoded
         if unassigned:
             frame[0x00209171] = encode_sequence(0x00209171, [encode_items(unassigned)])
     if unassigned_shared:
@@ -2264,10 +2302,12 @@ def _frame_groups(
 
 def _frame_datetime(header: Dataset) -> str | None:
     """Return the acquisition (or content) date-time of a slice as DT, if known."""
-    date = _first_value(header.get("AcquisitionDate"), header.get("ContentDate"))
-    when = _first_value(header.get("AcquisitionTime"), header.get("ContentTime"))
-    if header.get("AcquisitionDateTime"):
-        return str(header.AcquisitionDateTime)
+    acquired = value_of(header, 0x0008002A)  # Acquisition DateTime
+    if acquired:
+        return str(acquired)
+    # Acquisition Date or Content Date, Acquisition Time or Content Time
+    date = _first_value(value_of(header, 0x00080022), value_of(header, 0x00080023))
+    when = _first_value(value_of(header, 0x00080032), value_of(header, 0x00080033))
     if date and when:
         return f"{date}{when}"
     return None
