@@ -85,6 +85,7 @@ try:
         dictionary_has_tag,
         dictionary_VR,
         keyword_for_tag,
+        private_dictionary_description,
         tag_for_keyword,
     )
     from pydicom.dataelem import DataElement, RawDataElement
@@ -3267,14 +3268,19 @@ def _show_raw(item: RawDataElement) -> str | None:
     than converting them; anything else (other characters, AT, UN, odd sizes) gives
     None and is converted by pydicom.
     """
-    vr, data = item.VR, item.value
-    if data is None or not vr or vr == "UN":
+    if item.value is None or not item.VR:
+        return None
+    return _show_raw_value(item.VR, item.value, "<" if item.is_little_endian else ">")
+
+
+def _show_raw_value(vr: str, data: bytes, order: str = "<") -> str | None:
+    """_show_raw() of a VR and the value's bytes (order: the byte order of numbers)."""
+    if vr == "UN":
         return None
     if vr in NUMBER_FORMATS:
         size = struct.calcsize("<" + NUMBER_FORMATS[vr])
         if len(data) % size:
             return None
-        order = "<" if item.is_little_endian else ">"
         numbers = struct.unpack(f"{order}{len(data) // size}{NUMBER_FORMATS[vr]}", data)
         return _show_text("\\".join(str(n) for n in numbers))
     if vr in BINARY_VRS:
@@ -3330,6 +3336,195 @@ def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
 def _public_head(tag: int, vr: str) -> str:
     """Return ``(GGGG,EEEE) VR Keyword`` of a public tag (the same in every file)."""
     return f"{_tag_text(tag)} {vr} {keyword_for_tag(tag) or '[unknown]'}"
+
+
+#: VRs a raw header may name (PS3.5 6.2); anything else sends the file to pydicom.
+KNOWN_VRS = TEXT_VRS | LONG_LENGTH_VRS | frozenset(NUMBER_FORMATS) | {"AT"}
+
+
+class _NotFast(Exception):
+    """A file (or part of it) the raw header dump leaves to pydicom."""
+
+
+def fast_header_text(path: Path) -> str | None:
+    """Return header_text() of a file without pydicom's reader, or None.
+
+    Explicit VR Little Endian files (the compressed syntaxes too) are parsed straight
+    from a memory map: the same lines as the pydicom path, several times faster. Files
+    it does not handle (other syntaxes, no preamble, undefined-length values other than
+    sequences, values to convert, duplicate tags, anything malformed) give None, and the
+    caller dumps them through pydicom.
+    """
+    import mmap
+
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 132:
+                return None
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _fast_dump(path, data, size)
+    except (_NotFast, struct.error, ValueError, OSError, KeyError, IndexError):
+        return None
+
+
+def _fast_dump(path: Path, data: Any, size: int) -> str:
+    """Dump a mapped file (see fast_header_text); raise _NotFast where it cannot."""
+    if data[128:132] != b"DICM":
+        raise _NotFast
+    meta, pos = _raw_elements(data, 132, size, group=0x0002)
+    syntax = next((v for t, _, _, v in meta if t == 0x00020010), None)
+    if syntax is None:
+        raise _NotFast
+    syntax = UID(bytes(syntax).decode("ascii").rstrip("\0 "))
+    if (
+        not syntax.is_transfer_syntax
+        or syntax.is_implicit_VR
+        or not syntax.is_little_endian
+        or syntax.is_deflated
+    ):
+        raise _NotFast
+    elements, end = _raw_elements(data, pos, size)
+    if end != size:
+        raise _NotFast
+    tags = {t for t, *_ in elements}
+    if 0x00080016 not in tags and 0x7FE00010 not in tags:
+        raise _NotFast  # read_header's "not a DICOM image": let it say so
+    lines = [f"# {path.name}", "# File Meta Information"]
+    lines.extend(_raw_dump_lines(meta, 1, syntax))
+    lines.append("# Dataset")
+    lines.extend(_raw_dump_lines(elements, 1, syntax))
+    return "\n".join(lines) + "\n"
+
+
+RawElement = tuple[int, str, int, Any]  # tag, VR, length, value (items for a sequence)
+
+
+def _raw_elements(
+    data: Any, pos: int, end: int, *, group: int | None = None, item: bool = False
+) -> tuple[list[RawElement], int]:
+    """Parse Explicit VR Little Endian elements from pos to end (or a delimiter).
+
+    Return the elements and where parsing stopped. Sequences are parsed into lists of
+    items; other values are memory-map slices, not copied. group stops at the first
+    element of another group (the File Meta); item stops at an Item Delimitation Item.
+    """
+    out: list[RawElement] = []
+    seen: set[int] = set()
+    while pos < end:
+        g, e = struct.unpack_from("<HH", data, pos)
+        tag = g << 16 | e
+        if group is not None and g != group:
+            break
+        if tag == 0xFFFEE00D and item:  # Item Delimitation Item
+            return out, pos + 8
+        if g == 0xFFFE or tag in seen:
+            raise _NotFast
+        seen.add(tag)
+        vr = bytes(data[pos + 4 : pos + 6]).decode("ascii", "replace")
+        if vr not in KNOWN_VRS:
+            raise _NotFast
+        if vr in LONG_LENGTH_VRS:
+            (length,) = struct.unpack_from("<L", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if vr == "SQ":
+            items, after = _raw_items(data, start, length, end)
+            out.append((tag, vr, length, items))
+            pos = after
+            continue
+        if length == 0xFFFFFFFF or start + length > end:
+            raise _NotFast  # encapsulated or truncated: pydicom's reader decides
+        out.append((tag, vr, length, data[start : start + length]))
+        pos = start + length
+    if item:
+        raise _NotFast  # an undefined-length item without its delimiter
+    return out, pos
+
+
+def _raw_items(data: Any, start: int, length: int, end: int) -> tuple[list[Any], int]:
+    """Parse a sequence's items; return them and the position after the sequence."""
+    stop = end if length == 0xFFFFFFFF else start + length
+    if stop > end:
+        raise _NotFast
+    items = []
+    pos = start
+    while pos < stop:
+        tag_group, tag_element, item_length = struct.unpack_from("<HHL", data, pos)
+        tag = tag_group << 16 | tag_element
+        if tag == 0xFFFEE0DD and length == 0xFFFFFFFF:  # Sequence Delimitation Item
+            return items, pos + 8
+        if tag != 0xFFFEE000:
+            raise _NotFast
+        if item_length == 0xFFFFFFFF:
+            elements, pos = _raw_elements(data, pos + 8, stop, item=True)
+        else:
+            elements, after = _raw_elements(data, pos + 8, pos + 8 + item_length)
+            if after != pos + 8 + item_length:
+                raise _NotFast
+            pos = after
+        items.append(elements)
+    if length == 0xFFFFFFFF or pos != stop:
+        raise _NotFast
+    return items, pos
+
+
+def _raw_dump_lines(elements: list[RawElement], depth: int, syntax: UID) -> Iterator[str]:
+    """Yield dump_lines() for raw elements; raise _NotFast for values to convert.
+
+    Text is shown only when it is ASCII (then every character set agrees on it).
+    """
+    indent = "  " * depth
+    creators = {
+        (t & 0xFFFF0000) | (t & 0xFF) << 8: bytes(v).decode("latin-1").rstrip("\0 ")
+        for t, _, _, v in elements
+        if t >> 16 & 1 and 0x10 <= t & 0xFFFF <= 0xFF
+    }
+    for tag, vr, length, value in elements:
+        if tag >> 16 & 1:  # private: named as pydicom names it
+            element = tag & 0xFFFF
+            if 0x10 <= element <= 0xFF:
+                name = "PrivateCreator"
+            else:
+                creator = creators.get(tag & 0xFFFFFF00)
+                if creator:
+                    try:
+                        name = f"[[{private_dictionary_description(tag, creator)}]]"
+                    except KeyError:
+                        name = "[Private tag data]"
+                elif element >> 8 == 0:
+                    name = "[Private Creator]"
+                else:
+                    name = "[Private tag data]"
+            head = f"{indent}{_tag_text(tag)} {vr} {name}"
+        else:
+            head = indent + _public_head(tag, vr)
+        if vr == "SQ":
+            yield f"{head}: {len(value)} item(s)"
+            for number, item in enumerate(value, 1):
+                yield f"{indent}  Item {number}"
+                yield from _raw_dump_lines(item, depth + 2, syntax)
+            continue
+        if (vr in BINARY_VRS and length > BULK_DATA_THRESHOLD) or _bulk_by_tag(tag):
+            encapsulated = tag == 0x7FE00010 and syntax.is_compressed
+            kind = "encapsulated, " if encapsulated else ""
+            yield f"{head}: <bulk data elided: {kind}{length} bytes>"
+            continue
+        shown = _show_raw_value(vr, bytes(value))
+        if shown is None:
+            if vr == "UN" and tag >> 16 & 1:
+                shown = _show_bytes(bytes(value)) if length else "(empty)"
+            else:
+                raise _NotFast
+        yield f"{head}: {shown}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _bulk_by_tag(tag: int) -> bool:
+    """_is_bulk() for what the tag alone decides (bulk data keywords, overlay data)."""
+    return _is_bulk(BaseTag(tag), "", 0)
 
 
 def header_text(path: Path, ds: Dataset) -> str:
@@ -4469,10 +4664,12 @@ def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str
     stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
     output = OutputFile(folder / f"{stem}{suffix}", replace=output_dir is None, durable=False)
     try:
-        ds, _ = read_header(path, check_values=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            text = header_json(ds) if suffix == ".json" else header_text(path, ds)
+        text = fast_header_text(path) if suffix == ".txt" else None
+        if text is None:
+            ds, _ = read_header(path, check_values=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                text = header_json(ds) if suffix == ".json" else header_text(path, ds)
         with output as handle:
             handle.write(text.encode("utf-8"))
     except DicomPressorError as exc:

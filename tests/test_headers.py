@@ -108,6 +108,49 @@ class TestText:
         uids = {pydicom.dcmread(root / n / "IM1.dcm").SOPInstanceUID for n in ("a", "b")}
         assert all(any(uid in line for line in dumped) for uid in uids)
 
+    def test_raw_dump_equals_pydicom_dump(self, make_series, tmp_path):
+        """The dump parsed straight from the file equals the pydicom path, line for line."""
+        import warnings
+        from pathlib import Path
+
+        from pydicom.data import get_testdata_file
+        from pydicom.sequence import Sequence
+
+        from dicompressor import fast_header_text, header_text, read_header
+
+        rich = make_series("rich", n=1)[0]
+        ds = pydicom.dcmread(rich)
+        block = ds.private_block(0x0009, "ACME 1.0", create=True)
+        block.add_new(0x01, "LO", "SECRET")
+        block.add_new(0x02, "UN", b"\x01\x02\x03\x04")
+        inner = Dataset()
+        inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "1", "DCM", "X"
+        outer = Dataset()
+        outer.ConceptNameCodeSequence = Sequence([inner])
+        outer.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        ds.ContentSequence = Sequence([outer, Dataset()])
+        ds.PixelSpacing = [" 0.5", "0.5 "]
+        ds.save_as(rich, enforce_file_format=True)
+        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+        fast = 0
+        for path in [rich, *make_series("s", n=2), *sorted(folder.glob("*"))]:
+            text = fast_header_text(path)
+            if text is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header, _ = read_header(path, check_values=False)
+                assert text == header_text(path, header), path.name
+            fast += 1
+        text = fast_header_text(rich)
+        assert text is not None
+        assert "(0009,0010) LO PrivateCreator: ACME 1.0" in text
+        assert "(0009,1002) UN [Private tag data]: <4 bytes: 01 02 03 04>" in text
+        assert "ContentSequence: 2 item(s)" in text
+        ge = fast_header_text(folder / "CT_small.dcm")  # GE private names, from the block
+        assert ge is not None and "(0009,1001) LO [[Full fidelity]]: GE_GENESIS_FF" in ge
+        assert fast >= 10
+
 
 class TestJson:
     """--format json: the DICOM JSON Model without bulk data, read back equal."""
