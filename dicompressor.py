@@ -4176,6 +4176,27 @@ def transcode_target(path: Path, mode: TranscodeMode, options: Options) -> Path:
     return folder / f"{stem}{mode.suffix}.dcm"
 
 
+def _made_from(output: Path, source: Dataset) -> bool:
+    """Tell whether an existing output file was transcoded from source.
+
+    Lossless and decompressed outputs keep the SOP Instance UID; lossy ones name it in
+    their Source Image Sequence. Another file of that name (from a folder whose files
+    have the same names, in --output-dir) is not a reason to skip: the new output then
+    gets a ``_1`` name.
+    """
+    uid = str(source.get("SOPInstanceUID", ""))
+    try:
+        made = pydicom.dcmread(output, stop_before_pixels=True)
+    except Exception:  # an unreadable file of that name: not ours
+        return False
+    if str(made.get("SOPInstanceUID", "")) == uid:
+        return bool(uid)
+    return any(
+        str(item.get("ReferencedSOPInstanceUID", "")) == uid
+        for item in made.get("SourceImageSequence", [])
+    )
+
+
 def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> str | None:
     """Return why a file is left alone, or None when it must be transcoded."""
     syntax = transfer_syntax_of(ds)
@@ -4183,8 +4204,12 @@ def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> 
         return "already uncompressed (Explicit VR Little Endian)"
     if mode.syntax is not None and syntax == mode.syntax:
         return f"already {uid_name(syntax)}"
-    if target != path and target.exists():
-        return f"{target.name} exists already"
+    if target != path:
+        n = 0  # target, target_1, ...: one of them may be this file's earlier output
+        while (candidate := numbered(target, n)).exists():
+            if _made_from(candidate, ds):
+                return f"{candidate.name} exists already"
+            n += 1
     if "PixelData" not in ds:
         return "no (7FE0,0010) Pixel Data"
     return None
@@ -4208,7 +4233,21 @@ def _transcoded_dataset(ds: Dataset, *, raw: bool) -> Dataset:
 
 
 def _mark_lossy(out: Dataset, ratio: float) -> None:
-    """Set the Lossy Image Compression attributes and DERIVED (PS3.3 C.7.6.1.1.5)."""
+    """Make out a lossy derived image of the instance it was (PS3.3 C.7.6.1.1.5).
+
+    Lossy Image Compression attributes, DERIVED, Derivation Code "Lossy Compression"
+    (DCM 113040), a Source Image Sequence item pointing at the original as its
+    "Uncompressed predecessor" (DCM 121320), and a new SOP Instance UID.
+    """
+    source = Dataset()
+    source.ReferencedSOPClassUID = out.SOPClassUID
+    source.ReferencedSOPInstanceUID = out.SOPInstanceUID
+    source.PurposeOfReferenceCodeSequence = [
+        code_item("121320", "DCM", "Uncompressed predecessor")
+    ]
+    out.SourceImageSequence = [*out.get("SourceImageSequence", []), source]
+    codes = [c for c in out.get("DerivationCodeSequence", []) if c.get("CodeValue") != "113040"]
+    out.DerivationCodeSequence = [*codes, code_item("113040", "DCM", "Lossy Compression")]
     out.LossyImageCompression = "01"
     ratios = [str(v) for v in _as_list(out.get("LossyImageCompressionRatio"))]
     methods = [str(v) for v in _as_list(out.get("LossyImageCompressionMethod"))]
@@ -4293,23 +4332,27 @@ def transcode_file(
     n_frames = number_of_frames(header)
     bits = int(out.BitsAllocated)
     jobs = _frame_jobs(path, header, location, raw, out)
+    # Over the input with in_place; otherwise never over another file (_1, _2).
+    output = OutputFile(target, replace=options.in_place)
     if mode.syntax is None:
         frames = (r[0] for r in iter_ordered(_frame_job, jobs, options.jobs, progress, n_frames))
-        with atomic_output(target) as handle:
+        with output as handle:
             write_header(handle, out, ExplicitVRLittleEndian)
             if bits == 1:
                 data = pack_native_frames(list(frames), bits)
                 write_native_frames(handle, [data], len(data), 1, bits)
             else:
                 write_native_frames(handle, frames, expected_frame_bytes(out), n_frames, bits)
-        return target, f"{path.name} -> {target.name}: decompressed {n_frames} frame(s)"
+        assert output.path is not None
+        return output.path, f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
     encoded, message = _encode_frames(out, jobs, n_frames, mode, options, progress)
-    with atomic_output(target) as handle:
+    with output as handle:
         write_header(handle, out, mode.syntax)
         write_encapsulated_frames(
             handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
         )
-    return target, f"{path.name} -> {target.name}: {message}"
+    assert output.path is not None
+    return output.path, f"{path.name} -> {output.path.name}: {message}"
 
 
 def _encode_frames(

@@ -409,6 +409,35 @@ class TestLossless:
             assert code == 0, out + err
             assert_same_pixels(small, tmp_path / f"small{CODEC_TARGETS[codec][1]}.dcm")
 
+    @pytest.mark.parametrize("flag,suffix", [("-x", "_jll"), ("-z", "_j2k"), ("-u", "_raw")])
+    def test_output_dir_collisions_and_reruns(self, tmp_path: Path, flag: str, suffix: str):
+        """Same file names in two folders: both outputs kept (_1); a rerun adds nothing."""
+        root = tmp_path / "root"
+        sources = []
+        for index, name in enumerate(("a", "b")):
+            syntax = JPEG2000Lossless if flag == "-u" else ExplicitVRLittleEndian
+            sources.append(write_image(root / name / "img.dcm", seed=index, syntax=syntax))
+        out = tmp_path / "out"
+        code, _, err = run(flag, "-f", root, "--output-dir", out, "--jobs", "1")
+        assert code == 0, err
+        names = sorted(p.name for p in out.iterdir())
+        assert names == [f"img{suffix}.dcm", f"img{suffix}_1.dcm"]
+        outputs = [read(out / n) for n in names]
+        if flag == "-z":  # each lossy output names its own uncompressed predecessor
+            refs = {o.SourceImageSequence[-1].ReferencedSOPInstanceUID for o in outputs}
+        else:
+            refs = {o.SOPInstanceUID for o in outputs}
+        assert refs == {read(p).SOPInstanceUID for p in sources}
+        if flag != "-z":
+            by_uid = {o.SOPInstanceUID: out / n for o, n in zip(outputs, names, strict=True)}
+            for source in sources:
+                assert_same_pixels(source, by_uid[read(source).SOPInstanceUID])
+        before = snapshot(out)
+        code, _, err = run(flag, "-f", root, "--output-dir", out, "--jobs", "1")
+        assert code == 0, err
+        assert snapshot(out) == before  # nothing new, nothing overwritten
+        assert err.count("exists already") == 2, err
+
     def test_htj2k_without_imagecodecs(self, tmp_path: Path) -> None:
         """With imagecodecs hidden, --codec htj2k fails in one line naming the package."""
         import subprocess
