@@ -5377,6 +5377,33 @@ def _claim_stem(folder: Path, stem: str, claimed: set[tuple[Path, str]]) -> str:
     return candidate
 
 
+def _claim_targets(
+    folder: Path,
+    base: str,
+    claimed: set[tuple[Path, str]],
+    targets_of: Callable[[str], list[Path]],
+    *,
+    keep_existing: bool,
+) -> list[Path]:
+    """Claim a stem (_claim_stem) and return its output names.
+
+    Beside the input a rerun replaces its own images or video. With keep_existing (in
+    --output-dir, where another folder's file may have the same name) a stem whose
+    outputs exist is passed over: the new ones get ``_1``, ``_2``.
+    """
+    while True:
+        targets = targets_of(_claim_stem(folder, base, claimed))
+        if not keep_existing or not any(t.exists() for t in targets):
+            return targets
+
+
+def _image_targets(folder: Path, stem: str, frames: int, suffix: str) -> list[Path]:
+    """Return the image names of a file: stem.png, or stem_frame0001.png... per frame."""
+    if frames == 1:
+        return [folder / f"{stem}{suffix}"]
+    return [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(frames)]
+
+
 def _stem(path: Path) -> str:
     """Return a file's name without a .dcm/.dicom suffix."""
     if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
@@ -5449,8 +5476,9 @@ def export_images(
     -------
     ActionResult
         ``<stem>.png`` for a single frame, ``<stem>_frame0001.png``... for multi-frame
-        files; an existing image of that name is replaced, a second input with the same
-        stem in one run gets ``<stem>_1``. Inputs are never modified; a file that cannot
+        files; beside the input an existing image of that name is replaced, in
+        output_dir it is kept and the new one gets ``<stem>_1`` (as does a second input
+        with the same stem in one run). Inputs are never modified; a file that cannot
         be decoded fails alone and leaves no image.
     """
     image_format = (image_format or options.image_format or "png").lower()
@@ -5483,11 +5511,13 @@ def export_images(
     for source in sources:
         folder = output_dir if output_dir is not None else source.path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        stem = _claim_stem(folder, safe_component(_stem(source.path), default="image"), claimed)
-        if source.frames == 1:
-            targets = [folder / f"{stem}{suffix}"]
-        else:
-            targets = [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(source.frames)]
+        targets = _claim_targets(
+            folder,
+            safe_component(_stem(source.path), default="image"),
+            claimed,
+            lambda stem, f=folder, n=source.frames: _image_targets(f, stem, n, suffix),
+            keep_existing=output_dir is not None,
+        )
         if any(t.resolve() in input_set for t in targets):
             raise DicomPressorError(f"an output name of {source.path.name} is an input's name")
         plans.append((source, targets))
@@ -5682,10 +5712,16 @@ def _video_plans(
             singles.append(make_slice(source.path, source.header, source.location))
             continue
         folder = output_dir if output_dir is not None else source.path.parent
-        stem = _claim_stem(folder, safe_component(_stem(source.path), default="video"), claimed)
+        (target,) = _claim_targets(
+            folder,
+            safe_component(_stem(source.path), default="video"),
+            claimed,
+            lambda stem, f=folder: [f / f"{stem}.mp4"],
+            keep_existing=output_dir is not None,
+        )
         plans.append(
             VideoPlan(
-                folder / f"{stem}.mp4",
+                target,
                 [(source, i) for i in range(source.frames)],
                 _frame_rate(source.header, options),
                 int(source.header.Columns),
@@ -5706,10 +5742,16 @@ def _video_plans(
         first = order.slices[0]
         folder = output_dir if output_dir is not None else first.path.parent
         name = series_video_name(first.header, seen[uid], per_series[uid])
-        stem = _claim_stem(folder, name[: -len(".mp4")], claimed)
+        (target,) = _claim_targets(
+            folder,
+            name[: -len(".mp4")],
+            claimed,
+            lambda stem, f=folder: [f / f"{stem}.mp4"],
+            keep_existing=output_dir is not None,
+        )
         plans.append(
             VideoPlan(
-                folder / f"{stem}.mp4",
+                target,
                 [(by_path[s.path], 0) for s in order.slices],
                 _frame_rate(first.header, options),
                 int(first.header.Columns),

@@ -131,6 +131,28 @@ def ct(tmp_path: Path) -> list[Path]:
 
 
 class TestExportPng:
+    def test_output_dir_keeps_images_of_same_named_files(self, tmp_path: Path) -> None:
+        """Two folders' img.dcm into one --output-dir: both images kept; beside, replaced."""
+        from conftest import run_cli
+
+        root = tmp_path / "root"
+        pixels = {}
+        for seed, name in enumerate(("a", "b"), 1):
+            path = synth.make_series(root / name, n=1, rows=20, cols=14, seed=seed)[0]
+            path.rename(path.with_name("img.dcm"))
+            pixels[name] = pydicom.dcmread(path.with_name("img.dcm")).pixel_array
+        assert not np.array_equal(pixels["a"], pixels["b"])
+        out = tmp_path / "out"
+        code, _, err = run_cli("-I", "png", "-f", root, "--output-dir", out, "--jobs", "1")
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["img.png", "img_1.png"]
+        images = {n: np.asarray(Image.open(out / n)) for n in ("img.png", "img_1.png")}
+        assert not np.array_equal(images["img.png"], images["img_1.png"])
+        for _ in range(2):  # beside the input a rerun replaces its own image
+            code, _, err = run_cli("-I", "png", "-F", root / "a", "--jobs", "1")
+            assert code == 0, err
+        assert sorted(p.name for p in (root / "a").iterdir()) == ["img.dcm", "img.png"]
+
     def test_monochrome2_window_and_rescale(self, ct: list[Path], tmp_path: Path) -> None:
         out = tmp_path / "out"
         result = export_png(ct, out, Opts())
