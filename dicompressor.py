@@ -3410,25 +3410,24 @@ def _raw_elements(
     element of another group (the File Meta); item stops at an Item Delimitation Item.
     """
     out: list[RawElement] = []
-    seen: set[int] = set()
+    last = -1
     while pos < end:
-        g, e = struct.unpack_from("<HH", data, pos)
+        g, e, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
         tag = g << 16 | e
         if group is not None and g != group:
             break
         if tag == 0xFFFEE00D and item:  # Item Delimitation Item
             return out, pos + 8
-        if g == 0xFFFE or tag in seen:
+        if g == 0xFFFE or tag <= last:  # stray delimiters, duplicates, disorder
             raise _NotFast
-        seen.add(tag)
-        vr = bytes(data[pos + 4 : pos + 6]).decode("ascii", "replace")
-        if vr not in KNOWN_VRS:
+        last = tag
+        vr = _VR_OF_BYTES.get(vr_bytes)
+        if vr is None:
             raise _NotFast
         if vr in LONG_LENGTH_VRS:
-            (length,) = struct.unpack_from("<L", data, pos + 8)
+            (length,) = _LONG_LENGTH.unpack_from(data, pos + 8)
             start = pos + 12
         else:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
             start = pos + 8
         if vr == "SQ":
             items, after = _raw_items(data, start, length, end)
@@ -3442,6 +3441,11 @@ def _raw_elements(
     if item:
         raise _NotFast  # an undefined-length item without its delimiter
     return out, pos
+
+
+_SHORT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
+_LONG_LENGTH = struct.Struct("<L")
+_VR_OF_BYTES = {vr.encode("ascii"): vr for vr in KNOWN_VRS}
 
 
 def _raw_items(data: Any, start: int, length: int, end: int) -> tuple[list[Any], int]:
