@@ -1704,17 +1704,6 @@ def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
     return all(sig == signatures[0] for sig in signatures[1:])
 
 
-def element_of(ds: Dataset, tag: int) -> DataElement | None:
-    """Return an element by tag, or None when absent (like ds.get by keyword, faster).
-
-    The element is converted once, as ds[tag] does; merge calls this for every slice.
-    """
-    item = ds._dict.get(tag)
-    if item is None or isinstance(item, DataElement):
-        return item
-    return ds[tag]
-
-
 def encoded_element(ds: Dataset, tag: int) -> bytes | None:
     """Return an element of ds encoded in Explicit VR Little Endian, or None when absent.
 
@@ -1729,9 +1718,15 @@ def encoded_element(ds: Dataset, tag: int) -> bytes | None:
 
 
 def value_of(ds: Dataset, tag: int) -> Any:
-    """Return an element's value by tag, or None when absent."""
-    elem = element_of(ds, tag)
-    return None if elem is None else elem.value
+    """Return an element's value by tag, or None when absent (like ds.get by keyword).
+
+    The element is converted once, as ds[tag] does; merge calls this for every slice,
+    where pydicom's keyword and Tag lookups would cost more than the conversion.
+    """
+    item = ds._dict.get(tag)
+    if item is None:
+        return None
+    return (item if isinstance(item, DataElement) else ds[tag]).value
 
 
 def element_signature(elem: DataElement) -> Any:
@@ -2091,18 +2086,12 @@ def element_bytes(elem: DataElement) -> bytes:
     through pydicom's writer. Merge writes its per-frame sequence this way, which is
     several times faster than building and writing a pydicom Dataset per frame.
     """
-    vr, value, tag = elem.VR, elem.value, int(elem.tag)
-    values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
-    if value is None or value == "":
-        return encode_element(tag, vr, b"")
-    if vr in TEXT_VRS:
-        text = "\\".join(str(v) for v in values)
-        if text.isascii():
-            return encode_element(tag, vr, text.encode("ascii"))
-    elif vr in NUMBER_FORMATS:
-        return encode_element(tag, vr, struct.pack(f"<{len(values)}{NUMBER_FORMATS[vr]}", *values))
-    elif vr == "SQ":
-        return encode_sequence(tag, (encode_items(dataset_bytes(item)) for item in value))
+    if elem.VR == "SQ":  # items of defined length, encoded here too
+        items = elem.value or []
+        return encode_sequence(int(elem.tag), (encode_items(dataset_bytes(i)) for i in items))
+    fast = _fast_element_bytes(elem)
+    if fast is not None:
+        return fast
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     pydicom.filewriter.write_data_element(buffer, elem)
@@ -3139,6 +3128,7 @@ def _verbatim_pixel_span(
     header in the file is checked against what was read.
     """
     raw = ds._dict.get(0x7FE00010)
+    syntax = transfer_syntax_of(ds)
     if (
         location is None
         or location.offset < 0
@@ -3146,11 +3136,11 @@ def _verbatim_pixel_span(
         or not isinstance(raw, RawDataElement)
         or raw.value is not None
         or max(int(tag) for tag in ds._dict) != 0x7FE00010
-        or transfer_syntax_of(ds) == DEFLATED
+        or syntax == DEFLATED
     ):
         return None
-    implicit = transfer_syntax_of(ds) == ImplicitVRLittleEndian
-    little = transfer_syntax_of(ds) != ExplicitVRBigEndian
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
     start = location.offset - (8 if implicit else 12)
     if start < 0:
         return None
@@ -5711,18 +5701,23 @@ def _video_plans(
     claimed: set[tuple[Path, str]] = set()
     singles: list[Slice] = []
     by_path = {s.path: s for s in sources}
+
+    def video_target(folder: Path, base: str) -> Path:
+        (target,) = _claim_targets(
+            folder,
+            base,
+            claimed,
+            lambda stem: [folder / f"{stem}.mp4"],
+            keep_existing=output_dir is not None,
+        )
+        return target
+
     for source in sources:
         if source.frames == 1:
             singles.append(make_slice(source.path, source.header, source.location))
             continue
         folder = output_dir if output_dir is not None else source.path.parent
-        (target,) = _claim_targets(
-            folder,
-            safe_component(_stem(source.path), default="video"),
-            claimed,
-            lambda stem, f=folder: [f / f"{stem}.mp4"],
-            keep_existing=output_dir is not None,
-        )
+        target = video_target(folder, safe_component(_stem(source.path), default="video"))
         plans.append(
             VideoPlan(
                 target,
@@ -5746,13 +5741,7 @@ def _video_plans(
         first = order.slices[0]
         folder = output_dir if output_dir is not None else first.path.parent
         name = series_video_name(first.header, seen[uid], per_series[uid])
-        (target,) = _claim_targets(
-            folder,
-            name[: -len(".mp4")],
-            claimed,
-            lambda stem, f=folder: [f / f"{stem}.mp4"],
-            keep_existing=output_dir is not None,
-        )
+        target = video_target(folder, name[: -len(".mp4")])
         plans.append(
             VideoPlan(
                 target,

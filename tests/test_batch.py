@@ -520,34 +520,26 @@ class TestWatch:
         folder = make_tree(tmp_path / "root", 1, n=3)[0]  # files written just now
         outcomes = []
         clock = [time.time()]
-        dicompressor.watch(
-            "merge",
-            tmp_path / "root",
-            recursive=True,
-            options=dicompressor.Options(),
-            batch=dicompressor.BatchOptions(skip_if_done=True),
-            interval_s=1.0,
-            settle_s=30,
-            workers=1,
-            on_outcome=outcomes.append,
-            stop=FakeStop(clock, passes=2),
-            clock=lambda: clock[0],
-        )
+
+        def two_passes() -> None:
+            dicompressor.watch(
+                "merge",
+                tmp_path / "root",
+                recursive=True,
+                options=dicompressor.Options(),
+                batch=dicompressor.BatchOptions(skip_if_done=True),
+                interval_s=1.0,
+                settle_s=30,
+                workers=1,
+                on_outcome=outcomes.append,
+                stop=FakeStop(clock, passes=2),
+                clock=lambda: clock[0],
+            )
+
+        two_passes()
         assert outcomes == [] and merged(folder) == []
         clock[0] = time.time() + 31
-        dicompressor.watch(
-            "merge",
-            tmp_path / "root",
-            recursive=True,
-            options=dicompressor.Options(),
-            batch=dicompressor.BatchOptions(skip_if_done=True),
-            interval_s=1.0,
-            settle_s=30,
-            workers=1,
-            on_outcome=outcomes.append,
-            stop=FakeStop(clock, passes=2),
-            clock=lambda: clock[0],
-        )
+        two_passes()
         assert [o.status for o in outcomes] == ["OK"]
         assert (folder / DONE).is_file()
 
