@@ -437,3 +437,175 @@ class TestMergeValidators:
     @pytest.mark.parametrize("kwargs", VALID_SERIES[:1] + VALID_SERIES[6:])
     def test_other_toolkits_read_it(self, make_series, kwargs, tool):
         assert tool_exit_code(tool, _validated_series(make_series, kwargs)) == 0
+
+
+class TestValuesReadFromBytes:
+    """Merge reads plain values from the bytes; they must equal pydicom's conversions."""
+
+    @staticmethod
+    def _bundled() -> list[pydicom.Dataset]:
+        import warnings
+        from pathlib import Path
+
+        from pydicom.data import get_testdata_file
+
+        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+        datasets = []
+        for path in sorted(folder.glob("*.dcm")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    datasets.append(pydicom.dcmread(path, defer_size=4096))
+                except Exception:  # files pydicom itself cannot read
+                    continue
+        return datasets
+
+    def test_text_and_numbers_equal_pydicom_on_every_bundled_file(self):
+        import copy
+        import warnings
+
+        from dicompressor import PLAIN_TEXT_VRS, _float_tuple, numbers_of, text_of
+
+        texts = numbers = 0
+        for ds in self._bundled():
+            for tag in list(ds._dict):
+                raw = ds._dict[tag]
+                if raw.VR not in PLAIN_TEXT_VRS or tag >> 16 == 0x7FE0:
+                    continue
+                fresh = copy.copy(ds)  # text_of must see the element as read
+                fresh._dict = dict(ds._dict)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        value = ds[tag].value
+                    except Exception:
+                        continue
+                    expected = None if value is None else str(value)
+                    assert text_of(fresh, tag) == expected, (ds.filename, hex(tag))
+                    texts += 1
+                    if raw.VR in ("DS", "IS") and value not in (None, ""):
+                        count = len(value) if isinstance(value, list | tuple) else 1
+                        fresh._dict = dict(ds._dict)
+                        fresh._dict[tag] = raw
+                        assert numbers_of(fresh, tag, count) == _float_tuple(
+                            value if count > 1 else [value], count
+                        ), (ds.filename, hex(tag))
+                        numbers += 1
+        assert texts > 500 and numbers > 100, (texts, numbers)
+
+    @pytest.mark.parametrize(
+        ("text", "count", "expected"),
+        [
+            (b" 1.5\\-2e3 ", 2, (1.5, -2000.0)),
+            (b"1\\2\\3", 2, None),  # wrong count
+            (b"nan\\1", 2, None),  # not finite
+            (b"", 1, None),
+        ],
+    )
+    def test_numbers_of_edge_cases(self, text, count, expected):
+        from dicompressor import numbers_of
+
+        ds = pydicom.Dataset()
+        ds._dict[0x00280030] = pydicom.dataelem.RawDataElement(
+            Tag(0x00280030), "DS", len(text), text, 0, False, True
+        )
+        assert numbers_of(ds, 0x00280030, count) == expected
+
+    def test_surely_converts_is_sure(self):
+        import warnings
+
+        from dicompressor import _surely_converts
+
+        checked = 0
+        for ds in self._bundled():
+            for tag in list(ds._dict):
+                if _surely_converts(ds._dict[tag]):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")  # not even a warning
+                        ds[tag].value  # noqa: B018
+                    checked += 1
+        assert checked > 500
+
+
+class TestPlainHeaderReader:
+    """read_plain_header gives what dcmread(defer_size=4096) gives, or leaves the file."""
+
+    @staticmethod
+    def _same(fast: pydicom.FileDataset, slow: pydicom.FileDataset) -> None:
+        def raw(ds: pydicom.Dataset) -> dict[int, tuple]:
+            return {
+                int(t): (e.VR, e.length, e.value, e.value_tell)
+                for t, e in ds._dict.items()
+                if isinstance(e, pydicom.dataelem.RawDataElement)
+            }
+
+        assert raw(fast) == raw(slow) and list(fast._dict) == list(slow._dict)
+        meta = [(int(e.tag), e.VR, e.value) for e in fast.file_meta]
+        assert meta == [(int(e.tag), e.VR, e.value) for e in slow.file_meta]
+        assert fast.preamble == slow.preamble and fast.filename == slow.filename
+        assert fast.original_encoding == slow.original_encoding
+        assert fast.original_character_set == slow.original_character_set
+        assert fast._character_set == slow._character_set
+        assert fast.timestamp == slow.timestamp
+
+    def test_equal_to_pydicom_on_bundled_and_generated_files(self, make_series):
+        import warnings
+        from pathlib import Path
+
+        from pydicom.data import get_testdata_file
+
+        from dicompressor import read_plain_header
+
+        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+        paths = sorted(folder.glob("*.dcm"))
+        paths += make_series("a", n=2) + make_series("b", n=2, rgb=True, modality="OT")
+        taken = 0
+        for path in paths:
+            fast = read_plain_header(path)
+            if fast is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slow = pydicom.dcmread(path, defer_size=4096)
+            self._same(fast, slow)
+            if "PixelData" in slow:  # the deferred value reads back the same
+                assert fast.PixelData == slow.PixelData, path.name
+            taken += 1
+        assert taken >= 10, taken  # the fast reader is really used
+
+    @pytest.mark.parametrize(
+        "damage",
+        ["truncated", "trailing", "disorder", "implicit", "bad_vr", "big_header"],
+    )
+    def test_anything_unusual_goes_to_pydicom(self, make_series, damage):
+        import struct
+
+        from dicompressor import read_plain_header
+
+        [path] = make_series("s", n=1)
+        assert read_plain_header(path) is not None
+        data = bytearray(path.read_bytes())
+        ds = pydicom.dcmread(path)
+        if damage == "truncated":
+            data = data[:-10]
+        elif damage == "trailing":
+            data += struct.pack("<HH2s2xL", 0xFFFC, 0xFFFC, b"OB", 2) + b"\0\0"
+        elif damage == "disorder":
+            ds.Modality = "CT"
+            ds.save_as(path)
+            data = bytearray(path.read_bytes())
+            at = data.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality
+            data[at : at + 4] = struct.pack("<HH", 0x0008, 0x0001)
+        elif damage == "implicit":
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            ds.save_as(path, implicit_vr=True, little_endian=True)
+            data = bytearray(path.read_bytes())
+        elif damage == "bad_vr":
+            at = data.index(b"\x08\x00\x60\x00CS")
+            data[at + 4 : at + 6] = b"ZZ"
+        elif damage == "big_header":
+            ds.TextValue = "x" * 70000  # UT: longer than the head read
+            ds.save_as(path)
+            data = bytearray(path.read_bytes())
+        path.write_bytes(bytes(data))
+        assert read_plain_header(path) is None
