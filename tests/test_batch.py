@@ -861,3 +861,43 @@ class TestCrashSafety:
                 assert dciodvfy_errors(merged(jobs[trial % 6])[0]) == []
                 sampled = True
         assert not known, known
+
+
+class TestDurability:
+    """What is synced to disk: replacing writes at once, new files before a done marker."""
+
+    @staticmethod
+    def _synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        names: list[str] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            names.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        return names
+
+    @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+    def test_replacing_writes_are_synced_new_files_are_not(self, tmp_path, monkeypatch):
+        synced = self._synced(monkeypatch)
+        with dicompressor.OutputFile(tmp_path / "new.dcm", replace=False) as handle:
+            handle.write(b"new")
+        assert synced == []
+        (tmp_path / "old.dcm").write_bytes(b"old")
+        with dicompressor.OutputFile(tmp_path / "old.dcm", replace=True) as handle:
+            handle.write(b"replaced")
+        assert len(synced) == 1 and synced[0].startswith(".old.dcm")
+        assert (tmp_path / "old.dcm").read_bytes() == b"replaced"
+
+    @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+    def test_outputs_are_synced_before_the_done_marker(self, tmp_path, monkeypatch):
+        synth.make_series(tmp_path / "job", n=3)
+        synced = self._synced(monkeypatch)
+        code, _, err = run_main("-j", "-F", tmp_path / "job", "--skip-if-done", "--quiet")
+        assert code == 0, err
+        [merged] = (tmp_path / "job").glob("*_multiframe.dcm")
+        marker = [i for i, name in enumerate(synced) if name.startswith(".")]
+        assert merged.name in synced and "job" in synced  # the file and its folder
+        assert synced.index(merged.name) < marker[-1]  # the marker's temp file comes last
+        assert (tmp_path / "job" / dicompressor.DONE_MARKER).exists()
