@@ -1973,8 +1973,12 @@ def code_item(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def functional_group_item(keyword: str, source: Dataset) -> Dataset | None:
-    """Build one functional group sequence item from a single-frame dataset, if possible."""
+def functional_group_item(keyword: str, source: Dataset, shift: int = 0) -> Dataset | None:
+    """Build one functional group sequence item from a single-frame dataset, if possible.
+
+    shift: frames are stored as offset binary, shifted up by this much (to_offset_binary);
+    the Rescale Intercept takes it off.
+    """
     members = [k for k, g in FUNCTIONAL_GROUP_OF.items() if g == keyword]
     item = dataset_of(*members, source=source)
     if keyword == "PixelValueTransformationSequence":
@@ -1982,6 +1986,10 @@ def functional_group_item(keyword: str, source: Dataset) -> Dataset | None:
             return None
         item.setdefault("RescaleIntercept", "0")
         item.setdefault("RescaleSlope", "1")
+        if shift:
+            item.RescaleIntercept = ds_text(
+                float(item.RescaleIntercept) - shift * float(item.RescaleSlope)
+            )
         if "RescaleType" not in item:
             item.RescaleType = "HU" if source.get("Modality") == "CT" else "US"
     if keyword == "FrameVOILUTSequence" and (
@@ -1995,6 +2003,15 @@ def functional_group_item(keyword: str, source: Dataset) -> Dataset | None:
     seq = Dataset()
     setattr(seq, keyword, DicomSequence([item]))
     return seq
+
+
+def ds_text(value: float) -> str:
+    """Format a number as a Decimal String value (at most 16 characters)."""
+    for digits in range(12, 5, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{value:.6g}"
 
 
 def now_da_tm() -> tuple[str, str]:
@@ -2011,11 +2028,13 @@ def _first_value(*values: Any) -> Any:
     return None
 
 
-def to_offset_binary(frame: bytes | np.ndarray, bits_allocated: int, bits_stored: int) -> bytes:
+def to_offset_binary(
+    frame: bytes | np.ndarray, bits_allocated: int, bits_stored: int, out_bits: int
+) -> bytes:
     """Store signed pixel values as unsigned ones plus 2**(BitsStored-1) (offset binary).
 
-    frame is either native stored bytes (two's complement in BitsStored bits) or decoded
-    signed values.
+    frame is either native stored bytes (two's complement in BitsStored bits of
+    bits_allocated) or decoded signed values; the result has out_bits per value.
     """
     offset = 1 << (bits_stored - 1)
     dtype = np.dtype("<u2" if bits_allocated == 16 else "u1")
@@ -2024,14 +2043,18 @@ def to_offset_binary(frame: bytes | np.ndarray, bits_allocated: int, bits_stored
     else:
         values = np.frombuffer(frame, dtype=dtype).astype(np.int32) & ((1 << bits_stored) - 1)
         values = np.where(values >= offset, values - 2 * offset, values)
-    return (values + offset).astype(dtype).tobytes()
+    return (values + offset).astype("<u2" if out_bits == 16 else "u1").tobytes()
 
 
-def from_offset_binary(frame: bytes, bits_allocated: int, bits_stored: int) -> bytes:
-    """Undo to_offset_binary: unsigned stored values back to signed (two's complement)."""
+def from_offset_binary(
+    frame: bytes, bits_allocated: int, bits_stored: int, out_bits: int
+) -> bytes:
+    """Undo to_offset_binary: unsigned stored values (bits_allocated each) back to signed
+    ones (two's complement, out_bits each); bits_stored is the source's, which set the shift.
+    """
     offset = 1 << (bits_stored - 1)
     unsigned = np.dtype("<u2" if bits_allocated == 16 else "u1")
-    signed = np.dtype("<i2" if bits_allocated == 16 else "i1")
+    signed = np.dtype("<i2" if out_bits == 16 else "i1")
     values = np.frombuffer(frame, dtype=unsigned).astype(np.int32) & ((1 << bits_stored) - 1)
     return (values - offset).astype(signed).tobytes()
 
@@ -2071,8 +2094,10 @@ def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bo
         return MF_TRUE_COLOR_SC, False
     if bits == 1:
         return MF_SINGLE_BIT_SC, False
-    if bits == 8:
+    if bits == 8 and int(template.get("PixelRepresentation", 0)) == 0:
         return MF_GRAY_BYTE_SC, False
+    # Byte SC takes neither signed pixels nor a Rescale Intercept to undo offset binary
+    # (C.8.6.3), so signed 8-bit frames are widened into Word SC.
     return MF_GRAY_WORD_SC, False
 
 
@@ -2163,19 +2188,30 @@ def build_multiframe_dataset(
         _add_legacy_enhanced_modules(ds, order, source_type)
     else:
         _add_secondary_capture_modules(ds, order, source_type)
+    shift = 1 << (int(template.BitsStored) - 1) if offset_binary else 0
     if offset_binary:
         # Multi-frame Grayscale Word SC stores unsigned pixels (C.8.6.3): signed values are
         # shifted up and the shift undone by Rescale Intercept. The source's Pixel
         # Representation and Pixel Padding Value stay in the Unassigned Shared
         # Converted Attributes, where split finds them to shift back.
-        shift = 1 << (int(template.BitsStored) - 1)
         unassigned.append(DataElement(0x00280103, "US", 1))
         padding = ds.pop("PixelPaddingValue", None)
         if padding is not None:
             unassigned.append(padding)
+        if int(template.BitsAllocated) == 8:
+            # Widened into words, of which Word SC wants 9 to 16 bits stored; split takes
+            # the source's pixel description from the Unassigned Shared attributes.
+            for tag in (0x00280100, 0x00280101, 0x00280102):  # Bits Allocated/Stored, High Bit
+                unassigned.append(DataElement(tag, "US", int(template[tag].value)))
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 9, 8
         ds.PixelRepresentation = 0
         ds.RescaleIntercept = str(-shift)
-    shared_groups, frames = _frame_groups(order, per_frame, unassigned)
+    shared_groups, frames = _frame_groups(order, per_frame, unassigned, shift)
+    rescale = shared_groups.get("PixelValueTransformationSequence")
+    if sop_class == MF_GRAY_WORD_SC and rescale:
+        # Word SC takes any rescale (C.8.6.3): the top level says what the frames say.
+        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType"):
+            copy_element(rescale[0], ds, keyword)
     if legacy:
         frame_type = Dataset()
         frame_type.FrameType = ds.ImageType
@@ -2386,12 +2422,15 @@ def _frame_groups(
     order: StackOrder,
     per_frame: list[dict[int, DataElement]],
     unassigned_shared: list[DataElement],
+    shift: int = 0,
 ) -> tuple[Dataset, list[bytes]]:
     """Build the shared functional groups and the encoded per-frame items (C.7.6.16).
 
     A macro whose content is the same for every frame goes into the shared group;
     otherwise each frame carries its own. Attributes with no macro of their own go into
     the Unassigned Shared / Per-Frame Converted Attributes Sequences (C.7.6.16.2.25).
+    shift is the offset added to frames stored as offset binary: Rescale Intercepts
+    take it off again.
     """
     slices = order.slices
     shared = Dataset()
@@ -2405,11 +2444,11 @@ def _frame_groups(
         if all(
             same_in_all(headers, tag) or not any(tag in h for h in headers) for tag in members
         ):  # the same for every slice: build it once (the common case, and fast)
-            item = functional_group_item(keyword, headers[0])
+            item = functional_group_item(keyword, headers[0], shift)
             if item is not None:
                 shared.update(item)
             continue
-        items = [functional_group_item(keyword, h) for h in headers]
+        items = [functional_group_item(keyword, h, shift) for h in headers]
         if all(i is None for i in items):
             continue
         signatures = {element_signature(i[keyword]) if i is not None else None for i in items}
@@ -3835,8 +3874,8 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     if int(template.BitsAllocated) == 1:
         raise DicomPressorError("BitsAllocated 1 (bit-packed frames) cannot be merged")
     sop_class, legacy = multiframe_sop_class(template, geometric=order.by_position)
-    # Word SC takes any Rescale Intercept; Byte SC wants 0, so signed 8-bit data stays
-    # signed there (dciodvfy objects to that; no conformant multi-frame IOD takes it).
+    # Grayscale SC stores unsigned pixels only: signed ones go into Word SC as offset
+    # binary (8-bit ones widened to 16, see multiframe_sop_class).
     offset_binary = (
         sop_class == MF_GRAY_WORD_SC and int(template.get("PixelRepresentation", 0)) == 1
     )
@@ -3865,19 +3904,26 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
 
 
 def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
-    """Yield each slice's frame as native little-endian bytes, one at a time."""
-    bits = int(plan.dataset.BitsAllocated)
+    """Yield each slice's frame as native little-endian bytes, one at a time.
+
+    Offset binary frames are written with the output's Bits Allocated (16 where signed
+    8-bit frames are widened) and shifted by the sources' Bits Stored.
+    """
+    template = plan.order.slices[0].header
+    bits, stored = int(template.BitsAllocated), int(template.BitsStored)
+    out_bits = int(plan.dataset.BitsAllocated)
+    source_bytes = expected_frame_bytes(template) if plan.offset_binary else plan.frame_bytes
     for s in plan.order.slices:
         if not plan.decode and s.pixels is not None:
-            if s.pixels.length < plan.frame_bytes:
+            if s.pixels.length < source_bytes:
                 raise DicomPressorError(
                     f"{s.path.name}: (7FE0,0010) Pixel Data holds {s.pixels.length} bytes, "
-                    f"expected {plan.frame_bytes}"
+                    f"expected {source_bytes}"
                 )
-            span = FileSpan(s.path, s.pixels.offset, plan.frame_bytes)
+            span = FileSpan(s.path, s.pixels.offset, source_bytes)
             if plan.offset_binary:
                 data = read_span(span.path, span.offset, span.length)
-                yield to_offset_binary(data, bits, int(plan.dataset.BitsStored))
+                yield to_offset_binary(data, bits, stored, out_bits)
             else:
                 yield span
         else:
@@ -3886,9 +3932,9 @@ def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
             except DicomPressorError as exc:
                 raise DicomPressorError(f"{s.path.name}: {exc.message}") from exc
             if plan.offset_binary:
-                yield to_offset_binary(arr, bits, int(plan.dataset.BitsStored))
+                yield to_offset_binary(arr, bits, stored, out_bits)
             else:
-                yield native_frame_bytes(arr, bits)
+                yield native_frame_bytes(arr, out_bits)
 
 
 def _encapsulated_frames(
@@ -4179,14 +4225,6 @@ def _stored_as_offset_binary(ds: Dataset) -> bool:
     return bool(unassigned) and int(unassigned[0].get("PixelRepresentation", 0)) == 1
 
 
-def _has_macro(ds: Dataset, index: int, keyword: str) -> bool:
-    """Tell whether frame index has a functional group macro, shared or its own."""
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    own = per_frame[index] if per_frame and index < len(per_frame) else Dataset()
-    return keyword in own or bool(shared and keyword in shared[0])
-
-
 def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None:
     """Split one multi-frame file into single-frame files in a folder of its own."""
     ds, location = read_header(path)
@@ -4230,9 +4268,14 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                 header.PhotometricInterpretation = decoded_photometric(ds, raw=False)
                 if int(header.get("SamplesPerPixel", 1)) == 3:
                     header.PlanarConfiguration = 0
-            bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-            if shifted and not _has_macro(ds, index, "PixelValueTransformationSequence"):
-                header.RescaleIntercept = f"{float(ds.RescaleIntercept) + (1 << stored - 1):g}"
+            # the header has the source's pixel description back (widened 8-bit frames)
+            bits, out_bits, stored = int(ds.BitsAllocated), int(header.BitsAllocated), 0
+            if shifted:  # the Rescale Intercept, of the frame or the top level, gives it back
+                stored = int(header.BitsStored)
+                slope = float(header.get("RescaleSlope", 1) or 1)
+                header.RescaleIntercept = ds_text(
+                    float(header.RescaleIntercept) + (1 << stored - 1) * slope
+                )
             target = staging / f"{folder.name[:-7]}_{index + 1:04d}.dcm"
             with target.open("wb") as handle:
                 write_header(handle, header, out_syntax)
@@ -4245,13 +4288,13 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
                     frame = decode_frame(path, index, raw=False)
                     data = pack_native_frames([native_frame_bytes(frame, bits)], bits)
                     if shifted:
-                        data = from_offset_binary(data, bits, stored)
-                    write_native_frames(handle, [data], len(data), 1, bits)
+                        data = from_offset_binary(data, bits, stored, out_bits)
+                    write_native_frames(handle, [data], len(data), 1, out_bits)
                 else:
                     data = read_span(path, location.offset + index * frame_bytes, frame_bytes)
                     if shifted:
-                        data = from_offset_binary(data, bits, stored)
-                    write_native_frames(handle, [data], frame_bytes, 1, bits)
+                        data = from_offset_binary(data, bits, stored, out_bits)
+                    write_native_frames(handle, [data], len(data), 1, out_bits)
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

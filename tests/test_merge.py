@@ -77,6 +77,25 @@ class TestMergeOutput:
         for index, original in enumerate(originals):
             np.testing.assert_array_equal(arr[index], original.pixel_array)
 
+    @pytest.mark.parametrize("modality", ["OT", "CT"])
+    def test_signed_bytes_widen_into_word_sc_as_offset_binary(self, make_series, modality):
+        paths = make_series("s", n=5, modality=modality, bits=8, signed=True)
+        ds = pydicom.dcmread(merge_one(paths[0].parent))
+        assert ds.SOPClassUID == MF_GRAY_WORD_SC  # Byte SC takes unsigned pixels only
+        assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 9, 8)
+        assert ds.PixelRepresentation == 0
+        arr = frames_of(ds)
+        assert arr.dtype == np.uint16 and arr.min() >= 0 and arr.max() <= 255
+        unassigned = ds.SharedFunctionalGroupsSequence[0]
+        [source] = unassigned.UnassignedSharedConvertedAttributesSequence
+        assert (source.BitsAllocated, source.BitsStored, source.HighBit) == (8, 8, 7)
+        assert source.PixelRepresentation == 1
+        for index, original in enumerate(spatial_order(paths)):  # the same modality values
+            slope = float(original.get("RescaleSlope", 1))
+            expected = original.pixel_array * slope + float(original.get("RescaleIntercept", 0))
+            rescaled = arr[index] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+            np.testing.assert_array_equal(rescaled, expected)
+
     def test_name_is_patient_series_multiframe_in_series_folder(self, make_series):
         paths = make_series("s", n=6, series_number=7)
         out = merge_one(paths[0].parent)
@@ -264,11 +283,12 @@ class TestMergeOrder:
         originals = sorted((pydicom.dcmread(p) for p in paths), key=lambda d: d.InstanceNumber)
         assert [o.InstanceNumber for o in originals] == list(range(1, 8))
         ds = pydicom.dcmread(merge_one(paths[0].parent))
-        arr = frames_of(ds).astype(np.int32)
-        if ds.PixelRepresentation == 0 and originals[0].PixelRepresentation == 1:
-            arr += int(ds.RescaleIntercept)  # signed data stored as offset binary in SC
+        # signed data is stored as offset binary in SC: compare the rescaled values
+        arr = frames_of(ds) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         for index, original in enumerate(originals):
-            np.testing.assert_array_equal(arr[index], original.pixel_array)
+            slope = float(original.get("RescaleSlope", 1))
+            expected = original.pixel_array * slope + float(original.get("RescaleIntercept", 0))
+            np.testing.assert_array_equal(arr[index], expected)
 
 
 class TestMergeWarnings:
@@ -383,17 +403,6 @@ def _validated_series(make_series, kwargs):
     return merge_one(paths[0].parent)
 
 
-SIGNED_BYTE_SC = (
-    "KNOWN LIMITATION: signed 8-bit pixels go into Multi-frame Grayscale Byte SC, which "
-    "allows neither PixelRepresentation 1 nor a Rescale Intercept other than 0"
-)
-
-
-def known_bug(kwargs: dict, name: str, reason: str) -> object:
-    """Return a parameter that fails today because of a known bug (strict xfail)."""
-    return pytest.param(kwargs, id=name, marks=pytest.mark.xfail(reason=reason, strict=True))
-
-
 VALID_SERIES = [
     pytest.param({"modality": "CT", "vary_window": True}, id="CT-axial"),
     pytest.param({"modality": "MR", "orientation": "oblique", "signed": False}, id="MR-oblique"),
@@ -417,10 +426,10 @@ class TestMergeValidators:
         [
             *VALID_SERIES,
             pytest.param({"modality": "CT", "bits": 8, "signed": False}, id="CT-8bit"),
-            known_bug({"modality": "CT", "bits": 8}, "CT-8bit-signed", SIGNED_BYTE_SC),
+            pytest.param({"modality": "CT", "bits": 8}, id="CT-8bit-signed"),
             pytest.param({"modality": "PT", "bits": 8, "signed": False}, id="PT-8bit"),
             pytest.param({"modality": "OT", "signed": True}, id="OT-signed-word"),
-            known_bug({"modality": "OT", "bits": 8}, "OT-signed-byte", SIGNED_BYTE_SC),
+            pytest.param({"modality": "OT", "bits": 8}, id="OT-signed-byte"),
             pytest.param(
                 {"modality": "CT", "geometry": False, "signed": False}, id="CT-no-geometry"
             ),

@@ -98,9 +98,10 @@ class TestSplitRoundTrip:
             {"modality": "PT", "orientation": "coronal", "signed": False},
             {"modality": "OT", "orientation": "oblique", "signed": False},
             {"modality": "OT", "orientation": "axial", "signed": True},
+            {"modality": "OT", "orientation": "axial", "signed": True, "bits": 8},
             {"modality": "OT", "orientation": "axial", "rgb": True},
         ],
-        ids=["MR", "PT", "OT", "OT-signed-offset-binary", "OT-rgb"],
+        ids=["MR", "PT", "OT", "OT-signed-offset-binary", "OT-signed-byte-widened", "OT-rgb"],
     )
     def test_other_modalities(self, make_series, kwargs):
         restored, originals = merge_then_split(make_series, **kwargs)
