@@ -1326,6 +1326,9 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
         raise DicomPressorError(
             f"(0002,0010) Transfer Syntax UID {str(syntax)!r} is not a transfer syntax"
         )
+    problem = truncation(ds, size) if syntax != DEFLATED else None  # (inflated offsets)
+    if problem is not None:
+        raise DicomPressorError(problem)
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
@@ -1347,6 +1350,34 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
                 f"the file holds {max(0, size - tell)}"
             )
     return ds, location
+
+
+def truncation(ds: Dataset, size: int) -> str | None:
+    """Describe where a file ends inside an element of ds before its Pixel Data, or None.
+
+    pydicom reads such a file without a word: the cut element comes back shorter than
+    its length says, and a cut element header is dropped. A cut header is told apart
+    from trailing padding only in a file without Pixel Data, whose last element it
+    follows by fewer bytes than an element header has. (read_header checks the Pixel
+    Data itself.)
+    """
+    end = 0
+    pixels = 0x7FE00010 in ds._dict
+    for tag, item in ds._dict.items():
+        if tag >= 0x7FE00010:
+            break
+        if not isinstance(item, RawDataElement) or item.length == 0xFFFFFFFF:
+            end = -1  # read whole by pydicom (sequences): the end of the next one counts
+            continue
+        end = item.value_tell + item.length
+        if end > size:
+            return (
+                f"truncated: ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {item.length} "
+                f"bytes at offset {item.value_tell}, the file ends at {size}"
+            )
+    if not pixels and end > 0 and 0 < size - end < 8:
+        return f"truncated: the file ends {size - end} byte(s) into an element header"
+    return None
 
 
 #: How much of a file read_plain_header reads: headers longer than this go to pydicom.

@@ -115,6 +115,28 @@ class TestExitCodes:
         assert int(pydicom.dcmread(merged).NumberOfFrames) == 6
         assert hash_files(inputs) == before
 
+    @pytest.mark.parametrize("cut", ["in a value", "in an element header"])
+    @pytest.mark.parametrize(
+        "args", [["-j"], ["-x", "--codec", "rle"], ["-t"], ["-I", "png"], ["--info"]]
+    )
+    def test_file_cut_inside_its_header_is_named_truncated(self, make_series, cut, args):
+        paths = make_series("cut", n=3)
+        data = paths[0].read_bytes()
+        ds = pydicom.dcmread(paths[0])
+        at = data.index(ds.SeriesInstanceUID.encode())  # a value in the header
+        broken = paths[0].parent / "cut.dcm"
+        broken.write_bytes(data[: at + 5] if cut == "in a value" else data[: at - 3])
+        paths[0].unlink()
+        if args == ["--info"]:
+            code, out, err = run_cli("--info", broken)
+            assert code == 1
+        else:
+            code, out, err = run_cli(*args, "-F", broken.parent)
+            assert code == 3, out + err
+        [line] = [x for x in (out + err).splitlines() if x.startswith("[ERROR]")]
+        assert "cut.dcm: truncated: " in line, line
+        assert "Traceback" not in out + err
+
     def test_only_bad_files_fail(self, tmp_path):
         folder = tmp_path / "junk"
         folder.mkdir()
