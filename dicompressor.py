@@ -8977,6 +8977,20 @@ class ApiServer(ThreadingHTTPServer):
             except Exception:  # the sweeper must outlive one bad folder
                 LOG.error("session sweep failed", exc_info=True)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log an error that escaped a request in one line, not socketserver's traceback.
+
+        A client that hangs up mid-request (reset, broken pipe) is routine for a server:
+        it is logged at debug level only.
+        """
+        exc = sys.exc_info()[1]
+        host = client_address[0] if client_address else "?"
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            LOG.debug("client %s went away: %s", host, one_line(str(exc) or type(exc).__name__))
+            return
+        LOG.error("request from %s failed: %s", host, one_line(f"{type(exc).__name__}: {exc}"))
+        LOG.debug("traceback", exc_info=True)
+
     def close(self) -> None:
         """Stop serving (when serve_forever runs in another thread) and release the port."""
         self._stop.set()

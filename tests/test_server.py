@@ -569,6 +569,26 @@ HOSTILE = [
 ]
 
 
+class TestClientsThatHangUp:
+    """A client gone mid-request costs the server a debug line, not a traceback."""
+
+    def test_reset_mid_request_prints_no_traceback(self, api: Running, capfd) -> None:
+        import struct
+
+        host, port = api.server.server_address[:2]
+        for _ in range(3):
+            with socket.create_connection((host, port), timeout=10) as sock:
+                sock.sendall(b"GET /api/hea")  # no end of line: the handler is reading
+                time.sleep(0.05)
+                # SO_LINGER 0: close sends a reset instead of a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.3)  # the handler threads see the resets
+        r = requests.get(f"{api.url}/api/health", timeout=10)
+        assert r.status_code == 200
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
 class TestUploads:
     def test_hostile_names_stay_inside(self, api: Running, tmp_path: Path) -> None:
         names = [*HOSTILE, *(f"{h}{i}" for i, h in enumerate(HOSTILE)), *HOSTILE[:30]]
