@@ -1305,7 +1305,8 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
     """
     try:
         size = path.stat().st_size
-        ds = read_plain_header(path) or pydicom.dcmread(path, defer_size=4096)
+        plain = read_plain_header(path)  # checked whole: no element runs past the end
+        ds = plain or pydicom.dcmread(path, defer_size=4096)
     except InvalidDicomError as exc:
         raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
     except BaseException as exc:  # pydicom raises many types on malformed files
@@ -1326,7 +1327,8 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
         raise DicomPressorError(
             f"(0002,0010) Transfer Syntax UID {str(syntax)!r} is not a transfer syntax"
         )
-    problem = truncation(ds, size) if syntax != DEFLATED else None  # (inflated offsets)
+    # (offsets count the inflated stream of a deflated file)
+    problem = truncation(ds, size) if plain is None and syntax != DEFLATED else None
     if problem is not None:
         raise DicomPressorError(problem)
     if "SOPClassUID" not in ds and "PixelData" not in ds:
