@@ -1295,20 +1295,25 @@ def unreadable(exc: BaseException) -> str:
     return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
 
 
-def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, PixelLocation | None]:
+def read_header(
+    path: Path, *, check_values: bool = True, image: bool = True
+) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
     Raises DicomPressorError naming the problem when the file is not readable DICOM or
-    when its pixel data is shorter than declared (a truncated file), and, with
-    check_values, when one of the HEADER_CHECKED values is malformed (the headers dump
-    reads without that check: it shows such values as unreadable).
+    is truncated, with image when it is no image (neither SOP Class UID nor pixel data),
+    and, with check_values, when one of the HEADER_CHECKED values is malformed. The
+    headers dump reads without those two checks: it dumps any dataset and shows a
+    malformed value as unreadable.
     """
     try:
         size = path.stat().st_size
         plain = read_plain_header(path)  # checked whole: no element runs past the end
         ds = plain or pydicom.dcmread(path, defer_size=4096)
     except InvalidDicomError as exc:
-        raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
+        ds = None if image else read_bare_dataset(path)
+        if ds is None:
+            raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
     except BaseException as exc:  # pydicom raises many types on malformed files
         if is_fatal(exc):
             raise
@@ -1331,7 +1336,7 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
     problem = truncation(ds, size) if plain is None and syntax != DEFLATED else None
     if problem is not None:
         raise DicomPressorError(problem)
-    if "SOPClassUID" not in ds and "PixelData" not in ds:
+    if image and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
     if 0x7FE00010 in ds:
@@ -1352,6 +1357,23 @@ def read_header(path: Path, *, check_values: bool = True) -> tuple[Dataset, Pixe
                 f"the file holds {max(0, size - tell)}"
             )
     return ds, location
+
+
+def read_bare_dataset(path: Path) -> Dataset | None:
+    """Read a dataset stored without preamble and File Meta (not PS3.10), or None.
+
+    pydicom guesses the encoding; the result counts as a dataset when it has two or more
+    elements starting in group 0008, where datasets start (anything else read this way,
+    text or an image, comes out as one odd element).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=4096, force=True)
+    except Exception:  # not even that
+        return None
+    tags = list(ds._dict)
+    return ds if len(tags) >= 2 and tags[0] >> 16 == 0x0008 else None
 
 
 def truncation(ds: Dataset, size: int) -> str | None:
@@ -3614,9 +3636,6 @@ def _fast_dump(path: Path, data: Any, size: int) -> str:
     elements, end = _raw_elements(data, pos, size)
     if end != size:
         raise _NotFast
-    tags = {t for t, *_ in elements}
-    if 0x00080016 not in tags and 0x7FE00010 not in tags:
-        raise _NotFast  # read_header's "not a DICOM image": let it say so
     lines = [f"# {path.name}", "# File Meta Information"]
     lines.extend(_raw_dump_lines(meta, 1, syntax))
     lines.append("# Dataset")
@@ -3762,17 +3781,32 @@ def header_text(path: Path, ds: Dataset) -> str:
     """Return the text dump of a file: File Meta, then the dataset."""
     lines = [f"# {path.name}", "# File Meta Information"]
     meta = getattr(ds, "file_meta", None)
-    if meta is not None:
+    if meta:
         lines.extend(dump_lines(meta, 1))
+    else:
+        lines.append("  (none: a bare dataset, without preamble and File Meta)")
     lines.append("# Dataset")
     lines.extend(dump_lines(ds, 1))
     return "\n".join(lines) + "\n"
 
 
-def header_json(ds: Dataset) -> str:
-    """Return the DICOM JSON Model of ds (PS3.18 F.2) without bulk data, sorted."""
-    data = without_bulk_data(ds).to_json_dict(bulk_data_threshold=1 << 62)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def header_json(ds: Dataset) -> tuple[str, list[str]]:
+    """Return the DICOM JSON Model of ds (PS3.18 F.2) without bulk data, sorted, and the
+    tags of the elements left out because their values cannot be converted.
+    """
+    kept = without_bulk_data(ds)
+    left_out: list[str] = []
+    try:
+        data = kept.to_json_dict(bulk_data_threshold=1 << 62)
+    except Exception:  # a value pydicom cannot convert: find it, leave it out
+        for tag in list(kept.keys()):
+            try:
+                Dataset({tag: kept[tag]}).to_json_dict(bulk_data_threshold=1 << 62)
+            except Exception:
+                left_out.append(_tag_text(int(tag)))
+                del kept[tag]
+        data = kept.to_json_dict(bulk_data_threshold=1 << 62)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n", left_out
 
 
 # ---- DICOMDIR ----
@@ -4915,7 +4949,7 @@ def headers(
     suffix = ".json" if options.format == "json" else ".txt"
     result = ActionResult()
     tasks = [(path, output_dir, suffix) for path in inputs]
-    for path, (output, error) in zip(
+    for path, (output, error, left_out) in zip(
         inputs,
         iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks), batch=8),
         strict=True,
@@ -4923,6 +4957,11 @@ def headers(
         if error is not None:
             result.fail(path, error)
             continue
+        if left_out:
+            result.warn(
+                f"{path.name}: values that cannot be read, left out of the JSON: "
+                + ", ".join(left_out)
+            )
         result.inputs_used += 1
         result.outputs.append(output)
         result.info(f"{path.name} -> {output.name}")
@@ -4930,8 +4969,10 @@ def headers(
     return result
 
 
-def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str | None]:
-    """Worker: dump one file's header; return (output, error).
+def _headers_task(
+    task: tuple[Path, Path | None, str],
+) -> tuple[Path | None, str | None, list[str]]:
+    """Worker: dump one file's header; return (output, error, tags left out of JSON).
 
     Beside its file the dump is derived data, so a new run replaces the old one rather
     than adding ``_1`` copies. In --output-dir, where files of several folders may share
@@ -4941,25 +4982,29 @@ def _headers_task(task: tuple[Path, Path | None, str]) -> tuple[Path | None, str
     folder = output_dir if output_dir is not None else path.parent
     stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
     output = OutputFile(folder / f"{stem}{suffix}", replace=output_dir is None, durable=False)
+    left_out: list[str] = []
     try:
         text = fast_header_text(path) if suffix == ".txt" else None
         if text is None:
-            ds, _ = read_header(path, check_values=False)
+            ds, _ = read_header(path, check_values=False, image=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                text = header_json(ds) if suffix == ".json" else header_text(path, ds)
+                if suffix == ".json":
+                    text, left_out = header_json(ds)
+                else:
+                    text = header_text(path, ds)
         with output as handle:
             handle.write(text.encode("utf-8"))
     except DicomPressorError as exc:
-        return None, exc.message
+        return None, exc.message, []
     except OSError as exc:
-        return None, f"cannot write {stem}{suffix}: {exc.strerror or exc}"
+        return None, f"cannot write {stem}{suffix}: {exc.strerror or exc}", []
     except BaseException as exc:
         if is_fatal(exc):
             raise
         LOG.debug("unexpected error on %s", path, exc_info=True)
-        return None, f"cannot dump the header: {type(exc).__name__}: {exc}"
-    return output.path, None
+        return None, f"cannot dump the header: {type(exc).__name__}: {exc}", []
+    return output.path, None, left_out
 
 
 def dicomdir(

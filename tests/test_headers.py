@@ -55,6 +55,23 @@ class TestText:
         assert result.failures == [(bad, "not a DICOM file (no DICM prefix or File Meta)")]
         assert [p.name for p in result.outputs] == [paths[0].stem + ".txt"]
 
+    @pytest.mark.parametrize("format_", ["text", "json"])
+    @pytest.mark.parametrize("name", ["priv_SQ.dcm", "rtstruct.dcm"])
+    def test_any_dataset_is_dumped(self, testdata, tmp_path, name, format_):
+        # priv_SQ.dcm has neither SOP Class UID nor pixel data; rtstruct.dcm is a bare
+        # dataset without preamble and File Meta (dcmdump dumps both as well)
+        path = testdata(name)
+        result = headers([path], tmp_path / "out", Options(format=format_))
+        assert not result.failures, result.failures
+        dumped = result.outputs[0].read_text()
+        source = pydicom.dcmread(path, force=True)
+        if format_ == "json":
+            assert Dataset.from_json(dumped) == without_bulk(source)
+        else:
+            assert ("(none: a bare dataset" in dumped) == (name == "rtstruct.dcm")
+            for elem in source:  # every top-level element has its line
+                assert f"\n  {str(elem.tag).replace(', ', ',')} " in dumped, elem.tag
+
     def test_values_shown_from_bytes_match_pydicom(self, make_series):
         """Values shown straight from the bytes read equal pydicom's converted values."""
         import warnings
@@ -173,6 +190,17 @@ class TestJson:
         back = Dataset.from_json(result.outputs[0].read_text())
         assert back == without_bulk(pydicom.dcmread(paths[0]))
         assert "7FE00010" not in result.outputs[0].read_text()
+
+    @pytest.mark.filterwarnings("ignore:Invalid value for VR")
+    def test_unreadable_value_is_left_out_with_a_warning(self, testdata, tmp_path):
+        path = testdata("badVR.dcm")  # (0028,0008) Number of Frames is IS "1A"
+        result = headers([path], tmp_path / "out", Options(format="json"))
+        assert not result.failures
+        data = result.outputs[0].read_text()
+        assert "00280008" not in data and "00100010" in data
+        [warning] = [line for line in result.log if "left out of the JSON" in line]
+        assert "badVR.dcm" in warning and "(0028,0008)" in warning
+        assert len(Dataset.from_json(data)) > 10
 
     def test_unknown_format(self, make_series):
         with pytest.raises(DicomPressorError, match="unknown header format 'xml'"):
