@@ -1213,6 +1213,17 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
+def no_pixels_reason(ds: Dataset) -> str | None:
+    """Return why an instance without Pixel Data is passed over, or None when it is a fault.
+
+    Reports, plans, presentation states and the like have no pixels to merge, split,
+    compress or export; an instance of an image storage SOP class without them is
+    damaged.
+    """
+    name = uid_name(str(ds.get("SOPClassUID", "") or ""))
+    return None if "Image" in name else f"no pixel data ({name or 'no SOP Class UID'})"
+
+
 @dataclasses.dataclass
 class PixelLocation:
     """Where the pixel data value of a file lies, read without loading it."""
@@ -1320,6 +1331,8 @@ def read_header(
         raise DicomPressorError(unreadable(exc)) from exc
     try:
         syntax = transfer_syntax_of(ds)
+        if plain is None:
+            _record_read_encoding(ds)
         for tag in HEADER_CHECKED_TAGS if check_values else ():
             item = ds._dict.get(tag)
             if item is not None and not _surely_converts(item):
@@ -1357,6 +1370,23 @@ def read_header(
                 f"the file holds {max(0, size - tell)}"
             )
     return ds, location
+
+
+def _record_read_encoding(ds: Dataset) -> None:
+    """Record the VR encoding pydicom read ds in when it is not what the syntax says.
+
+    pydicom reads a dataset written in implicit VR under an explicit VR syntax (or the
+    reverse) as it finds it, but keeps the syntax's encoding as the original one; its
+    writer then copies the elements read unconverted and fails on them (no VR). With the
+    encoding as read, the writer converts them to the syntax of the output.
+    """
+    first = next((e for e in ds._dict.values() if isinstance(e, RawDataElement)), None)
+    if first is not None and (first.is_implicit_VR, first.is_little_endian) != (
+        ds.original_encoding
+    ):
+        ds.set_original_encoding(
+            first.is_implicit_VR, first.is_little_endian, ds.original_character_set
+        )
 
 
 def read_bare_dataset(path: Path) -> Dataset | None:
@@ -4078,7 +4108,11 @@ def merge(
     seen_instances: dict[str, Path] = {}
     for path, ds, location in readable:
         if location is None:
-            result.fail(path, "no (7FE0,0010) Pixel Data to merge")
+            reason = no_pixels_reason(ds)
+            if reason is None:
+                result.fail(path, "no (7FE0,0010) Pixel Data to merge")
+            else:
+                result.info(f"Skipping {path.name}: {reason}")
             continue
         frames = number_of_frames(ds)
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
@@ -4296,7 +4330,11 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     """Split one multi-frame file into single-frame files in a folder of its own."""
     ds, location = read_header(path)
     if location is None:
-        raise DicomPressorError("no (7FE0,0010) Pixel Data to split")
+        reason = no_pixels_reason(ds)
+        if reason is None:
+            raise DicomPressorError("no (7FE0,0010) Pixel Data to split")
+        result.info(f"Skipping {path.name}: {reason}")
+        return
     check_pixel_description(ds)
     n_frames = number_of_frames(ds)
     if n_frames < 2:
@@ -4480,7 +4518,10 @@ def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> 
                 return f"{candidate.name} exists already"
             n += 1
     if "PixelData" not in ds:
-        return "no (7FE0,0010) Pixel Data"
+        reason = no_pixels_reason(ds)
+        if reason is None:  # an image without its pixels: damaged
+            raise DicomPressorError("no (7FE0,0010) Pixel Data")
+        return reason
     return None
 
 
@@ -5692,9 +5733,15 @@ def _stem(path: Path) -> str:
 def _read_sources(
     inputs: Sequence[Path], result: ActionResult
 ) -> list[tuple[Path, Dataset, PixelLocation | None]]:
-    """Read the headers of inputs; files without pixel data fail."""
+    """Read the headers of inputs; images without pixel data fail, other instances are
+    passed over (no_pixels_reason).
+    """
     readable = []
     for path, ds, location in _read_inputs(inputs, result, _no_progress):
+        reason = no_pixels_reason(ds) if location is None else None
+        if reason is not None:
+            result.info(f"Skipping {path.name}: {reason}")
+            continue
         if location is None or "Rows" not in ds:
             result.fail(path, "no (7FE0,0010) Pixel Data to export")
             continue

@@ -437,6 +437,19 @@ class TestFastWriter:
         assert compared > 40
         assert fast > compared // 2  # the fast path is really taken
 
+    @pytest.mark.filterwarnings("ignore:Expected explicit VR")
+    def test_dataset_in_another_vr_encoding_than_its_syntax(self, testdata, tmp_path):
+        # SC_rgb_jpeg.dcm says JPEG Baseline (explicit VR) but its dataset is implicit VR
+        path = testdata("SC_rgb_jpeg.dcm")
+        result = anonymize([path], tmp_path / "out", Options())
+        assert not result.failures, result.failures
+        written = pydicom.dcmread(result.outputs[0])  # no warning: written as declared
+        assert written.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+        assert written.get_item(0x00080008).VR == "CS"  # explicit VR as read back
+        assert written.PatientIdentityRemoved == "YES"
+        source = pydicom.dcmread(path)
+        assert np.array_equal(written.pixel_array, source.pixel_array)
+
     def test_output_file_equals_pydicom_write(self, make_series, tmp_path):
         import io
 

@@ -137,6 +137,36 @@ class TestExitCodes:
         assert "cut.dcm: truncated: " in line, line
         assert "Traceback" not in out + err
 
+    @pytest.mark.parametrize(
+        "args", [["-j"], ["-s"], ["-x", "--codec", "rle"], ["-u"], ["-I", "png"]]
+    )
+    def test_reports_and_plans_are_passed_over(self, make_series, testdata, args):
+        import shutil
+
+        paths = make_series("mixed", n=3)
+        folder = paths[0].parent
+        if args == ["-s"]:
+            merge_one(folder)  # something to split
+        for name in ("rtplan.dcm", "test-SR.dcm"):
+            shutil.copy(testdata(name), folder / name)
+        code, out, err = run_cli(*args, "-F", folder, "--verbose")
+        assert code == 0, out + err
+        assert "Skipping rtplan.dcm: no pixel data (RT Plan Storage)" in err or (
+            "rtplan.dcm: left alone, no pixel data (RT Plan Storage)" in err
+        ), err
+        assert "test-SR.dcm" in err and "[ERROR]" not in err
+
+    @pytest.mark.parametrize("args", [["-j"], ["-x", "--codec", "rle"], ["-I", "png"]])
+    def test_image_without_its_pixels_fails(self, make_series, args):
+        paths = make_series("damaged", n=3)
+        ds = pydicom.dcmread(paths[0])
+        del ds.PixelData  # a CT image without its pixels is damaged, not passed over
+        ds.save_as(paths[0])
+        code, out, err = run_cli(*args, "-F", paths[0].parent)
+        assert code == 3, out + err
+        [line] = [x for x in err.splitlines() if x.startswith("[ERROR]")]
+        assert f"{paths[0].name}: no (7FE0,0010) Pixel Data" in line
+
     def test_only_bad_files_fail(self, tmp_path):
         folder = tmp_path / "junk"
         folder.mkdir()
