@@ -2901,6 +2901,40 @@ def htj2k_encoder() -> Callable[..., bytes] | None:
     return encoder if available else None
 
 
+#: Photometric interpretations HTJ2K lossless takes (PS3.5 8.2.4, as JPEG 2000 lossless),
+#: with the largest Bits Stored each may have here.
+HTJ2K_PHOTOMETRICS = {
+    "MONOCHROME1": 24,
+    "MONOCHROME2": 24,
+    "PALETTE COLOR": 16,
+    "RGB": 24,
+    "YBR_FULL": 24,
+    "YBR_RCT": 24,
+}
+
+
+def check_htj2k_pixels(description: dict[str, Any]) -> None:
+    """Raise DicomPressorError when frames of this description cannot be stored as HTJ2K.
+
+    pydicom checks the other codecs against PS3.5 before encoding; imagecodecs does not.
+    Bits Allocated must be a whole number of bytes (PS3.5 8.2.4), and Bits Stored at most
+    24: openjpeg, which decodes HTJ2K for pydicom, reads no more (its JPEG 2000 encoder
+    takes no more either).
+    """
+    photometric = str(description["photometric_interpretation"])
+    limit = HTJ2K_PHOTOMETRICS.get(photometric)
+    bits_allocated, bits_stored = description["bits_allocated"], description["bits_stored"]
+    problem = None
+    if limit is None:
+        problem = f"Photometric Interpretation {photometric} is not one it takes"
+    elif bits_allocated not in (8, 16, 24, 32):
+        problem = f"Bits Allocated {bits_allocated} is not 8, 16, 24 or 32"
+    elif bits_stored > limit:
+        problem = f"Bits Stored {bits_stored} is more than {limit} ({photometric})"
+    if problem is not None:
+        raise DicomPressorError(f"cannot store these pixels as HTJ2K: {problem}")
+
+
 def htj2k_encode(array: np.ndarray) -> bytes:
     """Encode a frame as an HTJ2K lossless codestream (PS3.5 A.4.6, ...4.201).
 
@@ -4684,6 +4718,17 @@ def _encode_frames(
             f"JPEG 2000 (openjpeg needs {J2K_MIN_SIDE} or more on each side); "
             "use --codec jpegls or rle"
         )
+    if description["bits_allocated"] == 1:
+        raise DicomPressorError(
+            "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
+        )
+    if mode.syntax == J2K_LOSSY and description["photometric_interpretation"] == "PALETTE COLOR":
+        raise DicomPressorError(
+            "PALETTE COLOR pixels index a palette: lossy compression would change the "
+            "colours; use -x (lossless)"
+        )
+    if mode.syntax == CODECS["htj2k"].syntax:
+        check_htj2k_pixels(description)
     ratio = None
     if mode.ratio is not None:
         # openjpeg's ratio counts BitsStored bits per sample; ours counts the bytes stored.
@@ -5416,6 +5461,11 @@ def _palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
     """Return a PALETTE COLOR image's palette for every stored value, and its entry bits."""
     from pydicom.pixels import apply_color_lut
 
+    if "RedPaletteColorLookupTableDescriptor" not in ds:  # Type 1 in the LUT module
+        raise DicomPressorError(
+            "PALETTE COLOR without a Palette Color Lookup Table (no (0028,1101) Red "
+            "Palette Color Lookup Table Descriptor): its colours are unknown"
+        )
     bits_stored = int(ds.get("BitsStored", 8) or 8)
     palette_ds = Dataset()
     for elem in ds:
@@ -5648,7 +5698,7 @@ def _frame_jobs_of(
     except BaseException as exc:  # malformed LUTs and the like fail this file only
         if is_fatal(exc):
             raise
-        message = one_line(f"{type(exc).__name__}: {exc}")
+        message = one_line(f"cannot prepare the rendering: {type(exc).__name__}: {exc}")
         for i in indices:
             yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=message)
         return

@@ -438,6 +438,38 @@ class TestLossless:
         assert snapshot(out) == before  # nothing new, nothing overwritten
         assert err.count("exists already") == 2, err
 
+    @pytest.mark.parametrize(
+        ("name", "flags", "message"),
+        [
+            ("liver_1frame.dcm", ["-x"], "cannot compress 1-bit (bit-packed) pixels"),
+            ("liver_1frame.dcm", ["-x", "--codec", "rle"], "cannot compress 1-bit"),
+            ("liver_1frame.dcm", ["-x", "--codec", "htj2k"], "cannot compress 1-bit"),
+            (
+                "SC_rgb_rle_32bit.dcm",
+                ["-x", "--codec", "htj2k"],
+                "cannot store these pixels as HTJ2K: Bits Stored 32 is more than 24 (RGB)",
+            ),
+            ("examples_palette.dcm", ["-z"], "PALETTE COLOR pixels index a palette"),
+        ],
+    )
+    def test_pixels_a_codec_cannot_take_fail_in_words(
+        self, tmp_path: Path, name: str, flags: list[str], message: str
+    ) -> None:
+        """Refused before encoding, in plain words (HTJ2K's encoder would take them and
+        write what openjpeg cannot read back)."""
+        source = get_testdata_file(name, download=False)
+        if source is None:
+            pytest.skip(f"pydicom test file {name} is not installed")
+        if "htj2k" in flags:
+            pytest.importorskip("imagecodecs")
+        path = tmp_path / name
+        shutil.copy(source, path)
+        code, out, err = run(*flags, "-F", tmp_path, "--output-dir", tmp_path / "out")
+        assert code == 1, out + err
+        [line] = [x for x in err.splitlines() if x.startswith("[ERROR]")]
+        assert f"{name}: {message}" in line, line
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
     def test_htj2k_without_imagecodecs(self, tmp_path: Path) -> None:
         """With imagecodecs hidden, --codec htj2k fails in one line naming the package."""
         import subprocess

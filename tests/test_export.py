@@ -277,6 +277,18 @@ class TestExportPng:
         want = np.stack(channels, axis=-1) / ((1 << bits) - 1) * 255
         assert_close(png(tmp_path / "examples_palette.png"), want)
 
+    def test_palette_colour_without_its_palette_fails_in_words(self, tmp_path: Path) -> None:
+        ds = pydicom.dcmread(sample("examples_palette.dcm"))
+        for keyword in [k for k in ds.dir() if "PaletteColorLookupTable" in k]:
+            delattr(ds, keyword)
+        path = tmp_path / "in" / "no_palette.dcm"
+        path.parent.mkdir()
+        ds.save_as(path)
+        result = export_png([path], tmp_path / "out", Opts())
+        [(failed, message)] = result.failures
+        assert failed == path and message.startswith("PALETTE COLOR without a Palette Color")
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
     def test_enhanced_multiframe_per_frame_groups(self, tmp_path: Path) -> None:
         slices = synth.make_series(
             tmp_path / "pt", n=5, modality="PT", rows=18, cols=12, vary_window=True
