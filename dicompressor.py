@@ -3024,7 +3024,10 @@ def iter_ordered(
 
     batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
     window = 4 * jobs
-    with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
+    quiet = (_warning_filters(), logging.getLogger("pydicom").level)
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, total), initializer=_quiet_as_parent, initargs=quiet
+    ) as pool:
         pending: deque[Any] = deque()
         done = 0
 
@@ -3041,6 +3044,31 @@ def iter_ordered(
                 yield from finish_one()
         while pending:
             yield from finish_one()
+
+
+def _warning_filters() -> list[tuple[str, str, type[Warning], str, int]]:
+    """Return this process's warning filters in a picklable form, first filter first."""
+
+    def text(pattern: Any) -> str:  # compiled, a plain string (default filters) or None
+        return str(getattr(pattern, "pattern", pattern) or "")
+
+    return [
+        (action, text(message), category, text(module), line)
+        for action, message, category, module, line in warnings.filters
+    ]
+
+
+def _quiet_as_parent(filters: list[tuple[str, str, type[Warning], str, int]], level: int) -> None:
+    """Worker start: the parent's warning filters and pydicom log level.
+
+    Workers forked from the CLI inherit them, but the HTTP API's job processes start
+    theirs through a fork server, and pydicom's warnings about odd input then reached
+    the server's stderr as pairs of source lines.
+    """
+    warnings.resetwarnings()
+    for action, message, category, module, line in reversed(filters):
+        warnings.filterwarnings(action, message, category, module, line)  # type: ignore[arg-type]
+    logging.getLogger("pydicom").setLevel(level)
 
 
 def run_tasks(
@@ -7784,6 +7812,9 @@ def _process_child(
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)  # so a timeout also kills what the action started (ffmpeg)
     warnings.filterwarnings("ignore", module="pydicom")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    LOG.handlers[:] = [logging.NullHandler()]  # the log goes back to the server in payload
+    LOG.propagate = False
     try:
         outcome = run_job(
             ACTIONS[action], Path(folder), [Path(p) for p in inputs], options, _no_progress

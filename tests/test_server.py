@@ -589,6 +589,31 @@ class TestClientsThatHangUp:
         assert "Traceback" not in err and "Exception occurred" not in err, err
 
 
+class TestServerStderr:
+    """Job processes keep pydicom's warnings and their own log out of the server's stderr."""
+
+    def test_odd_files_leave_stderr_clean(self, api: Running, tmp_path: Path, capfd) -> None:
+        from pydicom.data import get_testdata_file
+
+        names = ["SC_rgb_jpeg.dcm", "badVR.dcm", "CT_small.dcm", "MR_truncated.dcm"]
+        paths = []
+        for name in names:
+            source = get_testdata_file(name, download=False)
+            if source is None:
+                pytest.skip(f"pydicom test file {name} is not installed")
+            paths.append(Path(shutil.copy(source, tmp_path / name)))
+        sid = api.session()
+        assert api.upload(sid, paths).status_code == 200
+        capfd.readouterr()
+        for action in ("anonymize", "headers", "export_png"):
+            r = api.process(sid, {"action": action})
+            assert r.status_code == 200, r.text
+            assert "MR_truncated.dcm: truncated" in r.json()["log"]  # told to the client
+        err = capfd.readouterr().err
+        assert "UserWarning" not in err and "warn_and_log" not in err, err
+        assert "truncated" not in err, err
+
+
 class TestUploads:
     def test_hostile_names_stay_inside(self, api: Running, tmp_path: Path) -> None:
         names = [*HOSTILE, *(f"{h}{i}" for i, h in enumerate(HOSTILE)), *HOSTILE[:30]]
