@@ -195,6 +195,13 @@ def ct_series(make_series: Callable[..., list[Path]]) -> list[Path]:
     return make_series("ct", n=8, vary_window=True)
 
 
+def bundled_files(pattern: str = "*.dcm") -> list[Path]:
+    """Return pydicom's bundled test files (the installed ones, never downloaded), sorted."""
+    from pydicom.data import get_testdata_file
+
+    return sorted(Path(get_testdata_file("CT_small.dcm", download=False)).parent.glob(pattern))
+
+
 @pytest.fixture
 def testdata(tmp_path: Path) -> Callable[[str], Path]:
     """Return a loader copying one of pydicom's bundled files into tmp_path (skip if absent)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, hash_files
+from conftest import bundled_files, dciodvfy_errors, hash_files
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -417,11 +417,8 @@ class TestFastWriter:
         import io
         import warnings
 
-        from pydicom.data import get_testdata_file
-
-        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
         compared = fast = 0
-        for path in sorted(folder.glob("*.dcm")):
+        for path in bundled_files():
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

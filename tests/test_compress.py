@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import run_cli, synth
+from conftest import bundled_files, run_cli, synth
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -676,11 +676,10 @@ class TestLossy:
 
 
 def _testdata_with_pixels() -> list[str]:
-    folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
     names = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for path in sorted(folder.glob("*.dcm")):
+        for path in bundled_files():
             try:
                 ds = pydicom.dcmread(path, defer_size=1024)
             except Exception:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from conftest import hash_files
+from conftest import bundled_files, hash_files
 from pydicom.dataset import Dataset
 
 from dicompressor import DicomPressorError, Options, _show_raw, _show_value, headers
@@ -75,14 +75,11 @@ class TestText:
     def test_values_shown_from_bytes_match_pydicom(self, make_series):
         """Values shown straight from the bytes read equal pydicom's converted values."""
         import warnings
-        from pathlib import Path
 
-        from pydicom.data import get_testdata_file
         from pydicom.dataelem import RawDataElement
 
-        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
         checked = 0
-        for path in [*sorted(folder.glob("*.dcm")), *make_series("s", n=2)]:
+        for path in [*bundled_files(), *make_series("s", n=2)]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
@@ -128,9 +125,7 @@ class TestText:
     def test_raw_dump_equals_pydicom_dump(self, make_series, tmp_path):
         """The dump parsed straight from the file equals the pydicom path, line for line."""
         import warnings
-        from pathlib import Path
 
-        from pydicom.data import get_testdata_file
         from pydicom.sequence import Sequence
 
         from dicompressor import fast_header_text, header_text, read_header
@@ -148,9 +143,8 @@ class TestText:
         ds.ContentSequence = Sequence([outer, Dataset()])
         ds.PixelSpacing = [" 0.5", "0.5 "]
         ds.save_as(rich, enforce_file_format=True)
-        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
         fast = 0
-        for path in [rich, *make_series("s", n=2), *sorted(folder.glob("*"))]:
+        for path in [rich, *make_series("s", n=2), *bundled_files("*")]:
             text = fast_header_text(path)
             if text is None:
                 continue
@@ -164,7 +158,8 @@ class TestText:
         assert "(0009,0010) LO PrivateCreator: ACME 1.0" in text
         assert "(0009,1002) UN [Private tag data]: <4 bytes: 01 02 03 04>" in text
         assert "ContentSequence: 2 item(s)" in text
-        ge = fast_header_text(folder / "CT_small.dcm")  # GE private names, from the block
+        [ct_small] = bundled_files("CT_small.dcm")
+        ge = fast_header_text(ct_small)  # GE private names, from the block
         assert ge is not None and "(0009,1001) LO [[Full fidelity]]: GE_GENESIS_FF" in ge
         assert fast >= 10
 

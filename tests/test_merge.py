@@ -14,6 +14,7 @@ from conftest import (
     MF_GRAY_BYTE_SC,
     MF_GRAY_WORD_SC,
     MF_TRUE_COLOR_SC,
+    bundled_files,
     dciodvfy_errors,
     encoded_frames,
     floats,
@@ -454,13 +455,9 @@ class TestValuesReadFromBytes:
     @staticmethod
     def _bundled() -> list[pydicom.Dataset]:
         import warnings
-        from pathlib import Path
 
-        from pydicom.data import get_testdata_file
-
-        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
         datasets = []
-        for path in sorted(folder.glob("*.dcm")):
+        for path in bundled_files():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
@@ -559,14 +556,10 @@ class TestPlainHeaderReader:
 
     def test_equal_to_pydicom_on_bundled_and_generated_files(self, make_series):
         import warnings
-        from pathlib import Path
-
-        from pydicom.data import get_testdata_file
 
         from dicompressor import read_plain_header
 
-        folder = Path(get_testdata_file("CT_small.dcm", download=False)).parent
-        paths = sorted(folder.glob("*.dcm"))
+        paths = bundled_files()
         paths += make_series("a", n=2) + make_series("b", n=2, rgb=True, modality="OT")
         taken = 0
         for path in paths:
