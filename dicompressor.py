@@ -1493,19 +1493,12 @@ def _plain_elements(
     last = 0x00020000 if meta else 0x00080000
     end = len(data)
     while pos < end:
-        group, number, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
-        tag = group << 16 | number
-        if meta and group != 0x0002:
+        tag, vr, length, start = explicit_element_header(data, pos)
+        if meta and tag >> 16 != 0x0002:
             break
-        vr = _VR_OF_BYTES.get(vr_bytes)
         if tag < last or vr is None:
             return None, pos
         last = tag + 1
-        if vr in LONG_LENGTH_VRS:
-            (length,) = _LONG_LENGTH.unpack_from(data, pos + 8)
-            start = pos + 12
-        else:
-            start = pos + 8
         if length == 0xFFFFFFFF:
             return None, pos
         key = BaseTag(tag)
@@ -2092,11 +2085,10 @@ def functional_group_item(keyword: str, source: Dataset, shift: int = 0) -> Data
 
 def ds_text(value: float) -> str:
     """Format a number as a Decimal String value (at most 16 characters)."""
-    for digits in range(12, 5, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    return f"{value:.6g}"
+    digits = 12
+    while len(text := f"{value:.{digits}g}") > 16:  # 6 digits always fit
+        digits -= 1
+    return text
 
 
 def now_da_tm() -> tuple[str, str]:
@@ -3750,23 +3742,16 @@ def _raw_elements(
     out: list[RawElement] = []
     last = -1
     while pos < end:
-        g, e, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
-        tag = g << 16 | e
-        if group is not None and g != group:
+        tag, vr, length, start = explicit_element_header(data, pos)
+        if group is not None and tag >> 16 != group:
             break
         if tag == 0xFFFEE00D and item:  # Item Delimitation Item
             return out, pos + 8
-        if g == 0xFFFE or tag <= last:  # stray delimiters, duplicates, disorder
+        if tag >> 16 == 0xFFFE or tag <= last:  # stray delimiters, duplicates, disorder
             raise _NotFast
         last = tag
-        vr = _VR_OF_BYTES.get(vr_bytes)
         if vr is None:
             raise _NotFast
-        if vr in LONG_LENGTH_VRS:
-            (length,) = _LONG_LENGTH.unpack_from(data, pos + 8)
-            start = pos + 12
-        else:
-            start = pos + 8
         if vr == "SQ":
             items, after = _raw_items(data, start, length, end)
             out.append((tag, vr, length, items))
@@ -3784,6 +3769,19 @@ def _raw_elements(
 _SHORT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _LONG_LENGTH = struct.Struct("<L")
 _VR_OF_BYTES = {vr.encode("ascii"): vr for vr in KNOWN_VRS}
+
+
+def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, int]:
+    """Decode the Explicit VR Little Endian element header at pos.
+
+    Return (tag, VR or None when the two bytes name none, value length, where the value
+    starts). A delimiter's header decodes too, with VR None.
+    """
+    group, number, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
+    vr = _VR_OF_BYTES.get(vr_bytes)
+    if vr in LONG_LENGTH_VRS:
+        return group << 16 | number, vr, _LONG_LENGTH.unpack_from(data, pos + 8)[0], pos + 12
+    return group << 16 | number, vr, length, pos + 8
 
 
 def _raw_items(data: Any, start: int, length: int, end: int) -> tuple[list[Any], int]:
