@@ -8,6 +8,7 @@ import io
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,16 @@ def make_series(tmp_path: Path) -> Callable[..., list[Path]]:
 def ct_series(make_series: Callable[..., list[Path]]) -> list[Path]:
     """An 8-slice axial CT series with shuffled file names and per-slice windows."""
     return make_series("ct", n=8, vary_window=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll predicate until true; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def bundled_files(pattern: str = "*.dcm") -> list[Path]:

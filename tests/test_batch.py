@@ -19,7 +19,15 @@ from pathlib import Path
 import pydicom
 import pytest
 import synth
-from conftest import SCRIPT, dciodvfy_errors, dicompressor, run_cli, run_main, sha256_tree
+from conftest import (
+    SCRIPT,
+    dciodvfy_errors,
+    dicompressor,
+    run_cli,
+    run_main,
+    sha256_tree,
+    wait_for,
+)
 
 DONE = ".dicompressor_done"
 LOCK = ".dicompressor_lock"
@@ -105,16 +113,6 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.02)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll predicate until true; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def part_files(*roots: Path) -> list[Path]:
@@ -467,6 +465,29 @@ class TestSeveralRunners:
 # ---- --watch ----
 
 
+def watch_merge(
+    root: Path,
+    settle_s: float,
+    stop: FakeStop,
+    clock: list[float],
+    on_outcome: Callable[[object], None],
+) -> None:
+    """Run the merge watch over root (1 s interval, one worker) on a fake clock and stop."""
+    dicompressor.watch(
+        "merge",
+        root,
+        recursive=True,
+        options=dicompressor.Options(),
+        batch=dicompressor.BatchOptions(skip_if_done=True),
+        interval_s=1.0,
+        settle_s=settle_s,
+        workers=1,
+        on_outcome=on_outcome,
+        stop=stop,
+        clock=lambda: clock[0],
+    )
+
+
 class FakeStop:
     """A stop event for watch(): it advances a fake clock instead of sleeping."""
 
@@ -500,19 +521,7 @@ class TestWatch:
             return []
 
         monkeypatch.setattr(dicompressor, "run_jobs", slow_run_jobs)
-        dicompressor.watch(
-            "merge",
-            tmp_path / "root",
-            recursive=True,
-            options=dicompressor.Options(),
-            batch=dicompressor.BatchOptions(skip_if_done=True),
-            interval_s=1.0,
-            settle_s=30,
-            workers=1,
-            on_outcome=lambda o: None,
-            stop=stop,
-            clock=lambda: clock[0],
-        )
+        watch_merge(tmp_path / "root", 30, stop, clock, on_outcome=lambda o: None)
         assert stop.waits == pytest.approx([0.7, 0.7, 0.7])
         assert seen == [str(folder)] * 3
 
@@ -522,19 +531,7 @@ class TestWatch:
         clock = [time.time()]
 
         def two_passes() -> None:
-            dicompressor.watch(
-                "merge",
-                tmp_path / "root",
-                recursive=True,
-                options=dicompressor.Options(),
-                batch=dicompressor.BatchOptions(skip_if_done=True),
-                interval_s=1.0,
-                settle_s=30,
-                workers=1,
-                on_outcome=outcomes.append,
-                stop=FakeStop(clock, passes=2),
-                clock=lambda: clock[0],
-            )
+            watch_merge(tmp_path / "root", 30, FakeStop(clock, passes=2), clock, outcomes.append)
 
         two_passes()
         assert outcomes == [] and merged(folder) == []
@@ -559,19 +556,7 @@ class TestWatch:
             return original_wait(timeout)
 
         stop.wait = wait_then_change  # type: ignore[method-assign]
-        dicompressor.watch(
-            "merge",
-            tmp_path / "root",
-            recursive=True,
-            options=dicompressor.Options(),
-            batch=dicompressor.BatchOptions(skip_if_done=True),
-            interval_s=1.0,
-            settle_s=1,
-            workers=1,
-            on_outcome=outcomes.append,
-            stop=stop,
-            clock=lambda: clock[0],
-        )
+        watch_merge(tmp_path / "root", 1, stop, clock, outcomes.append)
         assert [o.status for o in outcomes] == ["FAILED", "FAILED"]
         assert not (folder / DONE).exists()
 

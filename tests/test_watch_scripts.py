@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 import synth
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 SH = ROOT / "dicompressor-watch.sh"
 PS1 = ROOT / "dicompressor-watch.ps1"
@@ -36,16 +35,6 @@ def run_sh(*args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    """Poll predicate until true; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.fixture
