@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=400)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--tmpdir", type=Path)
-    parser.add_argument("--no-json", action="store_true")
+    mb.add_work_options(parser)
     return parser.parse_args(argv)
 
 
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(f"\nresults: {target.relative_to(mb.REPO)}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        mb.remove_work(work, args.keep)
     return 0
 
 

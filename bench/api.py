@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = bench_dicompressor(files, args.batch, work)
         theirs = bench_orthanc(files, work)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        mb.remove_work(work, args.keep)
     size_mb = ours["bytes"] / mb.MB
     print(f"{args.slices} slices, {size_mb:.1f} MB, batches of {args.batch}")
     print(

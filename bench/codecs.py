@@ -424,9 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--script", type=Path, default=mb.DEFAULT_SCRIPT, help="the dicompressor.py to measure"
     )
-    parser.add_argument("--tmpdir", type=Path, help="where to put the work folder")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--no-json", action="store_true", help="do not write bench/results")
+    mb.add_work_options(parser)
     return parser.parse_args(argv)
 
 
@@ -519,10 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"\nresults: {target.relative_to(REPO)}")
     finally:
-        if args.keep:
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        mb.remove_work(work, args.keep)
     return 0
 
 

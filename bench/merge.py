@@ -630,15 +630,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a dicompressor.py to measure (default: the repo's); repeat it "
         "to compare versions, e.g. one from `git show REV:dicompressor.py`",
     )
-    parser.add_argument("--tmpdir", type=Path, help="where to generate the series")
-    parser.add_argument("--keep", action="store_true", help="keep the generated series")
     parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile one dicompressor merge of the main series",
     )
-    parser.add_argument("--no-json", action="store_true", help="do not write bench/results")
+    add_work_options(parser, "the generated series")
     return parser.parse_args(argv)
+
+
+def add_work_options(parser: argparse.ArgumentParser, what: str = "the work folder") -> None:
+    """Add the options every bench takes: --tmpdir, --keep and --no-json."""
+    parser.add_argument("--tmpdir", type=Path, help=f"where to put {what}")
+    parser.add_argument("--keep", action="store_true", help=f"keep {what}")
+    parser.add_argument("--no-json", action="store_true", help="do not write bench/results")
+
+
+def remove_work(work: Path, keep: bool) -> None:
+    """Remove a bench's work folder, or say where it is kept."""
+    if keep:
+        print(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def save_results(
@@ -756,10 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             target = save_results("merge", params, floor, environment, results, checks)
             print(f"\nresults: {target.relative_to(REPO)}")
     finally:
-        if args.keep:
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, args.keep)
     return 0
 
 

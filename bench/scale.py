@@ -210,9 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["jobs1", "jobs2", "dask"],
         help="run only these contenders",
     )
-    parser.add_argument("--tmpdir", type=Path, help="where to generate the tree")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--no-json", action="store_true", help="do not write bench/results")
+    mb.add_work_options(parser, "the generated tree")
     return parser.parse_args(argv)
 
 
@@ -295,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         if cluster is not None:
             cluster.close()
-        if args.keep:
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        mb.remove_work(work, args.keep)
     return 0
 
 
