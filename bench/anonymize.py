@@ -30,7 +30,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     """Generate, measure, print, save."""
     args = parse_args(argv)
     repo_state = mb.git_state()
-    work = Path(tempfile.mkdtemp(prefix="dicompressor-anon-", dir=args.tmpdir))
+    work = mb.make_work("dicompressor-anon-", args.tmpdir)
     log = work / "children.log"
     try:
         script = work / "dicompressor.py"

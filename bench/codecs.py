@@ -34,7 +34,6 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -437,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in tools.items():
         if path is None:
             print(f"{name} not found: running without it")
-    work = Path(tempfile.mkdtemp(prefix="dicompressor-codecs-", dir=args.tmpdir))
+    work = mb.make_work("dicompressor-codecs-", args.tmpdir)
     log = work / "children.log"
     print(f"work folder: {work}  (child output in {log.name})")
     script = mb.snapshot_scripts({"dicompressor": source}, work)["dicompressor"]

@@ -30,7 +30,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     dcmj2pnm = shutil.which("dcmj2pnm")
     if dcmj2pnm is None:
         print("dcmj2pnm not found (dcmtk): running without it")
-    work = Path(tempfile.mkdtemp(prefix="dicompressor-exports-", dir=args.tmpdir))
+    work = mb.make_work("dicompressor-exports-", args.tmpdir)
     log = work / "children.log"
     print(f"work folder: {work}  (child output in {log.name})")
     snapshot = work / "repo"

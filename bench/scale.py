@@ -36,7 +36,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     """Generate, measure, print, save."""
     args = parse_args(argv)
     repo_state = mb.git_state()
-    work = Path(tempfile.mkdtemp(prefix="dicompressor-scale-", dir=args.tmpdir))
+    work = mb.make_work("dicompressor-scale-", args.tmpdir)
     log = work / "children.log"
     print(f"work folder: {work}  (child output in {log.name})")
     source = mb.DEFAULT_SCRIPT

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pydicom
 import pytest
-from conftest import bundled_files, hash_files
+from conftest import SCRIPT, bundled_files, hash_files, merge_folder
 from pydicom.dataset import Dataset
 
 from dicompressor import DicomPressorError, Options, _show_raw, _show_value, headers
@@ -200,3 +205,118 @@ class TestJson:
     def test_unknown_format(self, make_series):
         with pytest.raises(DicomPressorError, match="unknown header format 'xml'"):
             headers(make_series("s", n=1), None, Options(format="xml"))
+
+
+LIGHT_RUN = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print("EXIT", code, "pydicom" in sys.modules, "numpy" in sys.modules)
+"""
+
+
+def light_run(*args: str | Path) -> tuple[int, bool, bool]:
+    """Run ``python3 dicompressor.py ARGS``; return (exit code, pydicom loaded, numpy loaded)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_RUN, str(SCRIPT), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "EXIT", proc.stdout + proc.stderr
+    return int(last[1]), last[2] == "True", last[3] == "True"
+
+
+def dumps(folder: Path) -> dict[str, str]:
+    """Return the text of every dump in a folder, by name."""
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+class TestLightStart:
+    """``python3 dicompressor.py -t`` dumps plain files without loading numpy and pydicom."""
+
+    def test_keywords_match_pydicom(self):
+        from pydicom._dicom_dict import DicomDictionary
+        from pydicom.datadict import keyword_for_tag
+
+        from dicompressor import keyword_of
+
+        others = [0x60023000, 0x601E0010, 0x50100005, 0x7F110010, 0x00200000, 0x00090010,
+                  0x00091001, 0x00290000, 0xFFFEE000, 0x12345678, 0x60013000]  # fmt: skip
+        for tag in [*DicomDictionary, *others]:
+            assert keyword_of(tag) == keyword_for_tag(tag), hex(tag)
+
+    def test_private_names_match_pydicom(self):
+        from pydicom._private_dict import private_dictionaries
+        from pydicom.datadict import private_dictionary_description
+
+        from dicompressor import private_name
+
+        checked = 0
+        for creator, table in private_dictionaries.items():
+            for key in table:
+                # a tag in the block the key describes, and the same element in block 0x42
+                tag = int(key.replace("xx", "11"), 16)
+                for probe in (tag, tag & 0xFFFF00FF | 0x4200):
+                    try:
+                        expected = private_dictionary_description(probe, creator)
+                    except KeyError:
+                        expected = None
+                    assert private_name(probe, creator) == expected, (creator, key)
+                    checked += 1
+        assert private_name(0x00091001, "NOBODY'S CREATOR") is None
+        assert checked > 10000
+
+    def test_plain_files_need_no_toolkit(self, make_series, tmp_path):
+        paths = make_series("s", n=3)
+        code, with_pydicom, with_numpy = light_run(
+            "-t", "-F", paths[0].parent, "--output-dir", tmp_path / "light", "--quiet"
+        )
+        assert (code, with_pydicom, with_numpy) == (0, False, False)
+        result = headers(paths, tmp_path / "full", Options())  # in this process: loaded
+        assert not result.failures
+        assert dumps(tmp_path / "light") == dumps(tmp_path / "full")
+        assert (
+            "(0010,0010) PN PatientName: DOE^JANE"
+            in dumps(tmp_path / "light")[paths[0].stem + ".txt"]
+        )
+
+    @pytest.mark.parametrize("jobs", ["1", "2"])
+    def test_other_files_load_it_when_needed(self, make_series, testdata, tmp_path, jobs):
+        """Compressed, implicit VR, big endian and bare files go to pydicom; junk fails."""
+        folder = make_series("s", n=2)[0].parent
+        for name in ("JPEG2000.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+                     "rtstruct.dcm", "CT_small.dcm"):  # fmt: skip
+            testdata(name).rename(folder / name)
+        (folder / "junk.dcm").write_bytes(b"nope")
+        light, full = tmp_path / "light", tmp_path / "full"
+        code, with_pydicom, _ = light_run(
+            "-t", "-F", folder, "--output-dir", light, "--jobs", jobs, "--quiet"
+        )
+        assert code == 3  # partly failed: junk.dcm
+        assert with_pydicom == (jobs == "1")  # with 2 jobs, the workers loaded it
+        inputs = sorted(p for p in folder.iterdir() if p.name != "junk.dcm")
+        result = headers(inputs, full, Options())
+        assert not result.failures
+        assert dumps(light) == dumps(full)
+        assert len(dumps(light)) == 7
+        assert "<bulk data elided: encapsulated, " in dumps(light)["JPEG2000.txt"]
+
+    def test_recovery_of_a_killed_run(self, make_series, tmp_path):
+        """A journal left by a killed run is undone before the dump, as in any action."""
+        from dicompressor import JOURNAL_FILE
+
+        paths = make_series("s", n=3)
+        folder = paths[0].parent
+        [merged] = merge_folder(folder)  # stands for the output of the killed run
+        journal = {"pid": 1, "entries": sorted(p.name for p in paths), "copies": []}
+        (folder / JOURNAL_FILE).write_text(json.dumps(journal))
+        code, _, _ = light_run("-t", "-F", folder, "--output-dir", tmp_path / "out", "--quiet")
+        assert code == 0
+        assert not merged.exists() and not (folder / JOURNAL_FILE).exists()
+        assert sorted(dumps(tmp_path / "out")) == sorted(p.stem + ".txt" for p in paths)
