@@ -789,10 +789,13 @@ DUMP_VALUE_CHARS = 160
 FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
 MAX_FILE_ID_COMPONENTS = 8
 DICOMDIR_COPY_SUFFIX = "_DICOMDIR"
+#: UIDs an instance must have to be listed: the records reference it by them (PS3.3 F.5).
+DICOMDIR_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 #: Values put in a directory record (never in the file) when an instance lacks a key
 #: PS3.3 F.5 makes Type 1 there: anonymized files have empty Study Date, Time and ID.
 DICOMDIR_PLACEHOLDERS = {
     "PatientID": "UNKNOWN",
+    "Modality": "OT",
     "StudyDate": "19000101",
     "StudyTime": "000000",
     "StudyID": "UNKNOWN",
@@ -1730,8 +1733,9 @@ def missing_codec_message(syntax: UID, exc: BaseException) -> str:
 def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
     """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion).
 
-    A file is read only as far as that frame needs; codec failures become one line
-    naming the codec's pip package.
+    A file is read only as far as that frame needs (a deflated one whole: pydicom's
+    decoding from a path does not inflate it); codec failures become one line naming the
+    codec's pip package.
     """
     try:
         src = str(source) if isinstance(source, Path) else source
@@ -1744,7 +1748,10 @@ def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray
             if isinstance(source, Dataset)
             else pydicom.dcmread(source, stop_before_pixels=True)
         )
-        raise DicomPressorError(missing_codec_message(transfer_syntax_of(meta), exc)) from exc
+        syntax = transfer_syntax_of(meta)
+        if isinstance(source, Path) and syntax == DEFLATED:
+            return decode_frame(pydicom.dcmread(source), index, raw=raw)
+        raise DicomPressorError(missing_codec_message(syntax, exc)) from exc
 
 
 def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
@@ -2745,7 +2752,9 @@ def _add_secondary_capture_modules(ds: Dataset, order: StackOrder, source_type: 
         ds.RescaleType = "US"
         if ds.get("PresentationLUTShape") is None:
             ds.PresentationLUTShape = "IDENTITY"
-    if order.by_position:
+    if len(order.slices) == 1:
+        pass  # Frame Increment Pointer is type 1C: only for more than one frame (C.8.6.3)
+    elif order.by_position:
         ds.FrameIncrementPointer = Tag("SliceLocationVector")
         ds.SliceLocationVector = [round(d, 6) for d in order.distances]
     else:
@@ -3996,6 +4005,7 @@ def add_with_placeholders(fs: FileSet, path: Path) -> tuple[Any, list[str]]:
     from pydicom.fileset import RecordNode
 
     ds = pydicom.dcmread(path)
+    _record_read_encoding(ds)  # pydicom stages a copy of the file: it must convert
     probe = Dataset(dict(ds._dict))  # a new element dict: the file's dataset is kept
     probe.file_meta = ds.file_meta
     filled: list[str] = []
@@ -5243,7 +5253,14 @@ def dicomdir(
     invented: Counter[str] = Counter()
     for index, path in enumerate(inputs, 1):
         try:
-            read_header(path)
+            header, _ = read_header(path)
+            for keyword in DICOMDIR_REQUIRED_UIDS:
+                if not header.get(keyword):
+                    tag = _tag_text(int(tag_for_keyword(keyword)))
+                    raise DicomPressorError(
+                        f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records "
+                        "need it, PS3.3 F.5)"
+                    )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:

@@ -131,3 +131,33 @@ class TestAnonymized:
         for copy in copies:
             assert pydicom.dcmread(copy).StudyDate == ""  # unchanged: only records invent
         assert dciodvfy_errors(result.outputs[0]) == []
+
+
+class TestOddFiles:
+    """Files of other sources: bundled pydicom files with missing keys or odd encodings."""
+
+    def test_missing_modality_and_implicit_dataset_under_explicit_syntax(self, testdata, tmp_path):
+        # SC_jpeg_no_color_transform.dcm has no Modality (Type 1 in a SERIES record);
+        # SC_rgb_jpeg.dcm holds an implicit VR dataset under an explicit VR syntax
+        paths = [testdata("SC_jpeg_no_color_transform.dcm"), testdata("SC_rgb_jpeg.dcm")]
+        before = hash_files(paths)
+        result = dicomdir(paths, tmp_path / "out", Options())
+        assert not result.failures, result.failures
+        assert any("placeholder" in line and "Modality" in line for line in result.log)
+        target = result.outputs[0]
+        assert dciodvfy_errors(target) == []
+        assert instances_found(target) == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+        assert hash_files(paths) == before
+
+    def test_instance_without_its_uids_fails_alone(self, make_series, testdata, tmp_path):
+        paths = make_series("S", n=1)
+        nameless = testdata("nested_priv_SQ.dcm")  # no SOP Class UID, no SOP Instance UID
+        result = dicomdir([*paths, nameless], tmp_path / "out", Options())
+        assert result.failures == [
+            (
+                nameless,
+                "cannot be put in a DICOMDIR: no (0008,0016) SOPClassUID (its records need "
+                "it, PS3.3 F.5)",
+            )
+        ]
+        assert len(instances_found(result.outputs[0])) == 1

@@ -153,6 +153,17 @@ class TestExportPng:
             assert code == 0, err
         assert sorted(p.name for p in (root / "a").iterdir()) == ["img.dcm", "img.png"]
 
+    def test_deflated_file(self, tmp_path: Path) -> None:
+        """A Deflated Explicit VR file exports as its inflated copy does."""
+        deflated = tmp_path / "dfl.dcm"
+        deflated.write_bytes(sample("image_dfl.dcm").read_bytes())
+        ds = pydicom.dcmread(deflated)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+        result = export_png([deflated, tmp_path / "plain.dcm"], tmp_path / "out", Opts())
+        assert not result.failures, result.failures
+        assert np.array_equal(png(tmp_path / "out/dfl.png"), png(tmp_path / "out/plain.png"))
+
     def test_monochrome2_window_and_rescale(self, ct: list[Path], tmp_path: Path) -> None:
         out = tmp_path / "out"
         result = export_png(ct, out, Opts())

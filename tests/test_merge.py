@@ -443,6 +443,23 @@ class TestMergeValidators:
     def test_dciodvfy_reports_no_error(self, make_series, kwargs):
         assert dciodvfy_errors(_validated_series(make_series, kwargs)) == []
 
+    @pytest.mark.parametrize("modality", ["CT", "OT"])
+    def test_one_slice_gives_a_valid_one_frame_file(self, make_series, modality):
+        """A one-slice series (merged as dcmulti does) is valid too: no Frame Increment
+        Pointer in a one-frame Secondary Capture (C.8.6.3 makes it type 1C)."""
+        [path] = make_series("one", n=1, modality=modality, signed=False)
+        merged = merge_one(path.parent)
+        assert dciodvfy_errors(merged) == []
+        assert ("FrameIncrementPointer" in pydicom.dcmread(merged)) is False
+
+    def test_deflated_slice(self, testdata):
+        """A Deflated Explicit VR slice is inflated and merged, pixels unchanged."""
+        source = testdata("image_dfl.dcm")
+        merged = merge_one(source.parent)
+        assert dciodvfy_errors(merged) == []
+        frames = pydicom.dcmread(merged).pixel_array
+        assert np.array_equal(frames.reshape(-1), pydicom.dcmread(source).pixel_array.reshape(-1))
+
     @pytest.mark.parametrize("tool", ["dcmdump", "gdcminfo"])
     @pytest.mark.parametrize("kwargs", VALID_SERIES[:1] + VALID_SERIES[6:])
     def test_other_toolkits_read_it(self, make_series, kwargs, tool):
