@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import hashlib
 import hmac
+import importlib.util
 import io
 import ipaddress
 import json
@@ -402,6 +403,13 @@ CODEC_PACKAGE: dict[str, str] = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
+#: The module each of those packages installs.
+CODEC_MODULE = {
+    "pylibjpeg-libjpeg": "libjpeg",
+    "pyjpegls": "jpeg_ls",
+    "pylibjpeg-openjpeg": "openjpeg",
+    "pylibjpeg-rle": "rle",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +438,13 @@ DEFAULT_RATIO = 10.0
 J2K_METHOD = "ISO_15444_1"
 #: openjpeg always uses 6 resolution levels, so each side needs at least 2**5 pixels.
 J2K_MIN_SIDE = 32
+#: Most bits stored per sample the encoders here take: pydicom's openjpeg plugin 24, JPEG-LS
+#: 16 (PS3.5 A.4.3); RLE takes any, HTJ2K is checked by check_htj2k_pixels.
+MAX_BITS_STORED = {
+    "1.2.840.10008.1.2.4.90": 24,
+    "1.2.840.10008.1.2.4.91": 24,
+    "1.2.840.10008.1.2.4.80": 16,
+}
 
 
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
@@ -1206,8 +1221,6 @@ def _pydicom_table(name: str) -> Any:
     loaded = sys.modules.get(f"pydicom.{name}")
     if loaded is not None:
         return loaded
-    import importlib.util
-
     package = importlib.util.find_spec("pydicom")
     if package is None or not package.submodule_search_locations:
         raise DicomPressorError("pydicom is not installed: pip install -r requirements.txt")
@@ -1726,6 +1739,8 @@ def missing_codec_message(syntax: UID, exc: BaseException) -> str:
     """Explain a codec failure, naming the pip package that provides the codec."""
     package = CODEC_PACKAGE.get(str(syntax))
     hint = f" (codec: pip install {package})" if package else ""
+    if package and importlib.util.find_spec(CODEC_MODULE[package]) is not None:
+        hint = f" (codec: pip install {package}; it is installed here, so the data may be damaged)"
     reason = one_line(f"{type(exc).__name__}: {exc}", limit=300)
     return f"cannot decode {uid_name(syntax)}: {reason}{hint}"
 
@@ -4841,6 +4856,13 @@ def _encode_frames(
     if description["bits_allocated"] == 1:
         raise DicomPressorError(
             "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
+        )
+    limit = MAX_BITS_STORED.get(str(mode.syntax))
+    if limit is not None and description["bits_stored"] > limit:
+        raise DicomPressorError(
+            f"{description['bits_stored']}-bit pixels are too deep for "
+            f"{uid_name(mode.syntax)} (its encoder takes up to {limit} bits stored); "
+            + ("use -x --codec rle (lossless)" if mode.lossy else "use --codec rle")
         )
     if mode.syntax == J2K_LOSSY and description["photometric_interpretation"] == "PALETTE COLOR":
         raise DicomPressorError(

@@ -450,6 +450,24 @@ class TestLossless:
                 "cannot store these pixels as HTJ2K: Bits Stored 32 is more than 24 (RGB)",
             ),
             ("examples_palette.dcm", ["-z"], "PALETTE COLOR pixels index a palette"),
+            (
+                "SC_rgb_rle_32bit.dcm",
+                ["-x"],
+                "32-bit pixels are too deep for JPEG 2000 Image Compression (Lossless Only) "
+                "(its encoder takes up to 24 bits stored); use --codec rle",
+            ),
+            (
+                "SC_rgb_rle_32bit.dcm",
+                ["-z"],
+                "32-bit pixels are too deep for JPEG 2000 Image Compression (its encoder takes "
+                "up to 24 bits stored); use -x --codec rle (lossless)",
+            ),
+            (
+                "SC_rgb_rle_32bit.dcm",
+                ["-x", "--codec", "jpegls"],
+                "32-bit pixels are too deep for JPEG-LS Lossless Image Compression (its "
+                "encoder takes up to 16 bits stored); use --codec rle",
+            ),
         ],
     )
     def test_pixels_a_codec_cannot_take_fail_in_words(
@@ -943,6 +961,8 @@ class TestErrors:
             if path in failing:
                 assert len(lines) == 1, err
                 assert "cannot" in lines[0]
+                if "cannot decode" in lines[0]:  # the codec is there: the data is at fault
+                    assert "it is installed here, so the data may be damaged" in lines[0]
             else:
                 assert not lines
             assert not path.with_name(f"{path.stem}{suffix}.dcm").exists() or not suffix
