@@ -1430,9 +1430,14 @@ def read_header(
         plain = read_plain_header(path)  # checked whole: no element runs past the end
         ds = plain or pydicom.dcmread(path, defer_size=4096)
     except InvalidDicomError as exc:
-        ds = None if image else read_bare_dataset(path)
+        ds = read_bare_dataset(path)
         if ds is None:
             raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
+        if image:
+            raise DicomPressorError(
+                "not a DICOM file: a bare dataset without preamble and File Meta "
+                "(PS3.10 7.1); only -t dumps it"
+            ) from exc
     except BaseException as exc:  # pydicom raises many types on malformed files
         if is_fatal(exc):
             raise
@@ -1505,6 +1510,9 @@ def read_bare_dataset(path: Path) -> Dataset | None:
     text or an image, comes out as one odd element).
     """
     try:
+        with path.open("rb") as handle:
+            if handle.read(2) not in (b"\x08\x00", b"\x00\x08"):  # group 0008 first
+                return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, defer_size=4096, force=True)
@@ -1752,21 +1760,19 @@ def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray
     decoding from a path does not inflate it); codec failures become one line naming the
     codec's pip package.
     """
+    src: str | Dataset = str(source) if isinstance(source, Path) else source
+    if isinstance(source, Path):
+        with contextlib.suppress(Exception):  # unreadable: pixel_array says why below
+            meta_info = pydicom.filereader.read_file_meta_info(source)
+            if meta_info.get("TransferSyntaxUID") == DEFLATED:
+                src = pydicom.dcmread(source)
     try:
-        src = str(source) if isinstance(source, Path) else source
         return pydicom.pixels.pixel_array(src, index=index, raw=raw)
     except BaseException as exc:  # the codec layer raises many types, panics too
         if is_fatal(exc):
             raise
-        meta = (
-            source
-            if isinstance(source, Dataset)
-            else pydicom.dcmread(source, stop_before_pixels=True)
-        )
-        syntax = transfer_syntax_of(meta)
-        if isinstance(source, Path) and syntax == DEFLATED:
-            return decode_frame(pydicom.dcmread(source), index, raw=raw)
-        raise DicomPressorError(missing_codec_message(syntax, exc)) from exc
+        meta = src if isinstance(src, Dataset) else pydicom.dcmread(src, stop_before_pixels=True)
+        raise DicomPressorError(missing_codec_message(transfer_syntax_of(meta), exc)) from exc
 
 
 def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
@@ -4314,20 +4320,21 @@ def merge(
     for series_uid, members in stacks:
         per_series_seen[series_uid] += 1
         first = members[0].path
+        series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
         try:
             plan = _plan_stack(members)
         except DicomPressorError as exc:
             for s in members:
-                result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
+                result.fail(s.path, f"cannot merge {series}: {exc.message}")
             continue
         except BaseException as exc:  # a malformed element read late fails the stack
             if is_fatal(exc):
                 raise
             for s in members:
-                result.fail(s.path, f"cannot merge series {series_uid}: {unreadable(exc)}")
+                result.fail(s.path, f"cannot merge {series}: {unreadable(exc)}")
             continue
         for note in plan.order.notes:
-            result.warn(f"series {series_uid}: {note}")
+            result.warn(f"{series}: {note}")
         name = merged_name(
             plan.order.slices[0].header, per_series_seen[series_uid], per_series_count[series_uid]
         )
@@ -4336,7 +4343,7 @@ def merge(
             target = write_merged(plan, folder / name)
         except DicomPressorError as exc:
             for s in members:
-                result.fail(s.path, f"cannot merge series {series_uid}: {exc.message}")
+                result.fail(s.path, f"cannot merge {series}: {exc.message}")
             continue
         except OSError as exc:
             raise DicomPressorError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
@@ -4344,7 +4351,7 @@ def merge(
             if is_fatal(exc):
                 raise
             for s in members:
-                result.fail(s.path, f"cannot merge series {series_uid}: {unreadable(exc)}")
+                result.fail(s.path, f"cannot merge {series}: {unreadable(exc)}")
             continue
         result.inputs_used += len(members)
         result.outputs.append(target)
@@ -5942,7 +5949,7 @@ def _read_sources(
         if reason is not None:
             result.info(f"Skipping {path.name}: {reason}")
             continue
-        if location is None or "Rows" not in ds:
+        if location is None:
             result.fail(path, "no (7FE0,0010) Pixel Data to export")
             continue
         try:  # before anything is planned per frame: NumberOfFrames may be absurd

@@ -167,6 +167,28 @@ class TestExitCodes:
         [line] = [x for x in err.splitlines() if x.startswith("[ERROR]")]
         assert f"{paths[0].name}: no (7FE0,0010) Pixel Data" in line
 
+    @pytest.mark.parametrize(
+        "args", [["-j"], ["-x", "--codec", "rle"], ["-a", "PARAMS"], ["--info"]]
+    )
+    def test_bare_dataset_is_named_as_such(self, make_series, testdata, tmp_path, args):
+        """A dataset without preamble and File Meta is told apart from junk."""
+        import shutil
+
+        folder = make_series("s", n=2)[0].parent
+        shutil.copy(testdata("rtstruct.dcm"), folder / "rtstruct.dcm")
+        (folder / "junk.dcm").write_bytes(b"\x08\x00junk")
+        if "PARAMS" in args:
+            (tmp_path / "params.txt").write_text("(0010,0010)=ANON\n")
+            args = [args[0], str(tmp_path / "params.txt")]
+        code, out, err = run_cli(*args, "-F", folder, "--output-dir", tmp_path / "out")
+        assert code == 3, out + err
+        errors = sorted(x for x in err.splitlines() if x.startswith("[ERROR]"))
+        assert errors == [
+            f"[ERROR] {folder / 'junk.dcm'}: not a DICOM file (no DICM prefix or File Meta)",
+            f"[ERROR] {folder / 'rtstruct.dcm'}: not a DICOM file: a bare dataset without "
+            "preamble and File Meta (PS3.10 7.1); only -t dumps it",
+        ]
+
     def test_only_bad_files_fail(self, tmp_path):
         folder = tmp_path / "junk"
         folder.mkdir()

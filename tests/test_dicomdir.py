@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
+import pytest
 from conftest import dciodvfy_errors, hash_files, tool_exit_code
 from pydicom.fileset import FileSet
 
@@ -136,6 +137,7 @@ class TestAnonymized:
 class TestOddFiles:
     """Files of other sources: bundled pydicom files with missing keys or odd encodings."""
 
+    @pytest.mark.filterwarnings("ignore:Expected explicit VR")  # this test's own reads
     def test_missing_modality_and_implicit_dataset_under_explicit_syntax(self, testdata, tmp_path):
         # SC_jpeg_no_color_transform.dcm has no Modality (Type 1 in a SERIES record);
         # SC_rgb_jpeg.dcm holds an implicit VR dataset under an explicit VR syntax
