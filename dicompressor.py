@@ -19,7 +19,8 @@ Usage (see ``python3 dicompressor.py -h``)::
 
 Sections (each opened by a ``# ==== N. name ====`` banner, in dependency order):
 
-1. Header: this docstring, imports, ``__version__``.
+1. Header: this docstring, imports (numpy and pydicom through ``load_toolkit()``, which a
+   text header dump run as a script defers), ``__version__``.
 2. Constants and configuration: limits, DICOM tables with their PS3 citation, options.
 3. Errors and logging: ``DicomPressorError``, the logger, ``ActionResult``.
 4. Generic helpers: atomic writes, safe names, temp files, progress on a terminal.
