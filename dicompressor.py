@@ -3495,6 +3495,8 @@ def deidentify_dataset(
             del ds[tag]
             continue
         vr = _vr_of(ds, tag)
+        if vr == "UN" and dictionary_has_tag(tag):  # a public element stored as UN:
+            vr = ds[tag].VR  # pydicom reads it by its dictionary VR (a UID stays a UID)
         code = actions.get(int(tag))
         if code is None:
             code = "D" if dummy_inside and vr in DUMMY_VALUES and vr != "CS" else "K"

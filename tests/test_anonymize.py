@@ -228,6 +228,37 @@ class TestBasicProfile:
             left = [v for v in values if v.encode() in data]
             assert left == [], f"{output.name} still holds {left}"
 
+    def test_values_stored_as_un_are_found(self, make_series, tmp_path):
+        """Public elements an explicit VR file stores as UN (as some converters write
+        them) get their table action: a UID stored so is replaced as the others are."""
+        from pydicom.dataelem import RawDataElement
+
+        paths = make_series("s", n=4, modality="MR", signed=False)
+        _, values = enrich_series(paths)
+        keywords = "StudyInstanceUID FrameOfReferenceUID PatientName PatientID StudyDate"
+        keywords += " AccessionNumber InstitutionName OperatorsName ReferencedSOPInstanceUID"
+        for path in paths[:2]:  # half the series: the UIDs must still agree
+            ds = pydicom.dcmread(path)
+            for target in [ds, ds.ReferencedImageSequence[0]]:
+                for elem in list(target):
+                    if elem.keyword in keywords.split():
+                        raw = str(elem.value).encode()
+                        raw += b"\0" if elem.VR == "UI" and len(raw) % 2 else b" " * (len(raw) % 2)
+                        target._dict[elem.tag] = RawDataElement(
+                            elem.tag, "UN", len(raw), raw, 0, False, True
+                        )  # raw: written as read, where a DataElement would take its VR
+            ds.save_as(path, enforce_file_format=True)
+            assert pydicom.dcmread(path)._dict[0x0020000D].VR == "UN"
+        result = anonymize(paths, tmp_path / "out", Options())
+        assert not result.failures, result.log
+        for output in result.outputs:
+            data = output.read_bytes()
+            left = [v for v in values if v.encode() in data]
+            assert left == [], f"{output.name} still holds {left}"
+        outs = [pydicom.dcmread(p) for p in result.outputs]
+        assert len({str(o.StudyInstanceUID) for o in outs}) == 1
+        assert len({str(o.FrameOfReferenceUID) for o in outs}) == 1
+
     def test_uids_consistent_and_references_followed(self, make_series, tmp_path):
         paths = make_series("s", n=5)
         originals, _ = enrich_series(paths)
