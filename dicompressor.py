@@ -6942,8 +6942,43 @@ def lock_is_stale(data: dict[str, Any] | None, age_s: float, timeout_s: float) -
     return False
 
 
+def _create_whole(target: Path, content: bytes) -> bool:
+    """Create target with its whole content at once; False when it exists already.
+
+    The content is written to a temp file that a hard link then names, so target never
+    exists empty or half written, even when the process is killed in between (a lock
+    left empty would hold its folder for LOCK_WRITE_GRACE_S). Where hard links are not
+    supported, target is created with O_EXCL and written after.
+    """
+    tmp = temp_path(target)
+    try:
+        with tmp.open("xb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (FAT, some network shares)
+            pass
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def acquire_lock(folder: Path, timeout_s: float) -> tuple[Path | None, str]:
-    """Create the folder's lock file with O_EXCL; take over a stale one.
+    """Create the folder's lock file, whole or not at all (_create_whole); take over a stale one.
 
     Returns (lock, "") when this process holds the lock, else (None, who holds it).
     Taking over renames the stale lock aside first and checks that it was the one judged
@@ -6952,15 +6987,7 @@ def acquire_lock(folder: Path, timeout_s: float) -> tuple[Path | None, str]:
     lock = folder / LOCK_FILE
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
     for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(mine, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+        if _create_whole(lock, json.dumps(mine).encode("utf-8")):
             return lock, ""
         try:
             seen = lock.read_bytes()

@@ -700,6 +700,7 @@ KILL_POINTS = {
     "copy published": "copy_unique",
     "marker half written": "write_json_file:marker",
     "marker written": "write_marker",
+    "lock written, not yet named": "lock:temp",
 }
 
 DRIVER = """
@@ -726,6 +727,13 @@ elif point == "write_json_file:marker":
             die()
         return original(path, value)
     d.write_json_file = write_json_file
+elif point == "lock:temp":
+    real_link = os.link
+    def link(source, target, *args, **kwargs):
+        if str(target).endswith(d.LOCK_FILE):
+            die()
+        return real_link(source, target, *args, **kwargs)
+    d.os.link = link
 elif point == "publish_new":
     def publish_new(tmp, target):
         os.link(tmp, target)
