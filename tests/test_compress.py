@@ -275,12 +275,22 @@ CASES = [
 ]
 
 
+def skip_without_encoder(codec: str) -> None:
+    """Skip a test of ``--codec htj2k`` where no HTJ2K encoder is installed (imagecodecs
+    before 2026.1, the last versions for Python 3.10)."""
+    from dicompressor import htj2k_encoder
+
+    if codec == "htj2k" and htj2k_encoder() is None:
+        pytest.skip("HTJ2K encoding needs imagecodecs>=2026.1 (Python 3.11 or later)")
+
+
 @pytest.fixture(scope="module")
 def lossless_runs(tmp_path_factory: pytest.TempPathFactory):
     """Run ``-x --codec C`` once per codec over a folder holding every case."""
     runs: dict[str, tuple[Path, int, str, str, dict[str, str]]] = {}
 
     def get(codec: str):
+        skip_without_encoder(codec)
         if codec not in runs:
             folder = tmp_path_factory.mktemp(f"lossless_{codec}")
             for seed, case in enumerate(CASES):
@@ -479,7 +489,7 @@ class TestLossless:
         if source is None:
             pytest.skip(f"pydicom test file {name} is not installed")
         if "htj2k" in flags:
-            pytest.importorskip("imagecodecs")
+            skip_without_encoder("htj2k")
         path = tmp_path / name
         shutil.copy(source, path)
         code, out, err = run(*flags, "-F", tmp_path, "--output-dir", tmp_path / "out")
@@ -816,6 +826,8 @@ class TestDecompress:
     def test_roundtrip_through_every_codec(self, tmp_path: Path) -> None:
         source = write_image(tmp_path / "src.dcm", rows=33, cols=35, bits_stored=16, signed=True)
         for codec, (_, suffix) in CODEC_TARGETS.items():
+            if codec == "htj2k":
+                skip_without_encoder(codec)  # the others have run by now
             code, out, err = run("-x", "--codec", codec, "-f", source)
             assert code == 0, (codec, out + err)
             compressed = tmp_path / f"src{suffix}.dcm"
@@ -862,6 +874,7 @@ class TestJobs:
 
     @pytest.mark.parametrize("codec", sorted(CODEC_TARGETS))
     def test_lossless_identical(self, jobs_folder: Path, tmp_path: Path, codec: str) -> None:
+        skip_without_encoder(codec)
         one = _run_with_jobs(jobs_folder, tmp_path / "one", "1", "-x", "--codec", codec)
         two = _run_with_jobs(jobs_folder, tmp_path / "two", "2", "-x", "--codec", codec)
         assert sorted(one) == sorted(two)
