@@ -1069,25 +1069,44 @@ class OutputFile:
         return self._handle
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._handle is not None
         try:
-            if exc_type is None:
-                self._handle.flush()
-                if self.durable:
-                    os.fsync(self._handle.fileno())
-            self._handle.close()
-            if exc_type is None and self.on_ready is not None:
+            if self._close(failed=exc_type is not None):
+                return
+            if self.on_ready is not None:
                 self.on_ready(self._tmp)  # complete, not yet under its final name
-            if exc_type is None:
-                if self.replace:
-                    os.replace(self._tmp, self.target)
-                    self.path = self.target
-                else:
-                    self.path = publish_new(self._tmp, self.target)
+            if self.replace:
+                os.replace(self._tmp, self.target)
+                self.path = self.target
+            else:
+                self.path = publish_new(self._tmp, self.target)
         finally:
             if self.path is None:
                 with contextlib.suppress(OSError):
                     self._tmp.unlink()
+
+    def _close(self, *, failed: bool) -> bool:
+        """Flush (and sync when durable) and close the temp file; return failed.
+
+        The file is closed whatever fails: after a failed write (a full disk) close()
+        flushes the rest in vain but still closes, and a handle left open would try
+        again when collected, printing the error where no one asked.
+        """
+        assert self._handle is not None
+        try:
+            if not failed:
+                self._handle.flush()
+                if self.durable:
+                    os.fsync(self._handle.fileno())
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            try:
+                self._handle.close()
+            except OSError:
+                if not failed:
+                    raise
+        return failed
 
 
 @contextlib.contextmanager

@@ -74,7 +74,35 @@ FULL_DISK_ACTIONS = {
 }
 
 
+OUTPUT_FILE_ON_A_FULL_DISK = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import dicompressor as d
+folder = Path(sys.argv[2])
+output = d.OutputFile(folder / "out.dcm", replace=False)
+try:
+    with output as handle:
+        handle.write(b"x" * 4000)  # buffered: the flush at the end fails
+except OSError as exc:
+    print("failed:", exc.strerror)
+print("closed:", handle.closed, "left:", sorted(p.name for p in folder.iterdir()))
+"""
+
+
 class TestDiskFull:
+    def test_output_file_closes_its_temp_when_the_flush_fails(self, tmp_path: Path) -> None:
+        """A handle left open would flush again when collected and print the error."""
+        proc = subprocess.run(
+            [sys.executable, "-c", OUTPUT_FILE_ON_A_FULL_DISK, str(SCRIPT.parent), tmp_path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_small_disk,
+        )
+        assert proc.stdout == "failed: File too large\nclosed: True left: []\n", proc.stderr
+        assert proc.stderr == ""
+
     @pytest.mark.parametrize("action", list(FULL_DISK_ACTIONS))
     def test_efbig_gives_clean_failure(
         self, action: str, full_disk_job: Callable[[str], Path], tmp_path: Path
