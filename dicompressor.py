@@ -4494,7 +4494,8 @@ def _split_header(source: Dataset, index: int) -> Dataset:
         normal = slice_normal([float(v) for v in out.ImageOrientationPatient])
         origin = np.array([float(v) for v in out.ImagePositionPatient])
         out.ImagePositionPatient = [f"{v:.6g}" for v in origin + normal * offsets[index]]
-        out.GridFrameOffsetVector = [0]
+    if "GridFrameOffsetVector" in out:  # type 1C, only with Frame Increment Pointer to it
+        del out.GridFrameOffsetVector
     if {"ImagePositionPatient", "ImageOrientationPatient"} <= set(out.dir()) and (
         "SliceLocation" not in out
     ):

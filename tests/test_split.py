@@ -185,7 +185,22 @@ class TestSplitOtherMultiframe:
                 floats(frame.ImagePositionPatient), origin + normal * offsets[index], atol=1e-3
             )
             uids.add(frame.SOPInstanceUID)
+            # type 1C (C.8.8.3.2): only in a multi-frame dose whose pointer names it
+            assert "GridFrameOffsetVector" not in frame
+            assert "FrameIncrementPointer" not in frame
         assert len(uids) == n_frames
+
+    def test_rt_dose_frames_pass_dciodvfy_where_the_source_does(self, testdata):
+        """dciodvfy finds in a frame only what it finds in the source (its odd UIDs)."""
+        from conftest import dciodvfy_errors
+
+        path = testdata("rtdose_rle.dcm")  # dciodvfy cannot read the native 32-bit copy
+        frame = split_file(path)[1]
+        inherited = ("Illegal root for UID", "Value invalid for this VR", "invalid data values")
+        errors = [e for e in dciodvfy_errors(frame) if not any(k in e for k in inherited)]
+        assert errors == ["Error - Missing attribute Type 2 Required Element=<OperatorsName> "
+                          "Module=<RTSeries>"]  # fmt: skip
+        assert errors[0] in dciodvfy_errors(path)
 
     def test_ultrasound_jpeg_baseline_stays_compressed(self, testdata):
         path = testdata("examples_ybr_color.dcm")
