@@ -247,6 +247,19 @@ FUNCTIONAL_GROUP_OF: dict[str, str] = {
     "VOILUTFunction": "FrameVOILUTSequence",
 }
 
+#: Body Part Examined defined terms (PS3.16 Annex L) of structures that are not paired: a
+#: series of one has no Laterality (C.7.3.1, type 2C), as dciodvfy checks.
+UNPAIRED_BODY_PARTS = frozenset(
+    """
+    ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CERVIX CHEST CHESTABDOMEN CHESTABDPELVIS
+    CIRCLEOFWILLIS COCCYX COLON CORONARYARTERY CSPINE CTSPINE DUODENUM ESOPHAGUS FACE
+    GALLBLADDER HEAD HEADNECK HEART ILEUM ILIUM JAW JEJUNUM LARYNX LIVER LSPINE MAXILLA
+    MEDIASTINUM MOUTH NECK NECKCHEST NECKCHESTABDOMEN NOSE PANCREAS PELVIS PENIS PHARYNX
+    PROSTATE RECTUM SCALP SKULL SPINE SPLEEN SSPINE STERNUM STOMACH THYMUS THYROID TONGUE
+    TRACHEA TSPINE URETER URETHRA UTERUS VAGINA VULVA WHOLEBODY
+    """.split()  # noqa: SIM905
+)
+
 #: Per-slice attributes merge keeps in each frame's Unassigned Per-Frame Converted
 #: Attributes even when they are the same everywhere, so split gives them back.
 PER_FRAME_KEPT = (
@@ -2777,8 +2790,19 @@ def _add_legacy_enhanced_modules(ds: Dataset, order: StackOrder, source_type: li
         ds.setdefault("AcquisitionContrast", "UNKNOWN")
     # Acquisition Context (C.7.6.14)
     ds.AcquisitionContextSequence = DicomSequence([])
-    # General Series (C.7.3.1): Laterality is type 2C and no frame states one
-    ds.setdefault("Laterality", "")
+    _add_unknown_laterality(ds)
+
+
+def _add_unknown_laterality(ds: Dataset) -> None:
+    """Add an empty Laterality (General Series, C.7.3.1) where the body part may be paired.
+
+    It is type 2C, required for a paired body part; no frame states it, so it is empty
+    (unknown) unless Body Part Examined names a structure that is not paired, where it
+    must be absent.
+    """
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if "Laterality" not in ds and body_part not in UNPAIRED_BODY_PARTS:
+        ds.Laterality = ""
 
 
 def _add_secondary_capture_modules(ds: Dataset, order: StackOrder, source_type: list[str]) -> None:
@@ -2801,8 +2825,8 @@ def _add_secondary_capture_modules(ds: Dataset, order: StackOrder, source_type: 
     else:
         ds.FrameIncrementPointer = Tag("PageNumberVector")
         ds.PageNumberVector = list(range(1, len(order.slices) + 1))
-    # General Series (C.7.3.1) and General Image (C.7.6.1): type 2C, unknown here
-    ds.setdefault("Laterality", "")
+    _add_unknown_laterality(ds)
+    # General Image (C.7.6.1): type 2C, unknown here
     ds.setdefault("PatientOrientation", "")
     # The frames' geometry and sources are kept in functional groups (a Standard
     # Extended SOP Class, PS3.4 B.4.1) so that split can restore each slice.

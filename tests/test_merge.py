@@ -443,6 +443,20 @@ class TestMergeValidators:
     def test_dciodvfy_reports_no_error(self, make_series, kwargs):
         assert dciodvfy_errors(_validated_series(make_series, kwargs)) == []
 
+    @pytest.mark.parametrize("body_part", ["HEAD", "ABDOMEN", "KNEE", "BREAST"])
+    @pytest.mark.parametrize("modality", ["CT", "OT"])
+    def test_laterality_follows_the_body_part(self, make_series, modality, body_part):
+        """Laterality (type 2C) is absent for an unpaired body part, empty for a paired one."""
+        paths = make_series("bp", n=3, modality=modality, signed=False)
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.BodyPartExamined = body_part
+            ds.save_as(path)
+        merged = merge_one(paths[0].parent)
+        assert dciodvfy_errors(merged) == []
+        paired = body_part in ("KNEE", "BREAST")
+        assert pydicom.dcmread(merged).get("Laterality") == ("" if paired else None)
+
     @pytest.mark.parametrize("modality", ["CT", "OT"])
     def test_one_slice_gives_a_valid_one_frame_file(self, make_series, modality):
         """A one-slice series (merged as dcmulti does) is valid too: no Frame Increment
