@@ -4191,6 +4191,12 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     check_pixel_description(template)
     if int(template.BitsAllocated) == 1:
         raise DicomPressorError("BitsAllocated 1 (bit-packed frames) cannot be merged")
+    if str(template.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+        raise DicomPressorError(
+            "PALETTE COLOR slices cannot be merged: no multi-frame Secondary Capture IOD "
+            "takes a palette (PS3.3 A.8.2-A.8.5), so the colours would be lost; "
+            "-I png exports them in colour"
+        )
     sop_class, legacy = multiframe_sop_class(template, geometric=order.by_position)
     # Grayscale SC stores unsigned pixels only: signed ones go into Word SC as offset
     # binary (8-bit ones widened to 16, see multiframe_sop_class).

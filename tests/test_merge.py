@@ -466,6 +466,23 @@ class TestMergeValidators:
         assert dciodvfy_errors(merged) == []
         assert ("FrameIncrementPointer" in pydicom.dcmread(merged)) is False
 
+    def test_palette_color_is_refused_in_words(self, testdata):
+        """A PALETTE COLOR slice has no multi-frame SC to go to: it fails, named, unchanged."""
+        from conftest import hash_files, run_main
+
+        source = testdata("examples_palette.dcm")
+        before = hash_files([source])
+        code, _, err = run_main("-j", "-F", source.parent)
+        assert code == 1, err
+        assert (
+            f"{source.name}: cannot merge series {pydicom.dcmread(source).SeriesInstanceUID}: "
+            "PALETTE COLOR slices cannot be merged: no multi-frame Secondary Capture IOD takes "
+            "a palette (PS3.3 A.8.2-A.8.5), so the colours would be lost; -I png exports "
+            "them in colour"
+        ) in err
+        assert hash_files([source]) == before
+        assert sorted(p.name for p in source.parent.iterdir()) == [source.name]
+
     def test_deflated_slice(self, testdata):
         """A Deflated Explicit VR slice is inflated and merged, pixels unchanged."""
         source = testdata("image_dfl.dcm")
