@@ -454,11 +454,7 @@ J2K_METHOD = "ISO_15444_1"
 J2K_MIN_SIDE = 32
 #: Most bits stored per sample the encoders here take: pydicom's openjpeg plugin 24, JPEG-LS
 #: 16 (PS3.5 A.4.3); RLE takes any, HTJ2K is checked by check_htj2k_pixels.
-MAX_BITS_STORED = {
-    "1.2.840.10008.1.2.4.90": 24,
-    "1.2.840.10008.1.2.4.91": 24,
-    "1.2.840.10008.1.2.4.80": 16,
-}
+MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syntax: 16}
 
 
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
@@ -1447,6 +1443,12 @@ def unreadable(exc: BaseException) -> str:
     return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
 
 
+#: How much of a file read_plain_header reads: headers longer than this go to pydicom.
+PLAIN_HEAD_BYTES = 1 << 16
+#: Values longer than this stay on disk until used (pydicom's defer_size).
+DEFER_BYTES = 4096
+
+
 def read_header(
     path: Path, *, check_values: bool = True, image: bool = True
 ) -> tuple[Dataset, PixelLocation | None]:
@@ -1461,7 +1463,7 @@ def read_header(
     try:
         size = path.stat().st_size
         plain = read_plain_header(path)  # checked whole: no element runs past the end
-        ds = plain or pydicom.dcmread(path, defer_size=4096)
+        ds = plain or pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
         ds = read_bare_dataset(path)
         if ds is None:
@@ -1548,7 +1550,7 @@ def read_bare_dataset(path: Path) -> Dataset | None:
                 return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=4096, force=True)
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=True)
     except Exception:  # not even that
         return None
     tags = list(ds._dict)
@@ -1583,12 +1585,6 @@ def truncation(ds: Dataset, size: int) -> str | None:
     return None
 
 
-#: How much of a file read_plain_header reads: headers longer than this go to pydicom.
-PLAIN_HEAD_BYTES = 1 << 16
-#: Values longer than this stay on disk until used (pydicom's defer_size).
-DEFER_BYTES = 4096
-
-
 def read_plain_header(path: Path) -> FileDataset | None:
     """Read the header of a plain Explicit VR Little Endian file as pydicom does, or None.
 
@@ -1608,7 +1604,7 @@ def read_plain_header(path: Path) -> FileDataset | None:
             return None
         meta, pos = _plain_elements(data, 132, meta=True)
         syntax = meta.get(0x00020010) if meta is not None else None
-        if syntax is None or (syntax.value or b"").rstrip(b"\0 ") != b"1.2.840.10008.1.2.1":
+        if syntax is None or (syntax.value or b"").rstrip(b"\0 ") != EXPLICIT_VR_LE.encode():
             return None
         body, end = _plain_elements(data, pos, meta=False)
         if body is None or end != size:
@@ -7000,12 +6996,17 @@ def _create_whole(target: Path, content: bytes) -> bool:
     left empty would hold its folder for LOCK_WRITE_GRACE_S). Where hard links are not
     supported, target is created with O_EXCL and written after.
     """
-    tmp = temp_path(target)
-    try:
-        with tmp.open("xb") as handle:
+
+    def write_synced(fd: int) -> None:
+        with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+
+    tmp = temp_path(target)
+    exclusive = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        write_synced(os.open(tmp, exclusive, 0o644))
         try:
             os.link(tmp, target)
             return True
@@ -7014,13 +7015,10 @@ def _create_whole(target: Path, content: bytes) -> bool:
         except OSError:  # no hard links here (FAT, some network shares)
             pass
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(target, exclusive, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(fd)
         return True
     finally:
         with contextlib.suppress(OSError):
