@@ -465,36 +465,6 @@ GAP_FACTOR = 1.5
 GEOMETRY_DECIMALS = 4
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Options of one run, shared by every action (built by the CLI or the API)."""
-
-    output_dir: Path | None = None
-    #: False puts an action's outputs straight into output_dir (the API's session folder)
-    #: instead of beside the inputs with a copy there.
-    keep_beside: bool = True
-    in_place: bool = False
-    codec: str = "j2k"
-    ratio: float | None = None
-    psnr: float | None = None
-    jobs: int = 1
-    #: anonymize: the params text (spec's (GGGG,EEEE)=VALUE lines and the other forms)
-    params: str | None = None
-    profile: str = "basic"
-    keep_uids: bool = False
-    keep_dates: bool = False
-    keep_descriptions: bool = False
-    #: headers: "text" or "json"
-    format: str = "text"
-    #: anonymize: the key that derives new UIDs (one per run, so all its jobs agree)
-    uid_secret: str = ""
-    #: exports: --window C,W, --png-bits 8|16, --fps (fallback), the -I format
-    window: tuple[float, float] | None = None
-    png_bits: int = 8
-    fps: float | None = None
-    image_format: str = "png"
-
-
 # ---- anonymize, headers, DICOMDIR ----
 
 #: PS3.15 Annex E Table E.1-1, Basic Application Level Confidentiality Profile column:
@@ -792,6 +762,10 @@ DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
 ANON_SUFFIX = "_anon"
 PROFILES = ("basic", "none")
 HEADER_FORMATS = ("text", "json")
+#: Image formats of ``-I`` and the file suffix of each.
+IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
+#: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
+DEFAULT_FPS = 10.0
 
 #: Bulk data left out of the JSON headers (PS3.18 F.2.7 BulkDataURI targets): pixel,
 #: waveform, overlay and document values, and any other binary value above the threshold.
@@ -850,6 +824,243 @@ DEFAULT_CORS_ORIGIN = "*"
 #: A client must send (or take) some bytes this often, or its connection is dropped.
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_SWEEP_INTERVAL_S = 60.0
+
+
+# ---- options: each declared once ----
+
+#: Where an option belongs (OptionSpec.scope). ACTION: a field of Options that the listed
+#: actions take, and a key of the API's ``options`` object unless api=False. COMMON: a
+#: field of Options that every action gets from whoever calls it (the CLI, batch, the
+#: API). RUN: how the command line runs its jobs. COMMAND: a mode of the command line in
+#: place of an action. SERVER: a setting of ``--serve`` (a ServerConfig field).
+ACTION, COMMON, RUN, COMMAND, SERVER = "action", "common", "run", "command", "server"
+#: What an option's value is (OptionSpec.kind): flag (true or false), text, choice (one of
+#: ``choices``), number, integer, window (``CENTRE,WIDTH``), path, keys (repeatable text)
+#: and shard (``I/N``).
+OPTION_KINDS = ("flag", "text", "choice", "number", "integer", "window", "path", "keys", "shard")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One option: everything the CLI, the API, OpenAPI, the web page and README need.
+
+    The command-line flag is ``--name`` with dashes (``short`` adds or, with long=False,
+    is the only spelling). Bounds: ``minimum`` (value >= it), ``above`` (value > it),
+    ``maximum``; ``choices`` for a choice or integer. ``actions`` are the actions that
+    take an ACTION option. ``field``/``factor``: the config field a SERVER option sets,
+    and what its value is multiplied by (MB to bytes). ``cli_default`` is the command
+    line's default where it differs from the library's (``--jobs``: the CPU count).
+    ``exclusive`` names an argparse group of flags that exclude each other;
+    ``conflicts`` names options that may not be given with this one. ``noun`` names a
+    choice's value in messages ("unknown header format 'xml'").
+    """
+
+    name: str
+    kind: str
+    help: str
+    scope: str = ACTION
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    above: float | None = None
+    maximum: float | None = None
+    actions: tuple[str, ...] = ()
+    api: bool = True
+    cli: bool = True
+    group: str = "options"
+    metavar: str | None = None
+    short: str | None = None
+    long: bool = True
+    exclusive: str | None = None
+    conflicts: tuple[str, ...] = ()
+    field: str | None = None
+    factor: int = 1
+    cli_default: Any = None
+    noun: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling: ``--long-name`` (or the short flag alone)."""
+        if not self.long:
+            assert self.short is not None
+            return self.short
+        return "--" + self.name.replace("_", "-")
+
+
+#: Help groups of the command line, in the order --help shows them.
+OPTION_GROUPS = {
+    "where": "input (one of)",
+    "options": "options of every action",
+    "compression": "compression (-x/-X, -z/-Z)",
+    "anonymize": "anonymize (-a/-A PARAMS) and headers (-t)",
+    "exports": "exports (-I FORMAT, -E)",
+    "batch": "batch and watch",
+    "server": "server (--serve)",
+    "output": "output",
+}
+
+OPTIONS: dict[str, OptionSpec] = {
+    option.name: option
+    for option in (
+        # input
+        OptionSpec("f", "path", "folder (with subfolders) or file", scope=RUN, short="-f",
+                   long=False, metavar="PATH", group="where", exclusive="where"),
+        OptionSpec("F", "path", "folder (without subfolders) or file", scope=RUN, short="-F",
+                   long=False, metavar="PATH", group="where", exclusive="where"),
+        # modes instead of an action
+        OptionSpec("version", "flag", "print the version", scope=COMMAND, short="-c",
+                   exclusive="action", default=False),
+        OptionSpec("serve", "flag", "serve the actions over the REST API (see below)",
+                   scope=COMMAND, exclusive="action", default=False),
+        OptionSpec("make_sample", "path", "write a small synthetic CT series into DIR (for a "
+                   "first try)", scope=COMMAND, exclusive="action", metavar="DIR"),
+        # every action
+        OptionSpec("output_dir", "path", "write (or copy) results to DIR, created if missing",
+                   scope=COMMON, metavar="DIR"),
+        OptionSpec("jobs", "integer", "worker processes (default: the CPU count)",
+                   scope=COMMON, default=1, minimum=1, metavar="N",
+                   cli_default=os.cpu_count() or 1),
+        # compression
+        OptionSpec("codec", "choice", "lossless codec (default j2k: JPEG 2000)", default="j2k",
+                   choices=tuple(sorted(CODECS)), actions=("compress_lossless",),
+                   group="compression"),
+        OptionSpec("ratio", "number", f"target compression ratio (default {DEFAULT_RATIO:g})",
+                   minimum=1, actions=("compress_lossy",), conflicts=("psnr",), metavar="R",
+                   group="compression"),
+        OptionSpec("psnr", "number", "target PSNR in dB (instead of --ratio)", above=0,
+                   actions=("compress_lossy",), conflicts=("ratio",), metavar="DB",
+                   group="compression"),
+        # anonymize and headers
+        OptionSpec("profile", "choice", "basic: the PS3.15 Basic Application Level "
+                   "Confidentiality Profile first (default); none: only the PARAMS "
+                   "replacements", default="basic", choices=PROFILES, actions=("anonymize",),
+                   group="anonymize"),
+        OptionSpec("keep_uids", "flag", "Retain UIDs option", default=False,
+                   actions=("anonymize",), group="anonymize"),
+        OptionSpec("keep_dates", "flag", "Retain Longitudinal Temporal Information",
+                   default=False, actions=("anonymize",), group="anonymize"),
+        OptionSpec("keep_descriptions", "flag", "keep descriptions (Clean Descriptors)",
+                   default=False, actions=("anonymize",), group="anonymize"),
+        OptionSpec("format", "choice", "headers: text or json", default="text",
+                   choices=HEADER_FORMATS, actions=("headers",), group="anonymize",
+                   noun="header format"),
+        # exports
+        OptionSpec("image_format", "choice", "image format (the value of -I)", default="png",
+                   choices=tuple(IMAGE_FORMATS), actions=("export_png",), cli=False,
+                   group="exports", noun="image format"),
+        OptionSpec("window", "window", "window centre and width instead of the file's",
+                   actions=("export_png", "export_video"), metavar="C,W", group="exports"),
+        OptionSpec("png_bits", "integer", "16: modality values unwindowed in 16-bit PNG "
+                   "(default 8)", default=8, choices=(8, 16), actions=("export_png",),
+                   group="exports"),
+        OptionSpec("fps", "number", f"video frame rate when the file states none (default "
+                   f"{DEFAULT_FPS:g})", above=0, actions=("export_video",), metavar="N",
+                   group="exports"),
+        # batch and watch
+        OptionSpec("skip_if_done", "flag", f"skip folders holding {DONE_MARKER}; write it "
+                   "after a folder succeeds", scope=RUN, default=False, group="batch"),
+        OptionSpec("watch", "number", "every N seconds process new or changed folders "
+                   "(implies --skip-if-done)", scope=RUN, above=0, metavar="N",
+                   conflicts=("dask",), group="batch"),
+        OptionSpec("settle", "number", "watch: wait until no file changed for S seconds "
+                   f"(default {DEFAULT_SETTLE_S:g})", scope=RUN, default=DEFAULT_SETTLE_S,
+                   minimum=0, metavar="S", group="batch"),
+        OptionSpec("lock_timeout", "number", "take over a folder lock older than S seconds "
+                   f"(default {DEFAULT_LOCK_TIMEOUT_S:g})", scope=RUN,
+                   default=DEFAULT_LOCK_TIMEOUT_S, above=0, metavar="S", group="batch"),
+        OptionSpec("shard", "shard", "process only shard I of N of the job folders (Slurm "
+                   "array, Kubernetes Indexed Job): N runs with I = 0..N-1 cover every "
+                   "folder once", scope=RUN, metavar="I/N", group="batch"),
+        OptionSpec("dask", "text", "run the job folders on a Dask cluster (scheduler "
+                   "address, e.g. tcp://host:8786)", scope=RUN, metavar="ADDRESS",
+                   conflicts=("watch",), group="batch"),
+        # server
+        OptionSpec("host", "text", f"bind address ({DEFAULT_HOST})", scope=SERVER,
+                   default=DEFAULT_HOST, group="server"),
+        OptionSpec("port", "integer", f"port ({DEFAULT_PORT}; 0: any free port)",
+                   scope=SERVER, default=DEFAULT_PORT, minimum=0, maximum=65535,
+                   group="server"),
+        OptionSpec("data_dir", "path", "where sessions live", scope=SERVER, metavar="DIR",
+                   group="server"),
+        OptionSpec("api_key", "keys", "an API key (repeatable)", scope=SERVER, metavar="KEY",
+                   field="api_keys", group="server"),
+        OptionSpec("api_keys_file", "path", "keys, one a line", scope=SERVER, metavar="FILE",
+                   group="server"),
+        OptionSpec("volview_url", "text", f"VolView base for view links "
+                   f"({DEFAULT_VOLVIEW_URL})", scope=SERVER, default=DEFAULT_VOLVIEW_URL,
+                   metavar="URL", group="server"),
+        OptionSpec("public_url", "text", "this server's external base URL (behind a proxy)",
+                   scope=SERVER, metavar="URL", group="server"),
+        OptionSpec("cors_origin", "text", "Access-Control-Allow-Origin of /api/view "
+                   f"({DEFAULT_CORS_ORIGIN})", scope=SERVER, default=DEFAULT_CORS_ORIGIN,
+                   metavar="ORIGIN", group="server"),
+        OptionSpec("rate_limit", "integer", "API requests per minute per IP "
+                   f"({DEFAULT_RATE_LIMIT_PER_MIN}; 0: unlimited)", scope=SERVER,
+                   default=DEFAULT_RATE_LIMIT_PER_MIN, minimum=0, metavar="N",
+                   field="rate_limit_per_min", group="server"),
+        OptionSpec("session_rate_limit", "integer", "sessions created per minute per IP "
+                   f"({DEFAULT_SESSION_RATE_LIMIT_PER_MIN}; 0: unlimited)", scope=SERVER,
+                   default=DEFAULT_SESSION_RATE_LIMIT_PER_MIN, minimum=0, metavar="N",
+                   field="session_rate_limit_per_min", group="server"),
+        OptionSpec("max_sessions", "integer", f"concurrent sessions ({DEFAULT_MAX_SESSIONS})",
+                   scope=SERVER, default=DEFAULT_MAX_SESSIONS, minimum=1, metavar="N",
+                   group="server"),
+        OptionSpec("max_upload_mb", "integer", f"MB per upload request "
+                   f"({DEFAULT_MAX_UPLOAD_MB})", scope=SERVER, default=DEFAULT_MAX_UPLOAD_MB,
+                   minimum=1, metavar="N", field="max_upload_bytes", factor=1024 * 1024,
+                   group="server"),
+        OptionSpec("max_files", "integer", f"files per session ({DEFAULT_MAX_FILES})",
+                   scope=SERVER, default=DEFAULT_MAX_FILES, minimum=1, metavar="N",
+                   group="server"),
+        OptionSpec("timeout", "number", "seconds per process call "
+                   f"({DEFAULT_PROCESS_TIMEOUT_S:g})", scope=SERVER,
+                   default=DEFAULT_PROCESS_TIMEOUT_S, above=0, metavar="S",
+                   field="process_timeout_s", group="server"),
+        OptionSpec("session_ttl", "number", f"seconds a session lives "
+                   f"({DEFAULT_SESSION_TTL_S:g})", scope=SERVER, default=DEFAULT_SESSION_TTL_S,
+                   above=0, metavar="S", field="session_ttl_s", group="server"),
+        # output
+        OptionSpec("json", "flag", "print results as JSON", scope=RUN, default=False,
+                   group="output"),
+        OptionSpec("log_file", "path", "also log to FILE (rotated at 10 MB)", scope=RUN,
+                   metavar="FILE", group="output"),
+        OptionSpec("verbose", "flag", "log more detail", scope=RUN, default=False,
+                   exclusive="loudness", group="output"),
+        OptionSpec("quiet", "flag", "log only warnings and errors", scope=RUN, default=False,
+                   exclusive="loudness", group="output"),
+    )
+}  # fmt: skip
+
+
+def _options_class() -> type:
+    """Build ``Options`` from OPTIONS: a field per ACTION and COMMON option, its default."""
+    declared = [
+        (o.name, Any, dataclasses.field(default=o.default))
+        for o in OPTIONS.values()
+        if o.scope in (ACTION, COMMON)
+    ]
+    internal = [
+        # False puts an action's outputs straight into output_dir (the API's session
+        # folder) instead of beside the inputs with a copy there.
+        ("keep_beside", bool, dataclasses.field(default=True)),
+        # replace each input atomically (the uppercase flags: -X, -Z, -U, -A)
+        ("in_place", bool, dataclasses.field(default=False)),
+        # the params text of an action that takes one (anonymize)
+        ("params", Any, dataclasses.field(default=None)),
+        # anonymize: the key that derives new UIDs (one per run, so all its jobs agree)
+        ("uid_secret", str, dataclasses.field(default="")),
+    ]
+    cls = dataclasses.make_dataclass("Options", [*declared, *internal], frozen=True)
+    cls.__module__ = __name__
+    cls.__doc__ = (
+        "Options of one run, shared by every action (built by the CLI or the API): one "
+        "field per ACTION and COMMON entry of OPTIONS, plus keep_beside, in_place, params "
+        "and uid_secret."
+    )
+    return cls
+
+
+Options = _options_class()
 
 
 # ==== 3. Errors and logging ====
@@ -1228,6 +1439,147 @@ ProgressFn = Callable[[int, int], None]
 
 def _no_progress(done: int, total: int) -> None:
     """Progress callback that shows nothing."""
+
+
+# ---- option values: one check for the CLI, the API and library callers ----
+
+
+def cli_label(option: OptionSpec) -> str:
+    """Name an option as the command line spells it (``--ratio``)."""
+    return option.flag
+
+
+def api_label(option: OptionSpec) -> str:
+    """Name an option as the API's process request spells it (``options.ratio``)."""
+    return f"options.{option.name}"
+
+
+Label = Callable[[OptionSpec], str]
+
+
+def _shown(raw: Any) -> str:
+    """Show a rejected value: command-line text quoted as typed, JSON values as JSON."""
+    return repr(raw) if isinstance(raw, str) else json.dumps(raw, default=str)
+
+
+def parse_shard(text: str, label: str = "--shard") -> tuple[int, int]:
+    """Parse ``I/N`` (0 <= I < N); raise UsageError naming what is wrong."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"{label} takes I/N (e.g. 0/4), not {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise UsageError(f"{label} {text}: I must be 0 to N-1 and N at least 1")
+    return index, count
+
+
+def _number(option: OptionSpec, raw: Any, label: str) -> float | int:
+    """Convert a number given as text (CLI) or JSON (API); raise UsageError."""
+    integer = option.kind == "integer"
+    wanted = "a whole number" if integer else "a number"
+    if isinstance(raw, str):
+        try:
+            value: float | int = int(raw) if integer else float(raw)
+        except ValueError:
+            raise UsageError(f"{label} must be {wanted}, not {raw!r}") from None
+    elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise UsageError(f"{label} must be {wanted}, not {_shown(raw)}")
+    elif integer and isinstance(raw, float):
+        if not raw.is_integer():
+            raise UsageError(f"{label} must be {wanted}, not {_shown(raw)}")
+        value = int(raw)
+    else:
+        value = raw if integer else float(raw)
+    if not math.isfinite(value):
+        raise UsageError(f"{label} must be a finite number, not {value}")
+    return value
+
+
+def _window(raw: Any, label: str) -> tuple[float, float]:
+    """Convert ``"C,W"`` (text or JSON) or ``[C, W]`` (JSON) to (centre, width)."""
+    problem = UsageError(f"{label} takes CENTRE,WIDTH (e.g. 40,400), not {_shown(raw)}")
+    parts = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        raise problem
+    values = []
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (str, int, float)):
+            raise problem
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise problem from None
+    if not all(math.isfinite(v) for v in values):
+        raise problem
+    return values[0], values[1]
+
+
+def parse_option(option: OptionSpec, raw: Any, label: Label = cli_label) -> Any:
+    """Convert a given value (command-line text or a JSON value) and check it.
+
+    Raises UsageError with a message naming the option as ``label`` spells it; the
+    message is the same for the CLI and the API but for that name.
+    """
+    name = label(option)
+    kind = option.kind
+    if kind == "flag":
+        if not isinstance(raw, bool):
+            raise UsageError(f"{name} must be true or false, not {_shown(raw)}")
+        value: Any = raw
+    elif kind in ("number", "integer"):
+        value = _number(option, raw, name)
+    elif kind == "window":
+        value = _window(raw, name)
+    elif kind == "shard":
+        value = parse_shard(str(raw), name)
+    elif kind == "path":
+        value = Path(raw)
+    elif kind == "keys":
+        value = tuple(raw) if isinstance(raw, (list, tuple)) else (raw,)
+    else:  # text, choice
+        if not isinstance(raw, str):
+            raise UsageError(f"{name} must be text, not {_shown(raw)}")
+        value = raw
+    check_value(option, value, label)
+    return value
+
+
+def check_value(option: OptionSpec, value: Any, label: Label = cli_label) -> None:
+    """Check a converted value against the option's choices and bounds; raise UsageError."""
+    if value is None:
+        return
+    name = label(option)
+    if option.choices and value not in option.choices:
+        choices = ", ".join(str(c) for c in option.choices)
+        if option.kind != "choice":
+            raise UsageError(f"{name} must be one of {choices}, not {_shown(value)}")
+        noun = option.noun or option.name.replace("_", " ")
+        raise UsageError(f"unknown {noun} {_shown(value)}: {name} takes one of {choices}")
+    if option.kind == "window":
+        width = float(value[1])
+        if not width > 0:
+            raise UsageError(f"{name} width must be positive, not {width:g}")
+        return
+    if option.kind not in ("number", "integer"):
+        return
+    if option.minimum is not None and value < option.minimum:
+        raise UsageError(f"{name} must be {option.minimum:g} or more, not {value:g}")
+    if option.above is not None and not value > option.above:
+        bound = "positive" if option.above == 0 else f"more than {option.above:g}"
+        raise UsageError(f"{name} must be {bound}, not {value:g}")
+    if option.maximum is not None and value > option.maximum:
+        raise UsageError(f"{name} must be {option.maximum:g} or less, not {value:g}")
+
+
+def check_conflicts(given: Iterable[str], label: Label = cli_label) -> None:
+    """Raise UsageError when two given options exclude each other (OptionSpec.conflicts)."""
+    names = set(given)
+    order = list(OPTIONS)
+    for name in (n for n in order if n in names):
+        for other in OPTIONS[name].conflicts:
+            if other in names and order.index(name) < order.index(other):
+                first, second = label(OPTIONS[name]), label(OPTIONS[other])
+                raise UsageError(f"give {first} or {second}, not both")
 
 
 # ==== 5. DICOM helpers ====
@@ -5031,9 +5383,8 @@ def compress_lossless(
         (0008,0018) SOP Instance UID kept; files already in the target syntax are left
         alone and reported.
     """
-    codec = CODECS.get(options.codec)
-    if codec is None:
-        raise DicomPressorError(f"unknown codec {options.codec!r}: use one of {', '.join(CODECS)}")
+    check_options(ACTIONS["compress_lossless"], options)
+    codec = CODECS[options.codec]
     if codec.name == "htj2k":  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
         if htj2k_encoder() is None:
             raise DicomPressorError(
@@ -5067,15 +5418,10 @@ def compress_lossy(
         Image Type and a new (0008,0018) SOP Instance UID. The log gives the achieved
         ratio and the RMSE of each file.
     """
-    if options.ratio is not None and options.psnr is not None:
-        raise DicomPressorError("give --ratio or --psnr, not both")
+    check_options(ACTIONS["compress_lossy"], options)
     ratio = options.ratio if options.psnr is None else None
     if ratio is None and options.psnr is None:
         ratio = DEFAULT_RATIO
-    if ratio is not None and ratio < 1:
-        raise DicomPressorError(f"--ratio must be 1 or more, not {ratio}")
-    if options.psnr is not None and options.psnr <= 0:
-        raise DicomPressorError(f"--psnr must be positive, not {options.psnr}")
     options = dataclasses.replace(options, output_dir=output_dir)
     mode = TranscodeMode("compress_lossy", J2K_LOSSY, LOSSY_SUFFIX, ratio, options.psnr)
     return _transcode(inputs, mode, options, progress)
@@ -5139,16 +5485,11 @@ def anonymize(
         keep_dates). The params are applied last. Pixel data is never changed: a file
         with (0028,0301) Burned In Annotation YES gives a warning.
     """
-    if options.profile not in PROFILES:
-        raise DicomPressorError(
-            f"unknown profile {options.profile!r}: use one of {', '.join(PROFILES)}"
-        )
+    check_options(ACTIONS["anonymize"], options)
     replacements = parse_params(options.params or "")
     choice = None
     if options.profile == "basic":
         choice = ProfileChoice(options.keep_uids, options.keep_dates, options.keep_descriptions)
-    elif not replacements:
-        raise DicomPressorError("--profile none with no params would change nothing")
     result = ActionResult()
     # One key for the whole call: every worker derives the same new UID for an old one.
     options = dataclasses.replace(options, uid_secret=options.uid_secret or secrets.token_hex(16))
@@ -5226,10 +5567,7 @@ def headers(
     ActionResult
         One dump per file; no DICOM file is changed.
     """
-    if options.format not in HEADER_FORMATS:
-        raise DicomPressorError(
-            f"unknown header format {options.format!r}: use one of {', '.join(HEADER_FORMATS)}"
-        )
+    check_options(ACTIONS["headers"], options)
     suffix = ".json" if options.format == "json" else ".txt"
     result = ActionResult()
     tasks = [(path, output_dir, suffix) for path in inputs]
@@ -5407,10 +5745,6 @@ def dicomdir(
 
 # ---- export ----
 
-#: Image formats of ``-I`` and the file suffix of each.
-IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
-#: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
-DEFAULT_FPS = 10.0
 #: JPEG quality of ``-I jpg`` (Pillow's scale, 1-95).
 JPEG_QUALITY = 92
 #: VOI LUT Function values (0028,1056), PS3.3 C.11.2.1.3.
@@ -6016,15 +6350,14 @@ def _read_sources(
     return readable
 
 
-def export_images(
+def export_png(
     inputs: Sequence[Path],
     output_dir: Path | None,
     options: Options,
     *,
     progress: ProgressFn = _no_progress,
-    image_format: str | None = None,
 ) -> ActionResult:
-    """Export every frame as an 8-bit PNG (or JPEG with ``image_format`` "jpg").
+    """Export every frame as an 8-bit PNG (or JPEG with ``image_format`` "jpg", ``-I jpg``).
 
     Each grey frame goes through the Modality LUT (the frame's Pixel Value
     Transformation, (0028,3000) Modality LUT Sequence or (0028,1052)/(0028,1053) Rescale
@@ -6049,9 +6382,7 @@ def export_images(
         Folder for the images; None writes each beside its input.
     options
         ``window`` (center, width), ``png_bits`` (8 or 16), ``image_format`` ("png" or
-        "jpg"), ``jobs`` (frames render in that many worker processes).
-    image_format
-        Overrides ``options.image_format`` (``export_png`` and ``export_jpg`` set it).
+        "jpg", JPEG at quality 92), ``jobs`` (frames render in that many worker processes).
 
     Returns
     -------
@@ -6062,18 +6393,8 @@ def export_images(
         with the same stem in one run). Inputs are never modified; a file that cannot
         be decoded fails alone and leaves no image.
     """
-    image_format = (image_format or options.image_format or "png").lower()
-    image_format = "jpg" if image_format == "jpeg" else image_format
-    if image_format not in IMAGE_FORMATS:
-        raise DicomPressorError(f"unknown image format {image_format!r}: use png or jpg")
-    bits_out = int(options.png_bits or 8)
-    if bits_out not in (8, 16):
-        raise DicomPressorError(f"--png-bits must be 8 or 16, not {bits_out}")
-    if bits_out == 16 and image_format != "png":
-        raise DicomPressorError("--png-bits 16 needs PNG output (-I png), JPEG has 8 bits")
-    window = options.window
-    if window is not None and not float(window[1]) > 0:
-        raise DicomPressorError(f"--window width must be positive, not {window[1]}")
+    check_options(ACTIONS["export_png"], options)
+    image_format = options.image_format
     result = ActionResult()
     sources = [
         ExportSource(path, ds, location, number_of_frames(ds))
@@ -6131,28 +6452,6 @@ def export_images(
         result.info(f"{source.path.name} -> {shown}")
     result.info("Done.")
     return result
-
-
-def export_png(
-    inputs: Sequence[Path],
-    output_dir: Path | None,
-    options: Options,
-    *,
-    progress: ProgressFn = _no_progress,
-) -> ActionResult:
-    """Export every frame as PNG (``-I png``); see ``export_images``."""
-    return export_images(inputs, output_dir, options, progress=progress, image_format="png")
-
-
-def export_jpg(
-    inputs: Sequence[Path],
-    output_dir: Path | None,
-    options: Options,
-    *,
-    progress: ProgressFn = _no_progress,
-) -> ActionResult:
-    """Export every frame as JPEG (``-I jpg``, quality 92); see ``export_images``."""
-    return export_images(inputs, output_dir, options, progress=progress, image_format="jpg")
 
 
 # ---- export: video ----
@@ -6349,7 +6648,7 @@ def export_video(
 ) -> ActionResult:
     """Export MP4 videos (H.264, yuv420p) through imageio-ffmpeg's bundled ffmpeg.
 
-    Frames are rendered as ``export_images`` renders 8-bit images (same modality, VOI,
+    Frames are rendered as ``export_png`` renders 8-bit images (same modality, VOI,
     MONOCHROME1, palette and YBR handling), in ``options.jobs`` worker processes, and
     piped to ffmpeg as RGB; odd sizes are padded to even with black.
 
@@ -6374,13 +6673,8 @@ def export_video(
         A multi-frame file with an undecodable frame fails and leaves no video; an
         undecodable slice fails alone and its series' video goes on without it.
     """
+    check_options(ACTIONS["export_video"], options)
     ffmpeg_executable()
-    window = options.window
-    if window is not None and not float(window[1]) > 0:
-        raise DicomPressorError(f"--window width must be positive, not {window[1]}")
-    fps = options.fps
-    if fps is not None and not float(fps) > 0:
-        raise DicomPressorError(f"--fps must be positive, not {fps}")
     result = ActionResult()
     sources = [
         ExportSource(path, ds, location, number_of_frames(ds))
@@ -6708,26 +7002,74 @@ def summary(
 
 ActionFn = Callable[..., ActionResult]
 
+#: What an action takes (ActionSpec.takes). FILES: each file on its own. FOLDER: the
+#: files of one folder together (merge's slices, a DICOMDIR's files). TREE: every file
+#: under the given path together (one report for a whole tree).
+FILES, FOLDER, TREE = "files", "folder", "tree"
+#: What an action's result holds (ActionSpec.result). WROTE: the files it wrote. RECORDS:
+#: a report, and a record per file in data["files"]. COUNTS: a report, and data of counts.
+WROTE, RECORDS, COUNTS = "wrote", "records", "counts"
+
+#: An action's rule over its option values: a message when they do not go together.
+Rule = Callable[[Any, Label], "str | None"]
+
 
 @dataclasses.dataclass(frozen=True)
 class ActionSpec:
-    """One entry of the ACTIONS registry: the name the API uses and how the CLI calls it."""
+    """One action: its API name, CLI flags, function, what it takes and gives, its rule.
+
+    ``flag`` runs it writing new files; ``replace_flag`` (-X, -Z, -U, -A) replaces each
+    input atomically. A flag spelt ``--info`` takes an optional path instead of -f/-F;
+    with ``metavar`` the flag takes a value that sets ``flag_value``: "params" (the flag
+    names a params file whose text the action gets, as the API's ``params``) or an
+    option (``-I png`` sets image_format). ``params`` says the action takes a params
+    text. ``copy_to_output_dir``: the outputs are written beside the inputs and copied to
+    --output-dir (merge); otherwise they are written there. ``data`` is the JSON schema
+    of each property of the result's data. The options it takes are the OPTIONS entries
+    that name it.
+    """
 
     name: str
     flag: str
     summary: str
     function: ActionFn
-    writes_files: bool = True
-    #: True: outputs are written in the job folder and copied to --output-dir;
-    #: False: outputs are written into --output-dir when it is given.
-    copy_to_output_dir: bool = False
-    #: True when the action reads every file of a folder at once (merge, summary).
-    per_folder: bool = False
-    #: The CLI flag that runs the action replacing each input atomically (-X, -Z, -U).
+    takes: str = FILES
+    result: str = WROTE
     replace_flag: str | None = None
-    #: When set, the flag takes a value (``-a PARAMS``, ``-I png``) named so in the help.
     metavar: str | None = None
+    flag_value: str | None = None
+    params: bool = False
+    copy_to_output_dir: bool = False
+    rule: Rule | None = None
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def options(self) -> tuple[OptionSpec, ...]:
+        """The options this action takes, in the order OPTIONS declares them."""
+        return tuple(o for o in OPTIONS.values() if self.name in o.actions)
+
+    @property
+    def writes_files(self) -> bool:
+        """Tell whether the action writes files (not only a report)."""
+        return self.result == WROTE
+
+
+def _export_rule(options: Any, label: Label) -> str | None:
+    """16-bit output is PNG only."""
+    if options.png_bits == 16 and options.image_format != "png":
+        return f"{label(OPTIONS['png_bits'])} 16 needs PNG output (-I png), JPEG has 8 bits"
+    return None
+
+
+def _anonymize_rule(options: Any, label: Label) -> str | None:
+    """Without the profile, only the params change anything."""
+    if options.profile == "none" and not parse_params(options.params or ""):
+        return f"{label(OPTIONS['profile'])} none with no params would change nothing"
+    return None
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_COUNTS = {"type": "object", "additionalProperties": _COUNT}
 
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
@@ -6737,8 +7079,8 @@ ACTIONS: dict[str, ActionSpec] = {
             "-j",
             "Merge single-frame DICOM slices into one multi-frame file per series",
             merge,
+            takes=FOLDER,
             copy_to_output_dir=True,
-            per_folder=True,
         ),
         ActionSpec("split", "-s", "Split a multi-frame DICOM into individual frames", split),
         ActionSpec(
@@ -6769,13 +7111,19 @@ ACTIONS: dict[str, ActionSpec] = {
             anonymize,
             replace_flag="-A",
             metavar="PARAMS",
+            flag_value="params",
+            params=True,
+            rule=_anonymize_rule,
+            data={"uids_replaced": _COUNT},
         ),
         ActionSpec(
             "export_png",
             "-I",
             "Export each frame as an image: -I png (or jpg), windowed as a viewer shows it",
-            export_images,
+            export_png,
             metavar="FORMAT",
+            flag_value="image_format",
+            rule=_export_rule,
         ),
         ActionSpec(
             "export_video",
@@ -6784,20 +7132,75 @@ ACTIONS: dict[str, ActionSpec] = {
             export_video,
         ),
         ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
-        ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, per_folder=True),
+        ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, takes=FOLDER),
         ActionSpec(
-            "info", "--info", "Show detailed DICOM file information", info, writes_files=False
+            "info",
+            "--info",
+            "Show detailed DICOM file information",
+            info,
+            result=RECORDS,
+            data={"files": {"type": "array", "items": {"type": "object"}}},
         ),
         ActionSpec(
             "summary",
             "--summary",
             "Show folder summary statistics",
             summary,
-            writes_files=False,
-            per_folder=True,
+            takes=TREE,
+            result=COUNTS,
+            data={
+                **dict.fromkeys(("files", "frames", "total_bytes"), _COUNT),
+                **dict.fromkeys(("patients", "studies", "series"), _COUNT),
+                **dict.fromkeys(
+                    ("per_patient", "per_study", "per_series", "per_modality"), _COUNTS
+                ),
+                "per_transfer_syntax": _COUNTS,
+                "unreadable": {"type": "array", "items": {"type": "object"}},
+            },
         ),
     )
 }
+
+
+def unknown_option(spec: ActionSpec, shown: str, label: Label) -> str:
+    """Say that an option is not one of the action's, and which it takes."""
+    taken = ", ".join(label(o) for o in spec.options if label is cli_label or o.api)
+    return f"unknown option {shown} for {spec.name}: it takes {taken or 'none'}"
+
+
+def check_options(spec: ActionSpec, options: Any, label: Label = cli_label) -> None:
+    """Check the option values an action gets: bounds, choices, conflicts, its rule.
+
+    The CLI and the API check what they are given with it before anything runs, each
+    naming options its own way; every action checks its options with it again, for
+    callers that use the functions directly. Raises UsageError.
+    """
+    given = []
+    for option in spec.options:
+        value = getattr(options, option.name, None)
+        check_value(option, value, label)
+        if value is not None and value is not False and value != option.default:
+            given.append(option.name)
+    check_conflicts(given, label)
+    problem = spec.rule(options, label) if spec.rule is not None else None
+    if problem is not None:
+        raise UsageError(problem)
+
+
+def action_options(spec: ActionSpec, given: Mapping[str, Any], label: Label, **common: Any) -> Any:
+    """Build and check the Options of a run from the action options a caller gave.
+
+    given holds converted values (parse_option) by option name; an option the action
+    does not take is refused (UsageError). common holds the COMMON and internal fields.
+    """
+    for name in given:
+        option = OPTIONS.get(name)
+        if option is None or option not in spec.options or not (label is cli_label or option.api):
+            shown = option.flag if option is not None and label is cli_label else repr(name)
+            raise UsageError(unknown_option(spec, shown, label))
+    options = Options(**given, **common)
+    check_options(spec, options, label)
+    return options
 
 
 # ==== 7. Batch ====
@@ -7290,17 +7693,6 @@ def run_jobs(
 # ---- beyond one machine: shards and Dask ----
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``I/N`` (0 <= I < N); raise UsageError naming what is wrong."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match:
-        raise UsageError(f"--shard takes I/N (e.g. 0/4), not {text!r}")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or index >= count:
-        raise UsageError(f"--shard {text}: I must be 0 to N-1 and N at least 1")
-    return index, count
-
-
 def in_shard(folder: Path, root: Path, index: int, count: int) -> bool:
     """Tell whether a job folder belongs to shard index of count.
 
@@ -7479,21 +7871,6 @@ WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"}
     | {f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789¹²³"}
 )
-#: ``options`` a process request may carry, per action (the CLI's long option names).
-ACTION_OPTIONS: dict[str, frozenset[str]] = {
-    "merge": frozenset(),
-    "split": frozenset(),
-    "compress_lossless": frozenset({"codec"}),
-    "compress_lossy": frozenset({"ratio", "psnr"}),
-    "decompress": frozenset(),
-    "anonymize": frozenset({"profile", "keep_uids", "keep_dates", "keep_descriptions"}),
-    "export_png": frozenset({"image_format", "window", "png_bits"}),
-    "export_video": frozenset({"fps", "window"}),
-    "dicomdir": frozenset(),
-    "headers": frozenset({"format"}),
-    "info": frozenset(),
-    "summary": frozenset(),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7895,94 +8272,34 @@ def _read_session_file(path: Path) -> tuple[float, float] | None:
 # ---- process requests ----
 
 
-def _number(name: str, value: Any) -> float:
-    """Return value as a float; 400 if it is not a JSON number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise HTTPError(400, f"options.{name} must be a number, not {json.dumps(value)}")
-    if not math.isfinite(value):
-        raise HTTPError(400, f"options.{name} must be a finite number, not {value}")
-    return float(value)
-
-
-def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Return value if it is one of choices; 400 naming them otherwise."""
-    if not isinstance(value, str) or value not in choices:
-        raise HTTPError(
-            400, f"options.{name} must be one of {', '.join(choices)}, not {json.dumps(value)}"
-        )
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    """Return value if it is a JSON boolean."""
-    if not isinstance(value, bool):
-        raise HTTPError(400, f"options.{name} must be true or false, not {json.dumps(value)}")
-    return value
-
-
-def _window(value: Any) -> tuple[float, float]:
-    """Return a window from ``"C,W"`` or ``[C, W]``; 400 if it is not one."""
-    problem = HTTPError(
-        400, f'options.window takes "CENTRE,WIDTH" or [CENTRE, WIDTH], not {json.dumps(value)}'
-    )
-    parts = value.split(",") if isinstance(value, str) else value
-    if not isinstance(parts, list) or len(parts) != 2:
-        raise problem
-    try:
-        centre, width = (float(p) if isinstance(p, str) else _number("window", p) for p in parts)
-    except (ValueError, HTTPError):
-        raise problem from None
-    if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
-        raise HTTPError(400, "options.window needs a finite centre and a positive width")
-    return centre, width
-
-
-def _option_value(name: str, value: Any) -> Any:
-    """Check one ``options`` entry and return it as Options holds it."""
-    if name == "codec":
-        return _choice(name, value, sorted(CODECS))
-    if name in ("ratio", "psnr", "fps"):
-        number = _number(name, value)
-        if (name == "ratio" and number < 1) or (name != "ratio" and number <= 0):
-            bound = "1 or more" if name == "ratio" else "positive"
-            raise HTTPError(400, f"options.{name} must be {bound}, not {number:g}")
-        return number
-    if name == "window":
-        return _window(value)
-    if name == "format":
-        return _choice(name, value, HEADER_FORMATS)
-    if name == "profile":
-        return _choice(name, value, PROFILES)
-    if name == "image_format":
-        return _choice(name, value, sorted(IMAGE_FORMATS))
-    if name == "png_bits":
-        if value not in (8, 16) or isinstance(value, bool):
-            raise HTTPError(400, f"options.png_bits must be 8 or 16, not {json.dumps(value)}")
-        return int(value)
-    return _flag(name, value)  # keep_uids, keep_dates, keep_descriptions
-
-
 def process_request(
     payload: Any, output_dir: Path, *, jobs: int = 1
 ) -> tuple[ActionSpec, Options]:
     """Check a process request body and build the action's Options; 400 on any fault.
 
     The body is ``{"action": NAME, "params": TEXT, "options": {...}}``: params only for
-    anonymize (checked line by line here, before anything runs), options keyed by the
-    CLI's long option names that the action uses.
+    an action that takes them (anonymize: checked line by line here, before anything
+    runs), options keyed by the option names of the action (OPTIONS), checked as the
+    command line checks them.
     """
     if not isinstance(payload, dict):
         raise HTTPError(400, 'the request body must be a JSON object like {"action": "merge"}')
     action = payload.get("action")
+    if action is None:
+        raise HTTPError(
+            400, f'no action given: send {{"action": NAME}} with one of {", ".join(ACTIONS)}'
+        )
     if not isinstance(action, str) or action not in ACTIONS:
-        shown = json.dumps(action) if action is not None else "none"
+        shown = json.dumps(action)
         raise HTTPError(400, f"unknown action {shown}: use one of {', '.join(ACTIONS)}")
+    spec = ACTIONS[action]
     params = payload.get("params")
     if params is not None and not isinstance(params, str):
         raise HTTPError(400, "params must be a string: (GGGG,EEEE)=VALUE lines")
-    if params and action != "anonymize":
-        raise HTTPError(400, f"params is only for anonymize, not {action}")
-    if action == "anonymize" and params:
+    if params and not spec.params:
+        takers = ", ".join(name for name, other in ACTIONS.items() if other.params)
+        raise HTTPError(400, f"params is only for {takers}, not {action}")
+    if spec.params and params:
         try:
             parse_params(params)
         except DicomPressorError as exc:
@@ -7990,27 +8307,27 @@ def process_request(
     raw = payload.get("options") or {}
     if not isinstance(raw, dict):
         raise HTTPError(400, "options must be a JSON object of option names and values")
-    values: dict[str, Any] = {}
-    allowed = ACTION_OPTIONS[action]
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in allowed:
-            choices = ", ".join(sorted(allowed)) or "none"
-            raise HTTPError(400, f"unknown option {key!r} for {action}: it takes {choices}")
-        values[name] = _option_value(name, value)
-    if "ratio" in values and "psnr" in values:
-        raise HTTPError(400, "give options.ratio or options.psnr, not both")
-    if action == "anonymize" and values.get("profile") == "none" and not params:
-        raise HTTPError(400, 'anonymize with options.profile "none" needs params to apply')
-    options = Options(
-        output_dir=output_dir,
-        keep_beside=False,
-        jobs=jobs,
-        params=params if action == "anonymize" else None,
-        uid_secret=secrets.token_hex(16),
-        **values,
-    )
-    return ACTIONS[action], options
+    try:
+        given = {}
+        for key, value in raw.items():
+            name = str(key).replace("-", "_")
+            option = OPTIONS.get(name)
+            if option is None or option not in spec.options or not option.api:
+                raise UsageError(unknown_option(spec, repr(key), api_label))
+            given[name] = parse_option(option, value, api_label)
+        options = action_options(
+            spec,
+            given,
+            api_label,
+            output_dir=output_dir,
+            keep_beside=False,
+            jobs=jobs,
+            params=params if spec.params else None,
+            uid_secret=secrets.token_hex(16),
+        )
+    except DicomPressorError as exc:
+        raise HTTPError(400, exc.message) from exc
+    return spec, options
 
 
 def _process_child(
@@ -8232,6 +8549,86 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
     }
 
 
+def option_schema(option: OptionSpec) -> dict[str, Any]:
+    """Return the JSON schema of an option's value in a process request's ``options``."""
+    schema: dict[str, Any]
+    if option.kind == "flag":
+        schema = {"type": "boolean"}
+    elif option.kind == "choice":
+        schema = {"type": "string", "enum": list(option.choices)}
+    elif option.kind in ("number", "integer"):
+        schema = {"type": option.kind}
+        if option.choices:
+            schema["enum"] = list(option.choices)
+        for key, bound in (
+            ("minimum", option.minimum),
+            ("exclusiveMinimum", option.above),
+            ("maximum", option.maximum),
+        ):
+            if bound is not None:
+                schema[key] = bound
+    elif option.kind == "window":
+        schema = {
+            "oneOf": [
+                {"type": "string", "description": '"CENTRE,WIDTH", e.g. "40,400"'},
+                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+            ]
+        }
+    else:
+        schema = {"type": "string"}
+    schema["description"] = option.help
+    if option.default is not None:
+        schema["default"] = option.default
+    return schema
+
+
+def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
+    """Return the schema of a process request for one action: its options and params."""
+    properties: dict[str, Any] = {
+        "action": {"const": spec.name},
+        "options": {
+            "type": "object",
+            "properties": {o.name: option_schema(o) for o in spec.options if o.api},
+            "additionalProperties": False,
+        },
+    }
+    if spec.params:
+        properties["params"] = {
+            "type": "string",
+            "description": "(GGGG,EEEE)=VALUE lines, one per line (also GGGG EEEE VR VALUE "
+            "and Keyword=VALUE; # comments)",
+        }
+    return {
+        "type": "object",
+        "description": spec.summary,
+        "properties": properties,
+        "required": ["action"],
+    }
+
+
+def action_listing() -> dict[str, Any]:
+    """Return ``GET /api/actions``: every action with its flag, summary and options."""
+    actions = []
+    for spec in ACTIONS.values():
+        options = []
+        for option in spec.options:
+            if not option.api:
+                continue
+            entry: dict[str, Any] = {"name": option.name, "kind": option.kind}
+            entry.update(option_schema(option))
+            options.append(entry)
+        actions.append(
+            {
+                "name": spec.name,
+                "flag": spec.flag,
+                "summary": spec.summary,
+                "params": spec.params,
+                "options": options,
+            }
+        )
+    return {"actions": actions}
+
+
 def openapi_document(server_url: str) -> dict[str, Any]:
     """Return the OpenAPI 3.1 description of every endpoint the server answers."""
     session = {
@@ -8260,7 +8657,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
         **_error_responses(*auth_errors),
     }
     action_names = list(ACTIONS)
-    option_names = sorted({key for keys in ACTION_OPTIONS.values() for key in keys})
+    per_action = {f"Process_{name}": action_request_schema(s) for name, s in ACTIONS.items()}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -8302,6 +8699,13 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         }
                     },
+                }
+            },
+            "/api/actions": {
+                "get": {
+                    "summary": "The actions with their options (the web page's form)",
+                    "operationId": "actions",
+                    "responses": {"200": _json_response("Every action", "ActionList")},
                 }
             },
             "/api/health": {
@@ -8485,17 +8889,41 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "action": {"type": "string", "enum": action_names},
-                        "params": {
-                            "type": "string",
-                            "description": "anonymize: (GGGG,EEEE)=VALUE lines",
-                        },
+                        "params": {"type": "string", "description": "anonymize's params"},
                         "options": {
                             "type": "object",
-                            "description": "CLI long option names valid for the action",
-                            "propertyNames": {"enum": option_names},
+                            "description": "the action's options (see Process_<action>)",
                         },
                     },
                     "required": ["action"],
+                    "oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in per_action],
+                    "discriminator": {
+                        "propertyName": "action",
+                        "mapping": {
+                            name: f"#/components/schemas/Process_{name}" for name in ACTIONS
+                        },
+                    },
+                },
+                **per_action,
+                "ActionList": {
+                    "type": "object",
+                    "properties": {
+                        "actions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string", "enum": action_names},
+                                    "flag": {"type": "string"},
+                                    "summary": {"type": "string"},
+                                    "params": {"type": "boolean"},
+                                    "options": {"type": "array", "items": {"type": "object"}},
+                                },
+                                "required": ["name", "flag", "summary", "params", "options"],
+                            },
+                        }
+                    },
+                    "required": ["actions"],
                 },
                 "ProcessResult": {
                     "type": "object",
@@ -8575,6 +9003,7 @@ WEB_PAGE = """<!doctype html>
 <section>
   <h2>3. Action</h2>
   <label>Action <select id="action"></select></label>
+  <span id="action-summary" class="muted"></span>
   <div id="opts"></div>
   <div id="params-box" class="hidden">
     <div class="muted">Anonymization parameters, one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
@@ -8595,19 +9024,7 @@ WEB_PAGE = """<!doctype html>
 </main>
 <script>
 "use strict";
-const ACTIONS = {
-  merge: [], split: [],
-  compress_lossless: [["codec", "select", ["j2k", "jpegls", "rle", "htj2k"]]],
-  compress_lossy: [["ratio", "number", "10"], ["psnr", "number", ""]],
-  decompress: [],
-  anonymize: [["profile", "select", ["basic", "none"]], ["keep_uids", "checkbox"],
-              ["keep_dates", "checkbox"], ["keep_descriptions", "checkbox"]],
-  export_png: [["image_format", "select", ["png", "jpg"]], ["window", "text", ""],
-               ["png_bits", "select", ["8", "16"]]],
-  export_video: [["fps", "number", ""], ["window", "text", ""]],
-  dicomdir: [], headers: [["format", "select", ["text", "json"]]],
-  info: [], summary: []
-};
+let ACTIONS = {};  // GET /api/actions: the registry, so the form never lags the server
 const BATCH = 50;
 const $ = (id) => document.getElementById(id);
 let session = null, sessionTtl = 3600, created = 0;
@@ -8680,36 +9097,68 @@ async function walk(entry, out) {
     }
   }
 }
-function fillOptions() {
-  const action = $("action").value;
-  $("params-box").classList.toggle("hidden", action !== "anonymize");
-  const box = $("opts"); box.textContent = "";
-  for (const [name, kind, values] of ACTIONS[action]) {
-    const label = document.createElement("label");
-    label.textContent = name + " ";
-    let input;
-    if (kind === "select") {
-      input = document.createElement("select");
-      for (const v of values) {
-        const o = document.createElement("option"); o.textContent = v; input.appendChild(o);
-      }
-    } else {
-      input = document.createElement("input");
-      input.type = kind;
-      if (kind !== "checkbox") { input.value = values || ""; input.size = 8; }
+async function loadActions() {
+  let data;
+  try {
+    const response = await fetch("/api/actions");
+    data = await response.json();
+  } catch (e) { say("Cannot load the actions (" + e.message + ").", "error"); return; }
+  for (const action of data.actions) {
+    ACTIONS[action.name] = action;
+    const o = document.createElement("option");
+    o.value = o.textContent = action.name; o.title = action.summary;
+    $("action").appendChild(o);
+  }
+  fillOptions();
+}
+function optionInput(option) {
+  let input;
+  if (option.enum) {
+    input = document.createElement("select");
+    for (const v of option.enum) {
+      const o = document.createElement("option");
+      o.value = o.textContent = String(v);
+      if (v === option.default) o.selected = true;
+      input.appendChild(o);
     }
-    input.dataset.option = name; input.dataset.kind = kind;
-    label.appendChild(input); box.appendChild(label);
+  } else if (option.kind === "flag") {
+    input = document.createElement("input"); input.type = "checkbox";
+    input.checked = option.default === true;
+  } else {
+    input = document.createElement("input");
+    const numeric = option.kind === "number" || option.kind === "integer";
+    input.type = numeric ? "number" : "text";
+    if (numeric) input.step = option.kind === "integer" ? "1" : "any";
+    if (option.minimum !== undefined) input.min = option.minimum;
+    if (option.exclusiveMinimum !== undefined) input.min = option.exclusiveMinimum;
+    if (option.maximum !== undefined) input.max = option.maximum;
+    input.placeholder = option.kind === "window" ? "C,W" :
+      (option.default !== undefined ? String(option.default) : "");
+    input.size = 8;
+  }
+  input.dataset.option = option.name; input.dataset.kind = option.kind;
+  return input;
+}
+function fillOptions() {
+  const action = ACTIONS[$("action").value];
+  if (!action) return;
+  $("params-box").classList.toggle("hidden", !action.params);
+  $("action-summary").textContent = action.summary;
+  const box = $("opts"); box.textContent = "";
+  for (const option of action.options) {
+    const label = document.createElement("label");
+    label.textContent = option.name + " "; label.title = option.description || "";
+    label.appendChild(optionInput(option)); box.appendChild(label);
   }
 }
 function chosenOptions() {
   const options = {};
   for (const input of $("opts").querySelectorAll("[data-option]")) {
     const name = input.dataset.option, kind = input.dataset.kind;
-    if (kind === "checkbox") { if (input.checked) options[name] = true; continue; }
+    if (kind === "flag") { if (input.checked) options[name] = true; continue; }
     const value = input.value.trim();
     if (value === "") continue;
-    options[name] = (kind === "number" || name === "png_bits") ? Number(value) : value;
+    options[name] = (kind === "number" || kind === "integer") ? Number(value) : value;
   }
   return options;
 }
@@ -8722,7 +9171,7 @@ async function run() {
   try {
     if (!session) throw new Error("Upload files first.");
     const body = {action: $("action").value, options: chosenOptions()};
-    if (body.action === "anonymize") body.params = $("params").value;
+    if (ACTIONS[body.action].params) body.params = $("params").value;
     const result = await api("POST", "/api/process/" + session, JSON.stringify(body), true);
     for (const line of (result.log || "").split("\\n")) {
       if (line) say(line, line.startsWith("[ERROR]") ? "error" : "");
@@ -8747,11 +9196,7 @@ async function run() {
   } catch (e) { say(e.message, "error"); $("run-state").textContent = e.message; }
   finally { $("run").disabled = false; }
 }
-for (const name of Object.keys(ACTIONS)) {
-  const o = document.createElement("option");
-  o.value = o.textContent = name; $("action").appendChild(o);
-}
-$("action").addEventListener("change", fillOptions); fillOptions();
+$("action").addEventListener("change", fillOptions); loadActions();
 $("key").value = localStorage.getItem("dicompressor-key") || "";
 $("key-state").textContent = $("key").value ? "(remembered)" : "";
 $("save-key").addEventListener("click", () => {
@@ -8796,6 +9241,7 @@ ROUTES = (
     Route("GET", re.compile(r"/volview/?"), "volview_redirect", auth=False),
     Route("GET", re.compile(r"/api/openapi\.json"), "openapi", auth=False),
     Route("GET", re.compile(r"/api/health"), "health", auth=False),
+    Route("GET", re.compile(r"/api/actions"), "actions", auth=False),
     Route("POST", re.compile(r"/api/session"), "create_session"),
     Route("DELETE", re.compile(r"/api/session/([^/]+)"), "delete_session"),
     Route("POST", re.compile(r"/api/upload/([^/]+)"), "upload"),
@@ -9045,6 +9491,10 @@ class ApiHandler(BaseHTTPRequestHandler):
                 "session_ttl_s": self.state.config.session_ttl_s,
             },
         )
+
+    def route_actions(self) -> None:
+        """``GET /api/actions``: the actions and their options, from the registry."""
+        self._send_json(200, action_listing())
 
     def route_index_page(self) -> None:
         """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
@@ -9465,21 +9915,32 @@ class _ActionWithValue(argparse.Action):
         namespace.action_value = values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the command-line parser; action flags come from the ACTIONS registry."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Merge, split, compress, anonymize and export DICOM files.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partly failed.",
+def _add_option(container: Any, option: OptionSpec) -> None:
+    """Add one OPTIONS entry to the parser; its value is converted later (parse_option)."""
+    flags = [f for f in (option.short, option.flag if option.long else None) if f]
+    if option.kind == "flag":
+        container.add_argument(
+            *flags, dest=option.name, action="store_const", const=True, help=option.help
+        )
+        return
+    metavar = option.metavar
+    if metavar is None and option.choices:
+        metavar = "{" + ",".join(str(c) for c in option.choices) + "}"
+    container.add_argument(
+        *flags,
+        dest=option.name,
+        action="append" if option.kind == "keys" else "store",
+        metavar=metavar or option.name.upper(),
+        help=option.help,
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("-f", metavar="PATH", type=Path, help="folder (with subfolders) or file")
-    where.add_argument("-F", metavar="PATH", type=Path, help="folder (without subfolders) or file")
-    actions = parser.add_mutually_exclusive_group()
+
+
+def _add_action_flags(container: Any) -> None:
+    """Add the flag (and in-place twin) of every ACTIONS entry."""
     for spec in ACTIONS.values():
         if spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]
-            metavar = "DIR" if spec.per_folder else "FILE"
-            actions.add_argument(
+            metavar = "FILE" if spec.takes == FILES else "DIR"
+            container.add_argument(
                 spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
             )
             continue
@@ -9489,182 +9950,110 @@ def build_parser() -> argparse.ArgumentParser:
             flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help))
         for flag, const, help_text in flags:
             if spec.metavar:
-                actions.add_argument(
-                    flag,
-                    action=_ActionWithValue,
-                    const=const,
-                    metavar=spec.metavar,
+                container.add_argument(
+                    flag, action=_ActionWithValue, const=const, metavar=spec.metavar,
                     help=help_text,
-                )
+                )  # fmt: skip
             else:
-                actions.add_argument(
+                container.add_argument(
                     flag, dest="action", action="store_const", const=const, help=help_text
                 )
-    actions.add_argument("-c", "--version", action="store_true", help="print the version")
-    actions.add_argument(
-        "--serve", action="store_true", help="serve the actions over the REST API (see below)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser from the ACTIONS and OPTIONS registries."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Merge, split, compress, anonymize and export DICOM files.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partly failed.",
     )
-    actions.add_argument(
-        "--make-sample",
-        type=Path,
-        metavar="DIR",
-        help="write a small synthetic CT series into DIR (for a first try)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        metavar="DIR",
-        help="write (or copy) results to DIR, created if missing",
-    )
-    parser.add_argument(
-        "--codec",
-        choices=sorted(CODECS),
-        default="j2k",
-        help="lossless codec for -x/-X (default j2k: JPEG 2000)",
-    )
-    parser.add_argument(
-        "--ratio",
-        type=float,
-        metavar="R",
-        help=f"target compression ratio for -z/-Z (default {DEFAULT_RATIO:g})",
-    )
-    parser.add_argument(
-        "--psnr", type=float, metavar="DB", help="target PSNR in dB for -z/-Z (instead of --ratio)"
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        default=os.cpu_count() or 1,
-        help="worker processes (default: the CPU count)",
-    )
-    anon = parser.add_argument_group("anonymize (-a/-A PARAMS) and headers (-t)")
-    anon.add_argument(
-        "--profile",
-        choices=PROFILES,
-        default="basic",
-        help="basic: the PS3.15 Basic Application Level Confidentiality Profile first "
-        "(default); none: only the PARAMS replacements",
-    )
-    anon.add_argument("--keep-uids", action="store_true", help="Retain UIDs option")
-    anon.add_argument(
-        "--keep-dates", action="store_true", help="Retain Longitudinal Temporal Information"
-    )
-    anon.add_argument(
-        "--keep-descriptions", action="store_true", help="keep descriptions (Clean Descriptors)"
-    )
-    anon.add_argument(
-        "--format", choices=HEADER_FORMATS, default="text", help="headers: text or json"
-    )
-    export = parser.add_argument_group("exports (-I png|jpg, -E)")
-    export.add_argument(
-        "--window", metavar="C,W", help="window centre and width instead of the file's"
-    )
-    export.add_argument(
-        "--png-bits",
-        type=int,
-        choices=(8, 16),
-        default=8,
-        help="16: modality values unwindowed in 16-bit PNG (default 8)",
-    )
-    export.add_argument(
-        "--fps",
-        type=float,
-        metavar="N",
-        help=f"video frame rate when the file states none (default {DEFAULT_FPS:g})",
-    )
-    batch = parser.add_argument_group("batch and watch")
-    batch.add_argument(
-        "--skip-if-done",
-        action="store_true",
-        help=f"skip folders holding {DONE_MARKER}; write it after a folder succeeds",
-    )
-    batch.add_argument(
-        "--watch",
-        type=float,
-        metavar="N",
-        help="every N seconds process new or changed folders (implies --skip-if-done)",
-    )
-    batch.add_argument(
-        "--settle",
-        type=float,
-        metavar="S",
-        default=DEFAULT_SETTLE_S,
-        help=f"watch: wait until no file changed for S seconds (default {DEFAULT_SETTLE_S:g})",
-    )
-    batch.add_argument(
-        "--lock-timeout",
-        type=float,
-        metavar="S",
-        default=DEFAULT_LOCK_TIMEOUT_S,
-        help=f"take over a folder lock older than S seconds (default {DEFAULT_LOCK_TIMEOUT_S:g})",
-    )
-    batch.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="process only shard I of N of the job folders (Slurm array, Kubernetes "
-        "Indexed Job): N runs with I = 0..N-1 cover every folder once",
-    )
-    batch.add_argument(
-        "--dask",
-        metavar="ADDRESS",
-        help="run the job folders on a Dask cluster (scheduler address, e.g. tcp://host:8786)",
-    )
-    server = parser.add_argument_group("server (--serve)")
-    server.add_argument("--host", default=DEFAULT_HOST, help=f"bind address ({DEFAULT_HOST})")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
-    server.add_argument("--data-dir", type=Path, metavar="DIR", help="where sessions live")
-    server.add_argument(
-        "--api-key", action="append", default=[], metavar="KEY", help="an API key (repeatable)"
-    )
-    server.add_argument("--api-keys-file", type=Path, metavar="FILE", help="keys, one a line")
-    server.add_argument(
-        "--volview-url",
-        default=DEFAULT_VOLVIEW_URL,
-        metavar="URL",
-        help=f"VolView base for view links ({DEFAULT_VOLVIEW_URL})",
-    )
-    server.add_argument(
-        "--public-url", metavar="URL", help="this server's external base URL (behind a proxy)"
-    )
-    server.add_argument(
-        "--cors-origin",
-        default=DEFAULT_CORS_ORIGIN,
-        metavar="ORIGIN",
-        help=f"Access-Control-Allow-Origin of /api/view ({DEFAULT_CORS_ORIGIN})",
-    )
-    for flag, default, text in (
-        ("--rate-limit", DEFAULT_RATE_LIMIT_PER_MIN, "API requests per minute per IP"),
-        ("--session-rate-limit", DEFAULT_SESSION_RATE_LIMIT_PER_MIN, "sessions/min per IP"),
-        ("--max-sessions", DEFAULT_MAX_SESSIONS, "concurrent sessions"),
-        ("--max-upload-mb", DEFAULT_MAX_UPLOAD_MB, "MB per upload request"),
-        ("--max-files", DEFAULT_MAX_FILES, "files per session"),
-    ):
-        server.add_argument(
-            flag, type=int, default=default, metavar="N", help=f"{text} ({default})"
-        )
-    server.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_PROCESS_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds per process call ({DEFAULT_PROCESS_TIMEOUT_S:g})",
-    )
-    server.add_argument(
-        "--session-ttl",
-        type=float,
-        default=DEFAULT_SESSION_TTL_S,
-        metavar="S",
-        help=f"seconds a session lives ({DEFAULT_SESSION_TTL_S:g})",
-    )
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
-    parser.add_argument(
-        "--log-file", type=Path, metavar="FILE", help="also log to FILE (rotated at 10 MB)"
-    )
-    loud = parser.add_mutually_exclusive_group()
-    loud.add_argument("--verbose", action="store_true", help="log more detail")
-    loud.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    groups: dict[str, Any] = {"actions": parser.add_argument_group("actions (one of)")}
+    groups.update((key, parser.add_argument_group(title)) for key, title in OPTION_GROUPS.items())
+    exclusive: dict[str, Any] = {"action": groups["actions"].add_mutually_exclusive_group()}
+    _add_action_flags(exclusive["action"])
+    for option in OPTIONS.values():
+        if not option.cli:
+            continue
+        container = groups["actions" if option.exclusive == "action" else option.group]
+        if option.exclusive is not None:
+            if option.exclusive not in exclusive:
+                exclusive[option.exclusive] = container.add_mutually_exclusive_group()
+            container = exclusive[option.exclusive]
+        _add_option(container, option)
+    parser.set_defaults(action=None, action_value=None)
     return parser
+
+
+def cli_values(args: argparse.Namespace) -> list[str]:
+    """Convert and check every option given on the command line, in place in args.
+
+    Options not given get their default (the command line's, where it has one). Returns
+    the names of the options given. Raises UsageError.
+    """
+    given = []
+    for option in OPTIONS.values():
+        if not option.cli:
+            continue
+        raw = getattr(args, option.name)
+        if raw is None:
+            default = option.cli_default if option.cli_default is not None else option.default
+            setattr(args, option.name, default)
+            continue
+        setattr(args, option.name, parse_option(option, raw))
+        given.append(option.name)
+    check_conflicts(given)
+    return given
+
+
+def _option_value_text(option: OptionSpec) -> str:
+    """Describe an option's value for the README table: kind and bounds."""
+    if option.kind == "flag":
+        return ""
+    if option.choices:
+        return " \\| ".join(f"`{c}`" for c in option.choices)
+    bounds = []
+    if option.minimum is not None:
+        bounds.append(f">= {option.minimum:g}")
+    if option.above is not None:
+        bounds.append(f"> {option.above:g}")
+    if option.maximum is not None:
+        bounds.append(f"<= {option.maximum:g}")
+    return " ".join([option.kind, *bounds])
+
+
+def flag_table() -> str:
+    """Return the README's tables of actions and options, made from the registries."""
+    lines = [
+        "| flag | in place | API action | what it does | its options |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in ACTIONS.values():
+        flag = f"`{spec.flag} {spec.metavar}`" if spec.metavar else f"`{spec.flag}`"
+        replace = f"`{spec.replace_flag}`" if spec.replace_flag else ""
+        taken = ", ".join(f"`{o.flag}`" for o in spec.options if o.cli)
+        lines.append(f"| {flag} | {replace} | `{spec.name}` | {spec.summary} | {taken} |")
+    lines += [
+        "",
+        "| option | value | default | API (`options`) | what it does |",
+        "|---|---|---|---|---|",
+    ]
+    for option in OPTIONS.values():
+        if not option.cli or option.scope == COMMAND:
+            continue
+        flag = f"`{option.flag} {option.metavar}`" if option.metavar else f"`{option.flag}`"
+        default = option.default if option.cli_default is None else None  # machine's own
+        shown = (
+            ""
+            if default in (None, False)
+            else f"`{default:g}`"
+            if isinstance(default, float)
+            else f"`{default}`"
+        )
+        api = f"`{option.name}`" if option.scope == ACTION and option.api else ""
+        lines.append(
+            f"| {flag} | {_option_value_text(option)} | {shown} | {api} | {option.help} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -9726,7 +10115,7 @@ def _plan_jobs(
         return [(path.parent, [path])]
     if not path.is_dir():
         raise DicomPressorError(f"{path}: no such file or folder", status=404)
-    if spec.name == "summary":
+    if spec.takes == TREE:
         files = []
         for folder in job_folders(path, recursive=recursive):
             files.extend(list_inputs(folder))
@@ -9797,6 +10186,66 @@ def _outcome_json(outcome: JobOutcome) -> dict[str, Any]:
     }
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Print the usage and a one-line error; return the usage exit code."""
+    parser.print_usage(sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """Build the ``--serve`` settings from the SERVER options (converted by cli_values)."""
+    values = {}
+    for option in OPTIONS.values():
+        value = getattr(args, option.name) if option.scope == SERVER else None
+        if value is not None:
+            values[option.field or option.name] = value * option.factor
+    return ServerConfig(jobs=args.jobs, **values)
+
+
+def read_params_file(path: Path) -> str:
+    """Read and check a params file; raise DicomPressorError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DicomPressorError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        parse_params(text)  # every line checked before any file is touched
+    except DicomPressorError as exc:
+        raise DicomPressorError(f"{path}: {exc.message}") from exc
+    return text
+
+
+def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]) -> Options:
+    """Build the Options of a command-line run of spec; UsageError for a misplaced option.
+
+    A params file that cannot be read or parsed raises DicomPressorError naming it.
+    """
+    for name in given:
+        option = OPTIONS[name]
+        if option.scope == ACTION and option not in spec.options:
+            raise UsageError(unknown_option(spec, option.flag, cli_label))
+        if option.scope == SERVER:
+            raise UsageError(f"{option.flag} is a setting of --serve")
+    values = {o.name: getattr(args, o.name) for o in spec.options if o.name in given}
+    params = None
+    if spec.flag_value == "params":
+        params = read_params_file(Path(args.action_value))
+    elif spec.flag_value is not None:
+        option = OPTIONS[spec.flag_value]
+        values[option.name] = parse_option(option, args.action_value, lambda _: spec.flag)
+    return action_options(
+        spec,
+        values,
+        cli_label,
+        output_dir=args.output_dir,
+        in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
+        jobs=args.jobs,
+        params=params,
+        uid_secret=secrets.token_hex(16),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
@@ -9804,6 +10253,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on -h
         return int(exc.code or 0)
+    try:
+        given = cli_values(args)
+    except UsageError as exc:
+        return _usage_error(parser, exc.message)
     if args.version:
         print(f"{PROG} {__version__}")
         return EXIT_OK
@@ -9811,107 +10264,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.action != "headers" or args.format != "text" or args.dask:
         load_toolkit()  # a text header dump loads it only for a file it hands to pydicom
     if args.serve:
-        config = ServerConfig(
-            host=args.host,
-            port=args.port,
-            data_dir=args.data_dir or ServerConfig().data_dir,
-            api_keys=tuple(args.api_key),
-            api_keys_file=args.api_keys_file,
-            rate_limit_per_min=args.rate_limit,
-            session_rate_limit_per_min=args.session_rate_limit,
-            max_sessions=args.max_sessions,
-            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-            max_files=args.max_files,
-            process_timeout_s=args.timeout,
-            session_ttl_s=args.session_ttl,
-            jobs=args.jobs,
-            volview_url=args.volview_url,
-            public_url=args.public_url,
-            cors_origin=args.cors_origin,
-        )
-        return run_server(config)
+        return run_server(server_config(args))
     if args.make_sample is not None:
         paths = write_sample_series(args.make_sample)
         print(f"Wrote {len(paths)} sample slices to {args.make_sample}")
         return EXIT_OK
     try:
         action, path, recursive = _resolve_request(args)
+        spec = ACTIONS[action]
+        options = cli_options(spec, args, given)
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    spec = ACTIONS[action]
-    problem = None
-    if args.jobs < 1:
-        problem = "--jobs must be 1 or more"
-    elif args.ratio is not None and args.psnr is not None:
-        problem = "give --ratio or --psnr, not both"
-    elif args.ratio is not None and args.ratio < 1:
-        problem = f"--ratio must be 1 or more, not {args.ratio:g}"
-    elif args.psnr is not None and args.psnr <= 0:
-        problem = f"--psnr must be positive, not {args.psnr:g}"
-    elif args.watch is not None and args.watch <= 0:
-        problem = f"--watch takes a positive number of seconds, not {args.watch:g}"
-    elif args.settle < 0:
-        problem = f"--settle takes 0 or more seconds, not {args.settle:g}"
-    elif args.fps is not None and args.fps <= 0:
-        problem = f"--fps must be positive, not {args.fps:g}"
-    elif spec.name == "export_png" and args.action_value not in IMAGE_FORMATS:
-        problem = f"-I takes one of {', '.join(IMAGE_FORMATS)}, not {args.action_value!r}"
-    window = None
-    if problem is None and args.window is not None:
-        try:
-            centre, width = (float(v) for v in args.window.split(","))
-        except ValueError:
-            problem = f"--window takes CENTRE,WIDTH (e.g. 40,400), not {args.window!r}"
-        else:
-            if width <= 0:
-                problem = f"--window width must be positive, not {width:g}"
-            window = (centre, width)
-    shard = None
-    if problem is None and args.shard is not None:
-        try:
-            shard = parse_shard(args.shard)
-        except UsageError as exc:
-            problem = exc.message
-    if problem is None and args.dask and args.watch is not None:
-        problem = "--dask and --watch do not go together (run the watcher with --jobs)"
-    if problem is not None:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    args.shard_parsed = shard
-    params = None
-    if spec.name == "anonymize":
-        params_file = Path(args.action_value)
-        try:
-            params = params_file.read_text(encoding="utf-8")
-            parse_params(params)  # every line checked before any file is touched
-        except OSError as exc:
-            print(f"error: {params_file}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except DicomPressorError as exc:
-            print(f"error: {params_file}: {exc.message}", file=sys.stderr)
-            return EXIT_FAILED
-    options = Options(
-        params=params,
-        profile=args.profile,
-        keep_uids=args.keep_uids,
-        keep_dates=args.keep_dates,
-        keep_descriptions=args.keep_descriptions,
-        format=args.format,
-        uid_secret=secrets.token_hex(16),
-        window=window,
-        png_bits=args.png_bits,
-        fps=args.fps,
-        image_format=args.action_value if spec.name == "export_png" else "png",
-        output_dir=args.output_dir,
-        in_place=bool(args.action and args.action.endswith(REPLACE_SUFFIX)),
-        codec=args.codec,
-        ratio=args.ratio,
-        psnr=args.psnr,
-        jobs=args.jobs,
-    )
+        return _usage_error(parser, exc.message)
+    except DicomPressorError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     batch = BatchOptions(
         skip_if_done=args.skip_if_done or args.watch is not None,
         lock_timeout_s=args.lock_timeout,
@@ -9963,7 +10329,7 @@ def _run(
             workers=args.jobs,
             on_outcome=report,
             stop=stop,
-            shard=args.shard_parsed,
+            shard=args.shard,
         )
         LOG.info("Stopped.")
         return EXIT_OK
@@ -9975,14 +10341,14 @@ def _run(
     if not jobs:
         print(f"error: {path}: no DICOM files found", file=sys.stderr)
         return EXIT_FAILED
-    if spec.name == "summary":  # one report over the whole tree: no locks, no marker
+    if spec.takes == TREE:  # one report over the whole tree: no locks, no marker
         folder, inputs = jobs[0]
         progress = Progress(f"{spec.name} {folder.name}", enabled=show_progress)
         outcomes = [run_job(spec, folder, inputs, options, progress)]
         report(outcomes[0])
     else:
-        if args.shard_parsed is not None and path.is_dir():
-            index, count = args.shard_parsed
+        if args.shard is not None and path.is_dir():
+            index, count = args.shard
             jobs = [(f, files) for f, files in jobs if in_shard(f, path, index, count)]
             LOG.info("Shard %d/%d: %d job folder(s)", index, count, len(jobs))
         client = executor = None
@@ -10014,7 +10380,7 @@ def _run(
             LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
             return EXIT_PARTIAL
     if args.json:
-        if spec.name == "info":
+        if spec.result == RECORDS:
             records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
             failures = [f for o in outcomes for f in _outcome_json(o)["failures"]]
             payload: Any = (
@@ -10025,7 +10391,7 @@ def _run(
                     "failures": failures,
                 }
             )
-        elif spec.name == "summary":
+        elif spec.result == COUNTS:
             payload = outcomes[0].result.data if outcomes[0].result else _outcome_json(outcomes[0])
         else:
             payload = {"action": spec.name, "jobs": [_outcome_json(o) for o in outcomes]}

@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from dicompressor import Options, export_jpg, export_png, export_video, merge
+from dicompressor import Options, export_png, export_video, merge
 
 
 class Opts:
@@ -335,7 +335,7 @@ class TestExportPng:
         assert np.array_equal(got, stored_values(paths[0]))
 
     def test_jpg(self, ct: list[Path], tmp_path: Path) -> None:
-        result = export_jpg(ct[:2], tmp_path, Opts())
+        result = export_png(ct[:2], tmp_path, Opts(image_format="jpg"))
         assert sorted(p.name for p in result.outputs) == sorted(f"{p.stem}.jpg" for p in ct[:2])
         want = linear(stored_values(ct[0]) - 1024.0, 40, 400)
         got = png(tmp_path / f"{ct[0].stem}.jpg").astype(float)
@@ -372,7 +372,7 @@ class TestExportPng:
         from dicompressor import DicomPressorError
 
         with pytest.raises(DicomPressorError, match="--png-bits 16 needs PNG"):
-            export_jpg(ct, tmp_path, Opts(png_bits=16))
+            export_png(ct, tmp_path, Opts(png_bits=16, image_format="jpg"))
         with pytest.raises(DicomPressorError, match="--window width must be positive"):
             export_png(ct, tmp_path, Opts(window=(40.0, 0.0)))
 

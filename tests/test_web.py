@@ -156,8 +156,9 @@ class TestPage:
         assert r.status_code == 200
         assert r.headers["Content-Type"].startswith("text/html")
         page = r.text
-        for action in srv.ACTIONS:
-            assert f"{action}:" in page, action
+        assert "/api/actions" in page  # the form comes from the server's registry
+        for action in srv.ACTIONS:  # no copy of the registry in the page
+            assert f"{action}:" not in page and f'"{action}"' not in page, action
         assert "localStorage" in page and "webkitdirectory" in page and "dragover" in page
         assert "<script src" not in page and "<link " not in page  # no external assets
         for used in ("/api/session", "/api/upload/", "/api/process/", "/api/download/"):
@@ -205,7 +206,19 @@ def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
         driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
         wait = WebDriverWait(driver, 60)
         wait.until(ec.text_to_be_present_in_element((By.ID, "upload-state"), "Uploaded 6"))
-        Select(driver.find_element(By.ID, "action")).select_by_value("merge")
+        action = Select(driver.find_element(By.ID, "action"))
+        wait.until(lambda d: len(action.options) == len(srv.ACTIONS))
+        assert [o.get_attribute("value") for o in action.options] == list(srv.ACTIONS)
+        action.select_by_value("compress_lossy")  # the form follows the registry
+        ratio = driver.find_element(By.CSS_SELECTOR, "[data-option=ratio]")
+        assert (ratio.get_attribute("type"), ratio.get_attribute("min")) == ("number", "1")
+        action.select_by_value("anonymize")
+        assert driver.find_element(By.ID, "params-box").is_displayed()
+        profile = Select(driver.find_element(By.CSS_SELECTOR, "[data-option=profile]"))
+        assert [o.text for o in profile.options] == ["basic", "none"]
+        assert profile.first_selected_option.text == "basic"
+        action.select_by_value("merge")
+        assert driver.find_elements(By.CSS_SELECTOR, "[data-option]") == []
         driver.find_element(By.ID, "run").click()
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results a.download")))
         link = driver.find_element(By.CSS_SELECTOR, "#results a.download")
@@ -225,3 +238,26 @@ def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
     assert int(ds.NumberOfFrames) == 6
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2.2"  # Legacy Converted Enhanced CT
     assert (ARTIFACTS / "web-page-merge.png").stat().st_size > 1000
+
+
+class TestActionList:
+    """GET /api/actions: the registry the page builds its form from."""
+
+    def test_every_action_and_option(self, web: Running) -> None:
+        r = requests.get(f"{web.url}/api/actions", timeout=10)
+        assert r.status_code == 200  # no key needed: it says nothing about any session
+        listed = {a["name"]: a for a in r.json()["actions"]}
+        assert list(listed) == list(srv.ACTIONS)
+        for name, spec in srv.ACTIONS.items():
+            entry = listed[name]
+            assert (entry["flag"], entry["summary"], entry["params"]) == (
+                spec.flag,
+                spec.summary,
+                spec.params,
+            )
+            names = [o["name"] for o in entry["options"]]
+            assert names == [o.name for o in spec.options if o.api]
+        ratio = next(o for o in listed["compress_lossy"]["options"] if o["name"] == "ratio")
+        assert (ratio["type"], ratio["minimum"]) == ("number", 1)
+        bits = next(o for o in listed["export_png"]["options"] if o["name"] == "png_bits")
+        assert (bits["enum"], bits["default"]) == ([8, 16], 8)
