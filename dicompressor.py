@@ -1101,6 +1101,31 @@ def one_line(text: str, *, limit: int = 400) -> str:
     return folded if len(folded) <= limit else folded[: limit - 3] + "..."
 
 
+def unreadable(exc: BaseException) -> str:
+    """Describe a file pydicom could not read (one line, no traceback)."""
+    return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
+
+
+def failure_message(exc: BaseException, doing: str) -> str:
+    """Describe in one line an exception that failed one input; re-raise a fatal one.
+
+    Expected failures carry their message; an OSError says what the system said (a full
+    disk, a missing file); anything else is a malformed input or a bug, named by its
+    type, with the traceback in the debug log.
+    """
+    if is_fatal(exc):
+        raise exc
+    if isinstance(exc, DicomPressorError):
+        return exc.message
+    head = f"cannot {doing}: " if doing else ""
+    if isinstance(exc, OSError):
+        name = Path(exc.filename).name if isinstance(exc.filename, (str, Path)) else ""
+        where = f" ({name})" if name and not name.endswith(".part") else ""
+        return f"{head}{exc.strerror or exc}{where}"
+    LOG.debug("cannot %s", doing or "go on", exc_info=exc)
+    return one_line(f"{head}{type(exc).__name__}: {exc}")
+
+
 class _LevelFormatter(logging.Formatter):
     """Format records as the spec's ``[INFO] message`` lines."""
 
@@ -1114,6 +1139,41 @@ class _LevelFormatter(logging.Formatter):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
             text = f"{stamp} {text}"
         return text
+
+
+#: What became of one input (FileOutcome.status).
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileOutcome:
+    """What became of one input (a file, or one frame of it): done, skipped or failed.
+
+    ``message`` is the log line of a done input, why a skipped one was passed over, or
+    the one-line error of a failed one. ``warnings`` are logged as warnings; ``data`` is
+    what the action keeps of it (an info record, a count, a rendered frame). Picklable:
+    worker processes send it back.
+    """
+
+    path: Path
+    status: str = DONE
+    message: str = ""
+    outputs: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+    data: Any = None
+
+
+def guarded(
+    function: Callable[..., FileOutcome], path: Path, *args: Any, doing: str
+) -> FileOutcome:
+    """Run function(path, *args) for one input: whatever fails, fails that input alone.
+
+    doing names the work in a failure line ("cannot anonymize: ...").
+    """
+    try:
+        return function(path, *args)
+    except BaseException as exc:  # one place decides what a failure of one input says
+        return FileOutcome(path, FAILED, failure_message(exc, doing))
 
 
 @dataclasses.dataclass
@@ -1143,6 +1203,25 @@ class ActionResult:
         self.failures.append((path, message))
         self.log.append(f"[ERROR] {path.name}: {message}")
         LOG.error("%s: %s", path, message)
+
+    def record(self, outcome: FileOutcome) -> None:
+        """Record one input's outcome: its outputs, log line and warnings, or its failure.
+
+        A skipped input is logged as ``Skipping <name>: <why>`` and does not count as
+        used; a done one counts, with or without outputs (a file left alone is done).
+        """
+        for warning in outcome.warnings:
+            self.warn(warning)
+        if outcome.status == FAILED:
+            self.fail(outcome.path, outcome.message)
+            return
+        if outcome.status == SKIPPED:
+            self.info(f"Skipping {outcome.path.name}: {outcome.message}")
+            return
+        self.inputs_used += 1
+        self.outputs.extend(outcome.outputs)
+        if outcome.message:
+            self.info(outcome.message)
 
 
 # ==== 4. Generic helpers ====
@@ -1174,6 +1253,41 @@ def numbered(path: Path, n: int) -> Path:
         return path
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     return path.with_name(f"{stem}_{n}{path.suffix}")
+
+
+#: Endings a file's stem leaves out: ``a.dcm``, ``a.DICOM``, ``a.dic`` and ``a`` give ``a``.
+DICOM_ENDINGS = (".dcm", ".dicom", ".dic")
+
+
+def output_stem(path: Path) -> str:
+    """Return a file's name without its DICOM ending (any case); other names whole."""
+    if path.suffix.lower() in DICOM_ENDINGS:
+        return path.name[: -len(path.suffix)]
+    return path.name
+
+
+def output_folder(source: Path, output_dir: Path | None) -> Path:
+    """Return the folder an output of source goes to: output_dir, else beside source."""
+    return output_dir if output_dir is not None else source.parent
+
+
+def output_path(
+    source: Path,
+    output_dir: Path | None,
+    *,
+    suffix: str = "",
+    extension: str = ".dcm",
+    in_place: bool = False,
+) -> Path:
+    """Return where the output of one input file goes (every action's one rule).
+
+    In place (``-X``, ``-A``...) it is the input itself; otherwise
+    ``<output_dir or the input's folder>/<stem><suffix><extension>``, the stem being
+    output_stem(source).
+    """
+    if in_place:
+        return source
+    return output_folder(source, output_dir) / f"{output_stem(source)}{suffix}{extension}"
 
 
 def temp_path(target: Path) -> Path:
@@ -1788,11 +1902,6 @@ def _surely_converts(item: Any) -> bool:
     if item.VR == "US":
         return len(item.value) % 2 == 0
     return item.VR in ("CS", "UI") and item.value.isascii()
-
-
-def unreadable(exc: BaseException) -> str:
-    """Describe a file pydicom could not read (one line, no traceback)."""
-    return one_line(f"unreadable DICOM ({type(exc).__name__}: {exc})", limit=300)
 
 
 #: How much of a file read_plain_header reads: headers longer than this go to pydicom.
@@ -3931,15 +4040,6 @@ def mark_deidentified(ds: Dataset, choice: ProfileChoice) -> None:
     ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if choice.keep_dates else "REMOVED"
 
 
-def anonymized_target(path: Path, output_dir: Path | None, options: Options) -> Path:
-    """Return where an anonymized file goes: the input itself, output_dir or beside it."""
-    if options.in_place:
-        return path
-    folder = output_dir if output_dir is not None else path.parent
-    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-    return folder / f"{stem}{ANON_SUFFIX}.dcm"
-
-
 def anonymize_file(
     path: Path,
     target: Path,
@@ -4650,6 +4750,39 @@ def write_merged(plan: MergePlan, target: Path) -> Path:
     return output.path
 
 
+def _merge_candidate(path: Path, ds: Dataset, location: PixelLocation | None) -> FileOutcome:
+    """Make a slice of one file (data: its SOP Instance UID and the Slice), or skip it."""
+    if location is None:
+        reason = no_pixels_reason(ds)
+        if reason is None:
+            raise DicomPressorError("no (7FE0,0010) Pixel Data to merge")
+        return FileOutcome(path, SKIPPED, reason)
+    frames = number_of_frames(ds)
+    if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+        return FileOutcome(path, SKIPPED, f"already multi-frame ({frames} frames)")
+    uid = text_of(ds, 0x00080018) or ""  # SOP Instance UID
+    candidate = make_slice(path, ds, location)
+    candidate.stack = stack_key(candidate)  # malformed values fail this file
+    return FileOutcome(path, DONE, data=(uid, candidate))
+
+
+def _merge_stack(
+    first: Path,
+    members: list[Slice],
+    series: str,
+    number: tuple[int, int],
+    output_dir: Path | None,
+) -> FileOutcome:
+    """Plan and write one stack; number is (this stack, stacks of its series)."""
+    plan = _plan_stack(members)
+    name = merged_name(plan.order.slices[0].header, *number)
+    target = write_merged(plan, output_folder(first, output_dir) / name)
+    kind = uid_name(plan.dataset.SOPClassUID)
+    message = f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})"
+    notes = tuple(f"{series}: {note}" for note in plan.order.notes)
+    return FileOutcome(first, DONE, message, (target,), notes)
+
+
 def merge(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -4682,26 +4815,11 @@ def merge(
     slices = []
     seen_instances: dict[str, Path] = {}
     for path, ds, location in readable:
-        if location is None:
-            reason = no_pixels_reason(ds)
-            if reason is None:
-                result.fail(path, "no (7FE0,0010) Pixel Data to merge")
-            else:
-                result.info(f"Skipping {path.name}: {reason}")
+        outcome = guarded(_merge_candidate, path, ds, location, doing="read")
+        if outcome.status != DONE:
+            result.record(outcome)
             continue
-        frames = number_of_frames(ds)
-        if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-            result.info(f"Skipping {path.name}: already multi-frame ({frames} frames)")
-            continue
-        try:
-            uid = text_of(ds, 0x00080018) or ""  # SOP Instance UID
-            candidate = make_slice(path, ds, location)
-            candidate.stack = stack_key(candidate)  # malformed values fail this file
-        except BaseException as exc:
-            if is_fatal(exc):
-                raise
-            result.fail(path, unreadable(exc))
-            continue
+        uid, candidate = outcome.data
         if uid and uid in seen_instances:
             result.info(
                 f"Skipping {path.name}: same SOP Instance UID as {seen_instances[uid].name}"
@@ -4719,44 +4837,20 @@ def merge(
     per_series_seen: Counter[str] = Counter()
     for series_uid, members in stacks:
         per_series_seen[series_uid] += 1
-        first = members[0].path
         series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
-        try:
-            plan = _plan_stack(members)
-        except DicomPressorError as exc:
-            for s in members:
-                result.fail(s.path, f"cannot merge {series}: {exc.message}")
-            continue
-        except BaseException as exc:  # a malformed element read late fails the stack
-            if is_fatal(exc):
-                raise
-            for s in members:
-                result.fail(s.path, f"cannot merge {series}: {unreadable(exc)}")
-            continue
-        for note in plan.order.notes:
-            result.warn(f"{series}: {note}")
-        name = merged_name(
-            plan.order.slices[0].header, per_series_seen[series_uid], per_series_count[series_uid]
+        number = (per_series_seen[series_uid], per_series_count[series_uid])
+        outcome = guarded(
+            _merge_stack, members[0].path, members, series, number, output_dir, doing=""
         )
-        folder = output_dir if output_dir is not None else first.parent
-        try:
-            target = write_merged(plan, folder / name)
-        except DicomPressorError as exc:
+        if outcome.status == FAILED:  # a malformed element read late fails the stack
             for s in members:
-                result.fail(s.path, f"cannot merge {series}: {exc.message}")
+                result.fail(s.path, f"cannot merge {series}: {outcome.message}")
             continue
-        except OSError as exc:
-            raise DicomPressorError(f"cannot write in {folder}: {exc.strerror or exc}") from exc
-        except BaseException as exc:
-            if is_fatal(exc):
-                raise
-            for s in members:
-                result.fail(s.path, f"cannot merge {series}: {unreadable(exc)}")
-            continue
+        for warning in outcome.warnings:
+            result.warn(warning)
         result.inputs_used += len(members)
-        result.outputs.append(target)
-        kind = uid_name(plan.dataset.SOPClassUID)
-        result.info(f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})")
+        result.outputs.extend(outcome.outputs)
+        result.info(outcome.message)
     result.info("Done.")
     return result
 
@@ -4903,20 +4997,18 @@ def _stored_as_offset_binary(ds: Dataset) -> bool:
     return bool(unassigned) and int(unassigned[0].get("PixelRepresentation", 0)) == 1
 
 
-def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None:
+def split_one(path: Path, output_dir: Path | None) -> FileOutcome:
     """Split one multi-frame file into single-frame files in a folder of its own."""
     ds, location = read_header(path)
     if location is None:
         reason = no_pixels_reason(ds)
         if reason is None:
             raise DicomPressorError("no (7FE0,0010) Pixel Data to split")
-        result.info(f"Skipping {path.name}: {reason}")
-        return
+        return FileOutcome(path, SKIPPED, reason)
     check_pixel_description(ds)
     n_frames = number_of_frames(ds)
     if n_frames < 2:
-        result.info(f"Skipping {path.name}: single frame, nothing to split")
-        return
+        return FileOutcome(path, SKIPPED, "single frame, nothing to split")
     syntax = transfer_syntax_of(ds)
     frame_bytes = expected_frame_bytes(ds)
     decode = False
@@ -4938,9 +5030,9 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
         )
     else:
         out_syntax = ExplicitVRLittleEndian
-    base = output_dir if output_dir is not None else path.parent
+    base = output_folder(path, output_dir)
     base.mkdir(parents=True, exist_ok=True)
-    folder = unique_path(base / f"{safe_component(path.stem, default='split')}_frames")
+    folder = unique_path(base / f"{safe_component(output_stem(path), default='split')}_frames")
     staging = temp_path(folder)
     staging.mkdir()
     try:
@@ -4981,9 +5073,8 @@ def split_one(path: Path, output_dir: Path | None, result: ActionResult) -> None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    result.outputs.extend(sorted(folder.iterdir()))
-    result.inputs_used += 1
-    result.info(f"Split {path.name} into {n_frames} files -> {folder.name}/")
+    message = f"Split {path.name} into {n_frames} files -> {folder.name}/"
+    return FileOutcome(path, DONE, message, tuple(sorted(folder.iterdir())))
 
 
 def split(
@@ -5015,16 +5106,7 @@ def split(
     """
     result = ActionResult()
     for index, path in enumerate(inputs, 1):
-        try:
-            split_one(path, output_dir, result)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        except OSError as exc:
-            result.fail(path, f"cannot write: {exc.strerror or exc}")
-        except BaseException as exc:  # a malformed file fails alone
-            if is_fatal(exc):
-                raise
-            result.fail(path, unreadable(exc))
+        result.record(guarded(split_one, path, output_dir, doing="split"))
         progress(index, len(inputs))
     if not result.outputs and not result.failures:
         raise DicomPressorError("nothing to split: no multi-frame DICOM images found")
@@ -5049,15 +5131,6 @@ class TranscodeMode:
     def lossy(self) -> bool:
         """Tell whether the encoding loses information."""
         return self.ratio is not None or self.psnr is not None
-
-
-def transcode_target(path: Path, mode: TranscodeMode, options: Options) -> Path:
-    """Return where a transcoded file goes: the input itself, --output-dir or beside it."""
-    if options.in_place:
-        return path
-    folder = options.output_dir if options.output_dir is not None else path.parent
-    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-    return folder / f"{stem}{mode.suffix}.dcm"
 
 
 def _made_from(output: Path, source: Dataset) -> bool:
@@ -5200,19 +5273,23 @@ def _frame_jobs(
 
 
 def transcode_file(
-    path: Path, mode: TranscodeMode, options: Options, progress: ProgressFn
-) -> tuple[Path | None, str]:
-    """Compress or decompress one file; return (output or None when skipped, log text).
+    path: Path,
+    mode: TranscodeMode,
+    output_dir: Path | None,
+    options: Options,
+    progress: ProgressFn,
+) -> FileOutcome:
+    """Compress or decompress one file; a file already in the target syntax is left alone.
 
     Frames are read one by one, decoded and encoded in worker processes when
     ``options.jobs`` > 1, and written atomically (over the input itself with
     ``in_place``).
     """
-    target = transcode_target(path, mode, options)
+    target = output_path(path, output_dir, suffix=mode.suffix, in_place=options.in_place)
     header, location = read_header(path)
     reason = _skip_reason(path, header, mode, target)
-    if reason is not None:
-        return None, f"{path.name}: left alone, {reason}"
+    if reason is not None:  # nothing to do is done
+        return FileOutcome(path, DONE, f"{path.name}: left alone, {reason}")
     check_pixel_description(header)
     raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
     out = _transcoded_dataset(header, raw=raw)
@@ -5231,7 +5308,8 @@ def transcode_file(
             else:
                 write_native_frames(handle, frames, expected_frame_bytes(out), n_frames, bits)
         assert output.path is not None
-        return output.path, f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
+        message = f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
+        return FileOutcome(path, DONE, message, (output.path,))
     encoded, message = _encode_frames(out, jobs, n_frames, mode, options, progress)
     with output as handle:
         write_header(handle, out, mode.syntax)
@@ -5239,7 +5317,7 @@ def transcode_file(
             handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
         )
     assert output.path is not None
-    return output.path, f"{path.name} -> {output.path.name}: {message}"
+    return FileOutcome(path, DONE, f"{path.name} -> {output.path.name}: {message}", (output.path,))
 
 
 def _encode_frames(
@@ -5300,24 +5378,19 @@ def _encode_frames(
     return encoded, f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1, RMSE {rmse:.3f}"
 
 
-def _transcode_task(task: tuple[Path, TranscodeMode, Options]) -> tuple[Path | None, str]:
-    """Worker: transcode one whole file; expected failures come back as text."""
-    path, mode, options = task
-    try:
-        return transcode_file(path, mode, options, _no_progress)
-    except DicomPressorError as exc:
-        return None, f"ERROR:{exc.message}"
-    except OSError as exc:
-        return None, f"ERROR:cannot write: {exc.strerror or exc}"
-    except BaseException as exc:  # a bug or a codec panic fails this file only
-        if is_fatal(exc):
-            raise
-        LOG.debug("unexpected error on %s", path, exc_info=True)
-        return None, "ERROR:" + one_line(f"internal error: {type(exc).__name__}: {exc}")
+def _transcode_task(task: tuple[Path, TranscodeMode, Path | None, Options]) -> FileOutcome:
+    """Worker: transcode one whole file."""
+    path, mode, output_dir, options = task
+    doing = "decompress" if mode.syntax is None else "compress"
+    return guarded(transcode_file, path, mode, output_dir, options, _no_progress, doing=doing)
 
 
 def _transcode(
-    inputs: Sequence[Path], mode: TranscodeMode, options: Options, progress: ProgressFn
+    inputs: Sequence[Path],
+    mode: TranscodeMode,
+    output_dir: Path | None,
+    options: Options,
+    progress: ProgressFn,
 ) -> ActionResult:
     """Run one transcoding mode over files; failures are per file.
 
@@ -5333,27 +5406,19 @@ def _transcode(
             result.fail(path, exc.message)
             continue
         (multi if number_of_frames(header) > 1 else single).append(path)
-    total, done = len(single) + len(multi), 0
+    total = len(single) + len(multi)
     serial = dataclasses.replace(options, jobs=1)
     outcomes = run_tasks(
         _transcode_task,
-        [(p, mode, serial) for p in single],
+        [(p, mode, output_dir, serial) for p in single],
         options.jobs,
         lambda n, _: progress(n, total),
     )
-    done = len(single)
-    for path in multi:
-        outcomes.append(_transcode_task((path, mode, options)))
-        done += 1
+    for done, path in enumerate(multi, len(single) + 1):
+        outcomes.append(_transcode_task((path, mode, output_dir, options)))
         progress(done, total)
-    for path, (output, message) in zip([*single, *multi], outcomes, strict=True):
-        if message.startswith("ERROR:"):
-            result.fail(path, message[len("ERROR:") :])
-            continue
-        result.inputs_used += 1
-        if output is not None:
-            result.outputs.append(output)
-        result.info(message)
+    for outcome in outcomes:
+        result.record(outcome)
     result.info("Done.")
     return result
 
@@ -5395,10 +5460,8 @@ def compress_lossless(
         raise DicomPressorError(
             f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
         )
-    options = dataclasses.replace(options, output_dir=output_dir)
-    return _transcode(
-        inputs, TranscodeMode("compress_lossless", codec.syntax, codec.suffix), options, progress
-    )
+    mode = TranscodeMode("compress_lossless", codec.syntax, codec.suffix)
+    return _transcode(inputs, mode, output_dir, options, progress)
 
 
 def compress_lossy(
@@ -5422,9 +5485,8 @@ def compress_lossy(
     ratio = options.ratio if options.psnr is None else None
     if ratio is None and options.psnr is None:
         ratio = DEFAULT_RATIO
-    options = dataclasses.replace(options, output_dir=output_dir)
     mode = TranscodeMode("compress_lossy", J2K_LOSSY, LOSSY_SUFFIX, ratio, options.psnr)
-    return _transcode(inputs, mode, options, progress)
+    return _transcode(inputs, mode, output_dir, options, progress)
 
 
 def decompress(
@@ -5442,9 +5504,8 @@ def decompress(
         One output per file, with (0028,0004) Photometric Interpretation and (0028,0006)
         Planar Configuration matching the decoded pixels (YBR becomes RGB for JPEG).
     """
-    options = dataclasses.replace(options, output_dir=output_dir)
     mode = TranscodeMode("decompress", None, DECOMPRESSED_SUFFIX)
-    return _transcode(inputs, mode, options, progress)
+    return _transcode(inputs, mode, output_dir, options, progress)
 
 
 # ---- anonymize, headers and DICOMDIR ----
@@ -5499,21 +5560,11 @@ def anonymize(
         result.warn("descriptions are kept as they are: check them for identifying text")
     tasks = [(path, output_dir, options, replacements, choice) for path in inputs]
     replaced = 0
-    for path, (target, notes, count, error) in zip(
-        inputs,
-        iter_ordered(_anonymize_task, tasks, options.jobs, progress, len(tasks), batch=8),
-        strict=True,
+    for outcome in iter_ordered(
+        _anonymize_task, tasks, options.jobs, progress, len(tasks), batch=8
     ):
-        if error is not None:
-            result.fail(path, error)
-            continue
-        for note in notes:
-            result.warn(note)
-        replaced += count
-        result.inputs_used += 1
-        result.outputs.append(target)
-        shown = "replaced" if options.in_place else f"-> {target.name}"
-        result.info(f"Anonymized {path.name} {shown}")
+        result.record(outcome)
+        replaced += outcome.data or 0
     result.data["uids_replaced"] = replaced
     result.info("Done.")
     return result
@@ -5521,25 +5572,27 @@ def anonymize(
 
 def _anonymize_task(
     task: tuple[Path, Path | None, Options, list[Replacement], ProfileChoice | None],
-) -> tuple[Path | None, list[str], int, str | None]:
-    """Worker: anonymize one file; return (output, notes, UIDs replaced, error)."""
-    path, output_dir, options, replacements, choice = task
-    target = anonymized_target(path, output_dir, options)
+) -> FileOutcome:
+    """Worker: anonymize one file (its data: how many UIDs it replaced)."""
+    return guarded(_anonymize_one, *task, doing="anonymize")
+
+
+def _anonymize_one(
+    path: Path,
+    output_dir: Path | None,
+    options: Options,
+    replacements: list[Replacement],
+    choice: ProfileChoice | None,
+) -> FileOutcome:
+    """Anonymize one file into its output (or over itself in place)."""
+    target = output_path(path, output_dir, suffix=ANON_SUFFIX, in_place=options.in_place)
     uids = UidMap(options.uid_secret)
-    try:
-        target, notes = anonymize_file(
-            path, target, replacements, choice, uids, replace=options.in_place
-        )
-    except DicomPressorError as exc:
-        return None, [], 0, exc.message
-    except OSError as exc:
-        return None, [], 0, f"cannot write {target.name}: {exc.strerror or exc}"
-    except BaseException as exc:  # a bad file fails alone
-        if is_fatal(exc):
-            raise
-        LOG.debug("unexpected error on %s", path, exc_info=True)
-        return None, [], 0, f"cannot anonymize: {type(exc).__name__}: {exc}"
-    return target, notes, len(uids), None
+    written, notes = anonymize_file(
+        path, target, replacements, choice, uids, replace=options.in_place
+    )
+    shown = "replaced" if options.in_place else f"-> {written.name}"
+    message = f"Anonymized {path.name} {shown}"
+    return FileOutcome(path, DONE, message, (written,), tuple(notes), len(uids))
 
 
 def headers(
@@ -5571,63 +5624,69 @@ def headers(
     suffix = ".json" if options.format == "json" else ".txt"
     result = ActionResult()
     tasks = [(path, output_dir, suffix) for path in inputs]
-    for path, (output, error, left_out) in zip(
-        inputs,
-        iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks), batch=8),
-        strict=True,
-    ):
-        if error is not None:
-            result.fail(path, error)
-            continue
-        if left_out:
-            result.warn(
-                f"{path.name}: values that cannot be read, left out of the JSON: "
-                + ", ".join(left_out)
-            )
-        result.inputs_used += 1
-        result.outputs.append(output)
-        result.info(f"{path.name} -> {output.name}")
+    for outcome in iter_ordered(_headers_task, tasks, options.jobs, progress, len(tasks), batch=8):
+        result.record(outcome)
     result.info("Done.")
     return result
 
 
-def _headers_task(
-    task: tuple[Path, Path | None, str],
-) -> tuple[Path | None, str | None, list[str]]:
-    """Worker: dump one file's header; return (output, error, tags left out of JSON).
+def _headers_task(task: tuple[Path, Path | None, str]) -> FileOutcome:
+    """Worker: dump one file's header."""
+    return guarded(_dump_header, *task, doing="dump the header")
+
+
+def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcome:
+    """Write one file's header dump (suffix .txt or .json).
 
     Beside its file the dump is derived data, so a new run replaces the old one rather
     than adding ``_1`` copies. In --output-dir, where files of several folders may share
     a name, a dump never overwrites another (``_1``, ``_2``).
     """
-    path, output_dir, suffix = task
-    folder = output_dir if output_dir is not None else path.parent
-    stem = path.name[: -len(path.suffix)] if path.suffix.lower() == ".dcm" else path.name
-    output = OutputFile(folder / f"{stem}{suffix}", replace=output_dir is None, durable=False)
+    output = OutputFile(
+        output_path(path, output_dir, extension=suffix), replace=output_dir is None, durable=False
+    )
     left_out: list[str] = []
-    try:
-        text = fast_header_text(path) if suffix == ".txt" else None
-        if text is None:
-            load_toolkit()
-            ds, _ = read_header(path, check_values=False, image=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if suffix == ".json":
-                    text, left_out = header_json(ds)
-                else:
-                    text = header_text(path, ds)
-        with output as handle:
-            handle.write(text.encode("utf-8"))
-    except DicomPressorError as exc:
-        return None, exc.message, []
-    except OSError as exc:
-        return None, f"cannot write {stem}{suffix}: {exc.strerror or exc}", []
-    except BaseException as exc:
-        if is_fatal(exc):
-            raise
-        LOG.debug("unexpected error on %s", path, exc_info=True)
-        return None, f"cannot dump the header: {type(exc).__name__}: {exc}", []
-    return output.path, None, left_out
+    text = fast_header_text(path) if suffix == ".txt" else None
+    if text is None:
+        load_toolkit()
+        ds, _ = read_header(path, check_values=False, image=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if suffix == ".json":
+                text, left_out = header_json(ds)
+            else:
+                text = header_text(path, ds)
+    with output as handle:
+        handle.write(text.encode("utf-8"))
+    assert output.path is not None
+    notes = ()
+    if left_out:
+        notes = (
+            f"{path.name}: values that cannot be read, left out of the JSON: "
+            + ", ".join(left_out),
+        )
+    return FileOutcome(path, DONE, f"{path.name} -> {output.path.name}", (output.path,), notes)
+
+
+def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
+    """Add one file's records to fs; data: (its SOP Instance UID, keys given placeholders)."""
+    header, _ = read_header(path)
+    for keyword in DICOMDIR_REQUIRED_UIDS:
+        if not header.get(keyword):
+            tag = _tag_text(int(tag_for_keyword(keyword)))
+            raise DicomPressorError(
+                f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records need it, PS3.3 F.5)"
+            )
+    filled: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            instance = fs.add(path)
+        except ValueError as exc:  # a Type 1 record key is missing or empty
+            if "record creator" not in str(exc):
+                raise
+            instance, filled = add_with_placeholders(fs, path)
+    return FileOutcome(path, data=(instance.SOPInstanceUID, filled))
 
 
 def dicomdir(
@@ -5668,31 +5727,12 @@ def dicomdir(
     file_ids: dict[str, list[str]] = {}
     invented: Counter[str] = Counter()
     for index, path in enumerate(inputs, 1):
-        try:
-            header, _ = read_header(path)
-            for keyword in DICOMDIR_REQUIRED_UIDS:
-                if not header.get(keyword):
-                    tag = _tag_text(int(tag_for_keyword(keyword)))
-                    raise DicomPressorError(
-                        f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records "
-                        "need it, PS3.3 F.5)"
-                    )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    instance = fs.add(path)
-                except ValueError as exc:  # a Type 1 record key is missing or empty
-                    if "record creator" not in str(exc):
-                        raise
-                    instance, filled = add_with_placeholders(fs, path)
-                    invented.update(filled)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            result.fail(path, f"cannot be put in a DICOMDIR: {one_line(str(exc))}")
-        else:
-            file_ids[instance.SOPInstanceUID] = list(path.relative_to(root).parts)
-            result.inputs_used += 1
+        outcome = guarded(_dicomdir_entry, path, fs, doing="be put in a DICOMDIR")
+        result.record(outcome)
+        if outcome.status == DONE:
+            uid, filled = outcome.data
+            file_ids[uid] = list(path.relative_to(root).parts)
+            invented.update(filled)
         progress(index, len(inputs))
     if invented:
         keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
@@ -5713,7 +5753,7 @@ def dicomdir(
             f"{len(file_ids)} files in place (their names are conformant File IDs)"
         )
     else:
-        parent = output_dir if output_dir is not None else root.parent
+        parent = output_folder(root, output_dir)
         parent.mkdir(parents=True, exist_ok=True)
         staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
         staging.mkdir()
@@ -6169,37 +6209,36 @@ def _decode_job(job: RenderJob) -> np.ndarray:
     return decode_frame(Path(job.path), job.index, raw=False)
 
 
-def _render_job(job: RenderJob) -> tuple[bool, Any]:
-    """Worker: decode and render a frame; return (True, temp path or RGB bytes) or
-    (False, one-line message).
+def _render_job(job: RenderJob) -> FileOutcome:
+    """Worker: decode and render a frame; its data is the temp file of the image, or the
+    frame as RGB bytes (video). A frame that fails, fails with its number.
     """
     if job.error is not None:
-        return False, job.error
+        return FileOutcome(Path(job.path), FAILED, job.error)
+    return guarded(_render_frame, Path(job.path), job, doing=f"render frame {job.index + 1}")
+
+
+def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
+    """Render one frame (see _render_job)."""
     try:
         image = render_frame(_decode_job(job), job.spec)
-        if job.target is None:
-            if image.ndim == 2:
-                image = np.repeat(image[:, :, None], 3, axis=2)
-            return True, np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-        data = encode_image(image, job.image_format, job.spec.offset16)
-        target = Path(job.target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)  # not synced, like other new outputs (see OutputFile)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return True, tmp
     except DicomPressorError as exc:
-        return False, f"frame {job.index + 1}: {exc.message}"
-    except OSError as exc:
-        return False, f"cannot write {job.target}: {exc.strerror or exc}"
-    except BaseException as exc:  # a codec panic or a bug fails this file only
-        if is_fatal(exc):
-            raise
-        return False, one_line(f"frame {job.index + 1}: {type(exc).__name__}: {exc}")
+        raise DicomPressorError(f"frame {job.index + 1}: {exc.message}") from exc
+    if job.target is None:
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        return FileOutcome(path, data=np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+    data = encode_image(image, job.image_format, job.spec.offset16)
+    target = Path(job.target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)  # not synced, like other new outputs (see OutputFile)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return FileOutcome(path, data=tmp)
 
 
 # ---- export: planning files and frames ----
@@ -6215,6 +6254,18 @@ class ExportSource:
     frames: int
 
 
+def _render_plan(
+    path: Path, source: ExportSource, options: Options, indices: list[int]
+) -> FileOutcome:
+    """Work out how each frame of a file renders; data: (specs, stored frames or None)."""
+    ds = source.header
+    palette = None
+    if decoded_photometric(ds, raw=False) == "PALETTE COLOR":
+        palette = _palette_table(ds)
+    specs = [render_spec(ds, i, options, path, palette=palette) for i in indices]
+    return FileOutcome(path, data=(specs, stored_frames(path, ds, source.location)))
+
+
 def _frame_jobs_of(
     source: ExportSource,
     options: Options,
@@ -6225,23 +6276,12 @@ def _frame_jobs_of(
     """Yield one RenderJob per frame of source; a problem becomes a job with an error."""
     path, ds = source.path, source.header
     indices = list(frame_indices) if frame_indices is not None else list(range(source.frames))
-    try:
-        palette = None
-        if decoded_photometric(ds, raw=False) == "PALETTE COLOR":
-            palette = _palette_table(ds)
-        specs = [render_spec(ds, i, options, path, palette=palette) for i in indices]
-        stored = stored_frames(path, ds, source.location)
-    except DicomPressorError as exc:
+    prepared = guarded(_render_plan, path, source, options, indices, doing="prepare the rendering")
+    if prepared.status == FAILED:  # malformed LUTs and the like fail this file only
         for i in indices:
-            yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=exc.message)
+            yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=prepared.message)
         return
-    except BaseException as exc:  # malformed LUTs and the like fail this file only
-        if is_fatal(exc):
-            raise
-        message = one_line(f"cannot prepare the rendering: {type(exc).__name__}: {exc}")
-        for i in indices:
-            yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=message)
-        return
+    specs, stored = prepared.data
     syntax = str(transfer_syntax_of(ds))
     planar = int(ds.get("PlanarConfiguration", 0) or 0)
     description = pixel_description(ds, planar_configuration=planar)
@@ -6313,13 +6353,6 @@ def _image_targets(folder: Path, stem: str, frames: int, suffix: str) -> list[Pa
     return [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(frames)]
 
 
-def _stem(path: Path) -> str:
-    """Return a file's name without a .dcm/.dicom suffix."""
-    if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
-        return path.stem
-    return path.name
-
-
 def _read_sources(
     inputs: Sequence[Path], result: ActionResult
 ) -> list[tuple[Path, Dataset, PixelLocation | None]]:
@@ -6328,26 +6361,25 @@ def _read_sources(
     """
     readable = []
     for path, ds, location in _read_inputs(inputs, result, _no_progress):
-        reason = no_pixels_reason(ds) if location is None else None
-        if reason is not None:
-            result.info(f"Skipping {path.name}: {reason}")
-            continue
-        if location is None:
-            result.fail(path, "no (7FE0,0010) Pixel Data to export")
-            continue
-        try:  # before anything is planned per frame: NumberOfFrames may be absurd
-            check_pixel_description(ds)
-            stored_frames(path, ds, location)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-            continue
-        except BaseException as exc:
-            if is_fatal(exc):
-                raise
-            result.fail(path, unreadable(exc))
+        outcome = guarded(_exportable, path, ds, location, doing="read")
+        if outcome.status != DONE:
+            result.record(outcome)
             continue
         readable.append((path, ds, location))
     return readable
+
+
+def _exportable(path: Path, ds: Dataset, location: PixelLocation | None) -> FileOutcome:
+    """Check that a file's frames can be found before any is planned (NumberOfFrames may
+    be absurd); an instance that is no image is skipped."""
+    if location is None:
+        reason = no_pixels_reason(ds)
+        if reason is not None:
+            return FileOutcome(path, SKIPPED, reason)
+        raise DicomPressorError("no (7FE0,0010) Pixel Data to export")
+    check_pixel_description(ds)
+    stored_frames(path, ds, location)
+    return FileOutcome(path)
 
 
 def export_png(
@@ -6411,11 +6443,11 @@ def export_png(
     plans: list[tuple[ExportSource, list[Path]]] = []
     input_set = {p.resolve() for p in inputs}
     for source in sources:
-        folder = output_dir if output_dir is not None else source.path.parent
+        folder = output_folder(source.path, output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         targets = _claim_targets(
             folder,
-            safe_component(_stem(source.path), default="image"),
+            safe_component(output_stem(source.path), default="image"),
             claimed,
             lambda stem, f=folder, n=source.frames: _image_targets(f, stem, n, suffix),
             keep_existing=output_dir is not None,
@@ -6433,11 +6465,11 @@ def export_png(
         temps: list[str] = []
         error = None
         for _ in targets:
-            ok, payload = next(outcomes)
-            if ok:
-                temps.append(payload)
+            outcome = next(outcomes)
+            if outcome.status == DONE:
+                temps.append(outcome.data)
             elif error is None:
-                error = payload
+                error = outcome.message
         if error is not None:
             for tmp in temps:
                 with contextlib.suppress(OSError):
@@ -6550,21 +6582,22 @@ def _video_jobs(plan: VideoPlan, options: Options) -> Iterator[RenderJob]:
 
 
 def _video_frames(
-    plan: VideoPlan, outcomes: Iterator[tuple[bool, Any]], failed: list[tuple[Path, str]]
+    plan: VideoPlan, outcomes: Iterator[FileOutcome], failed: list[tuple[Path, str]]
 ) -> Iterator[bytes]:
     """Yield the rendered frames; a slice that failed is noted in failed and left out,
     a frame of a multi-frame file that failed stops the video.
     """
     expected = plan.width * plan.height * 3
-    for (source, _), (ok, payload) in zip(plan.parts, outcomes, strict=True):
-        if ok and len(payload) != expected:
-            ok, payload = False, "frame size differs from the first slice of its series"
-        if ok:
-            yield payload
+    for (source, _), outcome in zip(plan.parts, outcomes, strict=True):
+        message = outcome.message
+        if outcome.status == DONE and len(outcome.data) != expected:
+            message = "frame size differs from the first slice of its series"
+        elif outcome.status == DONE:
+            yield outcome.data
             continue
         if plan.multi_frame:
-            raise DicomPressorError(payload)
-        failed.append((source.path, payload))
+            raise DicomPressorError(message)
+        failed.append((source.path, message))
 
 
 def series_video_name(template: Dataset, stack_index: int, stack_count: int) -> str:
@@ -6600,8 +6633,8 @@ def _video_plans(
         if source.frames == 1:
             singles.append(make_slice(source.path, source.header, source.location))
             continue
-        folder = output_dir if output_dir is not None else source.path.parent
-        target = video_target(folder, safe_component(_stem(source.path), default="video"))
+        folder = output_folder(source.path, output_dir)
+        target = video_target(folder, safe_component(output_stem(source.path), default="video"))
         plans.append(
             VideoPlan(
                 target,
@@ -6623,7 +6656,7 @@ def _video_plans(
         for note in order.notes:
             result.warn(f"series {uid}: {note}")
         first = order.slices[0]
-        folder = output_dir if output_dir is not None else first.path.parent
+        folder = output_folder(first.path, output_dir)
         name = series_video_name(first.header, seen[uid], per_series[uid])
         target = video_target(folder, name[: -len(".mp4")])
         plans.append(
@@ -6883,23 +6916,30 @@ def info(
     result = ActionResult()
     records = []
     for index, path in enumerate(inputs, 1):
-        try:
-            record = info_record(path)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        except BaseException as exc:  # a malformed file fails alone
-            if is_fatal(exc):
-                raise
-            result.fail(path, unreadable(exc))
-        else:
-            records.append(record)
+        outcome = guarded(lambda p: FileOutcome(p, data=info_record(p)), path, doing="read")
+        result.record(outcome)
+        if outcome.status == DONE:
+            records.append(outcome.data)
             if result.report:
                 result.report.append("")
-            result.report.extend(format_info(record))
-            result.inputs_used += 1
+            result.report.extend(format_info(outcome.data))
         progress(index, len(inputs))
     result.data["files"] = records
     return result
+
+
+def _summary_entry(path: Path) -> FileOutcome:
+    """Read what summary counts of one file: (size, its keys, frames)."""
+    size = path.stat().st_size
+    ds, _ = read_header(path)
+    keys = (
+        f"{_text(ds, 'PatientName')} ({_text(ds, 'PatientID')})",
+        _text(ds, "StudyInstanceUID"),
+        _text(ds, "SeriesInstanceUID"),
+        _text(ds, "Modality") or "?",
+        uid_name(transfer_syntax_of(ds)),
+    )
+    return FileOutcome(path, data=(size, keys, number_of_frames(ds)))
 
 
 def summary(
@@ -6931,27 +6971,12 @@ def summary(
     frames = 0
     bad_files: list[dict[str, str]] = []
     for index, path in enumerate(inputs, 1):
-        try:
-            size = path.stat().st_size
-            ds, _ = read_header(path)
-            keys = (
-                f"{_text(ds, 'PatientName')} ({_text(ds, 'PatientID')})",
-                _text(ds, "StudyInstanceUID"),
-                _text(ds, "SeriesInstanceUID"),
-                _text(ds, "Modality") or "?",
-                uid_name(transfer_syntax_of(ds)),
-            )
-            count = number_of_frames(ds)
-        except BaseException as exc:  # a malformed file is listed, not fatal
-            if is_fatal(exc):
-                raise
-            if isinstance(exc, DicomPressorError):
-                message = exc.message
-            else:
-                message = str(exc) if isinstance(exc, OSError) else unreadable(exc)
-            bad_files.append({"file": str(path), "error": message})
+        outcome = guarded(_summary_entry, path, doing="read")
+        if outcome.status == FAILED:  # a malformed file is listed, not a failure
+            bad_files.append({"file": str(path), "error": outcome.message})
             progress(index, len(inputs))
             continue
+        size, keys, count = outcome.data
         total_bytes += size
         frames += count
         for name, key in zip(
@@ -7258,6 +7283,13 @@ class JobOutcome:
         return "OK"
 
 
+def job_failure(exc: BaseException) -> str:
+    """Describe an exception that failed a whole job (an action's own bug says so)."""
+    message = failure_message(exc, "")
+    expected = isinstance(exc, (DicomPressorError, OSError))
+    return message if expected else f"internal error: {message}"
+
+
 def run_job(
     spec: ActionSpec,
     folder: Path,
@@ -7275,17 +7307,8 @@ def run_job(
     write_to = None if copy_after else options.output_dir
     try:
         result = spec.function(inputs, write_to, options, progress=progress)
-    except DicomPressorError as exc:
-        return JobOutcome(folder, len(inputs), None, exc.message)
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return JobOutcome(folder, len(inputs), None, f"{exc.strerror or exc}{where}")
     except BaseException as exc:  # an action bug must not take the batch down
-        if is_fatal(exc):
-            raise
-        LOG.debug("unexpected error in %s", spec.name, exc_info=True)
-        message = one_line(f"internal error: {type(exc).__name__}: {exc}")
-        return JobOutcome(folder, len(inputs), None, message)
+        return JobOutcome(folder, len(inputs), None, job_failure(exc))
     if copy_after and options.output_dir is not None:
         for output in list(result.outputs):
             try:
@@ -7678,9 +7701,7 @@ def run_jobs(
                 try:
                     outcome = future.result()
                 except BaseException as exc:  # a worker died, or the cluster gave up
-                    if is_fatal(exc):
-                        raise
-                    message = one_line(f"worker failed: {type(exc).__name__}: {exc}")
+                    message = failure_message(exc, "run the job: worker failed")
                     outcome = JobOutcome(Path(folder), 0, None, message)
                 outcomes.append(outcome)
                 on_outcome(outcome)
@@ -8333,32 +8354,19 @@ def process_request(
 def _process_child(
     action: str, folder: str, inputs: list[str], options: Options, conn: Any
 ) -> None:
-    """Run one action in the child process and send its outcome back through conn."""
+    """Run one action in the child process and send its JobOutcome back through conn."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)  # so a timeout also kills what the action started (ffmpeg)
     warnings.filterwarnings("ignore", module="pydicom")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
-    LOG.handlers[:] = [logging.NullHandler()]  # the log goes back to the server in payload
+    LOG.handlers[:] = [logging.NullHandler()]  # the log goes back to the server in the outcome
     LOG.propagate = False
+    paths = [Path(p) for p in inputs]
     try:
-        outcome = run_job(
-            ACTIONS[action], Path(folder), [Path(p) for p in inputs], options, _no_progress
-        )
-        result = outcome.result
-        payload = {
-            "status": outcome.status,
-            "error": outcome.error,
-            "log": (result.log + result.report) if result else [],
-            "outputs": [str(p) for p in result.outputs] if result else [],
-        }
+        outcome = run_job(ACTIONS[action], Path(folder), paths, options, _no_progress)
     except BaseException as exc:  # the parent must hear back whatever happened
-        payload = {
-            "status": "FAILED",
-            "error": one_line(f"internal error: {type(exc).__name__}: {exc}"),
-            "log": [],
-            "outputs": [],
-        }
-    conn.send(payload)
+        outcome = JobOutcome(Path(folder), len(paths), None, job_failure(exc))
+    conn.send(outcome)
     conn.close()
 
 
@@ -8401,7 +8409,7 @@ def _kill(process: Any) -> None:
 
 def run_isolated(
     spec: ActionSpec, folder: Path, inputs: list[Path], options: Options, timeout_s: float
-) -> dict[str, Any]:
+) -> JobOutcome:
     """Run an action in a child process; past timeout_s kill it, remove its outputs, 504."""
     assert options.output_dir is not None
     ctx = _mp_context()
@@ -8421,7 +8429,7 @@ def run_isolated(
                 f"stopped and its {len(removed)} partial output(s) removed",
             )
         try:
-            payload: dict[str, Any] = receiver.recv()
+            outcome: JobOutcome = receiver.recv()
         except EOFError:
             child.join(10)
             remove_new_entries(options.output_dir, before)
@@ -8429,7 +8437,7 @@ def run_isolated(
                 500, f"{spec.name} stopped unexpectedly (exit code {child.exitcode})"
             ) from None
         child.join(30)
-        return payload
+        return outcome
     finally:
         receiver.close()
         if child.is_alive():
@@ -9751,25 +9759,26 @@ def find_session_file(session: Session, name: str) -> Path:
 def process_response(
     spec: ActionSpec,
     session: Session,
-    outcome: dict[str, Any],
+    outcome: JobOutcome,
     link: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Build the spec's process answer: success, action, log, output_files."""
-    log = list(outcome["log"])
-    if outcome["error"]:
-        log.append(f"[ERROR] {outcome['error']}")
+    result = outcome.result
+    log = (result.log + result.report) if result else []
+    if outcome.error:
+        log.append(f"[ERROR] {outcome.error}")
     listing = listed_files(session.output_dir)
     by_path = {path.resolve(): name for name, path in listing.items()}
     names: list[str] = []
-    for text in outcome["outputs"]:
-        produced = Path(text).resolve()
+    for output in result.outputs if result else []:
+        produced = output.resolve()
         if produced in by_path:
             names.append(by_path[produced])
         elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
             names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
     files = {n: listing[n] for n in dict.fromkeys(names)}
     return {
-        "success": outcome["status"] in ("OK", "PARTIAL"),
+        "success": outcome.status in ("OK", "PARTIAL"),
         "action": spec.name,
         "log": "\n".join(log),
         "output_files": _entries(files, link) if spec.writes_files else [],

@@ -182,3 +182,79 @@ class TestDerived:
             "README's flag table is out of date: replace it with the output of "
             "python3 -c 'import dicompressor; print(dicompressor.flag_table(), end=\"\")'"
         )
+
+
+class TestOnePlacementRule:
+    """Every action names its outputs by one rule: folder fallback, stem, in place."""
+
+    @pytest.mark.parametrize("name", ["scan.dcm", "scan.DICOM", "scan.dic", "scan"])
+    def test_same_stem_in_every_action(self, name: str, tmp_path: Path) -> None:
+        import synth
+
+        source = synth.make_series(tmp_path / "made", n=1, rows=32, cols=32)[0]
+        folder = tmp_path / "job"
+        folder.mkdir()
+        path = folder / name
+        path.write_bytes(source.read_bytes())
+        wanted = {
+            ("-x", "--codec", "rle"): "scan_rle.dcm",
+            ("-t",): "scan.txt",
+            ("-I", "png"): "scan.png",
+        }
+        for flags, output in wanted.items():
+            code, _ = cli_error(*flags, "-f", str(path), "--quiet", "--jobs", "1")
+            assert code == 0, flags
+            assert (folder / output).is_file(), (flags, sorted(p.name for p in folder.iterdir()))
+        params = tmp_path / "params.txt"
+        params.write_text("PatientID=X\n")
+        assert cli_error("-a", str(params), "-f", str(path), "--quiet")[0] == 0
+        assert (folder / "scan_anon.dcm").is_file()
+
+    def test_output_path(self, tmp_path: Path) -> None:
+        source = tmp_path / "in" / "a.dcm"
+        assert dp.output_path(source, None, suffix="_x") == tmp_path / "in" / "a_x.dcm"
+        assert dp.output_path(source, tmp_path / "o", extension=".txt") == tmp_path / "o" / "a.txt"
+        assert dp.output_path(source, tmp_path / "o", suffix="_x", in_place=True) == source
+        assert dp.output_folder(tmp_path / "in", None) == tmp_path
+
+
+class TestGuarded:
+    """One guard per input: whatever fails, fails that input alone, in one line."""
+
+    def test_kinds_of_failure(self, tmp_path: Path) -> None:
+        path = tmp_path / "a.dcm"
+
+        def expected(p: Path) -> dp.FileOutcome:
+            raise dp.DicomPressorError("no (7FE0,0010) Pixel Data")
+
+        def disk(p: Path) -> dp.FileOutcome:
+            raise OSError(28, "No space left on device", str(tmp_path / "a_anon.dcm"))
+
+        def bug(p: Path) -> dp.FileOutcome:
+            raise TypeError("unsupported operand\nsecond line")
+
+        outcomes = [dp.guarded(f, path, doing="anonymize") for f in (expected, disk, bug)]
+        assert [o.status for o in outcomes] == [dp.FAILED] * 3
+        assert [o.message for o in outcomes] == [
+            "no (7FE0,0010) Pixel Data",
+            "cannot anonymize: No space left on device (a_anon.dcm)",
+            "cannot anonymize: TypeError: unsupported operand second line",
+        ]
+        with pytest.raises(KeyboardInterrupt):
+            dp.guarded(lambda p: (_ for _ in ()).throw(KeyboardInterrupt()), path, doing="x")
+
+    def test_result_records_outcomes(self, tmp_path: Path) -> None:
+        result = dp.ActionResult()
+        a, b, c = (tmp_path / n for n in ("a.dcm", "b.dcm", "c.dcm"))
+        result.record(dp.FileOutcome(a, dp.DONE, "a done", (tmp_path / "a.out",), ("careful",)))
+        result.record(dp.FileOutcome(b, dp.SKIPPED, "single frame"))
+        result.record(dp.FileOutcome(c, dp.FAILED, "broken"))
+        assert result.outputs == [tmp_path / "a.out"]
+        assert result.inputs_used == 1
+        assert result.failures == [(c, "broken")]
+        assert result.log == [
+            "[WARNING] careful",
+            "[INFO] a done",
+            "[INFO] Skipping b.dcm: single frame",
+            "[ERROR] c.dcm: broken",
+        ]
