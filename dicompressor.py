@@ -3687,6 +3687,23 @@ def _quiet_as_parent(filters: list[tuple[str, str, type[Warning], str, int]], le
     logging.getLogger("pydicom").setLevel(level)
 
 
+def share_workers(workers: int, tasks: int, *, cluster: bool = False) -> tuple[int, int]:
+    """Split ``--jobs`` workers between tasks run side by side and the work inside each.
+
+    The one place that decides it. Returns (outer, inner): how many tasks (job folders,
+    single-frame files) run at once, and how many workers each gets for its own frames.
+    One task gets every worker for its frames; several run side by side, one worker
+    each (worker processes do not start pools of their own). On a cluster (Dask) every
+    task is handed out at once and its workers run one core each.
+    """
+    workers = max(1, workers)
+    if cluster:
+        return max(workers, tasks), 1
+    if tasks <= 1 or workers == 1:
+        return 1, workers
+    return min(workers, tasks), 1
+
+
 def run_tasks(
     function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
 ) -> list[Any]:
@@ -5407,11 +5424,12 @@ def _transcode(
             continue
         (multi if number_of_frames(header) > 1 else single).append(path)
     total = len(single) + len(multi)
-    serial = dataclasses.replace(options, jobs=1)
+    outer, inner = share_workers(options.jobs, len(single))
+    each = dataclasses.replace(options, jobs=inner)
     outcomes = run_tasks(
         _transcode_task,
-        [(p, mode, output_dir, serial) for p in single],
-        options.jobs,
+        [(p, mode, output_dir, each) for p in single],
+        outer,
         lambda n, _: progress(n, total),
     )
     for done, path in enumerate(multi, len(single) + 1):
@@ -7662,31 +7680,30 @@ def run_jobs(
     is set no new job starts.
     """
     outcomes: list[JobOutcome] = []
-    if executor is None and (workers <= 1 or len(jobs) <= 1):
+    outer, inner_workers = share_workers(workers, len(jobs), cluster=executor is not None)
+    inner = dataclasses.replace(options, jobs=inner_workers)
+    if executor is None and outer == 1:
         for folder, files in jobs:
             if stop.is_set():
                 break
-            outcome = run_folder_job(action, folder, options, batch, files, progress(folder))
+            outcome = run_folder_job(action, folder, inner, batch, files, progress(folder))
             outcomes.append(outcome)
             on_outcome(outcome)
         return outcomes
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    inner = dataclasses.replace(options, jobs=1)  # the cores go to the folders
     own = executor is None
     job_function = run_folder_job
     if not own:  # remote workers import the module by name, not the __main__ script
         import dicompressor
 
         job_function = dicompressor.run_folder_job
-    pool = executor or ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), initializer=_ignore_interrupts
-    )
+    pool = executor or ProcessPoolExecutor(max_workers=outer, initializer=_ignore_interrupts)
     try:
         queue = list(jobs)
         running: set[Any] = set()
         submitted: dict[Any, Path] = {}
-        limit = workers if own else max(workers, len(jobs))
+        limit = outer
         while queue or running:
             while queue and len(running) < limit and not stop.is_set():
                 folder, files = queue.pop(0)

@@ -258,3 +258,17 @@ class TestGuarded:
             "[INFO] Skipping b.dcm: single frame",
             "[ERROR] c.dcm: broken",
         ]
+
+
+class TestShareWorkers:
+    """--jobs is split between folders (or files) and frames in one place."""
+
+    @pytest.mark.parametrize(
+        ("workers", "tasks", "split"),
+        [(8, 1, (1, 8)), (8, 3, (3, 1)), (2, 40, (2, 1)), (1, 5, (1, 1)), (0, 5, (1, 1))],
+    )
+    def test_split(self, workers: int, tasks: int, split: tuple[int, int]) -> None:
+        assert dp.share_workers(workers, tasks) == split
+
+    def test_cluster(self) -> None:
+        assert dp.share_workers(4, 10, cluster=True) == (10, 1)
