@@ -17,19 +17,84 @@ Usage (see ``python3 dicompressor.py -h``)::
     python3 dicompressor.py --summary /data [--json]
     python3 dicompressor.py -j --watch 300 -f /data/patients  # unattended
 
-Sections (each opened by a ``# ==== N. name ====`` banner, in dependency order):
+Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
+``# ---- name ----``; code calls earlier sections, never later ones):
 
 1. Header: this docstring, imports (numpy and pydicom through ``load_toolkit()``, which a
    text header dump run as a script defers), ``__version__``.
-2. Constants and configuration: limits, DICOM tables with their PS3 citation, options.
-3. Errors and logging: ``DicomPressorError``, the logger, ``ActionResult``.
-4. Generic helpers: atomic writes, safe names, temp files, progress on a terminal.
-5. DICOM helpers: reading, grouping, slice sorting, frame access, streamed writing,
-   codecs, the de-identification walkers, header dumps, DICOMDIR.
-6. Actions: one function per action, then the ``ACTIONS`` registry.
-7. Batch: job folders, markers, locks, recovery, parallel jobs, watch, shards, Dask.
-9. CLI: ``build_parser()``, ``main()``.
+
+2. Constants and configuration: limits, DICOM tables with their PS3 citation, and
+   ``OPTIONS``, the registry of every option (``Options`` is made from it).
+   - de-identification, header dump and DICOMDIR tables
+   - export tables
+   - the REST API's limits (--serve)
+   - options: each declared once
+
+3. Errors and logging: ``DicomPressorError``, the logger, ``FileOutcome`` and
+   ``guarded()`` (one guard per input), ``ActionResult``.
+
+4. Generic helpers: names and output paths, atomic writes, progress, the worker pool and
+   ``share_workers()``, option values (``parse_option()``, ``check_value()``).
+   - names and where outputs go
+   - atomic writes
+   - stopping and progress
+   - the worker pool
+   - option values: one check for the CLI, the API and library callers
+
+5. DICOM helpers: reading, geometry, writing, multi-frame datasets, frames and codecs,
+   de-identification, header dumps, DICOMDIR records.
+   - reading: dictionaries, files, headers
+   - reading: values
+   - geometry and slice sorting
+   - writing: elements, headers, pixel data
+   - building multi-frame datasets
+   - frame access and codecs
+   - de-identification
+   - header dumps
+   - DICOMDIR
+
+6. Actions: each action with its building blocks right above it, then ``ACTIONS``,
+   the registry the CLI, batch, the API, OpenAPI and the web page are made from.
+   - merge
+   - split
+   - compression and decompression
+   - anonymize
+   - headers
+   - DICOMDIR
+   - export: the pixel pipeline (pure functions)
+   - export: reading what a frame needs from the header
+   - export: encoding and the worker
+   - export: planning files and frames, the action
+   - export: video
+   - info and summary
+   - the registry
+
+7. Batch: job folders, markers, locks, recovery, parallel jobs, shards, Dask, watch.
+   - markers, locks and the journal
+   - running jobs
+   - beyond one machine: shards and Dask
+   - watch
+
+8. HTTP API: keys, sessions, process requests in a child process, OpenAPI, the web page,
+   routing and the handler, the server.
+   - keys
+   - names
+   - sessions and rate limits
+   - process requests
+   - request bodies
+   - the OpenAPI description and the action list
+   - the web page
+   - routing and the handler
+   - uploads, downloads, answers
+   - the server
+
+9. CLI: the parser made from the registries, ``main()``.
+   - the parser, from the registries
+   - running the command line
 """
+
+
+# ==== 1. Header ====
 
 from __future__ import annotations
 
@@ -130,33 +195,61 @@ def load_toolkit() -> None:
 if __name__ != "__main__":
     load_toolkit()
 
+
 __version__ = "0.1.0"
+
 
 # ==== 2. Constants and configuration ====
 
 #: Batch files in a job folder (DESIGN.md §4): the done marker, the lock of the runner
 #: working on it, and the journal of a job under way (for recovery after a crash).
 DONE_MARKER = ".dicompressor_done"
+
+
 LOCK_FILE = ".dicompressor_lock"
+
+
 JOURNAL_FILE = ".dicompressor_journal"
+
+
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
+
+
 #: How long --dask waits for its scheduler to answer.
 DASK_CONNECT_TIMEOUT_S = 15
+
+
 DEFAULT_SETTLE_S = 30.0
+
+
 #: A lock file still empty after this long belongs to a runner that died creating it.
 LOCK_WRITE_GRACE_S = 10.0
+
+
 #: The log file rotates at this size, keeping this many old files.
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+
+
 LOG_FILE_BACKUPS = 5
+
+
 #: Marks the replace-in-place variant of an action on the command line (-X, -Z, -U).
 REPLACE_SUFFIX = ":replace"
+
+
 PROG = "dicompressor"
+
+
 UID_PREFIX = "1.2.826.0.1.3680043.10.1443."  # pydicom's org root is not ours; see README
+
+
 #: (0002,0012) Implementation Class UID of every file DicomPressor writes.
 IMPLEMENTATION_UID = UID_PREFIX + "1"
 
+
 #: Exit codes of the CLI (STYLE.md "Errors").
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
 
 #: File name endings that are never DICOM; such files in a job folder are passed over
 #: silently (our own exports and notes among them).
@@ -168,23 +261,55 @@ NON_DICOM_SUFFIXES = frozenset(
     """.split()  # noqa: SIM905
 )
 
+
 #: PS3.4 B.5 storage SOP classes used by merge and split.
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
 PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
+
+
 LEGACY_CT = "1.2.840.10008.5.1.4.1.1.2.2"
+
+
 LEGACY_MR = "1.2.840.10008.5.1.4.1.1.4.4"
+
+
 LEGACY_PET = "1.2.840.10008.5.1.4.1.1.128.1"
+
+
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
 MF_SINGLE_BIT_SC = "1.2.840.10008.5.1.4.1.1.7.1"
+
+
 MF_GRAY_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+
+
 MF_GRAY_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+
+
 MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
+
+
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+
+
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
 ENHANCED_PET = "1.2.840.10008.5.1.4.1.1.130"
+
 
 #: Modality -> (classic single-frame SOP class, Legacy Converted Enhanced SOP class),
 #: PS3.3 A.70-A.72.
@@ -193,6 +318,8 @@ LEGACY_BY_MODALITY: dict[str, tuple[str, str]] = {
     "MR": (MR_IMAGE, LEGACY_MR),
     "PT": (PET_IMAGE, LEGACY_PET),
 }
+
+
 #: Legacy Converted Enhanced SOP class -> its Frame Type functional group (PS3.3 C.8.15.3.1,
 #: C.8.13.5.1, C.8.22.5.1).
 FRAME_TYPE_SEQUENCE: dict[str, str] = {
@@ -200,6 +327,8 @@ FRAME_TYPE_SEQUENCE: dict[str, str] = {
     LEGACY_MR: "MRImageFrameTypeSequence",
     LEGACY_PET: "PETFrameTypeSequence",
 }
+
+
 #: Multi-frame SOP class -> the single-frame class its frames become on split.
 SINGLE_FRAME_CLASS: dict[str, str] = {
     LEGACY_CT: CT_IMAGE,
@@ -215,6 +344,7 @@ SINGLE_FRAME_CLASS: dict[str, str] = {
     MF_SINGLE_BIT_SC: SECONDARY_CAPTURE,
 }
 
+
 #: Attributes that must agree for slices to share one multi-frame stack (DESIGN.md §3).
 STACK_KEYWORDS = (
     "SOPClassUID",
@@ -229,6 +359,7 @@ STACK_KEYWORDS = (
     "PhotometricInterpretation",
     "PlanarConfiguration",
 )
+
 
 #: Per-slice attributes that merge moves into functional groups (PS3.3 C.7.6.16.2).
 #: keyword -> functional group sequence keyword.
@@ -247,6 +378,7 @@ FUNCTIONAL_GROUP_OF: dict[str, str] = {
     "VOILUTFunction": "FrameVOILUTSequence",
 }
 
+
 #: Body Part Examined defined terms (PS3.16 Annex L) of structures that are not paired: a
 #: series of one has no Laterality (C.7.3.1, type 2C), as dciodvfy checks.
 UNPAIRED_BODY_PARTS = frozenset(
@@ -260,6 +392,7 @@ UNPAIRED_BODY_PARTS = frozenset(
     """.split()  # noqa: SIM905
 )
 
+
 #: Per-slice attributes merge keeps in each frame's Unassigned Per-Frame Converted
 #: Attributes even when they are the same everywhere, so split gives them back.
 PER_FRAME_KEPT = (
@@ -272,6 +405,7 @@ PER_FRAME_KEPT = (
     "InstanceNumber",
     "SliceLocation",
 )
+
 
 #: Attributes of a single-frame instance that the multi-frame header replaces or drops
 #: (identity, pixel description and multi-frame bookkeeping).
@@ -312,6 +446,7 @@ NOT_COPIED_TO_MULTIFRAME = frozenset(
     }
     | set(FUNCTIONAL_GROUP_OF)
 )
+
 
 #: Top-level attributes that the Legacy Converted Enhanced IODs hold in their own modules
 #: (PS3.3 A.70-A.72: Patient, Clinical Trial Subject, General/Patient/Clinical Trial Study,
@@ -375,7 +510,10 @@ LEGACY_TOP_LEVEL = frozenset(
     """.split()  # noqa: SIM905
 )
 
+
 DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
 #: The same for the multi-frame Secondary Capture IODs (PS3.3 A.8.2-A.8.5): their SC
 #: Equipment, General Image, Cine, SC Image and Frame of Reference attributes too.
 SC_TOP_LEVEL = LEGACY_TOP_LEVEL | frozenset(
@@ -394,13 +532,17 @@ SC_TOP_LEVEL = LEGACY_TOP_LEVEL | frozenset(
 
 #: Transfer syntaxes whose pixel data is native little endian and can be copied as bytes.
 NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
 #: Explicit VR Little Endian, for code that runs before pydicom is loaded (load_toolkit).
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
 
 #: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
 LOSSY_SYNTAXES = frozenset(
     {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
 )
+
 
 #: pip package per compressed transfer syntax, for "missing codec" errors.
 CODEC_PACKAGE: dict[str, str] = {
@@ -417,6 +559,8 @@ CODEC_PACKAGE: dict[str, str] = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
+
+
 #: The module each of those packages installs.
 CODEC_MODULE = {
     "pylibjpeg-libjpeg": "libjpeg",
@@ -443,15 +587,29 @@ CODECS: dict[str, Codec] = {
     "rle": Codec("rle", "1.2.840.10008.1.2.5", "_rle", "pylibjpeg-rle"),
     "htj2k": Codec("htj2k", "1.2.840.10008.1.2.4.201", "_htj2k", "imagecodecs"),
 }
+
+
 #: JPEG 2000 (lossy allowed), the syntax of ``-z`` (PS3.5 A.4.4).
 J2K_LOSSY = "1.2.840.10008.1.2.4.91"
+
+
 LOSSY_SUFFIX = "_j2k"
+
+
 DECOMPRESSED_SUFFIX = "_raw"
+
+
 DEFAULT_RATIO = 10.0
+
+
 #: Value 1 of (0028,2114) Lossy Image Compression Method for JPEG 2000 (PS3.3 C.7.6.1.1.5).
 J2K_METHOD = "ISO_15444_1"
+
+
 #: openjpeg always uses 6 resolution levels, so each side needs at least 2**5 pixels.
 J2K_MIN_SIDE = 32
+
+
 #: Most bits stored per sample the encoders here take: pydicom's openjpeg plugin 24, JPEG-LS
 #: 16 (PS3.5 A.4.3); RLE takes any, HTJ2K is checked by check_htj2k_pixels.
 MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syntax: 16}
@@ -460,12 +618,16 @@ MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syn
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
 #: the typical spacing above which a step is reported as a gap.
 SPACING_TOLERANCE = 0.01
+
+
 GAP_FACTOR = 1.5
+
+
 #: Geometry values are compared after rounding to this many decimals (mm, cosines).
 GEOMETRY_DECIMALS = 4
 
 
-# ---- anonymize, headers, DICOMDIR ----
+# ---- de-identification, header dump and DICOMDIR tables ----
 
 #: PS3.15 Annex E Table E.1-1, Basic Application Level Confidentiality Profile column:
 #: action code -> keywords of the attributes it applies to (entries that pydicom's data
@@ -676,6 +838,7 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
     """,
 }
 
+
 #: How a combined code of Table E.1-1 is resolved: always the least destructive action
 #: that stays conformant, so type 1 and type 2 attributes stay present. "Z/D", "X/D" and
 #: "X/Z/D" keep a dummy value (D), "X/Z" keeps the attribute empty (Z), and "X/Z/U*"
@@ -721,11 +884,19 @@ CLEAN_DESCRIPTORS = frozenset(
     """.split()  # noqa: SIM905
 )
 
+
 #: PS3.16 CID 7050 De-identification Method (scheme DCM): profile and options.
 DEID_BASIC = ("113100", "Basic Application Confidentiality Profile")
+
+
 DEID_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
+
+
 DEID_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
+
+
 DEID_RETAIN_UIDS = ("113110", "Retain UIDs Option")
+
 
 #: Dummy values for the D action, by VR; they are valid values that identify nobody.
 DUMMY_VALUES: dict[str, Any] = {
@@ -754,18 +925,28 @@ DUMMY_VALUES: dict[str, Any] = {
     "US": 0,
     "UV": 0,
 }
+
+
 BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())  # noqa: SIM905
+
+
 INTEGER_VRS = frozenset("SL SS SV UL US UV".split())  # noqa: SIM905
+
+
 FLOAT_VRS = frozenset({"FL", "FD"})
+
+
 DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
 
+
 ANON_SUFFIX = "_anon"
+
+
 PROFILES = ("basic", "none")
+
+
 HEADER_FORMATS = ("text", "json")
-#: Image formats of ``-I`` and the file suffix of each.
-IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
-#: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
-DEFAULT_FPS = 10.0
+
 
 #: Bulk data left out of the JSON headers (PS3.18 F.2.7 BulkDataURI targets): pixel,
 #: waveform, overlay and document values, and any other binary value above the threshold.
@@ -780,16 +961,29 @@ BULK_DATA_KEYWORDS = frozenset(
         "LargePaletteColorLookupTableData",
     ]  # noqa: SIM905
 )
+
+
 BULK_DATA_THRESHOLD = 64 * 1024
+
+
 #: Longest value shown in a text dump before it is cut.
 DUMP_VALUE_CHARS = 160
 
+
 #: PS3.10 8.2 / PS3.12: a File ID has at most 8 components of 1-8 characters A-Z 0-9 _.
 FILE_ID_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
+
+
 MAX_FILE_ID_COMPONENTS = 8
+
+
 DICOMDIR_COPY_SUFFIX = "_DICOMDIR"
+
+
 #: UIDs an instance must have to be listed: the records reference it by them (PS3.3 F.5).
 DICOMDIR_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
 #: Values put in a directory record (never in the file) when an instance lacks a key
 #: PS3.3 F.5 makes Type 1 there: anonymized files have empty Study Date, Time and ID.
 DICOMDIR_PLACEHOLDERS = {
@@ -806,23 +1000,65 @@ DICOMDIR_PLACEHOLDERS = {
 }
 
 
-# ---- the REST API (--serve) ----
+# ---- export tables ----
+
+#: Image formats of ``-I`` and the file suffix of each.
+IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
+
+
+#: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
+DEFAULT_FPS = 10.0
+
+
+#: JPEG quality of ``-I jpg`` (Pillow's scale, 1-95).
+JPEG_QUALITY = 92
+
+
+#: VOI LUT Function values (0028,1056), PS3.3 C.11.2.1.3.
+VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+
+
+# ---- the REST API's limits (--serve) ----
 
 #: Defaults of the ``--serve`` flags: the limits of the spec's "Rate Limits" table.
 DEFAULT_HOST = "127.0.0.1"
+
+
 DEFAULT_PORT = 8000
+
+
 DEFAULT_RATE_LIMIT_PER_MIN = 30
+
+
 DEFAULT_SESSION_RATE_LIMIT_PER_MIN = 5
+
+
 DEFAULT_MAX_SESSIONS = 50
+
+
 DEFAULT_MAX_UPLOAD_MB = 500
+
+
 DEFAULT_MAX_FILES = 2000
+
+
 DEFAULT_PROCESS_TIMEOUT_S = 300.0
+
+
 DEFAULT_SESSION_TTL_S = 3600.0
+
+
 #: The public VolView app; view links have the spec's form <VolView base>/?urls=<view URL>.
 DEFAULT_VOLVIEW_URL = "https://volview.kitware.app"
+
+
 DEFAULT_CORS_ORIGIN = "*"
+
+
 #: A client must send (or take) some bytes this often, or its connection is dropped.
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+
+
 DEFAULT_SWEEP_INTERVAL_S = 60.0
 
 
@@ -834,6 +1070,8 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 #: API). RUN: how the command line runs its jobs. COMMAND: a mode of the command line in
 #: place of an action. SERVER: a setting of ``--serve`` (a ServerConfig field).
 ACTION, COMMON, RUN, COMMAND, SERVER = "action", "common", "run", "command", "server"
+
+
 #: What an option's value is (OptionSpec.kind): flag (true or false), text, choice (one of
 #: ``choices``), number, integer, window (``CENTRE,WIDTH``), path, keys (repeatable text)
 #: and shard (``I/N``).
@@ -898,6 +1136,7 @@ OPTION_GROUPS = {
     "server": "server (--serve)",
     "output": "output",
 }
+
 
 OPTIONS: dict[str, OptionSpec] = {
     option.name: option
@@ -1226,6 +1465,8 @@ class ActionResult:
 
 # ==== 4. Generic helpers ====
 
+# ---- names and where outputs go ----
+
 
 def safe_component(text: str, *, default: str = "Patient", max_len: int = 64) -> str:
     """Reduce text to a file-name component of letters, digits, '-', '_' and '.'."""
@@ -1288,6 +1529,9 @@ def output_path(
     if in_place:
         return source
     return output_folder(source, output_dir) / f"{output_stem(source)}{suffix}{extension}"
+
+
+# ---- atomic writes ----
 
 
 def temp_path(target: Path) -> Path:
@@ -1464,6 +1708,9 @@ def copy_unique(
     return output.path
 
 
+# ---- stopping and progress ----
+
+
 class StopFlag:
     """A stop request a signal handler may set (threading.Event is not signal-safe).
 
@@ -1553,6 +1800,122 @@ ProgressFn = Callable[[int, int], None]
 
 def _no_progress(done: int, total: int) -> None:
     """Progress callback that shows nothing."""
+
+
+# ---- the worker pool ----
+
+
+def _apply_each(function: Callable[[Any], Any], tasks: list[Any]) -> list[Any]:
+    """Worker: run function on each of a batch of tasks."""
+    return [function(task) for task in tasks]
+
+
+def _batches(tasks: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Yield tasks in lists of size (the last may be shorter)."""
+    batch: list[Any] = []
+    for task in tasks:
+        batch.append(task)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def iter_ordered(
+    function: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    jobs: int,
+    progress: ProgressFn,
+    total: int,
+    *,
+    batch: int = 1,
+) -> Iterator[Any]:
+    """Yield function(task) in task order, from worker processes when jobs > 1.
+
+    At most a few tasks per worker are in flight, so memory stays bounded however many
+    tasks (frames) there are. batch > 1 sends tasks to the workers that many at a time:
+    for small tasks (one file's header) the round trip costs more than the work.
+    """
+    if jobs <= 1 or total <= 1:
+        for index, task in enumerate(tasks, 1):
+            yield function(task)
+            progress(index, total)
+        return
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
+    window = 4 * jobs
+    quiet = (_warning_filters(), logging.getLogger("pydicom").level)
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, total), initializer=_quiet_as_parent, initargs=quiet
+    ) as pool:
+        pending: deque[Any] = deque()
+        done = 0
+
+        def finish_one() -> Iterator[Any]:
+            nonlocal done
+            for result in pending.popleft().result():
+                done += 1
+                yield result
+                progress(done, total)
+
+        for group in _batches(tasks, batch):
+            pending.append(pool.submit(_apply_each, function, group))
+            if len(pending) >= window:
+                yield from finish_one()
+        while pending:
+            yield from finish_one()
+
+
+def _warning_filters() -> list[tuple[str, str, type[Warning], str, int]]:
+    """Return this process's warning filters in a picklable form, first filter first."""
+
+    def text(pattern: Any) -> str:  # compiled, a plain string (default filters) or None
+        return str(getattr(pattern, "pattern", pattern) or "")
+
+    return [
+        (action, text(message), category, text(module), line)
+        for action, message, category, module, line in warnings.filters
+    ]
+
+
+def _quiet_as_parent(filters: list[tuple[str, str, type[Warning], str, int]], level: int) -> None:
+    """Worker start: the parent's warning filters and pydicom log level.
+
+    Workers forked from the CLI inherit them, but the HTTP API's job processes start
+    theirs through a fork server, and pydicom's warnings about odd input then reached
+    the server's stderr as pairs of source lines.
+    """
+    warnings.resetwarnings()
+    for action, message, category, module, line in reversed(filters):
+        warnings.filterwarnings(action, message, category, module, line)  # type: ignore[arg-type]
+    logging.getLogger("pydicom").setLevel(level)
+
+
+def share_workers(workers: int, tasks: int, *, cluster: bool = False) -> tuple[int, int]:
+    """Split ``--jobs`` workers between tasks run side by side and the work inside each.
+
+    The one place that decides it. Returns (outer, inner): how many tasks (job folders,
+    single-frame files) run at once, and how many workers each gets for its own frames.
+    One task gets every worker for its frames; several run side by side, one worker
+    each (worker processes do not start pools of their own). On a cluster (Dask) every
+    task is handed out at once and its workers run one core each.
+    """
+    workers = max(1, workers)
+    if cluster:
+        return max(workers, tasks), 1
+    if tasks <= 1 or workers == 1:
+        return 1, workers
+    return min(workers, tasks), 1
+
+
+def run_tasks(
+    function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
+) -> list[Any]:
+    """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
+    return list(iter_ordered(function, tasks, jobs, progress, len(tasks)))
 
 
 # ---- option values: one check for the CLI, the API and library callers ----
@@ -1697,6 +2060,8 @@ def check_conflicts(given: Iterable[str], label: Label = cli_label) -> None:
 
 
 # ==== 5. DICOM helpers ====
+
+# ---- reading: dictionaries, files, headers ----
 
 
 @functools.cache
@@ -1906,8 +2271,46 @@ def _surely_converts(item: Any) -> bool:
 
 #: How much of a file read_plain_header reads: headers longer than this go to pydicom.
 PLAIN_HEAD_BYTES = 1 << 16
+
+
 #: Values longer than this stay on disk until used (pydicom's defer_size).
 DEFER_BYTES = 4096
+
+
+#: VRs whose value is text, and those with a 4-byte length in Explicit VR (PS3.5 7.1.2).
+TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())  # noqa: SIM905
+
+
+LONG_LENGTH_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # noqa: SIM905
+
+
+NUMBER_FORMATS = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
+
+
+#: VRs a raw header may name (PS3.5 6.2); anything else sends the file to pydicom.
+KNOWN_VRS = TEXT_VRS | LONG_LENGTH_VRS | frozenset(NUMBER_FORMATS) | {"AT"}
+
+
+_SHORT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
+
+
+_LONG_LENGTH = struct.Struct("<L")
+
+
+_VR_OF_BYTES = {vr.encode("ascii"): vr for vr in KNOWN_VRS}
+
+
+def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, int]:
+    """Decode the Explicit VR Little Endian element header at pos.
+
+    Return (tag, VR or None when the two bytes name none, value length, where the value
+    starts). A delimiter's header decodes too, with VR None.
+    """
+    group, number, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
+    vr = _VR_OF_BYTES.get(vr_bytes)
+    if vr in LONG_LENGTH_VRS:
+        return group << 16 | number, vr, _LONG_LENGTH.unpack_from(data, pos + 8)[0], pos + 12
+    return group << 16 | number, vr, length, pos + 8
 
 
 def read_header(
@@ -2126,185 +2529,36 @@ def _plain_elements(
     return out, pos
 
 
-def expected_frame_bytes(ds: Dataset) -> int:
-    """Return the size in bytes of one native frame (PS3.5 8.1.1)."""
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    bits = int(ds.BitsAllocated)
-    if bits == 1:
-        return (rows * cols * samples + 7) // 8
-    return rows * cols * samples * (bits // 8)
+def _read_inputs(
+    inputs: Sequence[Path], result: ActionResult, progress: ProgressFn
+) -> list[tuple[Path, Dataset, PixelLocation | None]]:
+    """Read the headers of inputs; failures are recorded and the rest returned.
 
-
-def check_pixel_description(ds: Dataset) -> None:
-    """Raise DicomPressorError when the Image Pixel attributes cannot describe a frame."""
-    problems = []
-    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored"):
-        value = ds.get(keyword)
-        if value is None:
-            problems.append(f"{keyword} is missing")
-        elif not isinstance(value, int) or value <= 0:
-            problems.append(f"{keyword} value of {value!r} is invalid")
-    samples = ds.get("SamplesPerPixel", 1)
-    if not isinstance(samples, int) or not 1 <= samples <= 4:
-        problems.append(f"SamplesPerPixel value of {samples!r} is invalid (1 or 3 expected)")
-    if not problems and ds.BitsAllocated not in (1, 8, 16, 32, 64):
-        problems.append(f"BitsAllocated value of {ds.BitsAllocated} is not 1, 8, 16, 32 or 64")
-    if not problems and ds.BitsStored > ds.BitsAllocated:
-        problems.append(
-            f"BitsStored ({ds.BitsStored}) is larger than BitsAllocated ({ds.BitsAllocated})"
-        )
-    if problems:
-        raise DicomPressorError("bad Image Pixel description: " + "; ".join(problems))
-
-
-def read_item_header(handle: BinaryIO) -> tuple[int, int]:
-    """Read an encapsulation item header; return (tag, length)."""
-    raw = handle.read(8)
-    if len(raw) < 8:
-        raise DicomPressorError("truncated encapsulated pixel data")
-    group, element, length = struct.unpack("<HHL", raw)
-    return (group << 16) | element, length
-
-
-def scan_fragments(path: Path, location: PixelLocation) -> tuple[list[int], list[tuple[int, int]]]:
-    """Return (basic offset table, [(offset, length) of each fragment]) of a file."""
-    offsets: list[int] = []
-    fragments: list[tuple[int, int]] = []
-    with path.open("rb") as handle:
-        handle.seek(location.offset)
-        tag, length = read_item_header(handle)
-        if tag != 0xFFFEE000:
-            raise DicomPressorError("encapsulated pixel data does not start with an item")
-        table = handle.read(length)
-        if len(table) < length:
-            raise DicomPressorError("truncated basic offset table")
-        offsets = list(struct.unpack(f"<{length // 4}L", table[: length // 4 * 4]))
-        while True:
-            tag, length = read_item_header(handle)
-            if tag == 0xFFFEE0DD:
-                break
-            if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
-                raise DicomPressorError(f"bad item (tag {tag:08X}) in encapsulated pixel data")
-            start = handle.tell()
-            if start + length > location.file_size:
-                raise DicomPressorError(
-                    f"truncated: a pixel data fragment declares {length} bytes, "
-                    f"the file holds {location.file_size - start}"
-                )
-            fragments.append((start, length))
-            handle.seek(length, os.SEEK_CUR)
-    if not fragments:
-        raise DicomPressorError("encapsulated pixel data holds no fragment")
-    return offsets, fragments
-
-
-def frame_fragments(
-    offsets: list[int], fragments: list[tuple[int, int]], n_frames: int
-) -> list[list[tuple[int, int]]]:
-    """Group fragments into frames using the basic offset table (PS3.5 A.4)."""
-    if n_frames == 1:
-        return [fragments]
-    if len(fragments) == n_frames:
-        return [[f] for f in fragments]
-    if len(offsets) == n_frames:
-        first = fragments[0][0] - 8
-        frames: list[list[tuple[int, int]]] = [[] for _ in range(n_frames)]
-        bounds = [*offsets, math.inf]
-        for start, length in fragments:
-            rel = start - 8 - first
-            index = max(i for i in range(n_frames) if bounds[i] <= rel)
-            frames[index].append((start, length))
-        if all(frames):
-            return frames
-    raise DicomPressorError(
-        f"cannot tell the frames apart: {len(fragments)} fragments for {n_frames} frames "
-        "and no usable basic offset table"
-    )
-
-
-def read_span(path: Path, offset: int, length: int) -> bytes:
-    """Read length bytes at offset, failing clearly when the file is short."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
-    if len(data) != length:
-        raise DicomPressorError(f"truncated: expected {length} bytes at offset {offset}")
-    return data
-
-
-def missing_codec_message(syntax: UID, exc: BaseException) -> str:
-    """Explain a codec failure, naming the pip package that provides the codec."""
-    package = CODEC_PACKAGE.get(str(syntax))
-    hint = f" (codec: pip install {package})" if package else ""
-    if package and importlib.util.find_spec(CODEC_MODULE[package]) is not None:
-        hint = f" (codec: pip install {package}; it is installed here, so the data may be damaged)"
-    reason = one_line(f"{type(exc).__name__}: {exc}", limit=300)
-    return f"cannot decode {uid_name(syntax)}: {reason}{hint}"
-
-
-def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
-    """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion).
-
-    A file is read only as far as that frame needs (a deflated one whole: pydicom's
-    decoding from a path does not inflate it); codec failures become one line naming the
-    codec's pip package.
+    (Reading them in worker processes does not pay: pickling a header back costs about as
+    much as parsing it.)
     """
-    src: str | Dataset = str(source) if isinstance(source, Path) else source
-    if isinstance(source, Path):
-        with contextlib.suppress(Exception):  # unreadable: pixel_array says why below
-            meta_info = pydicom.filereader.read_file_meta_info(source)
-            if meta_info.get("TransferSyntaxUID") == DEFLATED:
-                src = pydicom.dcmread(source)
-    try:
-        return pydicom.pixels.pixel_array(src, index=index, raw=raw)
-    except BaseException as exc:  # the codec layer raises many types, panics too
-        if is_fatal(exc):
-            raise
-        meta = src if isinstance(src, Dataset) else pydicom.dcmread(src, stop_before_pixels=True)
-        raise DicomPressorError(missing_codec_message(transfer_syntax_of(meta), exc)) from exc
+    readable = []
+    for index, path in enumerate(inputs, 1):
+        try:
+            ds, location = read_header(path)
+        except DicomPressorError as exc:
+            result.fail(path, exc.message)
+        else:
+            readable.append((path, ds, location))
+        progress(index, len(inputs))
+    return readable
 
 
-def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
-    """Return one decoded frame as native little-endian bytes (interleaved colour).
-
-    With BitsAllocated 1 the result is one byte per pixel: ``pack_native_frames`` packs
-    the bits of all frames together, as PS3.5 8.1.1 wants.
-    """
-    if bits_allocated == 1:
-        return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
-    dtype = np.dtype(arr.dtype).newbyteorder("<")
-    if bits_allocated == 8 and arr.dtype.itemsize != 1:
-        dtype = np.dtype(np.int8 if arr.dtype.kind == "i" else np.uint8)
-    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+# ---- reading: values ----
 
 
-def pack_native_frames(frames: Sequence[bytes], bits_allocated: int) -> bytes:
-    """Join native frames into Pixel Data, packing bits when BitsAllocated is 1."""
-    if bits_allocated != 1:
-        return b"".join(frames)
-    bits = np.frombuffer(b"".join(frames), dtype=np.uint8) != 0
-    return np.packbits(bits, bitorder="little").tobytes()
-
-
-@dataclasses.dataclass
-class Slice:
-    """One single-frame source instance, as merge needs it (the header stays on disk)."""
-
-    path: Path
-    header: Dataset
-    pixels: PixelLocation | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    instance_number: int | None
-    syntax: UID
-    #: stack_key(), once computed
-    stack: tuple[Any, ...] | None = None
-
-    @property
-    def sop_instance_uid(self) -> str:
-        """The source SOP Instance UID."""
-        return str(self.header.get("SOPInstanceUID", ""))
+def _as_list(value: Any) -> list[Any]:
+    """Return a DICOM value as a list (empty for None)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return list(value)
+    return [value]
 
 
 def _float_tuple(value: Any, count: int) -> tuple[float, ...] | None:
@@ -2334,6 +2588,165 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+def _rounded(value: Any, decimals: int = GEOMETRY_DECIMALS) -> Any:
+    """Round floats (also inside lists) so near-equal geometry compares equal."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return tuple(_rounded(v, decimals) for v in value)
+    if isinstance(value, float):
+        return round(value, decimals)
+    return value
+
+
+def value_of(ds: Dataset, tag: int) -> Any:
+    """Return an element's value by tag, or None when absent (like ds.get by keyword).
+
+    The element is converted once, as ds[tag] does; merge calls this for every slice,
+    where pydicom's keyword and Tag lookups would cost more than the conversion.
+    """
+    item = ds._dict.get(tag)
+    if item is None:
+        return None
+    return (item if isinstance(item, DataElement) else ds[tag]).value
+
+
+#: VRs whose single ASCII value text_of reads from the bytes: str() of pydicom's value
+#: is that text without its padding.
+PLAIN_TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"))
+
+
+_PLAIN_NUMBERS = re.compile(rb"[0-9eE+\-. \\]*")
+
+
+def text_of(ds: Dataset, tag: int) -> str | None:
+    """Return str() of an element's value by tag, or None when absent.
+
+    A single ASCII value of a PLAIN_TEXT_VRS element is read from the bytes without
+    pydicom's conversion, which merge would otherwise pay for several values per slice.
+    """
+    item = ds._dict.get(tag)
+    if item is None:
+        return None
+    raw = item.value if isinstance(item, RawDataElement) else None
+    if isinstance(raw, bytes) and item.VR in PLAIN_TEXT_VRS and raw.isascii() and b"\\" not in raw:
+        return raw.decode("ascii").strip(" \0")
+    value = value_of(ds, tag)
+    return None if value is None else str(value)
+
+
+def numbers_of(ds: Dataset, tag: int, count: int) -> tuple[float, ...] | None:
+    """Return a DS or IS attribute as count finite floats, or None (see _float_tuple).
+
+    Plain numbers are parsed from the bytes: what pydicom's DS conversion gives, without
+    its cost. Anything else (and anything float() refuses) goes through pydicom, which
+    also raises where it would.
+    """
+    item = ds._dict.get(tag)
+    raw = item.value if isinstance(item, RawDataElement) else None
+    if isinstance(raw, bytes) and item.VR in ("DS", "IS") and _PLAIN_NUMBERS.fullmatch(raw):
+        try:
+            return _float_tuple([float(v) for v in raw.split(b"\\")], count)
+        except ValueError:
+            pass
+    return _float_tuple(value_of(ds, tag), count)
+
+
+def element_signature(elem: DataElement) -> Any:
+    """Return a hashable, comparable form of an element's value."""
+    value = elem.value
+    if elem.VR == "SQ":
+        return tuple(tuple((e.tag, element_signature(e)) for e in item) for item in value or [])
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
+        return tuple(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value
+    return str(value) if value is not None else None
+
+
+def _value_ok(elem: DataElement) -> bool:
+    """Tell whether an element's value can be read (deferred values may not be)."""
+    try:
+        _ = elem.value
+    except Exception:  # pydicom may raise many types on a bad value
+        return False
+    return True
+
+
+def raw_value(ds: Dataset, tag: int) -> Any:
+    """Return an element's value as element_signature would, converting raw US and text
+    values by hand (pydicom's conversion of every element is the slow part of merging).
+    """
+    if tag not in ds:
+        return None
+    item = ds.get_item(tag, keep_deferred=True)
+    if isinstance(item, DataElement):
+        return element_signature(item)
+    vr = item.VR or dictionary_VR(tag)
+    data = item.value or b""
+    if vr == "US":
+        order = "<" if item.is_little_endian else ">"
+        numbers = struct.unpack(f"{order}{len(data) // 2}H", data[: len(data) // 2 * 2])
+        return str(numbers[0]) if len(numbers) == 1 else tuple(str(n) for n in numbers)
+    if vr in ("CS", "UI", "SH", "LO"):
+        text = data.decode("latin-1").strip(" \0")
+        return tuple(text.split("\\")) if "\\" in text else text
+    return element_signature(ds[tag])
+
+
+def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
+    """Tell whether every dataset has the element with one value.
+
+    Elements pydicom has not converted yet are compared as their raw bytes, so only
+    elements that were already converted somewhere cost a conversion.
+    """
+    # Dataset._dict holds the raw or converted element by tag; reading it directly skips
+    # pydicom's Tag conversions, which dominate when 400 headers are compared.
+    items = [ds._dict.get(tag) for ds in datasets]
+    if any(item is None for item in items):
+        return False
+    if not any(isinstance(item, DataElement) for item in items):
+        first = items[0]
+        return all((i.length, i.value) == (first.length, first.value) for i in items[1:])
+    # Some were converted (the template's pixel description, say): compare signatures,
+    # converting one element of each distinct raw encoding, not all of them.
+    signatures = set()
+    converted: set[tuple[Any, ...]] = set()
+    for ds, item in zip(datasets, items, strict=True):
+        if isinstance(item, DataElement):
+            signatures.add(element_signature(item))
+        else:
+            key = (item.VR, item.is_implicit_VR, item.is_little_endian, item.value)
+            if key in converted:
+                continue
+            converted.add(key)
+            signatures.add(element_signature(ds[tag]))
+        if len(signatures) > 1:
+            return False
+    return True
+
+
+# ---- geometry and slice sorting ----
+
+
+@dataclasses.dataclass
+class Slice:
+    """One single-frame source instance, as merge needs it (the header stays on disk)."""
+
+    path: Path
+    header: Dataset
+    pixels: PixelLocation | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    instance_number: int | None
+    syntax: UID
+    #: stack_key(), once computed
+    stack: tuple[Any, ...] | None = None
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The source SOP Instance UID."""
+        return str(self.header.get("SOPInstanceUID", ""))
+
+
 def make_slice(path: Path, ds: Dataset, location: PixelLocation | None) -> Slice:
     """Describe a single-frame instance for merging."""
     position = numbers_of(ds, 0x00200032, 3)  # Image Position (Patient)
@@ -2356,36 +2769,6 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     normal = np.cross(row, col)
     norm = np.linalg.norm(normal)
     return normal / norm if norm > 0 else normal
-
-
-def _rounded(value: Any, decimals: int = GEOMETRY_DECIMALS) -> Any:
-    """Round floats (also inside lists) so near-equal geometry compares equal."""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return tuple(_rounded(v, decimals) for v in value)
-    if isinstance(value, float):
-        return round(value, decimals)
-    return value
-
-
-def raw_value(ds: Dataset, tag: int) -> Any:
-    """Return an element's value as element_signature would, converting raw US and text
-    values by hand (pydicom's conversion of every element is the slow part of merging).
-    """
-    if tag not in ds:
-        return None
-    item = ds.get_item(tag, keep_deferred=True)
-    if isinstance(item, DataElement):
-        return element_signature(item)
-    vr = item.VR or dictionary_VR(tag)
-    data = item.value or b""
-    if vr == "US":
-        order = "<" if item.is_little_endian else ">"
-        numbers = struct.unpack(f"{order}{len(data) // 2}H", data[: len(data) // 2 * 2])
-        return str(numbers[0]) if len(numbers) == 1 else tuple(str(n) for n in numbers)
-    if vr in ("CS", "UI", "SH", "LO"):
-        text = data.decode("latin-1").strip(" \0")
-        return tuple(text.split("\\")) if "\\" in text else text
-    return element_signature(ds[tag])
 
 
 def stack_key(s: Slice) -> tuple[Any, ...]:
@@ -2471,6 +2854,35 @@ def describe_spacing(distances: list[float]) -> list[str]:
     return notes
 
 
+def group_into_stacks(
+    slices: list[Slice],
+) -> list[tuple[str, list[Slice]]]:
+    """Group slices by SeriesInstanceUID, then into technically consistent stacks."""
+    by_series: dict[str, list[Slice]] = defaultdict(list)
+    for s in slices:
+        by_series[text_of(s.header, 0x0020000E) or ""].append(s)  # Series Instance UID
+    stacks: list[tuple[str, list[Slice]]] = []
+    for series_uid in sorted(by_series, key=lambda u: _series_sort_key(by_series[u])):
+        groups: dict[tuple[Any, ...], list[Slice]] = {}
+        for s in by_series[series_uid]:
+            groups.setdefault(s.stack if s.stack is not None else stack_key(s), []).append(s)
+        for members in sorted(groups.values(), key=len, reverse=True):
+            stacks.append((series_uid, members))
+    return stacks
+
+
+def _series_sort_key(members: list[Slice]) -> tuple[int, str]:
+    """Order series by SeriesNumber, then by UID."""
+    number = _int_or_none(members[0].header.get("SeriesNumber"))
+    return (
+        number if number is not None else 1 << 30,
+        str(members[0].header.get("SeriesInstanceUID", "")),
+    )
+
+
+# ---- writing: elements, headers, pixel data ----
+
+
 def copy_element(source: Dataset, target: Dataset, keyword: str) -> None:
     """Copy one attribute by keyword when the source has it."""
     if keyword in source:
@@ -2486,36 +2898,190 @@ def dataset_of(*keywords: str, source: Dataset) -> Dataset:
     return out
 
 
-def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
-    """Tell whether every dataset has the element with one value.
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    """Return a Code Sequence item (PS3.3 Table 8.8-1)."""
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
 
-    Elements pydicom has not converted yet are compared as their raw bytes, so only
-    elements that were already converted somewhere cost a conversion.
+
+def ds_text(value: float) -> str:
+    """Format a number as a Decimal String value (at most 16 characters)."""
+    digits = 12
+    while len(text := f"{value:.{digits}g}") > 16:  # 6 digits always fit
+        digits -= 1
+    return text
+
+
+def now_da_tm() -> tuple[str, str]:
+    """Return the current local date and time as DICOM DA and TM strings."""
+    stamp = time.localtime()
+    return time.strftime("%Y%m%d", stamp), time.strftime("%H%M%S", stamp)
+
+
+def _first_value(*values: Any) -> Any:
+    """Return the first value that is not None or empty."""
+    for value in values:
+        if value not in (None, "", []):
+            return value
+    return None
+
+
+def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
+    """Return an item (or delimiter) header of encapsulated pixel data."""
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+
+
+def encode_element(tag: int, vr: str, value: bytes) -> bytes:
+    """Return one Explicit VR Little Endian element (value padded to even length)."""
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB", "UN") else b" "
+    if vr in LONG_LENGTH_VRS:
+        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+    else:
+        head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
+    return head + value
+
+
+def encode_sequence(tag: int, items: Iterable[bytes]) -> bytes:
+    """Return a sequence element of defined length holding the encoded items."""
+    return encode_element(tag, "SQ", b"".join(item_header(len(i)) + i for i in items))
+
+
+def encode_items(elements: dict[int, bytes]) -> bytes:
+    """Return the encoded elements of one item in tag order."""
+    return b"".join(elements[tag] for tag in sorted(elements))
+
+
+def element_bytes(elem: DataElement) -> bytes:
+    """Encode an element in Explicit VR Little Endian.
+
+    ASCII text, numbers and sequences of them take a fast path; anything else goes
+    through pydicom's writer. Merge writes its per-frame sequence this way, which is
+    several times faster than building and writing a pydicom Dataset per frame.
     """
-    # Dataset._dict holds the raw or converted element by tag; reading it directly skips
-    # pydicom's Tag conversions, which dominate when 400 headers are compared.
-    items = [ds._dict.get(tag) for ds in datasets]
-    if any(item is None for item in items):
-        return False
-    if not any(isinstance(item, DataElement) for item in items):
-        first = items[0]
-        return all((i.length, i.value) == (first.length, first.value) for i in items[1:])
-    # Some were converted (the template's pixel description, say): compare signatures,
-    # converting one element of each distinct raw encoding, not all of them.
-    signatures = set()
-    converted: set[tuple[Any, ...]] = set()
-    for ds, item in zip(datasets, items, strict=True):
-        if isinstance(item, DataElement):
-            signatures.add(element_signature(item))
-        else:
-            key = (item.VR, item.is_implicit_VR, item.is_little_endian, item.value)
-            if key in converted:
-                continue
-            converted.add(key)
-            signatures.add(element_signature(ds[tag]))
-        if len(signatures) > 1:
-            return False
-    return True
+    if elem.VR == "SQ":  # items of defined length, encoded here too
+        items = elem.value or []
+        return encode_sequence(int(elem.tag), (encode_items(dataset_bytes(i)) for i in items))
+    fast = _fast_element_bytes(elem)
+    if fast is not None:
+        return fast
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_data_element(buffer, elem)
+    return buffer.getvalue()
+
+
+def _fast_element_bytes(item: DataElement | RawDataElement) -> bytes | None:
+    """Encode one element in Explicit VR Little Endian without pydicom's writer, or None.
+
+    A raw element read from an Explicit VR Little Endian file is copied as read; a
+    converted one is encoded when it is ASCII text, numbers, AT, bytes or a sequence of
+    such items. Anything else (other character sets, ambiguous or unknown VRs, values not
+    read yet) gives None: the caller then lets pydicom write the whole dataset.
+    """
+    tag = int(item.tag)
+    if isinstance(item, RawDataElement):
+        vr = item.VR
+        if (
+            item.is_implicit_VR
+            or not item.is_little_endian
+            or not vr
+            or vr == "UN"  # pydicom would convert it to the dictionary VR
+            or item.value is None
+            or item.length == 0xFFFFFFFF
+            or len(item.value) % 2
+        ):
+            return None
+        return encode_element(tag, vr, item.value)
+    vr, value = item.VR, item.value
+    if vr == "SQ":  # lengths defined or undefined as they were read, like pydicom
+        parts = []
+        for child in value or []:
+            body = fast_dataset_bytes(child)
+            if body is None:
+                return None
+            if getattr(child, "is_undefined_length_sequence_item", False):
+                parts.append(item_header(0xFFFFFFFF) + body + item_header(0, 0xFFFEE00D))
+            else:
+                parts.append(item_header(len(body)) + body)
+        content = b"".join(parts)
+        if not item.is_undefined_length:
+            return encode_element(tag, vr, content)
+        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, b"SQ", 0xFFFFFFFF)
+        return head + content + item_header(0, 0xFFFEE0DD)
+    if item.is_undefined_length:  # encapsulated pixel data: pydicom writes it
+        return None
+    if value is None or value == "" or (isinstance(value, list) and not value):
+        return encode_element(tag, vr, b"")
+    values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    if vr in TEXT_VRS:
+        text = "\\".join(str(v) for v in values)
+        return encode_element(tag, vr, text.encode("ascii")) if text.isascii() else None
+    if vr in NUMBER_FORMATS:
+        return encode_element(tag, vr, struct.pack(f"<{len(values)}{NUMBER_FORMATS[vr]}", *values))
+    if vr == "AT":
+        return encode_element(
+            tag, vr, b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
+        )
+    if vr in BINARY_VRS and isinstance(value, (bytes, bytearray)):
+        return encode_element(tag, vr, bytes(value))
+    return None
+
+
+def fast_dataset_bytes(ds: Dataset) -> bytes | None:
+    """Encode ds (not its File Meta) in Explicit VR Little Endian, or None (see above)."""
+    parts = []
+    for tag in sorted(ds._dict):
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # retired group length (PS3.5 7.2), which pydicom does not write
+        encoded = _fast_element_bytes(ds._dict[tag])
+        if encoded is None:
+            return None
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+def encode_file(ds: Dataset) -> bytes:
+    """Return ds as a whole file: preamble, File Meta (ds.file_meta) and dataset.
+
+    Datasets in Explicit VR Little Endian (also the compressed syntaxes) are encoded by
+    fast_dataset_bytes where it can, which copies the elements that were only read; the
+    rest goes through pydicom.
+    """
+    buffer = io.BytesIO()  # not DicomBytesIO: pydicom would take its encoding from it
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    body = (
+        fast_dataset_bytes(ds)
+        if not syntax.is_implicit_VR
+        and syntax.is_little_endian
+        and not syntax.is_deflated
+        # a changed character set makes pydicom re-encode every text value
+        and ds.original_character_set == ds._character_set
+        else None
+    )
+    if body is None:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+    buffer.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(
+        DicomFileLike(buffer), ds.file_meta, enforce_standard=True
+    )
+    buffer.write(body)
+    return buffer.getvalue()
+
+
+def add_raw_sequence(ds: Dataset, tag: int, items: list[bytes]) -> None:
+    """Put a sequence of encoded items into ds; pydicom writes a raw element's bytes as is."""
+    value = b"".join(item_header(len(i)) + i for i in items)
+    ds[tag] = RawDataElement(Tag(tag), "SQ", len(value), value, 0, False, True)
+
+
+def dataset_bytes(ds: Dataset) -> dict[int, bytes]:
+    """Encode every element of a dataset; return them by tag."""
+    return {int(elem.tag): element_bytes(elem) for elem in ds}
 
 
 def encoded_element(ds: Dataset, tag: int) -> bytes | None:
@@ -2531,76 +3097,205 @@ def encoded_element(ds: Dataset, tag: int) -> bytes | None:
     return fast if fast is not None else element_bytes(ds[tag])
 
 
-def value_of(ds: Dataset, tag: int) -> Any:
-    """Return an element's value by tag, or None when absent (like ds.get by keyword).
+def file_meta_for(ds: Dataset, syntax: UID) -> FileMetaDataset:
+    """Return File Meta Information for a dataset (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
+    meta.ImplementationVersionName = f"DICOMPRESSOR{__version__.replace('.', '')}"[:16]
+    return meta
 
-    The element is converted once, as ds[tag] does; merge calls this for every slice,
-    where pydicom's keyword and Tag lookups would cost more than the conversion.
+
+def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
+    """Write preamble, File Meta and dataset (without Pixel Data) in syntax.
+
+    Raw sequences already in Explicit VR Little Endian (merge's per-frame items) are
+    copied as they are: pydicom would parse each one again to check its VRs, which
+    costs more than building them did.
     """
-    item = ds._dict.get(tag)
-    if item is None:
-        return None
-    return (item if isinstance(item, DataElement) else ds[tag]).value
+    ds.file_meta = file_meta_for(ds, syntax)
+    ds.preamble = b"\0" * 128
+    cuts = [int(tag) for tag in list(ds.keys()) if _is_verbatim_sequence(ds.get_item(tag))]
+    segments: list[Dataset] = [Dataset() for _ in range(len(cuts) + 1)]
+    for tag in list(ds.keys()):
+        if int(tag) not in cuts:
+            segments[bisect.bisect(cuts, int(tag))][tag] = ds.get_item(tag)
+    head = segments[0]
+    head.file_meta, head.preamble = ds.file_meta, ds.preamble
+    pydicom.dcmwrite(handle, head, enforce_file_format=True)
+    encoding = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+    stream = DicomFileLike(handle)
+    stream.is_little_endian, stream.is_implicit_VR = True, False
+    for tag, segment in zip(cuts, segments[1:], strict=True):
+        raw = ds.get_item(tag)
+        handle.write(encode_element(tag, "SQ", raw.value))
+        pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
 
 
-#: VRs whose single ASCII value text_of reads from the bytes: str() of pydicom's value
-#: is that text without its padding.
-PLAIN_TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"))
-_PLAIN_NUMBERS = re.compile(rb"[0-9eE+\-. \\]*")
+def _is_verbatim_sequence(item: Any) -> bool:
+    """Tell whether a dataset item is a raw Explicit VR Little Endian sequence."""
+    return (
+        isinstance(item, RawDataElement)
+        and item.VR == "SQ"
+        and not item.is_implicit_VR
+        and item.is_little_endian
+        and item.value is not None
+        and item.length != 0xFFFFFFFF
+    )
 
 
-def text_of(ds: Dataset, tag: int) -> str | None:
-    """Return str() of an element's value by tag, or None when absent.
+def pixel_data_vr(bits_allocated: int, encapsulated: bool) -> bytes:
+    """Return the VR of Pixel Data: OB for encapsulated or 8-bit, else OW (PS3.5 A.2)."""
+    return b"OB" if encapsulated or bits_allocated <= 8 else b"OW"
 
-    A single ASCII value of a PLAIN_TEXT_VRS element is read from the bytes without
-    pydicom's conversion, which merge would otherwise pay for several values per slice.
+
+def element_header(tag: int, vr: bytes, length: int) -> bytes:
+    """Return an Explicit VR Little Endian header for an OB/OW element."""
+    return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr, length)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSpan:
+    """Bytes of a file, copied to the output by the kernel where it can."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+def copy_span(handle: BinaryIO, span: FileSpan) -> None:
+    """Append a file span to handle (copy_file_range on Linux, read and write elsewhere)."""
+    copy_range = getattr(os, "copy_file_range", None)
+    with span.path.open("rb") as source:
+        if copy_range is not None:
+            handle.flush()
+            offset, left = span.offset, span.length
+            while left > 0:
+                try:
+                    done = copy_range(source.fileno(), handle.fileno(), left, offset)
+                except OSError:  # e.g. across file systems on old kernels
+                    break
+                if done == 0:
+                    raise DicomPressorError(f"{span.path.name}: truncated pixel data")
+                offset, left = offset + done, left - done
+            if left == 0:
+                return
+            span = FileSpan(span.path, offset, left)
+        source.seek(span.offset)
+        data = source.read(span.length)
+    if len(data) != span.length:
+        raise DicomPressorError(f"{span.path.name}: truncated pixel data")
+    handle.write(data)
+
+
+def write_native_frames(
+    handle: BinaryIO,
+    frames: Iterable[bytes | FileSpan],
+    frame_bytes: int,
+    n_frames: int,
+    bits: int,
+) -> None:
+    """Stream native frames as one Pixel Data element, padded to even length."""
+    total = frame_bytes * n_frames
+    handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), total + total % 2))
+    written = 0
+    for data in frames:
+        if isinstance(data, FileSpan):
+            copy_span(handle, data)
+            written += 1
+            continue
+        if len(data) != frame_bytes:
+            raise DicomPressorError(
+                f"frame holds {len(data)} bytes, expected {frame_bytes} (Rows x Columns x "
+                "SamplesPerPixel x BitsAllocated/8)"
+            )
+        handle.write(data)
+        written += 1
+    if written != n_frames:
+        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
+    if total % 2:
+        handle.write(b"\0")
+
+
+def write_encapsulated_frames(
+    handle: BinaryIO, frames: Iterable[list[bytes]], frame_sizes: list[int]
+) -> None:
+    """Stream encapsulated frames with a basic offset table (PS3.5 A.4).
+
+    frame_sizes gives each frame's encoded size including its item headers, so the
+    offset table is written before the frames themselves are read.
     """
-    item = ds._dict.get(tag)
-    if item is None:
-        return None
-    raw = item.value if isinstance(item, RawDataElement) else None
-    if isinstance(raw, bytes) and item.VR in PLAIN_TEXT_VRS and raw.isascii() and b"\\" not in raw:
-        return raw.decode("ascii").strip(" \0")
-    value = value_of(ds, tag)
-    return None if value is None else str(value)
+    offsets = []
+    position = 0
+    for size in frame_sizes:
+        offsets.append(position)
+        position += size
+    table = b"" if position >= 2**32 else struct.pack(f"<{len(offsets)}L", *offsets)
+    handle.write(element_header(0x7FE00010, b"OB", 0xFFFFFFFF))
+    handle.write(item_header(len(table)))
+    handle.write(table)
+    for fragments in frames:
+        for fragment in fragments:
+            padded = fragment + b"\0" if len(fragment) % 2 else fragment
+            handle.write(item_header(len(padded)))
+            handle.write(padded)
+    handle.write(item_header(0, 0xFFFEE0DD))
 
 
-def numbers_of(ds: Dataset, tag: int, count: int) -> tuple[float, ...] | None:
-    """Return a DS or IS attribute as count finite floats, or None (see _float_tuple).
+def encapsulated_size(fragment_lengths: Iterable[int]) -> int:
+    """Return the bytes a frame's fragments take with their item headers and padding."""
+    return sum(8 + n + n % 2 for n in fragment_lengths)
 
-    Plain numbers are parsed from the bytes: what pydicom's DS conversion gives, without
-    its cost. Anything else (and anything float() refuses) goes through pydicom, which
-    also raises where it would.
+
+def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> list[Path]:
+    """Write a small synthetic CT series (a sphere phantom) with shuffled file names.
+
+    It gives the README's first command data that needs nothing from the user.
     """
-    item = ds._dict.get(tag)
-    raw = item.value if isinstance(item, RawDataElement) else None
-    if isinstance(raw, bytes) and item.VR in ("DS", "IS") and _PLAIN_NUMBERS.fullmatch(raw):
-        try:
-            return _float_tuple([float(v) for v in raw.split(b"\\")], count)
-        except ValueError:
-            pass
-    return _float_tuple(value_of(ds, tag), count)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = new_uid(), new_uid(), new_uid()
+    grid = np.mgrid[0:size, 0:size].astype(float) - (size - 1) / 2
+    order = np.random.default_rng(7).permutation(slices)
+    paths = []
+    for index in range(slices):
+        z = index - (slices - 1) / 2
+        radius2 = grid[0] ** 2 + grid[1] ** 2 + (z * 4.0 * size / 128) ** 2
+        hu = np.where(radius2 < (0.4 * size) ** 2, 40, -1000) + (grid[0] > 0) * 20
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE, new_uid()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber, ds.Modality, ds.Manufacturer = "SAMPLE1", "CT", "DicomPressor"
+        ds.ReferringPhysicianName, ds.PatientName, ds.PatientID = "", "SAMPLE^PATIENT", "SAMPLE"
+        ds.PatientBirthDate, ds.PatientSex, ds.PatientPosition = "", "O", "HFS"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, index + 1
+        ds.SeriesDescription = "Sample sphere phantom"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.ImagePositionPatient = [-size / 2, -size / 2, index * 4.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceLocation, ds.SliceThickness, ds.PixelSpacing = index * 4.0, 4.0, [1, 1]
+        ds.KVP = 120
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = (hu + 1024).astype("<u2").tobytes()
+        ds.file_meta = file_meta_for(ds, ExplicitVRLittleEndian)
+        target = folder / f"slice_{int(order[index]):03d}.dcm"
+        with atomic_output(target) as handle:
+            ds.preamble = b"\0" * 128
+            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        paths.append(target)
+    return paths
 
 
-def element_signature(elem: DataElement) -> Any:
-    """Return a hashable, comparable form of an element's value."""
-    value = elem.value
-    if elem.VR == "SQ":
-        return tuple(tuple((e.tag, element_signature(e)) for e in item) for item in value or [])
-    if isinstance(value, (list, pydicom.multival.MultiValue)):
-        return tuple(str(v) for v in value)
-    if isinstance(value, bytes):
-        return value
-    return str(value) if value is not None else None
-
-
-def _value_ok(elem: DataElement) -> bool:
-    """Tell whether an element's value can be read (deferred values may not be)."""
-    try:
-        _ = elem.value
-    except Exception:  # pydicom may raise many types on a bad value
-        return False
-    return True
+# ---- building multi-frame datasets ----
 
 
 def carried_tags(ds: Dataset) -> list[int]:
@@ -2653,15 +3348,6 @@ def partition_attributes(
     return shared, per_frame
 
 
-def code_item(value: str, scheme: str, meaning: str) -> Dataset:
-    """Return a Code Sequence item (PS3.3 Table 8.8-1)."""
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
-
-
 def functional_group_item(keyword: str, source: Dataset, shift: int = 0) -> Dataset | None:
     """Build one functional group sequence item from a single-frame dataset, if possible.
 
@@ -2694,28 +3380,6 @@ def functional_group_item(keyword: str, source: Dataset, shift: int = 0) -> Data
     return seq
 
 
-def ds_text(value: float) -> str:
-    """Format a number as a Decimal String value (at most 16 characters)."""
-    digits = 12
-    while len(text := f"{value:.{digits}g}") > 16:  # 6 digits always fit
-        digits -= 1
-    return text
-
-
-def now_da_tm() -> tuple[str, str]:
-    """Return the current local date and time as DICOM DA and TM strings."""
-    stamp = time.localtime()
-    return time.strftime("%Y%m%d", stamp), time.strftime("%H%M%S", stamp)
-
-
-def _first_value(*values: Any) -> Any:
-    """Return the first value that is not None or empty."""
-    for value in values:
-        if value not in (None, "", []):
-            return value
-    return None
-
-
 def to_offset_binary(
     frame: bytes | np.ndarray, bits_allocated: int, bits_stored: int, out_bits: int
 ) -> bytes:
@@ -2745,20 +3409,6 @@ def from_offset_binary(
     signed = np.dtype("<i2" if out_bits == 16 else "i1")
     values = np.frombuffer(frame, dtype=unsigned).astype(np.int32) & ((1 << bits_stored) - 1)
     return (values - offset).astype(signed).tobytes()
-
-
-@dataclasses.dataclass
-class MergePlan:
-    """A stack ready to write: the header, the frames' sources and how to copy pixels."""
-
-    dataset: Dataset
-    order: StackOrder
-    syntax: UID
-    encapsulated: bool
-    frame_bytes: int
-    decode: bool
-    #: Signed frames stored as offset binary (multi-frame SC allows unsigned only).
-    offset_binary: bool = False
 
 
 def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bool]:
@@ -2919,177 +3569,12 @@ def build_multiframe_dataset(
     return ds
 
 
-def _as_list(value: Any) -> list[Any]:
-    """Return a DICOM value as a list (empty for None)."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return list(value)
-    return [value]
-
-
 def source_reference(header: Dataset) -> Dataset:
     """Return an item referencing a source instance by SOP Class and Instance UID."""
     item = Dataset()
     item.ReferencedSOPClassUID = header.get("SOPClassUID", SECONDARY_CAPTURE)
     item.ReferencedSOPInstanceUID = header.get("SOPInstanceUID", "")
     return item
-
-
-def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
-    """Return an item (or delimiter) header of encapsulated pixel data."""
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
-
-
-#: VRs whose value is text, and those with a 4-byte length in Explicit VR (PS3.5 7.1.2).
-TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())  # noqa: SIM905
-LONG_LENGTH_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # noqa: SIM905
-NUMBER_FORMATS = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
-
-
-def encode_element(tag: int, vr: str, value: bytes) -> bytes:
-    """Return one Explicit VR Little Endian element (value padded to even length)."""
-    if len(value) % 2:
-        value += b"\0" if vr in ("UI", "OB", "UN") else b" "
-    if vr in LONG_LENGTH_VRS:
-        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
-    else:
-        head = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value))
-    return head + value
-
-
-def encode_sequence(tag: int, items: Iterable[bytes]) -> bytes:
-    """Return a sequence element of defined length holding the encoded items."""
-    return encode_element(tag, "SQ", b"".join(item_header(len(i)) + i for i in items))
-
-
-def encode_items(elements: dict[int, bytes]) -> bytes:
-    """Return the encoded elements of one item in tag order."""
-    return b"".join(elements[tag] for tag in sorted(elements))
-
-
-def element_bytes(elem: DataElement) -> bytes:
-    """Encode an element in Explicit VR Little Endian.
-
-    ASCII text, numbers and sequences of them take a fast path; anything else goes
-    through pydicom's writer. Merge writes its per-frame sequence this way, which is
-    several times faster than building and writing a pydicom Dataset per frame.
-    """
-    if elem.VR == "SQ":  # items of defined length, encoded here too
-        items = elem.value or []
-        return encode_sequence(int(elem.tag), (encode_items(dataset_bytes(i)) for i in items))
-    fast = _fast_element_bytes(elem)
-    if fast is not None:
-        return fast
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    pydicom.filewriter.write_data_element(buffer, elem)
-    return buffer.getvalue()
-
-
-def _fast_element_bytes(item: DataElement | RawDataElement) -> bytes | None:
-    """Encode one element in Explicit VR Little Endian without pydicom's writer, or None.
-
-    A raw element read from an Explicit VR Little Endian file is copied as read; a
-    converted one is encoded when it is ASCII text, numbers, AT, bytes or a sequence of
-    such items. Anything else (other character sets, ambiguous or unknown VRs, values not
-    read yet) gives None: the caller then lets pydicom write the whole dataset.
-    """
-    tag = int(item.tag)
-    if isinstance(item, RawDataElement):
-        vr = item.VR
-        if (
-            item.is_implicit_VR
-            or not item.is_little_endian
-            or not vr
-            or vr == "UN"  # pydicom would convert it to the dictionary VR
-            or item.value is None
-            or item.length == 0xFFFFFFFF
-            or len(item.value) % 2
-        ):
-            return None
-        return encode_element(tag, vr, item.value)
-    vr, value = item.VR, item.value
-    if vr == "SQ":  # lengths defined or undefined as they were read, like pydicom
-        parts = []
-        for child in value or []:
-            body = fast_dataset_bytes(child)
-            if body is None:
-                return None
-            if getattr(child, "is_undefined_length_sequence_item", False):
-                parts.append(item_header(0xFFFFFFFF) + body + item_header(0, 0xFFFEE00D))
-            else:
-                parts.append(item_header(len(body)) + body)
-        content = b"".join(parts)
-        if not item.is_undefined_length:
-            return encode_element(tag, vr, content)
-        head = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, b"SQ", 0xFFFFFFFF)
-        return head + content + item_header(0, 0xFFFEE0DD)
-    if item.is_undefined_length:  # encapsulated pixel data: pydicom writes it
-        return None
-    if value is None or value == "" or (isinstance(value, list) and not value):
-        return encode_element(tag, vr, b"")
-    values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
-    if vr in TEXT_VRS:
-        text = "\\".join(str(v) for v in values)
-        return encode_element(tag, vr, text.encode("ascii")) if text.isascii() else None
-    if vr in NUMBER_FORMATS:
-        return encode_element(tag, vr, struct.pack(f"<{len(values)}{NUMBER_FORMATS[vr]}", *values))
-    if vr == "AT":
-        return encode_element(
-            tag, vr, b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
-        )
-    if vr in BINARY_VRS and isinstance(value, (bytes, bytearray)):
-        return encode_element(tag, vr, bytes(value))
-    return None
-
-
-def fast_dataset_bytes(ds: Dataset) -> bytes | None:
-    """Encode ds (not its File Meta) in Explicit VR Little Endian, or None (see above)."""
-    parts = []
-    for tag in sorted(ds._dict):
-        if not tag & 0xFFFF and tag >> 16 > 6:
-            continue  # retired group length (PS3.5 7.2), which pydicom does not write
-        encoded = _fast_element_bytes(ds._dict[tag])
-        if encoded is None:
-            return None
-        parts.append(encoded)
-    return b"".join(parts)
-
-
-def encode_file(ds: Dataset) -> bytes:
-    """Return ds as a whole file: preamble, File Meta (ds.file_meta) and dataset.
-
-    Datasets in Explicit VR Little Endian (also the compressed syntaxes) are encoded by
-    fast_dataset_bytes where it can, which copies the elements that were only read; the
-    rest goes through pydicom.
-    """
-    buffer = io.BytesIO()  # not DicomBytesIO: pydicom would take its encoding from it
-    syntax = UID(ds.file_meta.TransferSyntaxUID)
-    body = (
-        fast_dataset_bytes(ds)
-        if not syntax.is_implicit_VR
-        and syntax.is_little_endian
-        and not syntax.is_deflated
-        # a changed character set makes pydicom re-encode every text value
-        and ds.original_character_set == ds._character_set
-        else None
-    )
-    if body is None:
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        return buffer.getvalue()
-    buffer.write(b"\0" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(
-        DicomFileLike(buffer), ds.file_meta, enforce_standard=True
-    )
-    buffer.write(body)
-    return buffer.getvalue()
-
-
-def add_raw_sequence(ds: Dataset, tag: int, items: list[bytes]) -> None:
-    """Put a sequence of encoded items into ds; pydicom writes a raw element's bytes as is."""
-    value = b"".join(item_header(len(i)) + i for i in items)
-    ds[tag] = RawDataElement(Tag(tag), "SQ", len(value), value, 0, False, True)
 
 
 def reference_bytes(header: Dataset) -> bytes:
@@ -3099,11 +3584,6 @@ def reference_bytes(header: Dataset) -> bytes:
     return encode_element(0x00081150, "UI", sop_class.encode("ascii", "replace")) + (
         encode_element(0x00081155, "UI", instance.encode("ascii", "replace"))
     )
-
-
-def dataset_bytes(ds: Dataset) -> dict[int, bytes]:
-    """Encode every element of a dataset; return them by tag."""
-    return {int(elem.tag): element_bytes(elem) for elem in ds}
 
 
 def _frame_groups(
@@ -3285,160 +3765,202 @@ def _add_secondary_capture_modules(ds: Dataset, order: StackOrder, source_type: 
     _add_unknown_laterality(ds)
     # General Image (C.7.6.1): type 2C, unknown here
     ds.setdefault("PatientOrientation", "")
-    # The frames' geometry and sources are kept in functional groups (a Standard
-    # Extended SOP Class, PS3.4 B.4.1) so that split can restore each slice.
 
 
-def file_meta_for(ds: Dataset, syntax: UID) -> FileMetaDataset:
-    """Return File Meta Information for a dataset (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
-    meta.ImplementationVersionName = f"DICOMPRESSOR{__version__.replace('.', '')}"[:16]
-    return meta
+# ---- frame access and codecs ----
 
 
-def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
-    """Write preamble, File Meta and dataset (without Pixel Data) in syntax.
-
-    Raw sequences already in Explicit VR Little Endian (merge's per-frame items) are
-    copied as they are: pydicom would parse each one again to check its VRs, which
-    costs more than building them did.
-    """
-    ds.file_meta = file_meta_for(ds, syntax)
-    ds.preamble = b"\0" * 128
-    cuts = [int(tag) for tag in list(ds.keys()) if _is_verbatim_sequence(ds.get_item(tag))]
-    segments: list[Dataset] = [Dataset() for _ in range(len(cuts) + 1)]
-    for tag in list(ds.keys()):
-        if int(tag) not in cuts:
-            segments[bisect.bisect(cuts, int(tag))][tag] = ds.get_item(tag)
-    head = segments[0]
-    head.file_meta, head.preamble = ds.file_meta, ds.preamble
-    pydicom.dcmwrite(handle, head, enforce_file_format=True)
-    encoding = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-    stream = DicomFileLike(handle)
-    stream.is_little_endian, stream.is_implicit_VR = True, False
-    for tag, segment in zip(cuts, segments[1:], strict=True):
-        raw = ds.get_item(tag)
-        handle.write(encode_element(tag, "SQ", raw.value))
-        pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
+def expected_frame_bytes(ds: Dataset) -> int:
+    """Return the size in bytes of one native frame (PS3.5 8.1.1)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    bits = int(ds.BitsAllocated)
+    if bits == 1:
+        return (rows * cols * samples + 7) // 8
+    return rows * cols * samples * (bits // 8)
 
 
-def _is_verbatim_sequence(item: Any) -> bool:
-    """Tell whether a dataset item is a raw Explicit VR Little Endian sequence."""
-    return (
-        isinstance(item, RawDataElement)
-        and item.VR == "SQ"
-        and not item.is_implicit_VR
-        and item.is_little_endian
-        and item.value is not None
-        and item.length != 0xFFFFFFFF
+def check_pixel_description(ds: Dataset) -> None:
+    """Raise DicomPressorError when the Image Pixel attributes cannot describe a frame."""
+    problems = []
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored"):
+        value = ds.get(keyword)
+        if value is None:
+            problems.append(f"{keyword} is missing")
+        elif not isinstance(value, int) or value <= 0:
+            problems.append(f"{keyword} value of {value!r} is invalid")
+    samples = ds.get("SamplesPerPixel", 1)
+    if not isinstance(samples, int) or not 1 <= samples <= 4:
+        problems.append(f"SamplesPerPixel value of {samples!r} is invalid (1 or 3 expected)")
+    if not problems and ds.BitsAllocated not in (1, 8, 16, 32, 64):
+        problems.append(f"BitsAllocated value of {ds.BitsAllocated} is not 1, 8, 16, 32 or 64")
+    if not problems and ds.BitsStored > ds.BitsAllocated:
+        problems.append(
+            f"BitsStored ({ds.BitsStored}) is larger than BitsAllocated ({ds.BitsAllocated})"
+        )
+    if problems:
+        raise DicomPressorError("bad Image Pixel description: " + "; ".join(problems))
+
+
+def read_item_header(handle: BinaryIO) -> tuple[int, int]:
+    """Read an encapsulation item header; return (tag, length)."""
+    raw = handle.read(8)
+    if len(raw) < 8:
+        raise DicomPressorError("truncated encapsulated pixel data")
+    group, element, length = struct.unpack("<HHL", raw)
+    return (group << 16) | element, length
+
+
+def scan_fragments(path: Path, location: PixelLocation) -> tuple[list[int], list[tuple[int, int]]]:
+    """Return (basic offset table, [(offset, length) of each fragment]) of a file."""
+    offsets: list[int] = []
+    fragments: list[tuple[int, int]] = []
+    with path.open("rb") as handle:
+        handle.seek(location.offset)
+        tag, length = read_item_header(handle)
+        if tag != 0xFFFEE000:
+            raise DicomPressorError("encapsulated pixel data does not start with an item")
+        table = handle.read(length)
+        if len(table) < length:
+            raise DicomPressorError("truncated basic offset table")
+        offsets = list(struct.unpack(f"<{length // 4}L", table[: length // 4 * 4]))
+        while True:
+            tag, length = read_item_header(handle)
+            if tag == 0xFFFEE0DD:
+                break
+            if tag != 0xFFFEE000 or length == 0xFFFFFFFF:
+                raise DicomPressorError(f"bad item (tag {tag:08X}) in encapsulated pixel data")
+            start = handle.tell()
+            if start + length > location.file_size:
+                raise DicomPressorError(
+                    f"truncated: a pixel data fragment declares {length} bytes, "
+                    f"the file holds {location.file_size - start}"
+                )
+            fragments.append((start, length))
+            handle.seek(length, os.SEEK_CUR)
+    if not fragments:
+        raise DicomPressorError("encapsulated pixel data holds no fragment")
+    return offsets, fragments
+
+
+def frame_fragments(
+    offsets: list[int], fragments: list[tuple[int, int]], n_frames: int
+) -> list[list[tuple[int, int]]]:
+    """Group fragments into frames using the basic offset table (PS3.5 A.4)."""
+    if n_frames == 1:
+        return [fragments]
+    if len(fragments) == n_frames:
+        return [[f] for f in fragments]
+    if len(offsets) == n_frames:
+        first = fragments[0][0] - 8
+        frames: list[list[tuple[int, int]]] = [[] for _ in range(n_frames)]
+        bounds = [*offsets, math.inf]
+        for start, length in fragments:
+            rel = start - 8 - first
+            index = max(i for i in range(n_frames) if bounds[i] <= rel)
+            frames[index].append((start, length))
+        if all(frames):
+            return frames
+    raise DicomPressorError(
+        f"cannot tell the frames apart: {len(fragments)} fragments for {n_frames} frames "
+        "and no usable basic offset table"
     )
 
 
-def pixel_data_vr(bits_allocated: int, encapsulated: bool) -> bytes:
-    """Return the VR of Pixel Data: OB for encapsulated or 8-bit, else OW (PS3.5 A.2)."""
-    return b"OB" if encapsulated or bits_allocated <= 8 else b"OW"
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """Read length bytes at offset, failing clearly when the file is short."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise DicomPressorError(f"truncated: expected {length} bytes at offset {offset}")
+    return data
 
 
-def element_header(tag: int, vr: bytes, length: int) -> bytes:
-    """Return an Explicit VR Little Endian header for an OB/OW element."""
-    return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr, length)
+def stored_frames(
+    path: Path, header: Dataset, location: PixelLocation | None
+) -> Iterator[bytes] | None:
+    """Yield each frame as stored in the file, or None when frames can't be cut out.
 
-
-@dataclasses.dataclass(frozen=True)
-class FileSpan:
-    """Bytes of a file, copied to the output by the kernel where it can."""
-
-    path: Path
-    offset: int
-    length: int
-
-
-def copy_span(handle: BinaryIO, span: FileSpan) -> None:
-    """Append a file span to handle (copy_file_range on Linux, read and write elsewhere)."""
-    copy_range = getattr(os, "copy_file_range", None)
-    with span.path.open("rb") as source:
-        if copy_range is not None:
-            handle.flush()
-            offset, left = span.offset, span.length
-            while left > 0:
-                try:
-                    done = copy_range(source.fileno(), handle.fileno(), left, offset)
-                except OSError:  # e.g. across file systems on old kernels
-                    break
-                if done == 0:
-                    raise DicomPressorError(f"{span.path.name}: truncated pixel data")
-                offset, left = offset + done, left - done
-            if left == 0:
-                return
-            span = FileSpan(span.path, offset, left)
-        source.seek(span.offset)
-        data = source.read(span.length)
-    if len(data) != span.length:
-        raise DicomPressorError(f"{span.path.name}: truncated pixel data")
-    handle.write(data)
-
-
-def write_native_frames(
-    handle: BinaryIO,
-    frames: Iterable[bytes | FileSpan],
-    frame_bytes: int,
-    n_frames: int,
-    bits: int,
-) -> None:
-    """Stream native frames as one Pixel Data element, padded to even length."""
-    total = frame_bytes * n_frames
-    handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), total + total % 2))
-    written = 0
-    for data in frames:
-        if isinstance(data, FileSpan):
-            copy_span(handle, data)
-            written += 1
-            continue
-        if len(data) != frame_bytes:
-            raise DicomPressorError(
-                f"frame holds {len(data)} bytes, expected {frame_bytes} (Rows x Columns x "
-                "SamplesPerPixel x BitsAllocated/8)"
-            )
-        handle.write(data)
-        written += 1
-    if written != n_frames:
-        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
-    if total % 2:
-        handle.write(b"\0")
-
-
-def write_encapsulated_frames(
-    handle: BinaryIO, frames: Iterable[list[bytes]], frame_sizes: list[int]
-) -> None:
-    """Stream encapsulated frames with a basic offset table (PS3.5 A.4).
-
-    frame_sizes gives each frame's encoded size including its item headers, so the
-    offset table is written before the frames themselves are read.
+    Native little-endian and encapsulated pixel data are read frame by frame from their
+    offsets; big endian, deflated, bit-packed and subsampled YBR data are not.
     """
-    offsets = []
-    position = 0
-    for size in frame_sizes:
-        offsets.append(position)
-        position += size
-    table = b"" if position >= 2**32 else struct.pack(f"<{len(offsets)}L", *offsets)
-    handle.write(element_header(0x7FE00010, b"OB", 0xFFFFFFFF))
-    handle.write(item_header(len(table)))
-    handle.write(table)
-    for fragments in frames:
-        for fragment in fragments:
-            padded = fragment + b"\0" if len(fragment) % 2 else fragment
-            handle.write(item_header(len(padded)))
-            handle.write(padded)
-    handle.write(item_header(0, 0xFFFEE0DD))
+    if location is None or location.offset < 0:
+        return None
+    syntax = transfer_syntax_of(header)
+    n_frames = number_of_frames(header)
+    if location.encapsulated:
+        offsets, fragments = scan_fragments(path, location)
+        spans = frame_fragments(offsets, fragments, n_frames)
+        return (b"".join(read_span(path, s, n) for s, n in frame) for frame in spans)
+    photometric = str(header.get("PhotometricInterpretation", ""))
+    if (
+        str(syntax) not in NATIVE_LE_SYNTAXES
+        or int(header.BitsAllocated) == 1
+        or photometric == "YBR_FULL_422"
+    ):
+        return None
+    size = expected_frame_bytes(header)
+    if location.length < size * n_frames:
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected "
+            f"{size * n_frames} for {n_frames} frames"
+        )
+    return (read_span(path, location.offset + i * size, size) for i in range(n_frames))
 
 
-def encapsulated_size(fragment_lengths: Iterable[int]) -> int:
-    """Return the bytes a frame's fragments take with their item headers and padding."""
-    return sum(8 + n + n % 2 for n in fragment_lengths)
+def missing_codec_message(syntax: UID, exc: BaseException) -> str:
+    """Explain a codec failure, naming the pip package that provides the codec."""
+    package = CODEC_PACKAGE.get(str(syntax))
+    hint = f" (codec: pip install {package})" if package else ""
+    if package and importlib.util.find_spec(CODEC_MODULE[package]) is not None:
+        hint = f" (codec: pip install {package}; it is installed here, so the data may be damaged)"
+    reason = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+    return f"cannot decode {uid_name(syntax)}: {reason}{hint}"
+
+
+def decode_frame(source: Path | Dataset, index: int, *, raw: bool) -> np.ndarray:
+    """Decode one frame with pydicom's pixel handlers (raw: no YBR to RGB conversion).
+
+    A file is read only as far as that frame needs (a deflated one whole: pydicom's
+    decoding from a path does not inflate it); codec failures become one line naming the
+    codec's pip package.
+    """
+    src: str | Dataset = str(source) if isinstance(source, Path) else source
+    if isinstance(source, Path):
+        with contextlib.suppress(Exception):  # unreadable: pixel_array says why below
+            meta_info = pydicom.filereader.read_file_meta_info(source)
+            if meta_info.get("TransferSyntaxUID") == DEFLATED:
+                src = pydicom.dcmread(source)
+    try:
+        return pydicom.pixels.pixel_array(src, index=index, raw=raw)
+    except BaseException as exc:  # the codec layer raises many types, panics too
+        if is_fatal(exc):
+            raise
+        meta = src if isinstance(src, Dataset) else pydicom.dcmread(src, stop_before_pixels=True)
+        raise DicomPressorError(missing_codec_message(transfer_syntax_of(meta), exc)) from exc
+
+
+def native_frame_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
+    """Return one decoded frame as native little-endian bytes (interleaved colour).
+
+    With BitsAllocated 1 the result is one byte per pixel: ``pack_native_frames`` packs
+    the bits of all frames together, as PS3.5 8.1.1 wants.
+    """
+    if bits_allocated == 1:
+        return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    if bits_allocated == 8 and arr.dtype.itemsize != 1:
+        dtype = np.dtype(np.int8 if arr.dtype.kind == "i" else np.uint8)
+    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def pack_native_frames(frames: Sequence[bytes], bits_allocated: int) -> bytes:
+    """Join native frames into Pixel Data, packing bits when BitsAllocated is 1."""
+    if bits_allocated != 1:
+        return b"".join(frames)
+    bits = np.frombuffer(b"".join(frames), dtype=np.uint8) != 0
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
 def decoded_photometric(ds: Dataset, *, raw: bool) -> str:
@@ -3598,166 +4120,7 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     return encoded, error, int(array.size)
 
 
-def _apply_each(function: Callable[[Any], Any], tasks: list[Any]) -> list[Any]:
-    """Worker: run function on each of a batch of tasks."""
-    return [function(task) for task in tasks]
-
-
-def _batches(tasks: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Yield tasks in lists of size (the last may be shorter)."""
-    batch: list[Any] = []
-    for task in tasks:
-        batch.append(task)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def iter_ordered(
-    function: Callable[[Any], Any],
-    tasks: Iterable[Any],
-    jobs: int,
-    progress: ProgressFn,
-    total: int,
-    *,
-    batch: int = 1,
-) -> Iterator[Any]:
-    """Yield function(task) in task order, from worker processes when jobs > 1.
-
-    At most a few tasks per worker are in flight, so memory stays bounded however many
-    tasks (frames) there are. batch > 1 sends tasks to the workers that many at a time:
-    for small tasks (one file's header) the round trip costs more than the work.
-    """
-    if jobs <= 1 or total <= 1:
-        for index, task in enumerate(tasks, 1):
-            yield function(task)
-            progress(index, total)
-        return
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
-    window = 4 * jobs
-    quiet = (_warning_filters(), logging.getLogger("pydicom").level)
-    with ProcessPoolExecutor(
-        max_workers=min(jobs, total), initializer=_quiet_as_parent, initargs=quiet
-    ) as pool:
-        pending: deque[Any] = deque()
-        done = 0
-
-        def finish_one() -> Iterator[Any]:
-            nonlocal done
-            for result in pending.popleft().result():
-                done += 1
-                yield result
-                progress(done, total)
-
-        for group in _batches(tasks, batch):
-            pending.append(pool.submit(_apply_each, function, group))
-            if len(pending) >= window:
-                yield from finish_one()
-        while pending:
-            yield from finish_one()
-
-
-def _warning_filters() -> list[tuple[str, str, type[Warning], str, int]]:
-    """Return this process's warning filters in a picklable form, first filter first."""
-
-    def text(pattern: Any) -> str:  # compiled, a plain string (default filters) or None
-        return str(getattr(pattern, "pattern", pattern) or "")
-
-    return [
-        (action, text(message), category, text(module), line)
-        for action, message, category, module, line in warnings.filters
-    ]
-
-
-def _quiet_as_parent(filters: list[tuple[str, str, type[Warning], str, int]], level: int) -> None:
-    """Worker start: the parent's warning filters and pydicom log level.
-
-    Workers forked from the CLI inherit them, but the HTTP API's job processes start
-    theirs through a fork server, and pydicom's warnings about odd input then reached
-    the server's stderr as pairs of source lines.
-    """
-    warnings.resetwarnings()
-    for action, message, category, module, line in reversed(filters):
-        warnings.filterwarnings(action, message, category, module, line)  # type: ignore[arg-type]
-    logging.getLogger("pydicom").setLevel(level)
-
-
-def share_workers(workers: int, tasks: int, *, cluster: bool = False) -> tuple[int, int]:
-    """Split ``--jobs`` workers between tasks run side by side and the work inside each.
-
-    The one place that decides it. Returns (outer, inner): how many tasks (job folders,
-    single-frame files) run at once, and how many workers each gets for its own frames.
-    One task gets every worker for its frames; several run side by side, one worker
-    each (worker processes do not start pools of their own). On a cluster (Dask) every
-    task is handed out at once and its workers run one core each.
-    """
-    workers = max(1, workers)
-    if cluster:
-        return max(workers, tasks), 1
-    if tasks <= 1 or workers == 1:
-        return 1, workers
-    return min(workers, tasks), 1
-
-
-def run_tasks(
-    function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
-) -> list[Any]:
-    """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
-    return list(iter_ordered(function, tasks, jobs, progress, len(tasks)))
-
-
-def write_sample_series(folder: Path, *, slices: int = 24, size: int = 128) -> list[Path]:
-    """Write a small synthetic CT series (a sphere phantom) with shuffled file names.
-
-    It gives the README's first command data that needs nothing from the user.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame_of_reference = new_uid(), new_uid(), new_uid()
-    grid = np.mgrid[0:size, 0:size].astype(float) - (size - 1) / 2
-    order = np.random.default_rng(7).permutation(slices)
-    paths = []
-    for index in range(slices):
-        z = index - (slices - 1) / 2
-        radius2 = grid[0] ** 2 + grid[1] ** 2 + (z * 4.0 * size / 128) ** 2
-        hu = np.where(radius2 < (0.4 * size) ** 2, 40, -1000) + (grid[0] > 0) * 20
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE, new_uid()
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.AccessionNumber, ds.Modality, ds.Manufacturer = "SAMPLE1", "CT", "DicomPressor"
-        ds.ReferringPhysicianName, ds.PatientName, ds.PatientID = "", "SAMPLE^PATIENT", "SAMPLE"
-        ds.PatientBirthDate, ds.PatientSex, ds.PatientPosition = "", "O", "HFS"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, index + 1
-        ds.SeriesDescription = "Sample sphere phantom"
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
-        ds.ImagePositionPatient = [-size / 2, -size / 2, index * 4.0]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceLocation, ds.SliceThickness, ds.PixelSpacing = index * 4.0, 4.0, [1, 1]
-        ds.KVP = 120
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = (hu + 1024).astype("<u2").tobytes()
-        ds.file_meta = file_meta_for(ds, ExplicitVRLittleEndian)
-        target = folder / f"slice_{int(order[index]):03d}.dcm"
-        with atomic_output(target) as handle:
-            ds.preamble = b"\0" * 128
-            pydicom.dcmwrite(handle, ds, enforce_file_format=True)
-        paths.append(target)
-    return paths
-
-
-# ---- anonymize, headers, DICOMDIR ----
+# ---- de-identification ----
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3776,7 +4139,11 @@ class Replacement:
 
 
 _TAG_LINE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?\s*=(.*)")
+
+
 _ORIGINAL_LINE = re.compile(r"([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{4})\s+([A-Za-z]{2})(?:\s(.*))?")
+
+
 _KEYWORD_LINE = re.compile(r"([A-Za-z][A-Za-z0-9]*)\s*=(.*)")
 
 
@@ -4057,44 +4424,6 @@ def mark_deidentified(ds: Dataset, choice: ProfileChoice) -> None:
     ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if choice.keep_dates else "REMOVED"
 
 
-def anonymize_file(
-    path: Path,
-    target: Path,
-    replacements: Sequence[Replacement],
-    choice: ProfileChoice | None,
-    uids: UidMap,
-    *,
-    replace: bool,
-) -> tuple[Path, list[str]]:
-    """Write the anonymized copy of path; return (the name it got, warnings).
-
-    choice None is ``--profile none``: only the replacements are applied. replace
-    renames over target (``-A``, target is the input); otherwise target is never
-    overwritten (``_1``, ``_2``...).
-    """
-    ds, location = read_header(path)
-    warnings_: list[str] = []
-    if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
-        warnings_.append(
-            f"{path.name}: (0028,0301) Burned In Annotation is YES: text burned into the "
-            "pixels is not removed"
-        )
-    if choice is not None:
-        deidentify_dataset(ds, profile_actions(choice), uids, replace_uids=not choice.keep_uids)
-        mark_deidentified(ds, choice)
-    apply_replacements(ds, replacements)
-    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
-    if missing:
-        raise DicomPressorError(f"no {' and no '.join(missing)}: cannot write File Meta")
-    ds.file_meta = file_meta_for(ds, transfer_syntax_of(ds))
-    ds.preamble = b"\0" * 128
-    output = OutputFile(target, replace=replace)
-    with output as handle:
-        write_keeping_pixels(handle, ds, path, location)
-    assert output.path is not None
-    return output.path, warnings_
-
-
 def _verbatim_pixel_span(
     ds: Dataset, path: Path, location: PixelLocation | None
 ) -> FileSpan | None:
@@ -4154,7 +4483,7 @@ def write_keeping_pixels(
     copy_span(handle, span)
 
 
-# ---- headers ----
+# ---- header dumps ----
 
 
 def _is_bulk(tag: int, vr: str, length: int | None) -> bool:
@@ -4224,7 +4553,11 @@ def _show_text(text: str) -> str:
 #: values shown straight from the bytes read: the padding stripped from the whole
 #: value, from each value, or both ends of each value.
 _STRIP_WHOLE = frozenset("AS CS DA DT TM UI LT ST UT PN".split())  # noqa: SIM905
+
+
 _STRIP_EACH_RIGHT = frozenset("LO SH UC".split())  # noqa: SIM905
+
+
 _STRIP_EACH_BOTH = frozenset("AE DS IS".split())  # noqa: SIM905
 
 
@@ -4303,10 +4636,6 @@ def dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
 def _public_head(tag: int, vr: str) -> str:
     """Return ``(GGGG,EEEE) VR Keyword`` of a public tag (the same in every file)."""
     return f"{_tag_text(tag)} {vr} {keyword_of(tag) or '[unknown]'}"
-
-
-#: VRs a raw header may name (PS3.5 6.2); anything else sends the file to pydicom.
-KNOWN_VRS = TEXT_VRS | LONG_LENGTH_VRS | frozenset(NUMBER_FORMATS) | {"AT"}
 
 
 class _NotFast(Exception):
@@ -4393,24 +4722,6 @@ def _raw_elements(
     if item:
         raise _NotFast  # an undefined-length item without its delimiter
     return out, pos
-
-
-_SHORT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
-_LONG_LENGTH = struct.Struct("<L")
-_VR_OF_BYTES = {vr.encode("ascii"): vr for vr in KNOWN_VRS}
-
-
-def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, int]:
-    """Decode the Explicit VR Little Endian element header at pos.
-
-    Return (tag, VR or None when the two bytes name none, value length, where the value
-    starts). A delimiter's header decodes too, with VR None.
-    """
-    group, number, vr_bytes, length = _SHORT_HEADER.unpack_from(data, pos)
-    vr = _VR_OF_BYTES.get(vr_bytes)
-    if vr in LONG_LENGTH_VRS:
-        return group << 16 | number, vr, _LONG_LENGTH.unpack_from(data, pos + 8)[0], pos + 12
-    return group << 16 | number, vr, length, pos + 8
 
 
 def _raw_items(data: Any, start: int, length: int, end: int) -> tuple[list[Any], int]:
@@ -4592,51 +4903,7 @@ def _write_dicomdir_in_place(fs: FileSet, file_ids: dict[str, list[str]], target
 
 # ==== 6. Actions ====
 
-
-def _read_inputs(
-    inputs: Sequence[Path], result: ActionResult, progress: ProgressFn
-) -> list[tuple[Path, Dataset, PixelLocation | None]]:
-    """Read the headers of inputs; failures are recorded and the rest returned.
-
-    (Reading them in worker processes does not pay: pickling a header back costs about as
-    much as parsing it.)
-    """
-    readable = []
-    for index, path in enumerate(inputs, 1):
-        try:
-            ds, location = read_header(path)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-        else:
-            readable.append((path, ds, location))
-        progress(index, len(inputs))
-    return readable
-
-
-def group_into_stacks(
-    slices: list[Slice],
-) -> list[tuple[str, list[Slice]]]:
-    """Group slices by SeriesInstanceUID, then into technically consistent stacks."""
-    by_series: dict[str, list[Slice]] = defaultdict(list)
-    for s in slices:
-        by_series[text_of(s.header, 0x0020000E) or ""].append(s)  # Series Instance UID
-    stacks: list[tuple[str, list[Slice]]] = []
-    for series_uid in sorted(by_series, key=lambda u: _series_sort_key(by_series[u])):
-        groups: dict[tuple[Any, ...], list[Slice]] = {}
-        for s in by_series[series_uid]:
-            groups.setdefault(s.stack if s.stack is not None else stack_key(s), []).append(s)
-        for members in sorted(groups.values(), key=len, reverse=True):
-            stacks.append((series_uid, members))
-    return stacks
-
-
-def _series_sort_key(members: list[Slice]) -> tuple[int, str]:
-    """Order series by SeriesNumber, then by UID."""
-    number = _int_or_none(members[0].header.get("SeriesNumber"))
-    return (
-        number if number is not None else 1 << 30,
-        str(members[0].header.get("SeriesInstanceUID", "")),
-    )
+# ---- merge ----
 
 
 def merged_name(template: Dataset, stack_index: int, stack_count: int) -> str:
@@ -4647,6 +4914,20 @@ def merged_name(template: Dataset, stack_index: int, stack_count: int) -> str:
     if stack_count > 1:
         series += f"-{stack_index}"
     return f"{patient}_series{series}_multiframe.dcm"
+
+
+@dataclasses.dataclass
+class MergePlan:
+    """A stack ready to write: the header, the frames' sources and how to copy pixels."""
+
+    dataset: Dataset
+    order: StackOrder
+    syntax: UID
+    encapsulated: bool
+    frame_bytes: int
+    decode: bool
+    #: Signed frames stored as offset binary (multi-frame SC allows unsigned only).
+    offset_binary: bool = False
 
 
 def _plan_stack(members: list[Slice]) -> MergePlan:
@@ -5236,38 +5517,6 @@ def _mark_lossy(out: Dataset, ratio: float) -> None:
     out.SOPInstanceUID = new_uid()
 
 
-def stored_frames(
-    path: Path, header: Dataset, location: PixelLocation | None
-) -> Iterator[bytes] | None:
-    """Yield each frame as stored in the file, or None when frames can't be cut out.
-
-    Native little-endian and encapsulated pixel data are read frame by frame from their
-    offsets; big endian, deflated, bit-packed and subsampled YBR data are not.
-    """
-    if location is None or location.offset < 0:
-        return None
-    syntax = transfer_syntax_of(header)
-    n_frames = number_of_frames(header)
-    if location.encapsulated:
-        offsets, fragments = scan_fragments(path, location)
-        spans = frame_fragments(offsets, fragments, n_frames)
-        return (b"".join(read_span(path, s, n) for s, n in frame) for frame in spans)
-    photometric = str(header.get("PhotometricInterpretation", ""))
-    if (
-        str(syntax) not in NATIVE_LE_SYNTAXES
-        or int(header.BitsAllocated) == 1
-        or photometric == "YBR_FULL_422"
-    ):
-        return None
-    size = expected_frame_bytes(header)
-    if location.length < size * n_frames:
-        raise DicomPressorError(
-            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected "
-            f"{size * n_frames} for {n_frames} frames"
-        )
-    return (read_span(path, location.offset + i * size, size) for i in range(n_frames))
-
-
 def _frame_jobs(
     path: Path, header: Dataset, location: PixelLocation | None, raw: bool, out: Dataset
 ) -> Iterator[FrameJob]:
@@ -5526,7 +5775,45 @@ def decompress(
     return _transcode(inputs, mode, output_dir, options, progress)
 
 
-# ---- anonymize, headers and DICOMDIR ----
+# ---- anonymize ----
+
+
+def anonymize_file(
+    path: Path,
+    target: Path,
+    replacements: Sequence[Replacement],
+    choice: ProfileChoice | None,
+    uids: UidMap,
+    *,
+    replace: bool,
+) -> tuple[Path, list[str]]:
+    """Write the anonymized copy of path; return (the name it got, warnings).
+
+    choice None is ``--profile none``: only the replacements are applied. replace
+    renames over target (``-A``, target is the input); otherwise target is never
+    overwritten (``_1``, ``_2``...).
+    """
+    ds, location = read_header(path)
+    warnings_: list[str] = []
+    if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
+        warnings_.append(
+            f"{path.name}: (0028,0301) Burned In Annotation is YES: text burned into the "
+            "pixels is not removed"
+        )
+    if choice is not None:
+        deidentify_dataset(ds, profile_actions(choice), uids, replace_uids=not choice.keep_uids)
+        mark_deidentified(ds, choice)
+    apply_replacements(ds, replacements)
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
+    if missing:
+        raise DicomPressorError(f"no {' and no '.join(missing)}: cannot write File Meta")
+    ds.file_meta = file_meta_for(ds, transfer_syntax_of(ds))
+    ds.preamble = b"\0" * 128
+    output = OutputFile(target, replace=replace)
+    with output as handle:
+        write_keeping_pixels(handle, ds, path, location)
+    assert output.path is not None
+    return output.path, warnings_
 
 
 def anonymize(
@@ -5613,6 +5900,9 @@ def _anonymize_one(
     return FileOutcome(path, DONE, message, (written,), tuple(notes), len(uids))
 
 
+# ---- headers ----
+
+
 def headers(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -5684,6 +5974,9 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
             + ", ".join(left_out),
         )
     return FileOutcome(path, DONE, f"{path.name} -> {output.path.name}", (output.path,), notes)
+
+
+# ---- DICOMDIR ----
 
 
 def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
@@ -5801,12 +6094,7 @@ def dicomdir(
     return result
 
 
-# ---- export ----
-
-#: JPEG quality of ``-I jpg`` (Pillow's scale, 1-95).
-JPEG_QUALITY = 92
-#: VOI LUT Function values (0028,1056), PS3.3 C.11.2.1.3.
-VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+# ---- export: the pixel pipeline (pure functions) ----
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5870,9 +6158,6 @@ class RenderJob:
     target: str | None = None
     image_format: str = "png"
     error: str | None = None
-
-
-# ---- export: the pixel pipeline (pure functions) ----
 
 
 def _lut_of(item: Dataset, *, signed_first: bool) -> Lut:
@@ -6259,7 +6544,7 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
     return FileOutcome(path, data=tmp)
 
 
-# ---- export: planning files and frames ----
+# ---- export: planning files and frames, the action ----
 
 
 @dataclasses.dataclass
@@ -7045,13 +7330,17 @@ def summary(
 
 ActionFn = Callable[..., ActionResult]
 
+
 #: What an action takes (ActionSpec.takes). FILES: each file on its own. FOLDER: the
 #: files of one folder together (merge's slices, a DICOMDIR's files). TREE: every file
 #: under the given path together (one report for a whole tree).
 FILES, FOLDER, TREE = "files", "folder", "tree"
+
+
 #: What an action's result holds (ActionSpec.result). WROTE: the files it wrote. RECORDS:
 #: a report, and a record per file in data["files"]. COUNTS: a report, and data of counts.
 WROTE, RECORDS, COUNTS = "wrote", "records", "counts"
+
 
 #: An action's rule over its option values: a message when they do not go together.
 Rule = Callable[[Any, Label], "str | None"]
@@ -7112,7 +7401,10 @@ def _anonymize_rule(options: Any, label: Label) -> str | None:
 
 
 _COUNT = {"type": "integer", "minimum": 0}
+
+
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
+
 
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
@@ -7609,6 +7901,9 @@ def recover_folder(folder: Path, timeout_s: float) -> list[Path]:
     return removed
 
 
+# ---- running jobs ----
+
+
 def run_folder_job(
     action: str,
     folder: str | Path,
@@ -7796,6 +8091,9 @@ def dask_executor(address: str) -> tuple[Any, Any]:
     return client, client.get_executor()
 
 
+# ---- watch ----
+
+
 def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Return (name, size, last change) of the folder's candidate files: its signature.
 
@@ -7892,18 +8190,36 @@ def exit_code(outcomes: list[JobOutcome]) -> int:
 # ==== 8. HTTP API ====
 
 API_KEYS_ENV = "DICOMPRESSOR_API_KEYS"
+
+
 API_KEY_HEADER = "X-API-Key"
+
+
 SESSION_FILE = "session.json"
+
+
 #: Largest JSON body of a process request.
 MAX_JSON_BYTES = 1024 * 1024
+
+
 #: A body this small that a request did not need is read and dropped so the connection
 #: stays usable; a larger one closes the connection instead.
 DRAIN_LIMIT_BYTES = 64 * 1024
+
+
 UPLOAD_CHUNK_BYTES = 256 * 1024
+
+
 #: The quick start's download name; it stands for the session's one merged file.
 MERGED_ALIAS = "merged_multiframe.dcm"
+
+
 UPLOAD_FIELD = "files"
+
+
 MAX_UPLOAD_NAME_CHARS = 120
+
+
 #: Windows device names, forbidden as a file stem whatever the extension.
 WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"}
@@ -8536,7 +8852,7 @@ class BodyReader:
             pass
 
 
-# ---- the OpenAPI description ----
+# ---- the OpenAPI description and the action list ----
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
@@ -9684,6 +10000,9 @@ class ApiHandler(BaseHTTPRequestHandler):
                 shutil.copyfileobj(handle, self.wfile, UPLOAD_CHUNK_BYTES)
 
 
+# ---- uploads, downloads, answers ----
+
+
 def content_disposition(name: str) -> str:
     """Return the ``filename=...; filename*=UTF-8''...`` parameters for a file name."""
     fallback = re.sub(r"[^A-Za-z0-9._()+-]", "_", name) or "file"
@@ -9926,6 +10245,8 @@ def run_server(
 
 # ==== 9. CLI ====
 
+# ---- the parser, from the registries ----
+
 
 class _ActionWithValue(argparse.Action):
     """An action flag that takes a value (``-a PARAMS``): stores both."""
@@ -10080,6 +10401,9 @@ def flag_table() -> str:
             f"| {flag} | {_option_value_text(option)} | {shown} | {api} | {option.help} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# ---- running the command line ----
 
 
 def configure_logging(args: argparse.Namespace) -> None:
