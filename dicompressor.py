@@ -8882,12 +8882,10 @@ def _error_responses(*codes: int) -> dict[str, Any]:
     return out
 
 
-def _json_response(description: str, schema: str) -> dict[str, Any]:
-    """Return a 200 response with a JSON body of a component schema."""
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
+def _json_response(description: str, schema: str | None) -> dict[str, Any]:
+    """Return a response with a JSON body of a component schema (None: any object)."""
+    body = {"$ref": f"#/components/schemas/{schema}"} if schema else {"type": "object"}
+    return {"description": description, "content": {"application/json": {"schema": body}}}
 
 
 def option_schema(option: OptionSpec) -> dict[str, Any]:
@@ -8970,316 +8968,235 @@ def action_listing() -> dict[str, Any]:
     return {"actions": actions}
 
 
-def openapi_document(server_url: str) -> dict[str, Any]:
-    """Return the OpenAPI 3.1 description of every endpoint the server answers."""
-    session = {
-        "name": "session_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "description": "Session UUID from POST /api/session",
+#: OpenAPI responses of the non-JSON answers.
+_HTML_PAGE = {
+    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_A_FILE = {
+    "200": {
+        "description": "The file",
+        "content": {"application/octet-stream": _BINARY, "application/dicom": _BINARY},
     }
-    name = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "description": "A file name from output_files or GET /api/files (merged_multiframe.dcm "
-        "stands for the session's one merged file)",
-    }
-    secured = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
-    auth_errors = (401, 404, 429)
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    file_responses = {
-        "200": {
-            "description": "The file",
-            "content": {"application/octet-stream": binary, "application/dicom": binary},
-        },
-        **_error_responses(*auth_errors),
-    }
-    action_names = list(ACTIONS)
+}
+_MULTIPART_FILES = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                },
+                "required": ["files"],
+            }
+        }
+    },
+}
+_PROCESS_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProcessRequest"}}},
+}
+#: Errors of every request on a session's path.
+_SESSION_ERRORS = (401, 404, 429)
+#: OpenAPI's description of the path parameters.
+PATH_PARAMETERS = {
+    "session_id": "Session UUID from POST /api/session",
+    "name": "A file name from output_files or GET /api/files (merged_multiframe.dcm stands "
+    "for the session's one merged file)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One endpoint: how it is matched, which handler answers it, what OpenAPI says of it.
+
+    ``path`` is OpenAPI's form (``/api/view/{session_id}/{name}``); a trailing slash also
+    matches without it. ``ok`` holds the OpenAPI responses of success, ``errors`` the
+    error statuses it answers, ``body`` its request body; ``auth`` says it needs a key.
+    """
+
+    method: str
+    path: str
+    handler: str
+    summary: str
+    ok: Mapping[str, Any]
+    errors: tuple[int, ...] = ()
+    body: Mapping[str, Any] | None = None
+    auth: bool = True
+    query: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def pattern(self) -> re.Pattern[str]:
+        """The regular expression that matches a request path (groups: the parameters)."""
+        parts = re.split(r"(\{session_id\}|\{name\})", self.path)
+        groups = {"{session_id}": "([^/]+)", "{name}": "(.+)"}
+        text = "".join(groups.get(part, re.escape(part)) for part in parts)
+        if self.path.endswith("/") and len(self.path) > 1:
+            text += "?"
+        return re.compile(text)
+
+    @property
+    def operation_id(self) -> str:
+        """OpenAPI's operationId: the handler's name in camelCase."""
+        first, *rest = self.handler.split("_")
+        return first + "".join(word.title() for word in rest)
+
+    def operation(self) -> dict[str, Any]:
+        """Return this route's OpenAPI operation object."""
+        names = re.findall(r"\{(\w+)\}", self.path)
+        parameters = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"},
+             "description": PATH_PARAMETERS[n]}
+            for n in names
+        ]  # fmt: skip
+        parameters += [
+            {"name": n, "in": "query", "schema": {"type": "string"}} for n in self.query
+        ]
+        operation: dict[str, Any] = {"summary": self.summary, "operationId": self.operation_id}
+        if self.auth:
+            operation["security"] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+        if parameters:
+            operation["parameters"] = parameters
+        if self.body is not None:
+            operation["requestBody"] = self.body
+        operation["responses"] = {**self.ok, **_error_responses(*self.errors)}
+        return operation
+
+
+ROUTES = (
+    Route("GET", "/", "index_page", "The web page", _HTML_PAGE, auth=False),
+    Route("GET", "/volview/", "volview_redirect",
+          "Redirect to the configured VolView, keeping the query",
+          {"302": {"description": "Redirect to VolView"}}, auth=False, query=("urls",)),
+    Route("GET", "/api/openapi.json", "openapi", "This description",
+          {"200": _json_response("OpenAPI 3.1 document", None)}, auth=False),
+    Route("GET", "/api/health", "health", "Health check (no key needed)",
+          {"200": _json_response("The server is up", "Health")}, auth=False),
+    Route("GET", "/api/actions", "actions",
+          "The actions with their options (the web page's form)",
+          {"200": _json_response("Every action", "ActionList")}, auth=False),
+    Route("POST", "/api/session", "create_session", "Create a session",
+          {"200": _json_response("The new session", "Session")}, (401, 429, 503)),
+    Route("DELETE", "/api/session/{session_id}", "delete_session",
+          "Delete a session and its files",
+          {"200": _json_response("Deleted", "Deleted")}, (*_SESSION_ERRORS, 409)),
+    Route("POST", "/api/upload/{session_id}", "upload",
+          "Upload DICOM files (multipart field files, several per request)",
+          {"200": _json_response("Files stored", "UploadResult")},
+          (400, *_SESSION_ERRORS, 413), _MULTIPART_FILES),
+    Route("GET", "/api/files/{session_id}", "list_files", "List input and output files",
+          {"200": _json_response("The session's files", "FileList")}, _SESSION_ERRORS),
+    Route("POST", "/api/process/{session_id}", "process",
+          "Run an action on the uploaded files",
+          {"200": _json_response("The action ran", "ProcessResult")},
+          (400, *_SESSION_ERRORS, 409, 504), _PROCESS_BODY),
+    Route("GET", "/api/download/{session_id}/{name}", "download",
+          "Download a file (attachment, application/octet-stream)", _A_FILE, _SESSION_ERRORS),
+    Route("GET", "/api/view/{session_id}/{name}", "view",
+          "Serve a file inline as application/dicom (for VolView; CORS)", _A_FILE,
+          _SESSION_ERRORS),
+    Route("OPTIONS", "/api/view/{session_id}/{name}", "view_preflight", "CORS preflight",
+          {"204": {"description": "CORS headers"}}, auth=False),
+)  # fmt: skip
+
+
+def _object(properties: Mapping[str, Any], *required: str) -> dict[str, Any]:
+    """Return the schema of a JSON object with these properties (all given ones required)."""
+    return {"type": "object", "properties": dict(properties), "required": list(required)}
+
+
+def _list_of(schema: str) -> dict[str, Any]:
+    """Return the schema of an array of a component schema."""
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}
+
+
+def api_schemas() -> dict[str, Any]:
+    """Return the component schemas of the API's JSON bodies (per action: its request)."""
+    names = list(ACTIONS)
     per_action = {f"Process_{name}": action_request_schema(s) for name, s in ACTIONS.items()}
+    text, count = {"type": "string"}, {"type": "integer", "minimum": 0}
+    action_entry = _object(
+        {"name": {"type": "string", "enum": names}, "flag": text, "summary": text,
+         "params": {"type": "boolean"}, "options": {"type": "array", "items": {"type": "object"}}},
+        "name", "flag", "summary", "params", "options",
+    )  # fmt: skip
+    process_request = _object(
+        {"action": {"type": "string", "enum": names},
+         "params": {"type": "string", "description": "anonymize's params"},
+         "options": {"type": "object", "description": "the action's options (Process_<action>)"}},
+        "action",
+    )  # fmt: skip
+    process_request["oneOf"] = [{"$ref": f"#/components/schemas/{n}"} for n in per_action]
+    process_request["discriminator"] = {
+        "propertyName": "action",
+        "mapping": {name: f"#/components/schemas/Process_{name}" for name in names},
+    }
+    return {
+        "Error": _object({"error": text}, "error"),
+        "Health": _object(
+            {"status": text, "version": text, "session_ttl_s": {"type": "number"}},
+            "status",
+            "version",
+        ),  # fmt: skip
+        "Session": _object({"session_id": {"type": "string", "format": "uuid"}}, "session_id"),
+        "Deleted": _object({"deleted": text}, "deleted"),
+        "UploadResult": _object(
+            {"uploaded": count, "files": {"type": "array", "items": text}}, "uploaded", "files"
+        ),
+        "FileEntry": _object(
+            {
+                "name": text,
+                "size": count,
+                "view_url": {"type": "string", "description": "Opens it in VolView"},
+            },
+            "name",
+            "size",
+        ),  # fmt: skip
+        "FileList": _object(
+            {"input": _list_of("FileEntry"), "output": _list_of("FileEntry")}, "input", "output"
+        ),
+        "ProcessRequest": process_request,
+        **per_action,
+        "ActionList": _object({"actions": {"type": "array", "items": action_entry}}, "actions"),
+        "ProcessResult": _object(
+            {
+                "success": {"type": "boolean"},
+                "action": text,
+                "log": text,
+                "output_files": _list_of("FileEntry"),
+            },
+            "success",
+            "action",
+            "log",
+            "output_files",
+        ),  # fmt: skip
+    }
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 description of every endpoint the server answers (ROUTES)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = route.operation()
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "DicomPressor API",
             "version": __version__,
             "description": "Upload, process (merge, split, compress, anonymize, export...) "
-            "and download DICOM files. Every /api/ endpoint but health and this document "
-            "needs an API key, in the X-API-Key header or the api_key query parameter.",
+            "and download DICOM files. Every /api/ endpoint but health, actions and this "
+            "document needs an API key, in the X-API-Key header or the api_key query "
+            "parameter.",
         },
         "servers": [{"url": server_url}],
-        "paths": {
-            "/": {
-                "get": {
-                    "summary": "The web page",
-                    "operationId": "webPage",
-                    "responses": {
-                        "200": {
-                            "description": "HTML page",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/volview/": {
-                "get": {
-                    "summary": "Redirect to the configured VolView, keeping the query",
-                    "operationId": "volviewRedirect",
-                    "parameters": [{"name": "urls", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"302": {"description": "Redirect to VolView"}},
-                }
-            },
-            "/api/openapi.json": {
-                "get": {
-                    "summary": "This description",
-                    "operationId": "openapi",
-                    "responses": {
-                        "200": {
-                            "description": "OpenAPI 3.1 document",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-            "/api/actions": {
-                "get": {
-                    "summary": "The actions with their options (the web page's form)",
-                    "operationId": "actions",
-                    "responses": {"200": _json_response("Every action", "ActionList")},
-                }
-            },
-            "/api/health": {
-                "get": {
-                    "summary": "Health check (no key needed)",
-                    "operationId": "health",
-                    "responses": {"200": _json_response("The server is up", "Health")},
-                }
-            },
-            "/api/session": {
-                "post": {
-                    "summary": "Create a session",
-                    "operationId": "createSession",
-                    "security": secured,
-                    "responses": {
-                        "200": _json_response("The new session", "Session"),
-                        **_error_responses(401, 429, 503),
-                    },
-                }
-            },
-            "/api/session/{session_id}": {
-                "delete": {
-                    "summary": "Delete a session and its files",
-                    "operationId": "deleteSession",
-                    "security": secured,
-                    "parameters": [session],
-                    "responses": {
-                        "200": _json_response("Deleted", "Deleted"),
-                        **_error_responses(*auth_errors, 409),
-                    },
-                }
-            },
-            "/api/upload/{session_id}": {
-                "post": {
-                    "summary": "Upload DICOM files (multipart field files, several per request)",
-                    "operationId": "upload",
-                    "security": secured,
-                    "parameters": [session],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "files": {
-                                            "type": "array",
-                                            "items": {"type": "string", "format": "binary"},
-                                        }
-                                    },
-                                    "required": ["files"],
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json_response("Files stored", "UploadResult"),
-                        **_error_responses(400, *auth_errors, 413),
-                    },
-                }
-            },
-            "/api/files/{session_id}": {
-                "get": {
-                    "summary": "List input and output files",
-                    "operationId": "listFiles",
-                    "security": secured,
-                    "parameters": [session],
-                    "responses": {
-                        "200": _json_response("The session's files", "FileList"),
-                        **_error_responses(*auth_errors),
-                    },
-                }
-            },
-            "/api/process/{session_id}": {
-                "post": {
-                    "summary": "Run an action on the uploaded files",
-                    "operationId": "process",
-                    "security": secured,
-                    "parameters": [session],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/ProcessRequest"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json_response("The action ran", "ProcessResult"),
-                        **_error_responses(400, *auth_errors, 409, 504),
-                    },
-                }
-            },
-            "/api/download/{session_id}/{name}": {
-                "get": {
-                    "summary": "Download a file (attachment, application/octet-stream)",
-                    "operationId": "download",
-                    "security": secured,
-                    "parameters": [session, name],
-                    "responses": file_responses,
-                }
-            },
-            "/api/view/{session_id}/{name}": {
-                "get": {
-                    "summary": "Serve a file inline as application/dicom (for VolView; CORS)",
-                    "operationId": "view",
-                    "security": secured,
-                    "parameters": [session, name],
-                    "responses": file_responses,
-                },
-                "options": {
-                    "summary": "CORS preflight",
-                    "operationId": "viewPreflight",
-                    "parameters": [session, name],
-                    "responses": {"204": {"description": "CORS headers"}},
-                },
-            },
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
                 "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}},
-                    "required": ["error"],
-                },
-                "Health": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"type": "string"},
-                        "version": {"type": "string"},
-                        "session_ttl_s": {"type": "number"},
-                    },
-                    "required": ["status", "version"],
-                },
-                "Session": {
-                    "type": "object",
-                    "properties": {"session_id": {"type": "string", "format": "uuid"}},
-                    "required": ["session_id"],
-                },
-                "Deleted": {
-                    "type": "object",
-                    "properties": {"deleted": {"type": "string"}},
-                    "required": ["deleted"],
-                },
-                "UploadResult": {
-                    "type": "object",
-                    "properties": {
-                        "uploaded": {"type": "integer", "minimum": 0},
-                        "files": {"type": "array", "items": {"type": "string"}},
-                    },
-                    "required": ["uploaded", "files"],
-                },
-                "FileEntry": {
-                    "type": "object",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "size": {"type": "integer", "minimum": 0},
-                        "view_url": {"type": "string", "description": "Opens it in VolView"},
-                    },
-                    "required": ["name", "size"],
-                },
-                "FileList": {
-                    "type": "object",
-                    "properties": {
-                        "input": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/FileEntry"},
-                        },
-                        "output": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/FileEntry"},
-                        },
-                    },
-                    "required": ["input", "output"],
-                },
-                "ProcessRequest": {
-                    "type": "object",
-                    "properties": {
-                        "action": {"type": "string", "enum": action_names},
-                        "params": {"type": "string", "description": "anonymize's params"},
-                        "options": {
-                            "type": "object",
-                            "description": "the action's options (see Process_<action>)",
-                        },
-                    },
-                    "required": ["action"],
-                    "oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in per_action],
-                    "discriminator": {
-                        "propertyName": "action",
-                        "mapping": {
-                            name: f"#/components/schemas/Process_{name}" for name in ACTIONS
-                        },
-                    },
-                },
-                **per_action,
-                "ActionList": {
-                    "type": "object",
-                    "properties": {
-                        "actions": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "name": {"type": "string", "enum": action_names},
-                                    "flag": {"type": "string"},
-                                    "summary": {"type": "string"},
-                                    "params": {"type": "boolean"},
-                                    "options": {"type": "array", "items": {"type": "object"}},
-                                },
-                                "required": ["name", "flag", "summary", "params", "options"],
-                            },
-                        }
-                    },
-                    "required": ["actions"],
-                },
-                "ProcessResult": {
-                    "type": "object",
-                    "properties": {
-                        "success": {"type": "boolean"},
-                        "action": {"type": "string"},
-                        "log": {"type": "string"},
-                        "output_files": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/FileEntry"},
-                        },
-                    },
-                    "required": ["success", "action", "log", "output_files"],
-                },
-            },
+            "schemas": api_schemas(),
         },
     }
 
@@ -9565,33 +9482,6 @@ $("run").addEventListener("click", run);
 
 
 # ---- routing and the handler ----
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    """One endpoint: method, path pattern, handler method name, and whether it needs a key."""
-
-    method: str
-    pattern: re.Pattern[str]
-    handler: str
-    auth: bool = True
-
-
-ROUTES = (
-    Route("GET", re.compile(r"/"), "index_page", auth=False),
-    Route("GET", re.compile(r"/volview/?"), "volview_redirect", auth=False),
-    Route("GET", re.compile(r"/api/openapi\.json"), "openapi", auth=False),
-    Route("GET", re.compile(r"/api/health"), "health", auth=False),
-    Route("GET", re.compile(r"/api/actions"), "actions", auth=False),
-    Route("POST", re.compile(r"/api/session"), "create_session"),
-    Route("DELETE", re.compile(r"/api/session/([^/]+)"), "delete_session"),
-    Route("POST", re.compile(r"/api/upload/([^/]+)"), "upload"),
-    Route("GET", re.compile(r"/api/files/([^/]+)"), "list_files"),
-    Route("POST", re.compile(r"/api/process/([^/]+)"), "process"),
-    Route("GET", re.compile(r"/api/download/([^/]+)/(.+)"), "download"),
-    Route("GET", re.compile(r"/api/view/([^/]+)/(.+)"), "view"),
-    Route("OPTIONS", re.compile(r"/api/view/([^/]+)/(.+)"), "view_preflight", auth=False),
-)
 
 
 def match_route(method: str, path: str) -> tuple[Route, tuple[str, ...]]:
@@ -10637,18 +10527,25 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, spec, action, path, recursive, options, batch, stop)
 
 
-def _run(
-    args: argparse.Namespace,
-    spec: ActionSpec,
-    action: str,
-    path: Path,
-    recursive: bool,
-    options: Options,
-    batch: BatchOptions,
-    stop: StopFlag,
-) -> int:
-    """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
-    show_progress = not args.quiet and not args.json
+def json_payload(spec: ActionSpec, outcomes: list[JobOutcome]) -> Any:
+    """Return what ``--json`` prints, by the kind of result the action gives.
+
+    RECORDS: the one record (or every record with the failures); COUNTS: the counts;
+    WROTE: each job's outcome.
+    """
+    if spec.result == RECORDS:
+        records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
+        failures = [f for o in outcomes for f in _outcome_json(o)["failures"]]
+        if len(records) == 1 and not failures:
+            return records[0]
+        return {"files": records, "failures": failures}
+    if spec.result == COUNTS:
+        return outcomes[0].result.data if outcomes[0].result else _outcome_json(outcomes[0])
+    return {"action": spec.name, "jobs": [_outcome_json(o) for o in outcomes]}
+
+
+def _reporter(args: argparse.Namespace, spec: ActionSpec) -> Callable[[JobOutcome], None]:
+    """Return how a job's outcome is shown: its result line, or its report (none: --json)."""
 
     def report(outcome: JobOutcome) -> None:
         if args.json:
@@ -10663,6 +10560,22 @@ def _run(
         if outcome.status != "OK":
             print(_job_line(outcome), file=sys.stderr, flush=True)
 
+    return report
+
+
+def _run(
+    args: argparse.Namespace,
+    spec: ActionSpec,
+    action: str,
+    path: Path,
+    recursive: bool,
+    options: Options,
+    batch: BatchOptions,
+    stop: StopFlag,
+) -> int:
+    """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
+    show_progress = not args.quiet and not args.json
+    report = _reporter(args, spec)
     if args.watch is not None:
         if not path.is_dir():
             print(f"error: {path}: not a folder to watch", file=sys.stderr)
@@ -10730,22 +10643,7 @@ def _run(
             LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
             return EXIT_PARTIAL
     if args.json:
-        if spec.result == RECORDS:
-            records = [r for o in outcomes if o.result for r in o.result.data.get("files", [])]
-            failures = [f for o in outcomes for f in _outcome_json(o)["failures"]]
-            payload: Any = (
-                records[0]
-                if len(records) == 1 and not failures
-                else {
-                    "files": records,
-                    "failures": failures,
-                }
-            )
-        elif spec.result == COUNTS:
-            payload = outcomes[0].result.data if outcomes[0].result else _outcome_json(outcomes[0])
-        else:
-            payload = {"action": spec.name, "jobs": [_outcome_json(o) for o in outcomes]}
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        print(json.dumps(json_payload(spec, outcomes), indent=2, sort_keys=True, default=str))
     return exit_code(outcomes)
 
 
