@@ -1207,6 +1207,10 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("lock_timeout", "number", "take over a folder lock older than S seconds "
                    f"(default {DEFAULT_LOCK_TIMEOUT_S:g})", scope=RUN,
                    default=DEFAULT_LOCK_TIMEOUT_S, above=0, metavar="S", group="batch"),
+        OptionSpec("scan_state_file", "path", "cache of folder modification times: a watch "
+                   "pass (and -f with --skip-if-done) reads only the folders that changed; "
+                   "created if missing, '' turns it off", scope=RUN, metavar="FILE",
+                   group="batch"),
         OptionSpec("shard", "shard", "process only shard I of N of the job folders (Slurm "
                    "array, Kubernetes Indexed Job): N runs with I = 0..N-1 cover every "
                    "folder once", scope=RUN, metavar="I/N", group="batch"),
@@ -2010,7 +2014,7 @@ def parse_option(option: OptionSpec, raw: Any, label: Label = cli_label) -> Any:
     elif kind == "shard":
         value = parse_shard(str(raw), name)
     elif kind == "path":
-        value = Path(raw)
+        value = Path(raw) if raw else None  # an empty name turns a file option off
     elif kind == "keys":
         value = tuple(raw) if isinstance(raw, (list, tuple)) else (raw,)
     else:  # text, choice
@@ -7550,16 +7554,137 @@ def list_inputs(folder: Path) -> list[Path]:
     return [p for p in entries if is_candidate(p)]
 
 
-def job_folders(root: Path, *, recursive: bool) -> list[Path]:
-    """Return the folders that hold candidate files directly (the jobs), sorted."""
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """What a pass needs to know of a folder, valid while its modification time stands.
+
+    A folder's time changes when an entry in it is added, removed or renamed (a done
+    marker is written by a rename), not when a file's content changes.
+    """
+
+    mtime_ns: int
+    dirs: tuple[str, ...]
+    candidates: bool
+    done: frozenset[str]
+
+
+def scan_folder(folder: Path, mtime_ns: int) -> FolderScan:
+    """List a folder: its subfolders (not hidden, links not followed), whether it holds
+    candidate files, and the actions its done marker names."""
+    dirs, candidates = [], False
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith("."):
+                    dirs.append(entry.name)
+            elif not candidates and is_candidate(Path(entry.path)):
+                candidates = True
+    return FolderScan(mtime_ns, tuple(sorted(dirs)), candidates, marker_actions(folder))
+
+
+class ScanState:
+    """The ``--scan-state-file`` cache: each folder's FolderScan, kept between passes.
+
+    A folder whose modification time is unchanged is not listed again (no listing, no
+    file opened, no marker read): a pass over a large, settled tree costs one stat per
+    folder. Every folder is still looked at, since a change deep in a tree leaves its
+    parents' times alone. The file is JSON in the original DicomPressor's version 1
+    layout (``root``, ``folders`` by absolute path with ``mtime_ns``, ``empty`` and
+    ``done``), with ``dirs`` and ``actions`` added; entries without them (an original's
+    file) are listed again once. A file for another root, or unreadable, is started
+    afresh with a warning; it is written atomically after each pass.
+    """
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self.path = path
+        self.root = os.path.abspath(root)
+        self.folders: dict[str, FolderScan] = {}
+        self.listed = 0
+        data = read_json_file(path) if path.exists() else None
+        if path.exists() and (data is None or data.get("version") != 1):
+            LOG.warning("%s: not a scan state file (version 1 JSON); starting afresh", path)
+        elif data is not None and data.get("root") not in (None, "", self.root):
+            LOG.warning("%s is for %s, not %s; starting afresh", path, data["root"], self.root)
+        elif data is not None:
+            self._load(data.get("folders"))
+
+    def _load(self, folders: Any) -> None:
+        """Take up the entries that carry everything a FolderScan needs."""
+        for key, entry in (folders if isinstance(folders, dict) else {}).items():
+            try:
+                self.folders[key] = FolderScan(
+                    int(entry["mtime_ns"]),
+                    tuple(str(d) for d in entry["dirs"]),
+                    not entry.get("empty", False),
+                    frozenset(str(a) for a in entry["actions"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # an original's entry, or a damaged one: listed again
+
+    def scan(self, folder: Path) -> FolderScan:
+        """Return a folder's scan: the cached one while its time stands, else a new one.
+
+        The time is taken before the listing, so a folder that changes during it is
+        listed again by the next pass.
+        """
+        key = os.path.abspath(folder)  # a string operation: no system call per folder
+        mtime_ns = folder.stat().st_mtime_ns
+        cached = self.folders.get(key)
+        if cached is not None and cached.mtime_ns == mtime_ns:
+            return cached
+        self.listed += 1
+        self.folders[key] = scan = scan_folder(folder, mtime_ns)
+        return scan
+
+    def done(self, folder: Path, action: str) -> bool:
+        """Tell whether a folder scanned in this pass holds a done marker for action."""
+        scan = self.folders.get(os.path.abspath(folder))
+        return marker_done(folder, action, scan.done if scan is not None else None)
+
+    def save(self) -> None:
+        """Write the cache atomically; a failure is a warning (the next pass lists again)."""
+        folders = {
+            key: {
+                "mtime_ns": scan.mtime_ns,
+                "empty": not scan.candidates,
+                "done": bool(scan.done),
+                "dirs": list(scan.dirs),
+                "actions": sorted(scan.done),
+            }
+            for key, scan in sorted(self.folders.items())
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_file(self.path, {"version": 1, "root": self.root, "folders": folders})
+        except OSError as exc:
+            LOG.warning("cannot save the scan state %s: %s", self.path, exc.strerror or exc)
+
+
+def job_folders(root: Path, *, recursive: bool, state: ScanState | None = None) -> list[Path]:
+    """Return the folders that hold candidate files directly (the jobs), sorted.
+
+    With a scan state, folders unchanged since the last pass are not listed again.
+    """
     if not recursive:
         return [root]
     found = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        folder = Path(current)
-        if any(is_candidate(folder / f) for f in files):
+    if state is None:
+        for current, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            folder = Path(current)
+            if any(is_candidate(folder / f) for f in files):
+                found.append(folder)
+        return sorted(found)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            scan = state.scan(folder)
+        except OSError:  # removed while the pass runs
+            continue
+        if scan.candidates:
             found.append(folder)
+        stack.extend(folder / name for name in scan.dirs)
     return sorted(found)
 
 
@@ -7650,19 +7775,38 @@ def write_json_file(path: Path, value: dict[str, Any]) -> None:
         handle.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
 
 
-def marker_done(folder: Path, action: str) -> bool:
-    """Tell whether the folder's done marker says this action finished there.
+#: marker_actions() of a marker that names no action (unreadable, or written by a
+#: version that did not say): done for every action, so nothing runs twice on a guess.
+EVERY_ACTION = "*"
 
-    A marker of another action (``-j`` done, now ``-x``) does not skip the folder.
+
+def marker_actions(folder: Path) -> frozenset[str]:
+    """Return the actions the folder's done marker says finished there (empty: no marker).
+
+    Our markers name the action and keep earlier ones under ``earlier``; the original
+    DicomPressor's (``processed_at``, ``dicompressor_version``) name "merge".
     """
     marker = folder / DONE_MARKER
     if not marker.exists():
-        return False
+        return frozenset()
     data = read_json_file(marker)
-    if data is None:  # unreadable: do not run twice on a guess
-        return True
-    done = {data.get("action")} | {e.get("action") for e in data.get("earlier", [])}
-    return action in done or data.get("action") is None
+    if data is None or data.get("action") is None:
+        return frozenset({EVERY_ACTION})
+    earlier = data.get("earlier", [])
+    return frozenset(
+        str(e.get("action"))
+        for e in [data, *(earlier if isinstance(earlier, list) else [])]
+        if isinstance(e, dict)
+    )
+
+
+def marker_done(folder: Path, action: str, actions: frozenset[str] | None = None) -> bool:
+    """Tell whether the folder's done marker (or its cached actions) says action finished.
+
+    A marker of another action (``-j`` done, now ``-x``) does not skip the folder.
+    """
+    done = marker_actions(folder) if actions is None else actions
+    return action in done or EVERY_ACTION in done
 
 
 def sync_to_disk(paths: Iterable[Path]) -> None:
@@ -8108,6 +8252,58 @@ def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(state)
 
 
+@dataclasses.dataclass
+class WatchState:
+    """What a watch remembers between passes: folders that failed (with their files'
+    signature then), folders waiting to settle, and the scan state (--scan-state-file)."""
+
+    failed: dict[Path, tuple[tuple[str, int, int], ...]] = dataclasses.field(default_factory=dict)
+    waiting: set[Path] = dataclasses.field(default_factory=set)
+    scan: ScanState | None = None
+
+
+def ready_folders(
+    action: str,
+    root: Path,
+    *,
+    recursive: bool,
+    settle_s: float,
+    memory: WatchState,
+    clock: Callable[[], float] = time.time,
+    shard: tuple[int, int] | None = None,
+) -> list[Path]:
+    """Return the job folders a watch pass runs: not done, settled, changed since a failure."""
+    ready = []
+    try:
+        folders = (
+            job_folders(root, recursive=recursive, state=memory.scan) if root.is_dir() else []
+        )
+    except OSError as exc:
+        LOG.error("%s: %s", root, exc)
+        folders = []
+    for folder in folders:
+        done = memory.scan.done(folder, action) if memory.scan else marker_done(folder, action)
+        if done or (shard is not None and not in_shard(folder, root, *shard)):
+            continue
+        try:
+            state = folder_state(folder)
+        except DicomPressorError:
+            continue
+        if not state or memory.failed.get(folder) == state:
+            continue
+        newest_s = max(changed for _, _, changed in state) / 1e9
+        if clock() - newest_s < settle_s:
+            if folder not in memory.waiting:
+                LOG.info(
+                    "%s: files still changing, waiting %gs for them to settle", folder, settle_s
+                )
+                memory.waiting.add(folder)
+            continue
+        memory.waiting.discard(folder)
+        ready.append(folder)
+    return ready
+
+
 def watch(
     action: str,
     root: Path,
@@ -8122,56 +8318,40 @@ def watch(
     stop: StopFlag,
     clock: Callable[[], float] = time.time,
     shard: tuple[int, int] | None = None,
+    scan_state: ScanState | None = None,
 ) -> None:
     """Process new or changed job folders under root every interval_s until stopped.
 
     Folders with a done marker are skipped; a folder with a file changed within
     settle_s waits for a later pass (it may still be being copied in); a folder that
-    failed is tried again only when its files change.
+    failed is tried again only when its files change. A scan state is saved after
+    every pass.
     """
-    failed: dict[Path, tuple[tuple[str, int, int], ...]] = {}
-    waiting: set[Path] = set()
+    memory = WatchState(scan=scan_state)
     while not stop.is_set():
         started = clock()
-        ready = []
-        try:
-            folders = job_folders(root, recursive=recursive) if root.is_dir() else []
-        except OSError as exc:
-            LOG.error("%s: %s", root, exc)
-            folders = []
-        for folder in folders:
-            if marker_done(folder, action):
-                continue
-            if shard is not None and not in_shard(folder, root, *shard):
-                continue
-            try:
-                state = folder_state(folder)
-            except DicomPressorError:
-                continue
-            if not state or failed.get(folder) == state:
-                continue
-            newest_s = max(changed for _, _, changed in state) / 1e9
-            if clock() - newest_s < settle_s:
-                if folder not in waiting:
-                    LOG.info(
-                        "%s: files still changing, waiting %gs for them to settle",
-                        folder,
-                        settle_s,
-                    )
-                    waiting.add(folder)
-                continue
-            waiting.discard(folder)
-            ready.append((folder, None))
+        ready = ready_folders(
+            action,
+            root,
+            recursive=recursive,
+            settle_s=settle_s,
+            memory=memory,
+            clock=clock,
+            shard=shard,
+        )
 
         def report(outcome: JobOutcome) -> None:
             if outcome.status in ("FAILED", "PARTIAL"):
                 with contextlib.suppress(DicomPressorError):
-                    failed[outcome.folder] = folder_state(outcome.folder)
+                    memory.failed[outcome.folder] = folder_state(outcome.folder)
             else:
-                failed.pop(outcome.folder, None)
+                memory.failed.pop(outcome.folder, None)
             on_outcome(outcome)
 
-        run_jobs(action, ready, options, batch, workers=workers, on_outcome=report, stop=stop)
+        jobs = [(folder, None) for folder in ready]
+        run_jobs(action, jobs, options, batch, workers=workers, on_outcome=report, stop=stop)
+        if scan_state is not None:
+            scan_state.save()
         stop.wait(max(0.0, interval_s - (clock() - started)))
 
 
@@ -10348,7 +10528,7 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
 
 
 def _plan_jobs(
-    spec: ActionSpec, path: Path, recursive: bool
+    spec: ActionSpec, path: Path, recursive: bool, state: ScanState | None = None
 ) -> list[tuple[Path, list[Path] | None]]:
     """Turn the path into jobs: (folder, files) pairs; files None means "list it then"."""
     if path.is_file():
@@ -10357,10 +10537,10 @@ def _plan_jobs(
         raise DicomPressorError(f"{path}: no such file or folder", status=404)
     if spec.takes == TREE:
         files = []
-        for folder in job_folders(path, recursive=recursive):
+        for folder in job_folders(path, recursive=recursive, state=state):
             files.extend(list_inputs(folder))
         return [(path, files)]
-    return [(folder, None) for folder in job_folders(path, recursive=recursive)]
+    return [(folder, None) for folder in job_folders(path, recursive=recursive, state=state)]
 
 
 @contextlib.contextmanager
@@ -10489,6 +10669,10 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # as the original DicomPressor: no arguments, the help
+        parser.print_help()
+        return EXIT_OK
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on -h
@@ -10576,6 +10760,7 @@ def _run(
     """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
     show_progress = not args.quiet and not args.json
     report = _reporter(args, spec)
+    state = ScanState(args.scan_state_file, path) if args.scan_state_file else None
     if args.watch is not None:
         if not path.is_dir():
             print(f"error: {path}: not a folder to watch", file=sys.stderr)
@@ -10593,11 +10778,12 @@ def _run(
             on_outcome=report,
             stop=stop,
             shard=args.shard,
+            scan_state=state,
         )
         LOG.info("Stopped.")
         return EXIT_OK
     try:
-        jobs = _plan_jobs(spec, path, recursive)
+        jobs = _plan_jobs(spec, path, recursive, state)
     except DicomPressorError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -10621,10 +10807,21 @@ def _run(
             except DicomPressorError as exc:
                 print(f"error: {exc.message}", file=sys.stderr)
                 return EXIT_FAILED
-        if not jobs:  # an empty shard is a finished one
+        skipped = []
+        if state is not None and batch.skip_if_done:  # done by the cache, no marker read
+            skipped = [
+                JobOutcome(f, 0, None, skipped="already processed")
+                for f, _ in jobs
+                if state.done(f, action)
+            ]
+            known = {o.folder for o in skipped}
+            jobs = [(f, files) for f, files in jobs if f not in known]
+            for outcome in skipped:
+                report(outcome)
+        if not jobs and not skipped:  # an empty shard is a finished one
             return EXIT_OK
         try:
-            outcomes = run_jobs(
+            outcomes = skipped + run_jobs(
                 action,
                 jobs,
                 options,
@@ -10639,8 +10836,11 @@ def _run(
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-        if stop.is_set() and len(outcomes) < len(jobs):
-            LOG.warning("Stopped: %d folder(s) not processed", len(jobs) - len(outcomes))
+            if state is not None:
+                state.save()
+        if stop.is_set() and len(outcomes) < len(jobs) + len(skipped):
+            left = len(jobs) + len(skipped) - len(outcomes)
+            LOG.warning("Stopped: %d folder(s) not processed", left)
             return EXIT_PARTIAL
     if args.json:
         print(json.dumps(json_payload(spec, outcomes), indent=2, sort_keys=True, default=str))

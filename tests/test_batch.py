@@ -271,6 +271,105 @@ class TestSkipIfDone:
         assert sorted(p.name for p in folder.iterdir()) == ["x.dcm"]
 
 
+class TestOriginalMarker:
+    """A folder marked done by the original DicomPressor 1.0.3 counts as done."""
+
+    ORIGINAL = {
+        "processed_at": "2026-01-05T07:03:07.272475",
+        "action": "merge",
+        "results": ["ROE_JANE_series5_multiframe.dcm"],
+        "dicompressor_version": "1.0.3",
+    }
+
+    def test_merge_skips_and_another_action_keeps_it(self, tmp_path):
+        folder = make_tree(tmp_path / "root", 1, n=3)[0]
+        (folder / DONE).write_text(json.dumps(self.ORIGINAL, indent=2), encoding="utf-8")
+        code, out, err = run_cli("-j", "--skip-if-done", "-f", tmp_path / "root")
+        assert code == 0, err
+        assert lines(out) == [SKIPPED_DONE.format(folder)]
+        assert merged(folder) == []
+        code, out, err = run_cli("-x", "--codec", "rle", "--skip-if-done", "-f", tmp_path / "root")
+        assert code == 0, err
+        marker = json.loads((folder / DONE).read_text(encoding="utf-8"))
+        assert marker["action"] == "compress_lossless"
+        assert marker["earlier"] == [self.ORIGINAL]
+        code, out, err = run_cli("-j", "--skip-if-done", "-f", tmp_path / "root")
+        assert lines(out) == [SKIPPED_DONE.format(folder)]  # still done for merge
+
+
+class TestScanState:
+    """--scan-state-file: a pass lists only the folders whose time changed."""
+
+    def test_second_pass_lists_nothing_and_finds_the_same_jobs(self, tmp_path):
+        root = tmp_path / "root"
+        folders = make_tree(root, 4, n=2, rows=8, cols=8)
+        (root / "p9" / "empty").mkdir(parents=True)  # a folder without DICOM files
+        state_file = tmp_path / "state" / "scan.json"
+        first = dicompressor.ScanState(state_file, root)
+        found = dicompressor.job_folders(root, recursive=True, state=first)
+        assert found == folders == dicompressor.job_folders(root, recursive=True)
+        assert first.listed == 11  # root, p0..p3 with their series, p9, p9/empty
+        first.save()
+        second = dicompressor.ScanState(state_file, root)
+        assert dicompressor.job_folders(root, recursive=True, state=second) == folders
+        assert second.listed == 0
+        synth.make_series(root / "p9" / "empty", n=2, rows=8, cols=8, seed=9)
+        (folders[0] / "note.txt").write_text("x")  # a non-DICOM file changes p0/series
+        found = dicompressor.job_folders(root, recursive=True, state=second)
+        assert found == sorted([*folders, root / "p9" / "empty"])
+        assert second.listed == 2
+
+    def test_cli_skip_if_done_with_the_cache(self, tmp_path):
+        root = tmp_path / "root"
+        folders = make_tree(root, 3, n=2, rows=8, cols=8)
+        state_file = tmp_path / "scan.json"
+        args = ("-j", "--skip-if-done", "--scan-state-file", state_file, "-f", root)
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+        assert all(len(merged(f)) == 1 for f in folders)
+        data = json.loads(state_file.read_text(encoding="utf-8"))
+        assert (data["version"], data["root"]) == (1, str(root.absolute()))
+        code, out, err = run_cli(*args)
+        assert code == 0, err
+        assert sorted(lines(out)) == sorted(SKIPPED_DONE.format(f) for f in folders)
+        data = json.loads(state_file.read_text(encoding="utf-8"))
+        entry = data["folders"][str(folders[0].absolute())]
+        assert (entry["done"], entry["empty"], entry["actions"]) == (True, False, ["merge"])
+
+    def test_original_state_file_and_other_root(self, tmp_path, caplog):
+        root = tmp_path / "root"
+        folders = make_tree(root, 2, n=2, rows=8, cols=8)
+        state_file = tmp_path / "scan.json"
+        mtime = folders[0].stat().st_mtime_ns
+        original = {  # the original's entries: no subfolder list, so listed again
+            "version": 1,
+            "root": str(root.absolute()),
+            "folders": {str(folders[0].absolute()): {"mtime_ns": mtime, "empty": True}},
+        }
+        state_file.write_text(json.dumps(original), encoding="utf-8")
+        state = dicompressor.ScanState(state_file, root)
+        assert dicompressor.job_folders(root, recursive=True, state=state) == folders
+        other = dicompressor.ScanState(state_file, tmp_path)
+        assert other.folders == {}
+        assert f"{state_file} is for {root.absolute()}, not {tmp_path.absolute()}" in caplog.text
+
+    def test_watch_pass_with_the_cache(self, tmp_path):
+        root = tmp_path / "root"
+        folders = make_tree(root, 2, n=2, rows=8, cols=8)
+        (folders[0] / DONE).write_text(json.dumps({"action": "merge"}), encoding="utf-8")
+        memory = dicompressor.WatchState(scan=dicompressor.ScanState(tmp_path / "s.json", root))
+        ready = dicompressor.ready_folders(
+            "merge", root, recursive=True, settle_s=0, memory=memory
+        )
+        assert ready == [folders[1]]
+        memory.scan.save()
+        again = dicompressor.WatchState(scan=dicompressor.ScanState(tmp_path / "s.json", root))
+        assert dicompressor.ready_folders(
+            "merge", root, recursive=True, settle_s=0, memory=again
+        ) == [folders[1]]
+        assert again.scan.listed == 0
+
+
 # ---- --output-dir ----
 
 

@@ -35,6 +35,13 @@ class TestVersionAndHelp:
         assert code == 0
         assert dicompressor.__version__ in out
 
+    def test_no_arguments_print_the_help(self):
+        """As the original DicomPressor: run bare, it shows its help and exits 0."""
+        code, out, err = run_cli()
+        assert (code, err) == (0, "")
+        assert out.startswith("usage: dicompressor ")
+        assert "actions (one of):" in out
+
     def test_help_lists_the_flags(self):
         code, out, _ = run_cli("-h")
         assert code == 0

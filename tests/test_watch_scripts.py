@@ -65,15 +65,18 @@ def drop_series(watch_dir: Path, tmp_path: Path, *, n: int = 6) -> Path:
 class TestBashArguments:
     """Argument errors exit 2 with a message, before anything runs."""
 
-    def test_no_arguments(self):
+    def test_no_arguments_prints_the_help(self):
         proc = run_sh()
-        assert proc.returncode == 2
-        assert proc.stderr.strip() == (
-            "usage: dicompressor-watch.sh WATCH_DIR [INTERVAL_SECONDS] [OUTPUT_DIR]"
+        assert proc.returncode == 0
+        assert proc.stdout.splitlines()[0] == (
+            "usage: dicompressor-watch.sh WATCH_DIR [INTERVAL_SECONDS] [OUTPUT_DIR] "
+            "[LOG_FILE] [SCAN_STATE_FILE]"
         )
+        assert "SCAN_STATE_FILE   cache of folder times" in proc.stdout
+        assert proc.stderr == ""
 
     def test_too_many_arguments(self, tmp_path):
-        proc = run_sh(tmp_path, "5", tmp_path / "out", "extra")
+        proc = run_sh(tmp_path, "5", tmp_path / "out", "log", "state", "extra")
         assert proc.returncode == 2
         assert proc.stderr.startswith("usage: dicompressor-watch.sh WATCH_DIR")
 
@@ -90,6 +93,51 @@ class TestBashArguments:
         assert proc.stderr.strip() == (
             f"error: INTERVAL_SECONDS must be a whole number above 0, not '{interval}'"
         )
+
+
+ARGV_PRINTER = """#!/bin/sh
+# stands in for python: prints the arguments the wrapper hands over, one a line
+for arg in "$@"; do printf '%s\\n' "$arg"; done
+"""
+
+
+@needs_bash
+class TestBashOriginalArguments:
+    """The original's 4th and 5th arguments: LOG_FILE and SCAN_STATE_FILE."""
+
+    def handed_over(self, tmp_path: Path, *args: str | Path) -> list[str]:
+        printer = tmp_path / "argv.sh"
+        printer.write_text(ARGV_PRINTER)
+        printer.chmod(0o755)
+        proc = subprocess.run(
+            [BASH or "bash", str(SH), *(str(a) for a in args)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHON": str(printer)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        return lines[lines.index(str(ROOT / "dicompressor.py")) + 1 :]
+
+    def test_log_file_derives_the_scan_state(self, tmp_path):
+        logs = tmp_path / "logs"
+        got = self.handed_over(tmp_path, tmp_path, "60", tmp_path / "out", logs / "dp.log")
+        assert got == [
+            "-j", "--watch", "60", "-f", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+            "--log-file", str(logs / "dp.log"),
+            "--scan-state-file", str(logs / "dp.scan-state.json"),
+        ]  # fmt: skip
+
+    def test_scan_state_given_or_turned_off(self, tmp_path):
+        state = tmp_path / "state.json"
+        got = self.handed_over(tmp_path, tmp_path, "60", "", tmp_path / "dp.log", state)
+        assert got[-2:] == ["--scan-state-file", str(state)]
+        got = self.handed_over(tmp_path, tmp_path, "60", "", tmp_path / "dp.log", "")
+        assert got == ["-j", "--watch", "60", "-f", str(tmp_path), "--log-file",
+                       str(tmp_path / "dp.log")]  # fmt: skip
+        default = self.handed_over(tmp_path, tmp_path)
+        assert default == ["-j", "--watch", "300", "-f", str(tmp_path)]
 
 
 @needs_bash
@@ -185,30 +233,43 @@ def ps1_params(text: str) -> list[tuple[str, str | None]]:
 
 def sh_usage(text: str) -> list[str]:
     """Return the arguments of the usage line of the .sh wrapper."""
-    line = re.search(r'echo "usage: \$\(basename "\$0"\) (?P<args>[^"]+)"', text)
+    line = re.search(r'usage_line="usage: \$name (?P<args>[^"]+)"', text)
     assert line, "no usage line"
     return line["args"].split()
 
 
 def test_wrappers_take_the_same_parameters():
-    ps1 = ps1_params(PS1.read_text(encoding="utf-8"))
+    ps1_text = PS1.read_text(encoding="utf-8")
+    ps1 = ps1_params(ps1_text)
     sh_text = SH.read_text(encoding="utf-8")
     usage = sh_usage(sh_text)
-    assert usage == ["WATCH_DIR", "[INTERVAL_SECONDS]", "[OUTPUT_DIR]"]
-    assert [name for name, _ in ps1] == ["WatchDir", "IntervalSeconds", "OutputDir"]
-    as_sh = [re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper() for name, _ in ps1]
+    assert usage == [
+        "WATCH_DIR", "[INTERVAL_SECONDS]", "[OUTPUT_DIR]", "[LOG_FILE]", "[SCAN_STATE_FILE]"
+    ]  # fmt: skip
+    names = [name for name, _ in ps1]
+    assert names == ["WatchDir", "IntervalSeconds", "OutputDir", "LogFile", "ScanStateFile"]
+    as_sh = [re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper() for name in names]
     assert as_sh == [u.strip("[]") for u in usage]
-    # the same optional parameters, with the same defaults
-    assert [u.startswith("[") for u in usage] == [default is not None for _, default in ps1]
-    assert "Mandatory = $true" in PS1.read_text(encoding="utf-8").split("$WatchDir")[0]
     ps1_defaults = dict(ps1)
     assert ps1_defaults["IntervalSeconds"] == re.search(r"interval=\$\{2:-(\d+)\}", sh_text)[1]
-    assert ps1_defaults["OutputDir"] == '""'
-    assert re.search(r"output_dir=\$\{3:-\}", sh_text)
-    # both hand the same flags to dicompressor.py
-    assert "-j --watch" in sh_text.replace('"', "") or "(-j --watch" in sh_text
-    assert '"-j", "--watch"' in PS1.read_text(encoding="utf-8")
-    assert "--output-dir" in sh_text and '"--output-dir"' in PS1.read_text(encoding="utf-8")
-    assert "DICOMPRESSOR_OPTS" in sh_text and "$env:DICOMPRESSOR_OPTS" in PS1.read_text(
-        encoding="utf-8"
+    assert ps1_defaults["OutputDir"] == ps1_defaults["LogFile"] == '""'
+    # both hand the same flags to dicompressor.py, and print their help without arguments
+    assert "(-j --watch" in sh_text and '"-j", "--watch"' in ps1_text
+    for flag in ("--output-dir", "--log-file", "--scan-state-file"):
+        assert flag in sh_text and f'"{flag}"' in ps1_text, flag
+    assert "scan-state.json" in sh_text and "scan-state.json" in ps1_text
+    assert "DICOMPRESSOR_OPTS" in sh_text and "$env:DICOMPRESSOR_OPTS" in ps1_text
+    assert "exit 0" in ps1_text.split("if (-not $WatchDir)")[1].split("}")[0]
+
+
+def test_ps1_parses_as_powershell():
+    """PowerShell itself cannot be installed here: its tree-sitter grammar checks the syntax."""
+    tree_sitter = pytest.importorskip("tree_sitter", reason="pip install tree-sitter")
+    grammar = pytest.importorskip(
+        "tree_sitter_powershell", reason="pip install tree-sitter-powershell"
     )
+    parser = tree_sitter.Parser(tree_sitter.Language(grammar.language()))
+    tree = parser.parse(PS1.read_bytes())
+    assert not tree.root_node.has_error, "dicompressor-watch.ps1 has a syntax error"
+    broken = PS1.read_bytes().replace(b"if ($LogFile) {", b"if ($LogFile {", 1)
+    assert parser.parse(broken).root_node.has_error  # the check sees a broken script
