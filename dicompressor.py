@@ -10083,7 +10083,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         """
         self.log_error("code %d, message %s", code, message)
         line = one_line(getattr(self, "requestline", ""), limit=120)
-        method = self.command or "-"
+        method = one_line(self.command or "-", limit=40)
         methods = ", ".join(dict.fromkeys([*(r.method for r in ROUTES), "HEAD"]))
         words = {
             400: f"malformed request line {line!r}: send METHOD /path HTTP/1.1",
