@@ -75,15 +75,19 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - beyond one machine: shards and Dask
    - watch
 
-8. HTTP API: keys, sessions, process requests in a child process, OpenAPI, the web page,
-   routing and the handler, the server.
+8. HTTP API: keys, view tokens, sessions, process requests in a child process, uploads
+   (zip archives too), OpenAPI, the web page, byte ranges, routing and the handler, the
+   server.
    - keys
+   - view tokens
    - names
    - sessions and rate limits
    - process requests
    - request bodies
+   - zip archives
    - the OpenAPI description and the action list
    - the web page
+   - byte ranges and validators
    - routing and the handler
    - uploads, downloads, answers
    - the server
@@ -103,9 +107,11 @@ import bisect
 import contextlib
 import copy
 import dataclasses
+import email.utils
 import functools
 import hashlib
 import hmac
+import html
 import importlib.util
 import io
 import ipaddress
@@ -129,6 +135,7 @@ import time
 import types
 import uuid
 import warnings
+import zipfile
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -8397,6 +8404,19 @@ MERGED_ALIAS = "merged_multiframe.dcm"
 UPLOAD_FIELD = "files"
 
 
+#: The server's secret for view tokens, kept in the data folder with mode 0600 so that
+#: links survive a restart; deleting it revokes every token (a new one is made at start).
+VIEW_SECRET_FILE = ".view-secret"
+
+
+#: The query parameter of a view token (a link to one file of one session).
+VIEW_TOKEN_PARAM = "token"
+
+
+#: Hex digits of a view token: 128 bits of HMAC-SHA256.
+VIEW_TOKEN_HEX = 32
+
+
 MAX_UPLOAD_NAME_CHARS = 120
 
 
@@ -8496,6 +8516,50 @@ def resolve_api_keys(config: ServerConfig, environ: Mapping[str, str]) -> list[s
     return list(dict.fromkeys(keys))
 
 
+# ---- view tokens ----
+
+
+def load_view_secret(data_dir: Path) -> bytes:
+    """Return the view-token secret kept in the data folder; make it (mode 0600) if absent.
+
+    A file that is not 64 hex digits is replaced (every earlier token stops working); one
+    that others may read is narrowed to 0600.
+    """
+    path = data_dir / VIEW_SECRET_FILE
+    for _ in range(3):  # another server may be making it at this moment
+        try:
+            secret = path.read_bytes().strip()
+        except FileNotFoundError:
+            secret = None
+        if secret is not None:
+            if re.fullmatch(rb"[0-9a-f]{64}", secret):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, 0o600)
+                return secret
+            LOG.warning("%s holds no usable secret: a new one is made (old links stop)", path)
+            path.unlink()
+        secret = secrets.token_hex(32).encode("ascii")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            time.sleep(0.05)
+            continue
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret + b"\n")
+        return secret
+    raise DicomPressorError(f"cannot make the view-token secret {path}")
+
+
+def view_token(secret: bytes, session_id: str, name: str) -> str:
+    """Return the token that opens one file of one session, for as long as the session lives.
+
+    HMAC-SHA256 of the session id and the file's listed name under the server's secret:
+    it opens no other file, and it dies with its session (ids are never reused).
+    """
+    message = f"dicompressor view\n{session_id}\n{name}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:VIEW_TOKEN_HEX]
+
+
 # ---- names ----
 
 
@@ -8549,30 +8613,51 @@ def listed_files(folder: Path) -> dict[str, Path]:
 
 
 def _entries(
-    files: dict[str, Path], link: Callable[[str], str] | None = None
+    files: dict[str, Path], links: Callable[[str], dict[str, str]] | None = None
 ) -> list[dict[str, Any]]:
-    """Return the spec's ``[{"name", "size"}]`` list of a listing (with ``view_url``)."""
+    """Return the spec's ``[{"name", "size"}]`` list of a listing (with its links)."""
     out = []
     for name, path in files.items():
         with contextlib.suppress(OSError):
             entry: dict[str, Any] = {"name": name, "size": path.stat().st_size}
-            if link is not None:
-                entry["view_url"] = link(name)
+            if links is not None:
+                entry.update(links(name))
             out.append(entry)
     return out
 
 
-def volview_link(volview_url: str, public_url: str, session_id: str, name: str, key: str) -> str:
-    """Return a link that opens a session file in VolView (the spec's ``?urls=`` form).
+def file_links(
+    volview_url: str, public_url: str, session_id: str, name: str, token: str
+) -> dict[str, str]:
+    """Return a session file's ``view_url`` (VolView's ``?urls=`` form) and ``download_url``.
 
-    The view URL carries the key as ``?api_key=`` because VolView sends no custom
-    headers; the whole view URL is URL-encoded into VolView's ``urls`` parameter.
+    Both carry the file's view token, never an API key: VolView sends no custom headers,
+    and a third-party site logs the URLs it is given. The view URL is URL-encoded whole
+    into VolView's ``urls`` parameter.
     """
-    view = (
-        f"{public_url.rstrip('/')}/api/view/{quote(session_id, safe='')}/"
-        f"{quote(name, safe='/')}?api_key={quote(key, safe='')}"
-    )
-    return f"{volview_url.rstrip('/')}/?urls={quote(view, safe='')}"
+    path = f"{quote(session_id, safe='')}/{quote(name, safe='/')}"
+    query = f"?{VIEW_TOKEN_PARAM}={token}"
+    base = public_url.rstrip("/")
+    view = f"{base}/api/view/{path}{query}"
+    return {
+        "view_url": f"{volview_url.rstrip('/')}/?urls={quote(view, safe='')}",
+        "download_url": f"{base}/api/download/{path}{query}",
+    }
+
+
+def unkeyed_file_urls(values: Sequence[str]) -> list[str]:
+    """Return the URLs of VolView ``urls`` values that name a file of this API (a view or
+    download path) but carry neither a view token nor an API key."""
+    found = []
+    for value in values:
+        for url in value.strip().strip("[]").split(","):
+            parts = urlsplit(url.strip())
+            if not re.search(r"/api/(view|download)/", parts.path):
+                continue
+            query = parse_qs(parts.query)
+            if VIEW_TOKEN_PARAM not in query and "api_key" not in query:
+                found.append(url.strip())
+    return found
 
 
 # ---- sessions and rate limits ----
@@ -8637,6 +8722,7 @@ class ServerState:
         self._sessions: dict[str, Session] = {}
         self._api_rate = RateLimiter(config.rate_limit_per_min)
         self._session_rate = RateLimiter(config.session_rate_limit_per_min)
+        self._view_secret = b""
 
     # -- keys and limits
 
@@ -8653,26 +8739,47 @@ class ServerState:
             ok |= hmac.compare_digest(presented, key)
         return ok
 
+    def view_token(self, session: Session, name: str) -> str:
+        """Return the token of a link to one file of a session."""
+        return view_token(self._view_secret, session.id, name)
+
+    def token_ok(self, session_text: str, name: str, token: str | None) -> bool:
+        """Tell whether token opens the file name of that session (constant time)."""
+        sid = canonical_session_id(session_text)
+        if sid is None or not token or not self._view_secret:
+            return False
+        try:
+            presented = token.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(presented, view_token(self._view_secret, sid, name).encode())
+
     def throttle(self, client: str, *, session_create: bool = False) -> None:
-        """Count one request of client; raise 429 with Retry-After past the limit."""
+        """Count one request of client; raise 429 with Retry-After past the limit.
+
+        The message names the limit and the server flag that sets it.
+        """
         limiter = self._session_rate if session_create else self._api_rate
         with self._lock:
             wait_s = limiter.take(client, self.config.monotonic())
         if wait_s > 0:
             what = "session creations" if session_create else "API requests"
+            flag = OPTIONS["session_rate_limit" if session_create else "rate_limit"].flag
             raise HTTPError(
                 429,
                 f"rate limit exceeded: at most {limiter.per_min} {what} per minute per "
-                f"client; retry in {math.ceil(wait_s)} s",
+                f"client (the server's {flag}; 0 means unlimited); retry in "
+                f"{math.ceil(wait_s)} s",
                 headers={"Retry-After": str(math.ceil(wait_s))},
             )
 
     # -- sessions
 
     def load(self) -> None:
-        """Take up the sessions left on disk by an earlier run; drop the expired ones."""
+        """Take up the view-token secret and the sessions left on disk; drop expired ones."""
         root = self.config.data_dir
         root.mkdir(parents=True, exist_ok=True)
+        self._view_secret = load_view_secret(root)
         for folder in sorted(root.iterdir()):
             sid = canonical_session_id(folder.name)
             if sid is None or sid != folder.name or not folder.is_dir():
@@ -8761,16 +8868,29 @@ class ServerState:
         with self._lock:
             return len(self._sessions)
 
-    def reserve_files(self, session: Session, count: int) -> None:
-        """Count count more input files in a session; 413 past max_files."""
+    def reserve_files(
+        self, session: Session, count: int, *, mine: int = 0, more_may_follow: bool = False
+    ) -> None:
+        """Count count more input files in a session; 413 past max_files.
+
+        mine: the slots this upload has taken already. The message counts the files the
+        session's input folder really holds, apart from those still arriving.
+        """
         with self._lock:
-            if session.file_count + count > self.config.max_files:
-                raise HTTPError(
-                    413,
-                    f"too many files: session {session.id} holds {session.file_count} "
-                    f"(limit {self.config.max_files} per session)",
-                )
-            session.file_count += count
+            if session.file_count + count <= self.config.max_files:
+                session.file_count += count
+                return
+            arriving = session.file_count
+        held = len(listed_files(session.input_dir))
+        others = max(0, arriving - mine - held)
+        adding = f"{mine + count}{' or more' if more_may_follow else ''}"
+        elsewhere = f" ({others} more are arriving in other uploads)" if others else ""
+        raise HTTPError(
+            413,
+            f"too many files: session {session.id} holds {held} file(s){elsewhere} and "
+            f"this upload adds {adding}, past the limit of {self.config.max_files} per "
+            "session",
+        )
 
     def release_files(self, session: Session, count: int) -> None:
         """Give back reserved file slots of an upload that failed."""
@@ -9032,21 +9152,124 @@ class BodyReader:
             pass
 
 
+# ---- zip archives ----
+
+
+#: Compression methods a zip entry may use: those every zip tool writes. bzip2 and LZMA
+#: are refused because their decompressors cannot bound the memory one read takes.
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+
+def is_zip_name(name: str) -> bool:
+    """Tell whether an uploaded file is a zip archive to unpack (by its ``.zip`` ending)."""
+    return name.lower().endswith(".zip")
+
+
+def archive_member_name(member: str) -> str | None:
+    """Return the input name of a zip entry, or None to pass it over.
+
+    Folders become part of the name (``a/b/x.dcm`` -> ``a_b_x.dcm``), so nested files
+    keep distinct names and nothing lands outside the session's input folder; ``.`` and
+    ``..`` are dropped. Hidden entries and macOS's ``__MACOSX`` folder are passed over.
+    """
+    parts = [p for p in member.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    return safe_upload_name("_".join(parts))
+
+
+@dataclasses.dataclass
+class ArchivePlan:
+    """An uploaded zip, checked: the entries to unpack and the names they get."""
+
+    path: Path
+    name: str
+    members: list[tuple[zipfile.ZipInfo, str]]
+
+    @property
+    def unpacked_bytes(self) -> int:
+        """What its entries take once unpacked (their declared sizes, which bound them)."""
+        return sum(info.file_size for info, _ in self.members)
+
+
+def _broken(name: str, reason: str) -> HTTPError:
+    """Return the 400 of an archive that cannot be unpacked, naming it."""
+    return HTTPError(400, f"broken zip archive {name!r}: {one_line(reason, limit=200)}")
+
+
+def plan_archive(path: Path, name: str) -> ArchivePlan:
+    """Read a zip's directory and choose what to unpack; 400 naming a broken archive.
+
+    Nothing is written here. Directories and symbolic links are passed over; an
+    encrypted entry, or one compressed other than stored or deflate, is refused.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise _broken(name, str(exc) or type(exc).__name__) from None
+    members = []
+    for info in infos:
+        if info.is_dir() or (info.external_attr >> 16) & 0o170000 == 0o120000:
+            continue
+        if info.flag_bits & 0x1:
+            raise HTTPError(
+                400,
+                f"zip archive {name!r}: entry {info.filename!r} is encrypted; "
+                "upload an unencrypted zip",
+            )
+        if info.compress_type not in ZIP_METHODS:
+            raise HTTPError(
+                400,
+                f"zip archive {name!r}: entry {info.filename!r} uses compression "
+                f"method {info.compress_type}; zip it again with deflate (the usual one)",
+            )
+        target = archive_member_name(info.filename)
+        if target is not None:
+            members.append((info, target))
+    if not members:
+        raise HTTPError(400, f"zip archive {name!r} holds no files to process")
+    return ArchivePlan(path, name, members)
+
+
+def unpack_archive(plan: ArchivePlan, folder: Path, staged: list[tuple[Path, str]]) -> None:
+    """Unpack the planned entries to hidden temp files in folder, appending them to staged.
+
+    zipfile stops every entry at its declared size and checks its CRC, so what is
+    written never exceeds ``plan.unpacked_bytes``; a damaged entry is a 400.
+    """
+    try:
+        with zipfile.ZipFile(plan.path) as archive:
+            for info, target in plan.members:
+                tmp = temp_path(folder / target)
+                staged.append((tmp, target))
+                with archive.open(info) as source, tmp.open("xb") as handle:
+                    shutil.copyfileobj(source, handle, UPLOAD_CHUNK_BYTES)
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:
+        raise _broken(plan.name, str(exc) or type(exc).__name__) from None
+
+
 # ---- the OpenAPI description and the action list ----
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     """Return OpenAPI responses for error codes, each the spec's ``{"error": ...}``."""
     meaning = {
-        400: "Bad request: invalid JSON, unknown action, no files or bad params",
-        401: "Invalid or missing API key",
+        400: "Bad request: invalid JSON, unknown action, no files, bad params or a broken "
+        "zip archive",
+        401: "Invalid or missing API key (or view token)",
         404: "Unknown session or file",
         405: "Method not allowed on this path",
         409: "The session is busy with another process call",
-        413: "Upload too large, or too many files in the session",
+        413: "Upload too large (zip archives count unpacked), or too many files in the session",
+        414: "Request line longer than 65536 bytes",
+        416: "Range not satisfiable (see Content-Range: bytes */size)",
         429: "Rate limit exceeded (see Retry-After)",
+        431: "A header line longer than 65536 bytes, or more than 100 header fields",
+        501: "A method this API does not implement on any path (PUT, PATCH...)",
         503: "Maximum number of sessions reached",
         504: "Processing exceeded the time limit",
+        505: "HTTP version not supported (use HTTP/1.1)",
     }
     out: dict[str, Any] = {}
     for code in codes:
@@ -9057,6 +9280,10 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         if code == 429:
             response["headers"] = {
                 "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+            }
+        if code == 416:
+            response["headers"] = {
+                "Content-Range": {"schema": {"type": "string"}, "description": "bytes */SIZE"}
             }
         out[str(code)] = response
     return out
@@ -9153,11 +9380,38 @@ _HTML_PAGE = {
     "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE_CONTENT = {"application/octet-stream": _BINARY, "application/dicom": _BINARY}
+_VALIDATORS = {
+    "ETag": {"schema": {"type": "string"}, "description": "changes when the file does"},
+    "Last-Modified": {"schema": {"type": "string"}, "description": "an HTTP date"},
+}
 _A_FILE = {
     "200": {
-        "description": "The file",
-        "content": {"application/octet-stream": _BINARY, "application/dicom": _BINARY},
-    }
+        "description": "The file (Accept-Ranges: bytes)",
+        "headers": _VALIDATORS,
+        "content": _FILE_CONTENT,
+    },
+    "206": {
+        "description": "The part a Range header asked for (one range of bytes)",
+        "headers": {
+            "Content-Range": {"schema": {"type": "string"}, "description": "bytes A-B/SIZE"},
+            **_VALIDATORS,
+        },
+        "content": _FILE_CONTENT,
+    },
+    "304": {"description": "Not modified (If-None-Match or If-Modified-Since)"},
+}
+#: Errors every request can meet, whatever its path.
+_ANY_REQUEST_ERRORS = (431,)
+#: Errors answered before a request is routed (so no operation owns them); OpenAPI lists
+#: them under components/responses, and the info says so.
+_UNROUTED_ERRORS = {
+    "MalformedRequest": "400: a malformed request line",
+    "RequestLineTooLong": "414: a request line longer than 65536 bytes",
+    "HeaderFieldsTooLarge": "431: a header line longer than 65536 bytes or more than 100 "
+    "header fields",
+    "MethodNotImplemented": "501: a method this API implements on no path (PUT, PATCH...)",
+    "HTTPVersionNotSupported": "505: an HTTP version other than 1.x",
 }
 _MULTIPART_FILES = {
     "required": True,
@@ -9193,7 +9447,10 @@ class Route:
 
     ``path`` is OpenAPI's form (``/api/view/{session_id}/{name}``); a trailing slash also
     matches without it. ``ok`` holds the OpenAPI responses of success, ``errors`` the
-    error statuses it answers, ``body`` its request body; ``auth`` says it needs a key.
+    error statuses it answers, ``body`` its request body; ``auth`` says it needs a key,
+    ``token`` that a view token for its one file (``?token=``) does too, ``cors`` that its
+    answers, errors included, carry the CORS headers (a viewer on another site can then
+    show why it failed).
     """
 
     method: str
@@ -9205,6 +9462,8 @@ class Route:
     body: Mapping[str, Any] | None = None
     auth: bool = True
     query: tuple[str, ...] = ()
+    token: bool = False
+    cors: bool = False
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -9236,19 +9495,26 @@ class Route:
         operation: dict[str, Any] = {"summary": self.summary, "operationId": self.operation_id}
         if self.auth:
             operation["security"] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+            if self.token:
+                operation["security"].append({"ViewToken": []})
         if parameters:
             operation["parameters"] = parameters
         if self.body is not None:
             operation["requestBody"] = self.body
-        operation["responses"] = {**self.ok, **_error_responses(*self.errors)}
+        errors = sorted({*self.errors, *_ANY_REQUEST_ERRORS})
+        operation["responses"] = {**self.ok, **_error_responses(*errors)}
         return operation
 
 
 ROUTES = (
     Route("GET", "/", "index_page", "The web page", _HTML_PAGE, auth=False),
     Route("GET", "/volview/", "volview_redirect",
-          "Redirect to the configured VolView, keeping the query",
-          {"302": {"description": "Redirect to VolView"}}, auth=False, query=("urls",)),
+          "Redirect to the configured VolView, keeping the query (a page saying to use the "
+          "file's view_url when the link to this server carries neither token nor key)",
+          {"302": {"description": "Redirect to VolView"},
+           "400": {"description": "The link cannot work: a page in plain words",
+                   "content": {"text/html": {"schema": {"type": "string"}}}}},
+          auth=False, query=("urls",)),
     Route("GET", "/api/openapi.json", "openapi", "This description",
           {"200": _json_response("OpenAPI 3.1 document", None)}, auth=False),
     Route("GET", "/api/health", "health", "Health check (no key needed)",
@@ -9272,12 +9538,13 @@ ROUTES = (
           {"200": _json_response("The action ran", "ProcessResult")},
           (400, *_SESSION_ERRORS, 409, 504), _PROCESS_BODY),
     Route("GET", "/api/download/{session_id}/{name}", "download",
-          "Download a file (attachment, application/octet-stream)", _A_FILE, _SESSION_ERRORS),
+          "Download a file (attachment, application/octet-stream; Range, If-None-Match)",
+          _A_FILE, (*_SESSION_ERRORS, 416), token=True),
     Route("GET", "/api/view/{session_id}/{name}", "view",
-          "Serve a file inline as application/dicom (for VolView; CORS)", _A_FILE,
-          _SESSION_ERRORS),
+          "Serve a file inline as application/dicom (for VolView; CORS; Range, "
+          "If-None-Match)", _A_FILE, (*_SESSION_ERRORS, 416), token=True, cors=True),
     Route("OPTIONS", "/api/view/{session_id}/{name}", "view_preflight", "CORS preflight",
-          {"204": {"description": "CORS headers"}}, auth=False),
+          {"204": {"description": "CORS headers"}}, auth=False, cors=True),
 )  # fmt: skip
 
 
@@ -9315,7 +9582,15 @@ def api_schemas() -> dict[str, Any]:
     return {
         "Error": _object({"error": text}, "error"),
         "Health": _object(
-            {"status": text, "version": text, "session_ttl_s": {"type": "number"}},
+            {
+                "status": text,
+                "version": text,
+                "session_ttl_s": {"type": "number"},
+                "max_upload_bytes": count,
+                "max_files": count,
+                "rate_limit_per_min": {**count, "description": "0: unlimited"},
+                "session_rate_limit_per_min": {**count, "description": "0: unlimited"},
+            },
             "status",
             "version",
         ),  # fmt: skip
@@ -9328,7 +9603,15 @@ def api_schemas() -> dict[str, Any]:
             {
                 "name": text,
                 "size": count,
-                "view_url": {"type": "string", "description": "Opens it in VolView"},
+                "view_url": {
+                    "type": "string",
+                    "description": "Opens it in VolView (the link carries a view token "
+                    "for this one file, valid while the session lives)",
+                },
+                "download_url": {
+                    "type": "string",
+                    "description": "Downloads it without a key (the same view token)",
+                },
             },
             "name",
             "size",
@@ -9359,6 +9642,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = route.operation()
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -9367,7 +9651,14 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "description": "Upload, process (merge, split, compress, anonymize, export...) "
             "and download DICOM files. Every /api/ endpoint but health, actions and this "
             "document needs an API key, in the X-API-Key header or the api_key query "
-            "parameter.",
+            "parameter; download and view also open with the view token of a file's "
+            'view_url or download_url. Every error is JSON {"error": ...}, also those '
+            "answered before a request reaches an endpoint (components/responses): a "
+            "malformed request line (400), a request line over 65536 bytes (414), a "
+            "header line over 65536 bytes or more than 100 header fields (431), a method "
+            "the API implements on no path, such as PUT or PATCH (501; a known path with "
+            "another of its methods is 405 with Allow), and an HTTP version other than "
+            "1.x (505).",
         },
         "servers": [{"url": server_url}],
         "paths": paths,
@@ -9375,6 +9666,17 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "securitySchemes": {
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
                 "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+                "ViewToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": VIEW_TOKEN_PARAM,
+                    "description": "Opens one file of one session until the session "
+                    "expires; given in view_url and download_url",
+                },
+            },
+            "responses": {
+                name: {"description": why, "content": error_body}
+                for name, why in _UNROUTED_ERRORS.items()
             },
             "schemas": api_schemas(),
         },
@@ -9384,8 +9686,10 @@ def openapi_document(server_url: str) -> dict[str, Any]:
 # ---- the web page ----
 
 #: The page served at ``/``: plain HTML, CSS and JavaScript, no build step, no external
-#: assets. It uses the public API only (the key goes in the X-API-Key header; links for
-#: downloads and VolView carry it as ?api_key=).
+#: assets. It uses the public API only: the key goes in the X-API-Key header, links for
+#: downloads and VolView are the files' download_url and view_url (a view token, never
+#: the key). Uploads go in batches under the limits GET /api/health reports, and a 429
+#: is waited out (Retry-After) before the same request goes again.
 WEB_PAGE = """<!doctype html>
 <html lang="en">
 <head>
@@ -9431,12 +9735,14 @@ WEB_PAGE = """<!doctype html>
 </section>
 <section>
   <h2>2. Files</h2>
-  <div id="drop">Drop DICOM files or a folder here, or choose
+  <div id="drop">Drop DICOM files, .zip archives or a folder here, or choose
     <label>files <input id="files" type="file" multiple></label>
     <label>a folder <input id="folder" type="file" webkitdirectory multiple></label></div>
   <progress id="progress" value="0" max="1"></progress>
   <div id="upload-state" class="muted">No session yet.</div>
-  <div id="expiry" class="muted"></div>
+  <div id="wait-state" class="muted"></div>
+  <div><span id="expiry" class="muted"></span>
+    <button id="new-session" type="button">New session</button></div>
 </section>
 <section>
   <h2>3. Action</h2>
@@ -9463,9 +9769,12 @@ WEB_PAGE = """<!doctype html>
 <script>
 "use strict";
 let ACTIONS = {};  // GET /api/actions: the registry, so the form never lags the server
-const BATCH = 50;
+const BATCH = 50;          // files per upload request at most (the docs' fast batch)
+const PART_BYTES = 1024;   // room for each file's multipart header
+const MAX_WAITS = 30;      // 429s one request waits out before it gives up
 const $ = (id) => document.getElementById(id);
-let session = null, sessionTtl = 3600, created = 0;
+let session = null, sessionTtl = 3600, created = 0, held = 0, clock = null;
+let limits = {max_upload_bytes: 500 * 1048576, max_files: 2000};
 
 function say(text, cls) {
   const line = document.createElement("div");
@@ -9475,50 +9784,127 @@ function say(text, cls) {
   $("log").scrollTop = $("log").scrollHeight;
 }
 function key() { return $("key").value.trim(); }
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+async function waitOut(seconds, why) {
+  say("[WAIT] " + why.replace(/[.]?$/, ".") + " Waiting " + seconds +
+      " s (Retry-After), then going on.");
+  for (let left = seconds; left > 0; left--) {
+    $("wait-state").textContent = "Rate limit reached: going on in " + left + " s.";
+    await sleep(1000);
+  }
+  $("wait-state").textContent = "";
+}
 async function api(method, path, body, isJson) {
   const headers = {"X-API-Key": key()};
   if (isJson) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(path, {method, headers, body});
-  } catch (e) {
-    throw new Error("The server cannot be reached (" + e.message + ").");
-  }
-  let data = null;
-  try { data = await response.json(); } catch (e) { data = null; }
-  if (!response.ok) {
+  for (let waits = 0; ; waits++) {
+    let response;
+    try {
+      response = await fetch(path, {method, headers, body});
+    } catch (e) {
+      throw new Error("The server cannot be reached (" + e.message + ").");
+    }
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
     const why = data && data.error ? data.error : response.statusText;
-    const plain = {401: "The API key was refused. Check the key above.",
-                   413: "The upload is too large.", 429: "Too many requests: wait a moment.",
-                   503: "The server is busy (too many sessions).",
-                   504: "Processing took too long and was stopped."}[response.status];
-    throw new Error((plain ? plain + " " : "") + why);
+    if (response.status === 429 && waits < MAX_WAITS) {
+      const seconds = Math.max(1, parseInt(response.headers.get("Retry-After"), 10) || 1);
+      await waitOut(seconds, why);
+      continue;
+    }
+    if (!response.ok) {
+      const plain = {401: "The API key was refused. Check the key above.",
+                     413: "The upload is too large.", 429: "Too many requests.",
+                     503: "The server is busy (too many sessions).",
+                     504: "Processing took too long and was stopped."}[response.status];
+      throw new Error((plain ? plain + " " : "") + why);
+    }
+    return data;
   }
-  return data;
+}
+function showClock() {
+  if (!session) { $("expiry").textContent = "No session yet."; return; }
+  const left = Math.round((created + sessionTtl * 1000 - Date.now()) / 1000);
+  if (left <= 0) {
+    $("expiry").textContent = "Session " + session + " has expired; the next upload " +
+      "starts a new one.";
+    session = null; held = 0;
+    return;
+  }
+  const mm = Math.floor(left / 60), ss = String(left % 60).padStart(2, "0");
+  const at = new Date(created + sessionTtl * 1000).toLocaleTimeString();
+  $("expiry").textContent = "Session " + session + " expires in " + mm + ":" + ss +
+    " (at " + at + ").";
+}
+async function readLimits() {
+  const health = await api("GET", "/api/health");
+  if (health && health.session_ttl_s) sessionTtl = health.session_ttl_s;
+  if (health && health.max_upload_bytes) limits = health;
 }
 async function ensureSession() {
   if (session) return session;
-  const health = await api("GET", "/api/health");
-  if (health && health.session_ttl_s) sessionTtl = health.session_ttl_s;
+  await readLimits();
   session = (await api("POST", "/api/session")).session_id;
-  created = Date.now();
-  const expires = new Date(created + sessionTtl * 1000);
-  $("expiry").textContent = "Session " + session + " expires at " + expires.toLocaleTimeString();
+  created = Date.now(); held = 0;
+  if (!clock) clock = setInterval(showClock, 1000);
+  showClock();
   return session;
+}
+async function newSession() {
+  $("new-session").disabled = true;
+  try {
+    if (session) {
+      try { await api("DELETE", "/api/session/" + session); } catch (e) { /* gone already */ }
+      say("[INFO] Session " + session + " deleted.");
+    }
+    session = null;
+    $("results").textContent = ""; $("progress").value = 0;
+    $("upload-state").textContent = "No files yet.";
+    await ensureSession();
+    say("[INFO] New session " + session + ".");
+  } catch (e) { say(e.message, "error"); }
+  finally { $("new-session").disabled = false; }
+}
+function batches(files) {
+  // Cut the files into requests under the server's limits: BATCH files, max_upload_bytes.
+  const room = limits.max_upload_bytes - PART_BYTES;
+  const out = [];
+  let batch = [], bytes = 0;
+  for (const f of files) {
+    if (f.size + PART_BYTES > room) {
+      throw new Error(f.name + " is " + (f.size / 1048576).toFixed(1) + " MB: more than the " +
+        "server takes in one request (" + (limits.max_upload_bytes / 1048576).toFixed(0) +
+        " MB).");
+    }
+    if (batch.length && (batch.length >= BATCH || bytes + f.size + PART_BYTES > room)) {
+      out.push(batch); batch = []; bytes = 0;
+    }
+    batch.push(f); bytes += f.size + PART_BYTES;
+  }
+  if (batch.length) out.push(batch);
+  return out;
 }
 async function upload(files) {
   if (!files.length) return;
   try {
     await ensureSession();
+    const plain = files.filter((f) => !f.name.toLowerCase().endsWith(".zip")).length;
+    if (held + plain > limits.max_files) {
+      throw new Error("This session holds " + held + " file(s) and takes at most " +
+        limits.max_files + "; " + plain + " more do not fit. Start a new session or " +
+        "choose fewer files.");
+    }
+    const parts = batches(files);
     $("progress").max = files.length; $("progress").value = 0;
-    let done = 0;
-    for (let i = 0; i < files.length; i += BATCH) {
+    let sent = 0, done = 0;
+    for (const batch of parts) {
       const form = new FormData();
-      for (const f of files.slice(i, i + BATCH)) form.append("files", f, f.name);
+      for (const f of batch) form.append("files", f, f.name);
       const result = await api("POST", "/api/upload/" + session, form, false);
-      done += result.uploaded;
-      $("progress").value = Math.min(i + BATCH, files.length);
-      $("upload-state").textContent = "Uploaded " + done + " of " + files.length + " file(s).";
+      done += result.uploaded; held += result.uploaded; sent += batch.length;
+      $("progress").value = sent;
+      $("upload-state").textContent = "Uploaded " + done + " file(s) from " + sent + " of " +
+        files.length + " chosen (" + parts.length + " request(s)).";
     }
     say("[INFO] Uploaded " + done + " file(s).");
   } catch (e) { say(e.message, "error"); $("upload-state").textContent = e.message; }
@@ -9617,11 +10003,9 @@ async function run() {
     const rows = $("results"); rows.textContent = "";
     for (const f of result.output_files) {
       const tr = document.createElement("tr");
-      const q = "?api_key=" + encodeURIComponent(key());
       const cells = [document.createTextNode(f.name),
                      document.createTextNode((f.size / 1048576).toFixed(2) + " MB"),
-                     link("Download", "/api/download/" + session + "/" +
-                          encodeURIComponent(f.name) + q),
+                     link("Download", f.download_url),
                      f.view_url ? link("View in VolView", f.view_url)
                                 : document.createTextNode("")];
       cells[2].className = "download"; cells[2].setAttribute("download", f.name);
@@ -9640,8 +10024,13 @@ $("key-state").textContent = $("key").value ? "(remembered)" : "";
 $("save-key").addEventListener("click", () => {
   localStorage.setItem("dicompressor-key", key()); $("key-state").textContent = "(remembered)";
 });
-$("files").addEventListener("change", (e) => upload(Array.from(e.target.files)));
-$("folder").addEventListener("change", (e) => upload(Array.from(e.target.files)));
+function chosen(e) {  // take the files, then clear the input so a choice can be repeated
+  const files = Array.from(e.target.files);
+  e.target.value = "";
+  upload(files);
+}
+$("files").addEventListener("change", chosen);
+$("folder").addEventListener("change", chosen);
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -9655,10 +10044,105 @@ drop.addEventListener("drop", async (e) => {
   upload(files);
 });
 $("run").addEventListener("click", run);
+$("new-session").addEventListener("click", newSession);
+showClock();
 </script>
 </body>
 </html>
 """
+
+
+#: The page of a ``/volview/?urls=`` link whose file URL has neither token nor key
+#: (``{url}``: that URL, HTML-escaped).
+VOLVIEW_NO_TOKEN_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>This viewer link cannot open the file</title></head>
+<body style="font: 16px/1.5 system-ui, sans-serif; max-width: 44em; margin: 3em auto">
+<h1>This viewer link cannot open the file</h1>
+<p>The link asks VolView to load <code>{url}</code>. That address carries neither a view
+token nor an API key, so DicomPressor would refuse it, and VolView would only say that
+loading failed.</p>
+<p>Use the file's <b>view_url</b> instead. DicomPressor gives one for every result file: in
+the answer of <code>POST /api/process/&lt;session&gt;</code>, in
+<code>GET /api/files/&lt;session&gt;</code>, and as "View in VolView" on this server's web
+page. That link holds a token that opens this one file until its session expires; it never
+holds your API key.</p>
+</body>
+</html>
+"""
+
+
+# ---- byte ranges and validators ----
+
+
+def file_validators(stat: os.stat_result) -> tuple[str, str]:
+    """Return a file's ETag and Last-Modified; both change when the file is replaced."""
+    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}-{stat.st_ino:x}"'
+    return etag, email.utils.formatdate(stat.st_mtime, usegmt=True)
+
+
+def http_date(text: str) -> float | None:
+    """Return the POSIX time of an HTTP date, or None if it is not one."""
+    try:
+        return email.utils.parsedate_to_datetime(text.strip()).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def etag_listed(header: str, etag: str) -> bool:
+    """Tell whether an If-None-Match header names etag (weak comparison) or is ``*``."""
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+def not_modified(headers: Mapping[str, str], etag: str, mtime: float) -> bool:
+    """Tell whether a GET may be answered 304: If-None-Match, else If-Modified-Since."""
+    none_match = headers.get("If-None-Match")
+    if none_match is not None:
+        return etag_listed(none_match, etag)
+    since = http_date(headers.get("If-Modified-Since") or "")
+    return since is not None and int(mtime) <= since
+
+
+def range_applies(headers: Mapping[str, str], etag: str, mtime: float) -> bool:
+    """Tell whether to honour a Range header: If-Range, when sent, must still match."""
+    if_range = (headers.get("If-Range") or "").strip()
+    if not if_range:
+        return True
+    if if_range.startswith(('"', "W/")):
+        return if_range == etag  # a strong comparison: a weak tag never matches
+    when = http_date(if_range)
+    return when is not None and int(when) == int(mtime)
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """Return the first and last byte a Range header asks for; None: send the whole file.
+
+    One range of bytes is honoured (``bytes=0-99``, ``bytes=100-``, ``bytes=-100``);
+    another unit or a list of ranges is ignored (RFC 9110 lets a server send it all);
+    a malformed or unsatisfiable bytes range is 416 with ``Content-Range: bytes */size``.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    first = last = -1
+    if match and match[1]:
+        first = int(match[1])
+        last = min(int(match[2]), size - 1) if match[2] else size - 1
+        if match[2] and int(match[2]) < first:
+            last = -1
+    elif match and match[2] and int(match[2]) > 0:
+        first, last = max(0, size - int(match[2])), size - 1
+    if 0 <= first <= last:
+        return first, last
+    raise HTTPError(
+        416,
+        f"range {one_line(header, limit=80)!r} cannot be served: the file has {size} "
+        "bytes (ask for bytes=FIRST-LAST within them, or no Range for all of it)",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
 
 
 # ---- routing and the handler ----
@@ -9692,8 +10176,15 @@ class ApiHandler(BaseHTTPRequestHandler):
     server_version = f"DicomPressor/{__version__}"
 
     def setup(self) -> None:
-        """Give the connection the server's per-request socket timeout."""
+        """Give the connection the server's per-request socket timeout, and no Nagle delay.
+
+        Answers go out in one write each (``_start``); TCP_NODELAY also sends the tail of a
+        file or a lone small write at once instead of waiting for the client's delayed ACK
+        (about 40 ms on every request after the first on a kept-alive connection).
+        """
         self.timeout = self.server.state.config.request_timeout_s
+        with contextlib.suppress(OSError, AttributeError):
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().setup()
 
     def handle_one_request(self) -> None:
@@ -9703,6 +10194,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         pass it forever, so a timer cuts the connection when the request line and
         headers have not arrived within the request timeout.
         """
+        self._method, self._url_path, self._route = "-", "-", None
+        self._body, self._expect_100, self._headers_read = None, False, False
         deadline = threading.Timer(self.timeout or 30.0, self._cut_slow_client)
         deadline.daemon = True
         self._deadline = deadline
@@ -9721,6 +10214,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         """Parse the header; once it is in, the header deadline no longer applies."""
         ok = super().parse_request()
+        self._headers_read = ok
         deadline = getattr(self, "_deadline", None)
         if deadline is not None:
             deadline.cancel()
@@ -9758,27 +10252,45 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Answer the CORS preflight of /api/view."""
         self._dispatch("OPTIONS")
 
+    def send_error(
+        self, code: int, message: str | None = None, explain: str | None = None
+    ) -> None:
+        """Answer what http.server refuses itself (before routing) with the JSON error.
+
+        That is a malformed request line (400), a request line over 64 KiB (414), a header
+        line over 64 KiB or more than 100 header fields (431), a method no route has (501)
+        and an HTTP version other than 1.x (505). The connection is closed after it.
+        """
+        self.log_error("code %d, message %s", code, message)
+        line = one_line(getattr(self, "requestline", ""), limit=120)
+        method = one_line(self.command or "-", limit=40)
+        methods = ", ".join(dict.fromkeys([*(r.method for r in ROUTES), "HEAD"]))
+        words = {
+            400: f"malformed request line {line!r}: send METHOD /path HTTP/1.1",
+            414: "request line too long: more than 65536 bytes",
+            431: f"request header too large: {explain or message} (at most 65536 bytes a "
+            "line and 100 header fields)",
+            501: f"method {method} is not implemented: this API answers {methods}",
+            505: f"HTTP version not supported in {line!r}: use HTTP/1.1",
+        }
+        text = words.get(code) or f"{code} {self.responses.get(code, ('error',))[0]}: {message}"
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.0"  # so that the status line and headers go out
+        self._method = method
+        self._url_path = urlsplit(self.path).path if self.command else "-"
+        self.close_connection = True
+        self._send_error(code, text)
+
     def _dispatch(self, method: str) -> None:
         """Route one request and turn every failure into the spec's JSON error."""
         self._method = method
-        self._body: BodyReader | None = None
-        self._expect_100 = getattr(self, "_expect_100", False)
         url = urlsplit(self.path)
         self._url_path = url.path
         try:
             route, args = match_route(method, url.path)
-            client = self.client_address[0]
+            self._route = route
             if route.auth:
-                self.state.throttle(client)
-                query = parse_qs(url.query, errors="replace")
-                key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
-                self._key = key or ""
-                if not self.state.key_ok(key):
-                    raise HTTPError(
-                        401,
-                        f"invalid or missing API key: send it in the {API_KEY_HEADER} "
-                        "header or as ?api_key=",
-                    )
+                self._authorize(route, args, url.query)
             getattr(self, f"route_{route.handler}")(*args)
         except HTTPError as exc:
             self._send_error(exc.status, exc.message, exc.headers)
@@ -9792,6 +10304,31 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send_error(500, "internal error")
         finally:
             self._expect_100 = False
+
+    def _authorize(self, route: Route, args: tuple[str, ...], query_text: str) -> None:
+        """Count the request against the rate limit; 401 without a key (or a view token)."""
+        self.state.throttle(self.client_address[0])
+        query = parse_qs(query_text, errors="replace")
+        key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
+        if self.state.key_ok(key):
+            return
+        token = (query.get(VIEW_TOKEN_PARAM) or [None])[0]
+        if route.token and token is not None:
+            if self.state.token_ok(args[0], args[1], token):
+                return
+            raise HTTPError(
+                401,
+                f"invalid view token: it opens only the file it was made for "
+                f"({one_line(args[1], limit=120)!r} is not it, or the server's secret "
+                "changed); take the file's view_url or download_url from "
+                f"GET /api/files/{one_line(args[0], limit=40)}",
+            )
+        also = ", or open the file's view_url (it carries a token)" if route.token else ""
+        raise HTTPError(
+            401,
+            f"invalid or missing API key: send it in the {API_KEY_HEADER} header or as "
+            f"?api_key={also}",
+        )
 
     def _body_reader(self, limit_bytes: int) -> BodyReader:
         """Open the request body: 413 from Content-Length before reading any of it."""
@@ -9821,6 +10358,9 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _settle_body(self) -> None:
         """Before answering, drop a small unread body or mark the connection for closing."""
+        if not self._headers_read:  # http.server refused the request line or headers
+            self.close_connection = True
+            return
         if self._body is not None:  # a route read (part of) it: never drain an upload
             if not self._body.done:
                 self.close_connection = True
@@ -9840,15 +10380,38 @@ class ApiHandler(BaseHTTPRequestHandler):
         except (HTTPError, OSError):
             self.close_connection = True
 
-    def _start(self, status: int, headers: Mapping[str, str]) -> None:
-        """Send the status line and headers."""
+    def _start(self, status: int, headers: Mapping[str, str], body: bytes = b"") -> None:
+        """Send the status line, the headers and a small body in one write.
+
+        One write per answer: a header write followed by a body write would leave the
+        body waiting on the client's delayed ACK under Nagle's algorithm. The body is
+        left out for HEAD and 304.
+        """
         self._settle_body()
         self.send_response(status)
+        route = self._route
+        if route is not None and route.cors:
+            headers = {**self._cors_headers(), **headers}
         for name, value in headers.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        buffer = getattr(self, "_headers_buffer", None)
+        if buffer is None:  # an HTTP/0.9 request: no status line, no headers
+            buffer = self._headers_buffer = []
+        else:
+            buffer.append(b"\r\n")
+        if body and self._method != "HEAD" and status != 304:
+            buffer.append(body)
+        self.flush_headers()
+
+    def _cors_headers(self) -> dict[str, str]:
+        """The CORS headers of a route that a viewer on another site reads (errors too)."""
+        return {
+            "Access-Control-Allow-Origin": self.state.config.cors_origin,
+            "Access-Control-Expose-Headers": "Content-Disposition, Content-Length, "
+            "Content-Range, Accept-Ranges, ETag, Last-Modified, Retry-After",
+        }
 
     def _send_json(
         self, status: int, payload: Any, headers: Mapping[str, str] | None = None
@@ -9863,9 +10426,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                 "Cache-Control": "no-store",
                 **(headers or {}),
             },
+            body,
         )
-        if self._method != "HEAD":
-            self.wfile.write(body)
 
     def _send_error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None
@@ -9893,13 +10455,21 @@ class ApiHandler(BaseHTTPRequestHandler):
     # -- endpoints
 
     def route_health(self) -> None:
-        """``GET /api/health``: the server is up (no key needed), and its session TTL."""
+        """``GET /api/health``: the server is up (no key needed), its session TTL and limits.
+
+        The web page keeps its upload batches under these limits.
+        """
+        config = self.state.config
         self._send_json(
             200,
             {
                 "status": "ok",
                 "version": __version__,
-                "session_ttl_s": self.state.config.session_ttl_s,
+                "session_ttl_s": config.session_ttl_s,
+                "max_upload_bytes": config.max_upload_bytes,
+                "max_files": config.max_files,
+                "rate_limit_per_min": config.rate_limit_per_min,
+                "session_rate_limit_per_min": config.session_rate_limit_per_min,
             },
         )
 
@@ -9920,17 +10490,34 @@ class ApiHandler(BaseHTTPRequestHandler):
                 "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
             },
+            body,
         )
-        if self._method != "HEAD":
-            self.wfile.write(body)
 
     def route_openapi(self) -> None:
         """``GET /api/openapi.json``: the OpenAPI 3.1 description of this API."""
         self._send_json(200, openapi_document(self._public_url()))
 
     def route_volview_redirect(self) -> None:
-        """``GET /volview/?urls=...``: send the browser on to the configured VolView."""
+        """``GET /volview/?urls=...``: send the browser on to the configured VolView.
+
+        A link in the spec's form whose inner URL is a file of this API with neither a
+        view token nor a key could only end in VolView's bare 401: such a link gets a
+        page saying to use the file's view_url instead.
+        """
         query = urlsplit(self.path).query
+        for inner in unkeyed_file_urls(parse_qs(query).get("urls", [])):
+            body = VOLVIEW_NO_TOKEN_PAGE.format(url=html.escape(inner)).encode("utf-8")
+            self._start(
+                400,
+                {
+                    "Content-Type": "text/html; charset=utf-8",
+                    "Content-Length": str(len(body)),
+                    "Cache-Control": "no-store",
+                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                },
+                body,
+            )
+            return
         target = self.state.config.volview_url.rstrip("/") + "/" + (f"?{query}" if query else "")
         self._start(302, {"Location": target, "Content-Length": "0"})
 
@@ -9939,9 +10526,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._start(
             204,
             {
-                "Access-Control-Allow-Origin": self.state.config.cors_origin,
                 "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-                "Access-Control-Allow-Headers": f"Authorization, {API_KEY_HEADER}, Range",
+                "Access-Control-Allow-Headers": f"Authorization, {API_KEY_HEADER}, Range, "
+                "If-None-Match, If-Modified-Since, If-Range",
                 "Access-Control-Max-Age": "600",
                 "Content-Length": "0",
             },
@@ -9956,11 +10543,12 @@ class ApiHandler(BaseHTTPRequestHandler):
             host = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
         return f"http://{host}"
 
-    def _view_link(self, session: Session) -> Callable[[str], str]:
-        """Return a function giving the VolView link of a session file."""
+    def _links(self, session: Session) -> Callable[[str], dict[str, str]]:
+        """Return a function giving a session file's view_url and download_url (a token)."""
         base, volview = self._public_url(), self.state.config.volview_url
-        key = getattr(self, "_key", "")
-        return lambda name: volview_link(volview, base, session.id, name, key)
+        return lambda name: file_links(
+            volview, base, session.id, name, self.state.view_token(session, name)
+        )
 
     def route_create_session(self) -> None:
         """``POST /api/session``: ``{"session_id": UUID}``."""
@@ -9982,7 +10570,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             200,
             {
                 "input": _entries(listed_files(session.input_dir)),
-                "output": _entries(listed_files(session.output_dir), self._view_link(session)),
+                "output": _entries(listed_files(session.output_dir), self._links(session)),
             },
         )
 
@@ -10026,7 +10614,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             outcome = run_isolated(
                 spec, session.input_dir, inputs, options, self.state.config.process_timeout_s
             )
-        answer = process_response(spec, session, outcome, self._view_link(session))
+        answer = process_response(spec, session, outcome, self._links(session))
         self._send_json(200, answer)
 
     def route_download(self, sid: str, name: str) -> None:
@@ -10038,15 +10626,35 @@ class ApiHandler(BaseHTTPRequestHandler):
         self._send_file(self.state.get(sid), name, inline=True)
 
     def _send_file(self, session: Session, name: str, *, inline: bool) -> None:
-        """Send a session file found by name in output/ (then input/)."""
+        """Send a session file found by name in output/ (then input/).
+
+        Honours one byte range (206; 416 when it cannot be served) unless If-Range no
+        longer matches, and answers 304 to If-None-Match (or If-Modified-Since) naming
+        the file as it is. ETag and Last-Modified change when the file is replaced.
+        """
         path = find_session_file(session, name)
         try:
             handle = path.open("rb")
         except OSError:
             raise HTTPError(404, f"no file {name!r} in session {session.id}") from None
         with handle:
-            size = os.fstat(handle.fileno()).st_size
-            headers = {"Content-Length": str(size), "Cache-Control": "no-store"}
+            stat = os.fstat(handle.fileno())
+            size = stat.st_size
+            etag, modified = file_validators(stat)
+            headers = {"ETag": etag, "Last-Modified": modified, "Cache-Control": "no-store"}
+            if not_modified(self.headers, etag, stat.st_mtime):
+                self._start(304, headers)
+                return
+            first, last = 0, size - 1
+            status = 200
+            asked = self.headers.get("Range")
+            if asked and range_applies(self.headers, etag, stat.st_mtime):
+                span = byte_range(asked, size)
+                if span is not None:
+                    (first, last), status = span, 206
+                    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            headers["Accept-Ranges"] = "bytes"
+            headers["Content-Length"] = str(last - first + 1)
             disposition = content_disposition(path.name)
             if inline:
                 guessed = mimetypes.guess_type(path.name)[0]
@@ -10056,18 +10664,20 @@ class ApiHandler(BaseHTTPRequestHandler):
                     else "application/dicom"
                 )
                 headers["Content-Disposition"] = f"inline; {disposition}"
-                headers["Access-Control-Allow-Origin"] = self.state.config.cors_origin
-                headers["Access-Control-Expose-Headers"] = "Content-Disposition, Content-Length"
             else:
                 headers["Content-Type"] = "application/octet-stream"
                 headers["Content-Disposition"] = f"attachment; {disposition}"
-            self._start(200, headers)
-            if self._method == "HEAD":
+            self._start(status, headers)
+            if self._method == "HEAD" or last < first:
                 return
             try:
-                self.connection.sendfile(handle)
+                self.connection.sendfile(handle, first, last - first + 1)
             except (AttributeError, NotImplementedError):  # pragma: no cover
-                shutil.copyfileobj(handle, self.wfile, UPLOAD_CHUNK_BYTES)
+                handle.seek(first)
+                left = last - first + 1
+                while left > 0 and (chunk := handle.read(min(left, UPLOAD_CHUNK_BYTES))):
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
 
 
 # ---- uploads, downloads, answers ----
@@ -10084,24 +10694,29 @@ def receive_upload(
 ) -> list[str]:
     """Stream a multipart body's ``files`` parts to temp files; publish all or nothing.
 
-    Returns the names the files got in input/ (``_1``, ``_2``... for a taken name). A
-    truncated or oversized body, or a part past max_files, removes every part of it.
+    A ``.zip`` part is unpacked (``plan_archive``): its entries count against max_files
+    and their unpacked size, with the other files', against the upload limit before any
+    entry is written. Returns the names the files got in input/ (``_1``, ``_2``... for a
+    taken name), in the order of the parts. A truncated or oversized body, a broken
+    archive, or a part past max_files removes every file of the upload.
     """
+    parts: list[tuple[Path, str, bool]] = []  # (temp file, name, is a zip), in order
     staged: list[tuple[Path, str]] = []
     reserved = 0
     handle: BinaryIO | None = None
-    published: list[str] = []
     try:
         parser = multipart.PushMultipartParser(boundary, max_header_count=16)
         for event in parser.parse_blocking(reader.read, UPLOAD_CHUNK_BYTES):
             if isinstance(event, multipart.MultipartSegment):
                 if event.name == UPLOAD_FIELD and event.filename:
-                    state.reserve_files(session, 1)
-                    reserved += 1
                     name = safe_upload_name(event.filename)
+                    archive = is_zip_name(name)
+                    if not archive:
+                        state.reserve_files(session, 1, mine=reserved, more_may_follow=True)
+                        reserved += 1
                     tmp = temp_path(session.input_dir / name)
                     handle = tmp.open("xb")
-                    staged.append((tmp, name))
+                    parts.append((tmp, name, archive))
             elif event is None:
                 if handle is not None:
                     handle.close()
@@ -10109,12 +10724,32 @@ def receive_upload(
             elif handle is not None:
                 handle.write(event)
         reader.drain()
-        if not staged:
+        if not parts:
             raise HTTPError(
                 400, f"no files in the upload: send them in the multipart field {UPLOAD_FIELD!r}"
             )
-        for tmp, name in staged:
-            published.append(publish_new(tmp, session.input_dir / name).name)
+        plans = {tmp: plan_archive(tmp, name) for tmp, name, archive in parts if archive}
+        if plans:
+            plain = sum(tmp.stat().st_size for tmp, _, archive in parts if not archive)
+            unpacked = sum(plan.unpacked_bytes for plan in plans.values())
+            limit = state.config.max_upload_bytes
+            if plain + unpacked > limit:
+                sizes = ", ".join(f"{p.name} {p.unpacked_bytes}" for p in plans.values())
+                raise HTTPError(
+                    413,
+                    f"upload too large once unpacked: {plain + unpacked} bytes (zip archives: "
+                    f"{sizes}), more than the limit of {limit} bytes "
+                    f"({limit / 1048576:g} MB per request)",
+                )
+            entries = sum(len(plan.members) for plan in plans.values())
+            state.reserve_files(session, entries, mine=reserved)
+            reserved += entries
+        for tmp, name, archive in parts:
+            if archive:
+                unpack_archive(plans[tmp], session.input_dir, staged)
+            else:
+                staged.append((tmp, name))
+        published = [publish_new(tmp, session.input_dir / name).name for tmp, name in staged]
         staged.clear()
         reserved = 0
         return published
@@ -10123,7 +10758,8 @@ def receive_upload(
     finally:
         if handle is not None:
             handle.close()
-        for tmp, _ in staged:
+        leftovers = {tmp for tmp, _ in staged} | {tmp for tmp, _, _ in parts}
+        for tmp in leftovers:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         if reserved:
@@ -10166,13 +10802,19 @@ def process_response(
     spec: ActionSpec,
     session: Session,
     outcome: JobOutcome,
-    link: Callable[[str], str] | None = None,
+    links: Callable[[str], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Build the spec's process answer: success, action, log, output_files."""
+    """Build the spec's process answer: success, action, log, output_files.
+
+    The log names files relative to the session (``input/a.dcm``, ``output/b.dcm``),
+    never by the server's own paths.
+    """
     result = outcome.result
     log = (result.log + result.report) if result else []
     if outcome.error:
         log.append(f"[ERROR] {outcome.error}")
+    for folder in dict.fromkeys((str(session.folder), str(session.folder.resolve()))):
+        log = [line.replace(folder + os.sep, "").replace(folder, ".") for line in log]
     listing = listed_files(session.output_dir)
     by_path = {path.resolve(): name for name, path in listing.items()}
     names: list[str] = []
@@ -10187,7 +10829,7 @@ def process_response(
         "success": outcome.status in ("OK", "PARTIAL"),
         "action": spec.name,
         "log": "\n".join(log),
-        "output_files": _entries(files, link) if spec.writes_files else [],
+        "output_files": _entries(files, links) if spec.writes_files else [],
     }
 
 
@@ -10619,7 +11261,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     for option in OPTIONS.values():
         value = getattr(args, option.name) if option.scope == SERVER else None
         if value is not None:
-            values[option.field or option.name] = value * option.factor
+            values[option.field or option.name] = (
+                value * option.factor if option.factor != 1 else value  # paths, texts
+            )
     return ServerConfig(jobs=args.jobs, **values)
 
 

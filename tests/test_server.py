@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import io
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -334,7 +337,7 @@ class TestEndpoints:
         assert [{k: e[k] for k in ("name", "size")} for e in listing["output"]] == [
             {"name": name, "size": len(r.content)}
         ]
-        assert set(listing["output"][0]) == {"name", "size", "view_url"}
+        assert set(listing["output"][0]) == {"name", "size", "view_url", "download_url"}
         d = requests.delete(f"{api.url}/api/session/{sid}", headers=api.headers)
         assert d.status_code == 200 and not (api.data_dir / sid).exists()
         gone = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers)
@@ -648,7 +651,7 @@ class TestUploads:
             for p in api.data_dir.rglob("*")
             if p.is_file()
             and p.resolve().parent != (folder / "input").resolve()
-            and p.name != "session.json"
+            and p.name not in ("session.json", srv.VIEW_SECRET_FILE)
         ]
         assert outside == []
         assert sorted(p.name for p in (folder / "input").iterdir()) == sorted(stored)
@@ -850,3 +853,623 @@ class TestScale:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+# ---- issue 18: the API as its documentation's users run it ----
+
+
+def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send raw bytes to the server and return everything it answers until it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Split a raw HTTP answer into status, headers (lower-case names) and body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+class TestKeepAlive:
+    """Answers leave in one write on sockets without Nagle's delay (issue 18, item 1)."""
+
+    def test_one_write_per_answer_without_nagle(self, api: Running) -> None:
+        seen: list[tuple[int, int]] = []  # (TCP_NODELAY, writes) per request
+
+        class Observed(srv.ApiHandler):
+            def handle_one_request(self) -> None:
+                writes = [0]
+                write = self.wfile.write
+
+                def counted(data: bytes) -> int:
+                    writes[0] += 1
+                    return write(data)
+
+                self.wfile.write = counted  # type: ignore[method-assign]
+                super().handle_one_request()
+                if self.raw_requestline:
+                    nodelay = self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    seen.append((nodelay, writes[0]))
+
+        api.server.RequestHandlerClass = Observed
+        sid = api.session()
+        with requests.Session() as http:
+            http.headers.update(api.headers)
+            for _ in range(3):
+                assert http.get(f"{api.url}/api/health").status_code == 200
+            assert http.get(f"{api.url}/api/files/{sid}").json()["input"] == []
+            assert http.get(f"{api.url}/api/nothing").status_code == 404
+            assert http.get(f"{api.url}/").status_code == 200
+        assert len(seen) == 7
+        assert all(nodelay != 0 for nodelay, _ in seen), seen
+        assert [writes for _, writes in seen] == [1] * 7
+
+    def test_many_requests_on_one_connection(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        with requests.Session() as http:
+            http.headers.update(api.headers)
+            for path in dicoms:
+                with path.open("rb") as handle:
+                    r = http.post(f"{api.url}/api/upload/{sid}", files=[("files", handle)])
+                assert r.json()["files"] == [path.name]
+        assert sorted(p.name for p in (api.data_dir / sid / "input").iterdir()) == sorted(
+            p.name for p in dicoms
+        )
+
+
+class TestEveryErrorIsJson:
+    """What http.server refuses by itself is answered with ``{"error": ...}`` (item 2)."""
+
+    def test_unknown_methods_are_501_json(self, api: Running) -> None:
+        sid = api.session()
+        for method, path in (("PUT", "/api/health"), ("PATCH", f"/api/session/{sid}"),
+                             ("TRACE", "/"), ("PROPFIND", "/api/nothing")):  # fmt: skip
+            r = requests.request(method, api.url + path, headers=api.headers, data=b"x" * 10)
+            assert r.status_code == 501, (method, r.text)
+            assert r.headers["Content-Type"] == "application/json"
+            assert r.headers["Connection"] == "close"
+            assert r.json() == {
+                "error": f"method {method} is not implemented: this API answers GET, POST, "
+                "DELETE, OPTIONS, HEAD"
+            }
+        # a method the API has, on a path without it, stays 405 with Allow
+        r = requests.get(f"{api.url}/api/session", headers=api.headers)
+        assert r.status_code == 405 and r.headers["Allow"] == "POST"
+        assert r.json()["error"] == "GET is not allowed on /api/session: use POST"
+
+    @pytest.mark.parametrize(
+        ("request_line", "status", "error"),
+        [
+            (b"GARBAGE", 400, "malformed request line 'GARBAGE': send METHOD /path HTTP/1.1"),
+            (b"GET / HTTP/1.1 extra", 400,
+             "malformed request line 'GET / HTTP/1.1 extra': send METHOD /path HTTP/1.1"),
+            (b"GET / HTTP/x.y", 400,
+             "malformed request line 'GET / HTTP/x.y': send METHOD /path HTTP/1.1"),
+            (b"POST /api/session", 400,
+             "malformed request line 'POST /api/session': send METHOD /path HTTP/1.1"),
+            (b"GET /api/health HTTP/2.0", 505,
+             "HTTP version not supported in 'GET /api/health HTTP/2.0': use HTTP/1.1"),
+            (b"GET /" + b"a" * 70000 + b" HTTP/1.1", 414,
+             "request line too long: more than 65536 bytes"),
+        ],
+    )  # fmt: skip
+    def test_bad_request_lines(
+        self, api: Running, request_line: bytes, status: int, error: str
+    ) -> None:
+        answer = raw_exchange(api.url, request_line + b"\r\nHost: x\r\n\r\n")
+        code, headers, body = split_answer(answer)
+        assert (code, headers["content-type"], headers["connection"]) == (
+            status,
+            "application/json",
+            "close",
+        )
+        assert json.loads(body) == {"error": error}
+        assert int(headers["content-length"]) == len(body)
+
+    def test_oversized_headers_are_431_json(self, api: Running) -> None:
+        long_line = b"GET /api/health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n"
+        code, headers, body = split_answer(raw_exchange(api.url, long_line))
+        assert (code, headers["content-type"]) == (431, "application/json")
+        assert json.loads(body) == {
+            "error": "request header too large: got more than 65536 bytes when reading "
+            "header line (at most 65536 bytes a line and 100 header fields)"
+        }
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+        code, _, body = split_answer(
+            raw_exchange(api.url, b"GET /api/health HTTP/1.1\r\n" + many + b"\r\n")
+        )
+        assert code == 431
+        assert json.loads(body)["error"].startswith("request header too large: got more than 100")
+
+    def test_openapi_lists_them(self, api: Running) -> None:
+        document = requests.get(f"{api.url}/api/openapi.json", timeout=10).json()
+        unrouted = document["components"]["responses"]
+        assert {name: text["description"][:3] for name, text in unrouted.items()} == {
+            "MalformedRequest": "400",
+            "RequestLineTooLong": "414",
+            "HeaderFieldsTooLarge": "431",
+            "MethodNotImplemented": "501",
+            "HTTPVersionNotSupported": "505",
+        }
+        error = {"$ref": "#/components/schemas/Error"}
+        for response in unrouted.values():
+            assert response["content"]["application/json"]["schema"] == error
+        for item in document["paths"].values():
+            for operation in item.values():
+                assert "431" in operation["responses"]
+        assert "501" in document["info"]["description"]
+        download = document["paths"]["/api/download/{session_id}/{name}"]["get"]
+        assert {"200", "206", "304", "416"} <= set(download["responses"])
+
+
+class TestRangesAndValidators:
+    """Range, ETag, Last-Modified and If-None-Match on download and view (item 4)."""
+
+    @pytest.fixture
+    def blob(self, api: Running, tmp_path: Path) -> tuple[str, str, bytes]:
+        """A session holding a 3 MB file; return (session, name, its bytes)."""
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        path = tmp_path / "big.dcm"
+        path.write_bytes(data)
+        sid = api.session()
+        assert api.upload(sid, [path]).json()["files"] == ["big.dcm"]
+        return sid, "big.dcm", data
+
+    @pytest.mark.parametrize("route", ["download", "view"])
+    def test_ranges(self, api: Running, blob: tuple[str, str, bytes], route: str) -> None:
+        sid, name, data = blob
+        url = f"{api.url}/api/{route}/{sid}/{name}"
+        size = len(data)
+        whole = requests.get(url, headers=api.headers)
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers["Accept-Ranges"] == "bytes"
+        for asked, first, last in (
+            ("bytes=0-99", 0, 99),
+            ("bytes=100-", 100, size - 1),
+            ("bytes=-1000", size - 1000, size - 1),
+            ("bytes=5-", 5, size - 1),
+            (f"bytes={size - 10}-{size + 500}", size - 10, size - 1),
+        ):
+            r = requests.get(url, headers={**api.headers, "Range": asked})
+            assert r.status_code == 206, asked
+            assert r.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+            assert r.content == data[first : last + 1]
+            assert int(r.headers["Content-Length"]) == last - first + 1
+        for asked in (f"bytes={size}-", "bytes=10-5", "bytes=-0", "bytes=abc", "bytes="):
+            r = requests.get(url, headers={**api.headers, "Range": asked})
+            assert r.status_code == 416, asked
+            assert r.headers["Content-Range"] == f"bytes */{size}"
+            assert r.json()["error"].startswith(f"range {asked!r} cannot be served: the file")
+        for ignored in ("bytes=0-1,5-6", "items=0-5"):  # a list, another unit: all of it
+            r = requests.get(url, headers={**api.headers, "Range": ignored})
+            assert r.status_code == 200 and r.content == data
+        head = requests.head(url, headers={**api.headers, "Range": "bytes=10-19"})
+        assert head.status_code == 206 and head.headers["Content-Length"] == "10"
+        assert head.content == b""
+
+    def test_validators(self, api: Running, blob: tuple[str, str, bytes]) -> None:
+        sid, name, data = blob
+        url = f"{api.url}/api/download/{sid}/{name}"
+        first = requests.get(url, headers=api.headers)
+        etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+        stat = (api.data_dir / sid / "input" / name).stat()
+        assert modified == srv.email.utils.formatdate(stat.st_mtime, usegmt=True)
+        for conditional in (
+            {"If-None-Match": etag},
+            {"If-None-Match": f'"other", W/{etag}'},
+            {"If-None-Match": "*"},
+            {"If-Modified-Since": modified},
+        ):
+            r = requests.get(url, headers={**api.headers, **conditional})
+            assert r.status_code == 304, conditional
+            assert r.content == b"" and r.headers["ETag"] == etag
+        changed = requests.get(url, headers={**api.headers, "If-None-Match": '"other"'})
+        assert changed.status_code == 200 and changed.content == data
+        older = "Mon, 01 Jan 2001 00:00:00 GMT"
+        assert requests.get(url, headers={**api.headers, "If-Modified-Since": older}).ok
+        # If-Range: the range only while the file is the one the client has part of
+        ranged = {**api.headers, "Range": "bytes=0-9"}
+        assert requests.get(url, headers={**ranged, "If-Range": etag}).status_code == 206
+        assert requests.get(url, headers={**ranged, "If-Range": modified}).status_code == 206
+        stale = requests.get(url, headers={**ranged, "If-Range": '"other"'})
+        assert stale.status_code == 200 and stale.content == data
+        # a file replaced under the same name gets another ETag
+        (api.data_dir / sid / "input" / name).write_bytes(data[::-1])
+        again = requests.get(url, headers={**api.headers, "If-None-Match": etag})
+        assert again.status_code == 200 and again.content == data[::-1]
+        assert again.headers["ETag"] != etag
+
+    def test_curl_resumes_a_broken_download(
+        self, api: Running, blob: tuple[str, str, bytes], tmp_path: Path
+    ) -> None:
+        curl = shutil.which("curl")
+        if curl is None:
+            pytest.skip("curl not on PATH")
+        sid, name, data = blob
+        url = f"{api.url}/api/download/{sid}/{name}"
+        target = tmp_path / "resumed.dcm"
+        cut = len(data) * 9 // 10
+        # a transfer that breaks off at 90%: the client stops reading and hangs up
+        with requests.get(url, headers=api.headers, stream=True) as r, target.open("wb") as out:
+            got = 0
+            for chunk in r.iter_content(65536):
+                out.write(chunk[: cut - got])
+                got += len(chunk)
+                if got >= cut:
+                    break
+        assert target.stat().st_size == cut
+        proc = subprocess.run(
+            [curl, "-s", "-C", "-", "-o", str(target), "-w", "%{http_code}", "-H",
+             f"X-API-Key: {api.key}", url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stdout) == (0, "206"), proc.stderr
+        assert target.read_bytes() == data
+
+
+class TestRateLimitMessages:
+    """A 429 names the limit and the flag that sets it (item 5)."""
+
+    def test_429_names_limit_and_flag(self, start_server: Callable[..., Running]) -> None:
+        now = [1000.0]
+        api = start_server(
+            rate_limit_per_min=3, session_rate_limit_per_min=1, monotonic=lambda: now[0]
+        )
+        assert requests.post(f"{api.url}/api/session", headers=api.headers).ok
+        r = requests.post(f"{api.url}/api/session", headers=api.headers)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "60"
+        assert r.json() == {
+            "error": "rate limit exceeded: at most 1 session creations per minute per client "
+            "(the server's --session-rate-limit; 0 means unlimited); retry in 60 s"
+        }
+        assert requests.get(f"{api.url}/api/files/x", headers=api.headers).status_code == 404
+        r = requests.get(f"{api.url}/api/files/x", headers=api.headers)  # the 4th this minute
+        assert r.status_code == 429 and r.headers["Retry-After"] == "20"
+        assert r.json() == {
+            "error": "rate limit exceeded: at most 3 API requests per minute per client "
+            "(the server's --rate-limit; 0 means unlimited); retry in 20 s"
+        }
+
+    def test_health_reports_the_limits(self, start_server: Callable[..., Running]) -> None:
+        api = start_server(
+            max_upload_bytes=7 << 20, max_files=9, rate_limit_per_min=0,
+            session_rate_limit_per_min=4, session_ttl_s=120,
+        )  # fmt: skip
+        assert requests.get(f"{api.url}/api/health").json() == {
+            "status": "ok",
+            "version": srv.__version__,
+            "session_ttl_s": 120,
+            "max_upload_bytes": 7 << 20,
+            "max_files": 9,
+            "rate_limit_per_min": 0,
+            "session_rate_limit_per_min": 4,
+        }
+
+    def test_help_says_zero_is_unlimited(self) -> None:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "dicompressor.py"), "--help"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        text = " ".join(proc.stdout.split())
+        assert "--rate-limit N API requests per minute per IP (30; 0: unlimited)" in text
+        assert (
+            "--session-rate-limit N sessions created per minute per IP (5; 0: unlimited)" in text
+        )
+
+
+def readme_server_command() -> str:
+    """Return the README's command that runs the docs' cURL script unchanged on a local server."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## REST API and web page", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line
+        for line in section.splitlines()
+        if line.startswith("python3 dicompressor.py") and "--rate-limit 0" in line
+    ]
+    assert len(commands) == 1, commands
+    return commands[0].strip()
+
+
+class TestDocsCurlLoop:
+    """The docs' "Full Examples" cURL script, one file per request, against the limits."""
+
+    SCRIPT = textwrap.dedent(
+        """\
+        API="https://dicompressor.sitnov.work"
+        KEY="YOUR_KEY"
+        echo "Creating session..."
+        SESSION=$(curl -s -X POST -H "X-API-Key: $KEY" $API/api/session | jq -r .session_id)
+        echo "Session: $SESSION"
+        echo "Uploading files..."
+        for f in ./dicoms/*.dcm; do
+          curl -s -X POST \\
+            -H "X-API-Key: $KEY" \\
+            -F "files=@$f" \\
+            $API/api/upload/$SESSION > /dev/null
+        done
+        echo "Upload complete"
+        RESULT=$(curl -s -X POST \\
+          -H "X-API-Key: $KEY" \\
+          -H "Content-Type: application/json" \\
+          -d '{"action":"merge"}' \\
+          $API/api/process/$SESSION)
+        echo "Success: $(echo $RESULT | jq .success)"
+        """
+    )
+
+    def run_script(self, url: str, key: str, work: Path) -> str:
+        script = self.SCRIPT.replace(SPEC_API, url).replace("YOUR_KEY", key)
+        proc = subprocess.run(
+            ["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def test_readme_command_lets_the_script_run(
+        self, start_server: Callable[..., Running], tmp_path: Path
+    ) -> None:
+        if shutil.which("curl") is None or shutil.which("jq") is None:
+            pytest.skip("curl or jq not on PATH")
+        synth.make_series(tmp_path / "dicoms", n=40)  # more than 30 requests a minute
+        # the documented defaults (30 a minute; the clock stands still here): the session
+        # and 29 uploads pass, the rest and the merge get 429, hidden by the script
+        default = start_server(data_dir=tmp_path / "d1", monotonic=lambda: 1000.0)
+        out = self.run_script(default.url, default.key, tmp_path)
+        assert "Success: null" in out
+        sid = out.split("Session: ", 1)[1].split()[0]
+        assert len(list((tmp_path / "d1" / sid / "input").iterdir())) == 29
+        # the README's command, as written but for a free port and a data folder
+        command = readme_server_command()
+        assert command.startswith("python3 dicompressor.py --serve ") and "YOUR_KEY" in command
+        argv = command.split()[2:]
+        argv[argv.index("--port") + 1] = "0"
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "dicompressor.py"), *argv,
+             "--data-dir", str(tmp_path / "d2")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split(" on ", 1)[1].split(" ", 1)[0]
+            out = self.run_script(url, "YOUR_KEY", tmp_path)
+            assert "Success: true" in out
+            sid = out.split("Session: ", 1)[1].split()[0]
+            assert len(list((tmp_path / "d2" / sid / "input").iterdir())) == 40
+            merged = list((tmp_path / "d2" / sid / "output").glob("*_multiframe.dcm"))
+            assert [int(pydicom.dcmread(m).NumberOfFrames) for m in merged] == [40]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def make_zip(path: Path, entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    """Write a zip archive of entries {name in the archive: content}; return its path."""
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def patch_central_directory(path: Path, offset: int, fmt: str, value: int) -> None:
+    """Overwrite a field of the first central directory record (and the local header's
+    field at the same place for the flags and sizes), as a broken or hostile tool would."""
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into(fmt, data, central + offset, value)
+    local_offset = {8: 6, 24: 22}.get(offset)  # flags; uncompressed size
+    if local_offset is not None:
+        struct.pack_into(fmt, data, data.index(b"PK\x03\x04") + local_offset, value)
+    path.write_bytes(bytes(data))
+
+
+class TestZipUploads:
+    """A .zip among the files is unpacked into the session's input, safely (item 6)."""
+
+    def test_nested_names_and_a_merge(self, api: Running, tmp_path: Path) -> None:
+        series = sorted(synth.make_series(tmp_path / "s", n=4))
+        entries = {
+            f"study/series 1/{p.name}" if i % 2 else f"study/{p.name}": p.read_bytes()
+            for i, p in enumerate(series)
+        }
+        entries |= {
+            "a/b/x.bin": b"ab",
+            "a/x.bin": b"a",
+            "x.bin": b"top",
+            "a_b/x.bin": b"same flat name",
+            "study/": b"",  # a folder entry
+            "__MACOSX/study/._IMG0000.dcm": b"resource fork",
+            "study/.DS_Store": b"finder",
+        }
+        archive = make_zip(tmp_path / "Study.ZIP", entries)
+        sid = api.session()
+        r = api.upload(sid, [series[0], archive])
+        assert r.status_code == 200, r.text
+        flat = [
+            f"study_series_1_{p.name}" if i % 2 else f"study_{p.name}"
+            for i, p in enumerate(series)
+        ]
+        assert r.json() == {
+            "uploaded": 9,
+            "files": [series[0].name, *flat, "a_b_x.bin", "a_x.bin", "x.bin", "a_b_x_1.bin"],
+        }
+        folder = api.data_dir / sid / "input"
+        assert files_under(folder) == sorted(folder / n for n in r.json()["files"])
+        assert (folder / "a_b_x.bin").read_bytes() == b"ab"
+        assert (folder / "a_b_x_1.bin").read_bytes() == b"same flat name"
+        for path, name in zip(series, flat, strict=True):
+            assert (folder / name).read_bytes() == path.read_bytes()
+        result = api.process(sid, {"action": "merge"}).json()
+        assert result["success"], result["log"]
+        [merged] = result["output_files"]
+        r = requests.get(merged["download_url"], timeout=30)
+        assert int(pydicom.dcmread(io.BytesIO(r.content)).NumberOfFrames) == 4
+
+    def test_no_path_escapes(self, api: Running, tmp_path: Path) -> None:
+        hostile = {
+            "../../evil.dcm": b"1",
+            "/abs/evil.dcm": b"2",
+            "..\\..\\win.dcm": b"3",
+            "a/../../b.dcm": b"4",
+            "./../c.dcm": b"5",
+            "CON": b"6",
+            "sub/../../../../../../tmp/x.dcm": b"7",
+        }
+        archive = make_zip(tmp_path / "slip.zip", hostile)
+        sid = api.session()
+        r = api.upload(sid, [archive])
+        assert r.status_code == 200, r.text
+        assert r.json()["files"] == [
+            "evil.dcm", "abs_evil.dcm", "win.dcm", "a_b.dcm", "c.dcm", "_CON", "sub_tmp_x.dcm",
+        ]  # fmt: skip
+        outside = [
+            p
+            for p in api.data_dir.rglob("*")
+            if p.is_file() and p.parent != api.data_dir / sid / "input"
+        ]
+        assert sorted(p.name for p in outside) == sorted(["session.json", srv.VIEW_SECRET_FILE])
+        assert not (tmp_path / "evil.dcm").exists()
+
+    def test_unpacked_size_counts_before_writing(
+        self, start_server: Callable[..., Running], tmp_path: Path
+    ) -> None:
+        api = start_server(max_upload_bytes=1 << 20, **RELAXED)
+        sid = api.session()
+        plain = tmp_path / "plain.dcm"
+        plain.write_bytes(b"p" * 300_000)
+        zeros = b"\0" * 400_000
+        archive = make_zip(tmp_path / "two.zip", {"a.dcm": zeros, "b.dcm": zeros})
+        assert archive.stat().st_size < 10_000  # well under the limit as sent
+        r = api.upload(sid, [plain, archive])
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": "upload too large once unpacked: 1100000 bytes (zip archives: two.zip "
+            "800000), more than the limit of 1048576 bytes (1 MB per request)"
+        }
+        assert files_under(api.data_dir / sid / "input") == []
+        assert api.upload(sid, [archive]).json()["files"] == ["a.dcm", "b.dcm"]
+
+    def test_zip_bomb_is_413(self, start_server: Callable[..., Running], tmp_path: Path) -> None:
+        api = start_server(max_upload_bytes=8 << 20, **RELAXED)
+        bomb = tmp_path / "bomb.zip"
+        with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            with archive.open("zeros.dcm", "w", force_zip64=True) as entry:
+                for _ in range(64):
+                    entry.write(b"\0" * (1 << 20))  # 64 MB of zeros
+            for i in range(20):  # the same again under other names
+                archive.writestr(f"copy{i}.dcm", b"\0" * (1 << 20))
+        assert bomb.stat().st_size < 1 << 20
+        sid = api.session()
+        r = api.upload(sid, [bomb])
+        assert r.status_code == 413
+        assert r.json()["error"].startswith(
+            f"upload too large once unpacked: {(64 + 20) << 20} bytes (zip archives: "
+        )
+        assert files_under(api.data_dir / sid / "input") == []
+        assert api.state.get(sid).file_count == 0
+
+    def test_lying_sizes_are_a_broken_archive(self, api: Running, tmp_path: Path) -> None:
+        liar = make_zip(tmp_path / "liar.zip", {"big.dcm": b"A" * 100_000})
+        patch_central_directory(liar, 24, "<I", 10)  # says 10 bytes; unpacks to 100000
+        sid = api.session()
+        r = api.upload(sid, [liar])
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("broken zip archive 'liar.zip': ")
+        assert files_under(api.data_dir / sid / "input") == []
+
+    def test_entries_count_against_max_files(
+        self, start_server: Callable[..., Running], tmp_path: Path, dicoms: list[Path]
+    ) -> None:
+        api = start_server(max_files=5, **RELAXED)
+        sid = api.session()
+        assert api.upload(sid, dicoms[:2]).status_code == 200
+        archive = make_zip(tmp_path / "four.zip", {f"{i}.dcm": b"x" for i in range(4)})
+        r = api.upload(sid, [archive])
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": f"too many files: session {sid} holds 2 file(s) and this upload adds 4, "
+            "past the limit of 5 per session"
+        }
+        assert len(files_under(api.data_dir / sid / "input")) == 2
+        three = make_zip(tmp_path / "three.zip", {f"{i}.dcm": b"x" for i in range(3)})
+        assert api.upload(sid, [three]).json()["uploaded"] == 3
+
+    @pytest.mark.parametrize(
+        ("case", "error"),
+        [
+            ("not a zip", "broken zip archive 'case.zip': File is not a zip file"),
+            ("truncated", "broken zip archive 'case.zip': File is not a zip file"),
+            ("empty", "zip archive 'case.zip' holds no files to process"),
+            ("encrypted", "zip archive 'case.zip': entry 'a.dcm' is encrypted; upload an "
+             "unencrypted zip"),
+            ("bzip2", "zip archive 'case.zip': entry 'a.dcm' uses compression method 12; zip "
+             "it again with deflate (the usual one)"),
+        ],
+    )  # fmt: skip
+    def test_broken_archives_are_400(
+        self, api: Running, tmp_path: Path, dicoms: list[Path], case: str, error: str
+    ) -> None:
+        path = tmp_path / "case.zip"
+        if case == "not a zip":
+            path.write_bytes(b"this is not a zip archive at all" * 10)
+        elif case == "truncated":
+            make_zip(path, {"a.dcm": os.urandom(50_000)})
+            path.write_bytes(path.read_bytes()[:30_000])
+        elif case == "empty":
+            make_zip(path, {"folder/": b"", ".hidden": b"x"})
+        elif case == "encrypted":
+            make_zip(path, {"a.dcm": b"secret"}, zipfile.ZIP_STORED)
+            patch_central_directory(path, 8, "<H", 1)
+        else:
+            make_zip(path, {"a.dcm": b"data" * 100}, zipfile.ZIP_BZIP2)
+        sid = api.session()
+        r = api.upload(sid, [dicoms[0], path])
+        assert r.status_code == 400
+        assert r.json() == {"error": error}
+        assert files_under(api.data_dir / sid / "input") == []
+
+
+class TestSmallThings:
+    """info names files relative to the session; {} says the action is missing (item 8)."""
+
+    def test_info_log_names_files_relative_to_the_session(
+        self, api: Running, dicoms: list[Path]
+    ) -> None:
+        sid = api.session()
+        api.upload(sid, dicoms[:2])
+        log = api.process(sid, {"action": "info"}).json()["log"]
+        assert str(api.data_dir) not in log and str(api.data_dir.resolve()) not in log
+        files = [line.split(":", 1)[1].strip() for line in log.splitlines() if "File:" in line]
+        assert files == [f"input/{p.name}" for p in sorted(dicoms[:2])]
+
+    def test_empty_body_says_the_action_is_missing(self, api: Running, dicoms: list[Path]) -> None:
+        sid = api.session()
+        api.upload(sid, dicoms[:1])
+        for body in ({}, {"action": None}, {"options": {}}):
+            r = api.process(sid, body)
+            assert r.status_code == 400
+            assert r.json()["error"] == (
+                'no action given: send {"action": NAME} with one of ' + ", ".join(srv.ACTIONS)
+            )
+
+    def test_too_many_files_counts_what_the_session_holds(
+        self, start_server: Callable[..., Running], dicoms: list[Path]
+    ) -> None:
+        api = start_server(max_files=5, **RELAXED)
+        sid = api.session()
+        assert api.upload(sid, dicoms[:4]).status_code == 200
+        r = api.upload(sid, dicoms[4:])
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": f"too many files: session {sid} holds 4 file(s) and this upload adds 2 "
+            "or more, past the limit of 5 per session"
+        }
