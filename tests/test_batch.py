@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -336,7 +337,7 @@ class TestScanState:
         entry = data["folders"][str(folders[0].absolute())]
         assert (entry["done"], entry["empty"], entry["actions"]) == (True, False, ["merge"])
 
-    def test_original_state_file_and_other_root(self, tmp_path, caplog):
+    def test_original_state_file_and_other_root(self, tmp_path):
         root = tmp_path / "root"
         folders = make_tree(root, 2, n=2, rows=8, cols=8)
         state_file = tmp_path / "scan.json"
@@ -349,9 +350,18 @@ class TestScanState:
         state_file.write_text(json.dumps(original), encoding="utf-8")
         state = dicompressor.ScanState(state_file, root)
         assert dicompressor.job_folders(root, recursive=True, state=state) == folders
-        other = dicompressor.ScanState(state_file, tmp_path)
+        seen: list[str] = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+        dicompressor.LOG.addHandler(handler)
+        try:
+            other = dicompressor.ScanState(state_file, tmp_path)
+        finally:
+            dicompressor.LOG.removeHandler(handler)
         assert other.folders == {}
-        assert f"{state_file} is for {root.absolute()}, not {tmp_path.absolute()}" in caplog.text
+        assert seen == [
+            f"{state_file} is for {root.absolute()}, not {tmp_path.absolute()}; starting afresh"
+        ]
 
     def test_watch_pass_with_the_cache(self, tmp_path):
         root = tmp_path / "root"
