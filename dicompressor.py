@@ -5269,34 +5269,26 @@ def renumber_content_references(
     ``before`` is content_paths(ds) taken before items were removed.
     """
     old_of = {key: path for key, (path, _) in before.items()}
+    targets: dict[int, tuple[int, ...]] = {}  # the original target of each reference
     while True:
         now = content_paths(ds)
         new_of = {old_of[key]: path for key, (path, _) in now.items() if key in old_of}
-        dangling: list[Dataset] = []
-        for _, item in now.values():
-            if REFERENCED_CONTENT_ITEM not in item:
-                continue
-            target = tuple(int(v) for v in _as_list(item[REFERENCED_CONTENT_ITEM].value))
-            if target in new_of or target == (1,):
-                item[REFERENCED_CONTENT_ITEM].value = list(new_of.get(target, target))
-            else:
-                dangling.append(item)
+        new_of[(1,)] = (1,)
+        referring = [item for _, item in now.values() if REFERENCED_CONTENT_ITEM in item]
+        for item in referring:
+            value = _as_list(item[REFERENCED_CONTENT_ITEM].value)
+            targets.setdefault(id(item), tuple(int(v) for v in value))
+        dangling = {id(item) for item in referring if targets[id(item)] not in new_of}
         if not dangling:
+            for item in referring:
+                item[REFERENCED_CONTENT_ITEM].value = list(new_of[targets[id(item)]])
             return
-        gone = {id(item) for item in dangling}
         for parent in [ds, *(item for _, item in now.values())]:
             elem = parent.get(CONTENT_SEQUENCE)
-            if elem is not None and any(id(i) in gone for i in elem.value):
-                elem.value = [i for i in elem.value if id(i) not in gone]
+            if elem is not None and any(id(i) in dangling for i in elem.value):
+                elem.value = [i for i in elem.value if id(i) not in dangling]
                 if not elem.value:
                     del parent[CONTENT_SEQUENCE]
-
-
-def _as_list(value: Any) -> list[Any]:
-    """Return a single or multiple value as a list."""
-    return (
-        list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-    )
 
 
 #: A DA or DT value: year, month, day, and the rest of a DT (time, fraction, offset).
