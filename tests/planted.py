@@ -349,3 +349,22 @@ def make_sr(image: Dataset) -> Dataset:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.preamble = b"\0" * 128
     return ds
+
+
+#: What plant_copy puts into a copy of someone else's file.
+COPY_VALUES = ["COPYNAMEX", "COPYIDX", "COPYISSUERX", "COPYOTHERIDX", "COPYPRIVATEX"]
+
+
+def plant_copy(ds: Dataset) -> list[str]:
+    """Plant identifiers into a copy of a file nobody here wrote; return them.
+
+    At the top level (Patient's Name and ID), in nested sequences (Issuer of Accession
+    Number Sequence, Other Patient IDs Sequence) and in a private block.
+    """
+    ds.PatientName, ds.PatientID = COPY_VALUES[0], COPY_VALUES[1]
+    ds.IssuerOfAccessionNumberSequence = [issuer(COPY_VALUES[2])]
+    other = Dataset()
+    other.PatientID, other.TypeOfPatientID = COPY_VALUES[3], "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+    ds.private_block(0x0029, "PLANTED", create=True).add_new(0x01, "LO", COPY_VALUES[4])
+    return list(COPY_VALUES)
