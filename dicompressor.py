@@ -5087,8 +5087,8 @@ def _apply(
         empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
         ds[tag] = DataElement(tag, vr, empty)
     elif vr == "SQ":  # D, U, K, C and G keep a sequence and clean what it holds
-        if mode == "dummy" or code in ("D", "G"):
-            inner = "dummy"
+        if code in ("D", "G") or (mode == "dummy" and int(tag) not in job.actions):
+            inner = "dummy"  # (a sequence an option keeps is cleaned as one, not dummied)
         else:
             inner = "content" if code == "C" else ""
         _clean_items(ds, tag, job, inner, code)
@@ -5098,9 +5098,9 @@ def _apply(
             elem = ds[tag]
             elem.value = _new_uids(elem.value, job.uids, all_uids=code in ("U", "D"))
     elif code == "M" and vr in ("DA", "DT"):
-        elem = ds[tag]
-        if elem.value not in (None, ""):
-            moved = shift_date(vr, str(elem.value), job.shift_days)
+        text = "\\".join(str(v) for v in _as_list(ds[tag].value))
+        if text:
+            moved = shift_date(vr, text, job.shift_days)
             ds[tag] = DataElement(tag, vr, moved if moved is not None else DUMMY_VALUES[vr])
     elif code == "D":
         dummy = b"" if vr in BINARY_VRS else DUMMY_VALUES.get(vr)

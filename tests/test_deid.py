@@ -362,6 +362,60 @@ class TestOptions:
         report = by_name(outputs, "report")
         assert (dp_date(item_named(report, "Study Date").Date) - dp_date("20170102")).days == days
 
+    @pytest.mark.parametrize(
+        ("vr", "value", "days", "moved"),
+        [
+            ("DA", "20190304", -3, "20190301"),
+            ("DA", "20190301\\20200229", -1, "20190228\\20200228"),
+            ("DA", "2019.03.04", 1, "20190305"),
+            ("DT", "20190301000501.25+0100", -1, "20190228000501.25+0100"),
+            ("DT", "201903", -40, "201901"),
+            ("DT", "2019", -400, "2017"),
+            ("DA", "2019", -1, None),
+            ("DA", "yesterday", -1, None),
+            ("DT", "00010101", -1, None),
+        ],
+    )
+    def test_shift_date_values(self, vr, value, days, moved):
+        assert dp.shift_date(vr, value, days) == moved
+
+    def test_shift_in_a_dataset(self):
+        ds = Dataset()
+        ds.CalibrationDate = ["20200102", "20200103"]  # VM 1-n, unlisted in the option
+        ds.StudyDate, ds.AcquisitionDateTime = "20200102", "20200102235959"
+        ds.StudyTime, ds.PatientBirthDate = "235959", "19500101"
+        choice = dp.ProfileChoice(shift_dates=True)
+        actions = dp.profile_actions(choice)
+        dp.deidentify_dataset(
+            ds, actions, dp.UidMap("k"), replace_uids=True, choice=choice, shift_days=-2
+        )
+        # the Modified Dates column cleans (shifts) it although the Basic Profile removes it
+        assert list(ds.CalibrationDate) == ["20191231", "20200101"]
+        assert (ds.StudyDate, ds.AcquisitionDateTime) == ("20191231", "20191231235959")
+        assert (ds.StudyTime, ds.PatientBirthDate or "") == ("235959", "")
+        basic = Dataset()
+        basic.CalibrationDate = "20200102"
+        dp.deidentify_dataset(basic, dp.profile_actions(dp.ProfileChoice()), dp.UidMap("k"),
+                              replace_uids=True)  # fmt: skip
+        assert "CalibrationDate" not in basic
+
+    def test_an_option_keeps_a_sequence_inside_a_dummy_one(self):
+        ds = Dataset()
+        person = Dataset()
+        person.InstitutionName = "KEPTX"
+        person.InstitutionCodeSequence = [Dataset()]
+        person.InstitutionCodeSequence[0].CodeValue = "INST1"
+        person.InstitutionCodeSequence[0].CodingSchemeDesignator = "99LOCAL"
+        person.InstitutionCodeSequence[0].CodeMeaning = "Kept Institute"
+        ds.OperatorIdentificationSequence = [person]  # D: its text gets dummy values
+        choice = dp.ProfileChoice(keep_institution_identity=True)
+        dp.deidentify_dataset(
+            ds, dp.profile_actions(choice), dp.UidMap("k"), replace_uids=True, choice=choice
+        )
+        kept = ds.OperatorIdentificationSequence[0]
+        assert kept.InstitutionName == "KEPTX"
+        assert kept.InstitutionCodeSequence[0].CodeMeaning == "Kept Institute"
+
     def test_another_patient_another_shift(self, planted, tmp_path):
         first, second = planted[0][0], tmp_path / "other.dcm"
         ds = pydicom.dcmread(first)
