@@ -5019,8 +5019,12 @@ TEXT_OBJECTS, GRAPHIC_OBJECTS = 0x00700008, (0x00700009, 0x00700209)
 def _clean_dataset(
     ds: Dataset, job: Deidentification, mode: str, parent: str, keep: frozenset[int]
 ) -> None:
-    """Apply the actions to one dataset or item; mode "dummy" inside a D sequence,
-    "content" for the items of a content sequence; keep: tags kept whatever the table."""
+    """Apply the actions to one dataset or item.
+
+    mode is "dummy" inside a D sequence and "content" for the items of a content
+    sequence; parent is the keyword of the enclosing sequence; keep: tags kept whatever
+    the table says.
+    """
     _clean_overlays(ds, job.choice)
     safe = safe_private_tags(ds) if job.choice.keep_safe_private else frozenset()
     for tag in list(ds.keys()):
