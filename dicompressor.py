@@ -26,6 +26,8 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
 2. Constants and configuration: limits, DICOM tables with their PS3 citation, and
    ``OPTIONS``, the registry of every option (``Options`` is made from it).
    - de-identification, header dump and DICOMDIR tables
+   - de-identification: the options, and what Table E.1-1 leaves out
+   - de-identification: safe private attributes and structured content
    - export tables
    - the REST API's limits (--serve)
    - options: each declared once
@@ -50,6 +52,9 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - building multi-frame datasets
    - frame access and codecs
    - de-identification
+   - de-identification: elements, sequences, overlays, private attributes
+   - de-identification: structured content and dates
+   - de-identification: keys and UID maps
    - header dumps
    - DICOMDIR
 
@@ -107,6 +112,7 @@ import bisect
 import contextlib
 import copy
 import dataclasses
+import datetime
 import email.utils
 import functools
 import hashlib
@@ -636,12 +642,15 @@ GEOMETRY_DECIMALS = 4
 
 # ---- de-identification, header dump and DICOMDIR tables ----
 
-#: PS3.15 Annex E Table E.1-1, Basic Application Level Confidentiality Profile column:
-#: action code -> keywords of the attributes it applies to (entries that pydicom's data
-#: dictionary knows). Codes: D dummy value, Z empty, X remove, K keep, U new UID (kept
-#: consistent), and the table's combinations. Private attributes (X), curves (50xx,xxxx,
-#: X) and overlay data and comments (60xx,3000 / 60xx,4000, X) are rules in
-#: ``profile_action``. Derived from the 2025 edition of the table.
+#: PS3.15 Annex E Table E.1-1 (2026d), Basic Application Level Confidentiality Profile
+#: column: action code -> the attributes it applies to, by keyword, or as 8 hex digits
+#: where pydicom's dictionary has no keyword yet (the rows new in 2024-2026: Person Names
+#: to Use, Pronouns, Gender Identity, Sex Parameters for Clinical Use, Ethnic Groups, the
+#: diagnosis code sequences, Annotation/Segment Definition DateTime...). Codes: D dummy
+#: value, Z empty, X remove, K keep, U new UID (kept consistent), and the table's
+#: combinations. Private attributes (X), curves (50xx,xxxx, X) and overlay data and
+#: comments (60xx,3000 / 60xx,4000, X) are rules in ``_removed_by_rule``. All 657 rows of
+#: the 2026d table are here or in those rules.
 BASIC_PROFILE_TABLE: dict[str, str] = {
     "D": """
         AcquisitionFieldOfViewLabel AnnotationGroupLabel AnnotationGroupUID AssertionDateTime
@@ -654,36 +663,35 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
         FrameAcquisitionDateTime FrameOriginTimestamp FrameReferenceDateTime FunctionalSyncPulse
         GraphicAnnotationSequence HangingProtocolCreationDateTime ImpedanceMeasurementDateTime
         InformationIssueDateTime InterlockDateTime InterlockDescription InterlockOriginDescription
-        ModifyingSystem OverrideDateTime PersonIdentificationCodeSequence PersonName
-        RadiationDoseIdentificationLabel RadiationDoseInVivoMeasurementLabel
-        RadiationGenerationModeLabel ReasonForTheAttributeModification
-        RecordedRTControlPointDateTime ReferencedDateTime RTPlanLabel RTPrescriptionLabel
-        RTToleranceSetLabel SafePositionExitDate SafePositionExitTime SafePositionReturnDate
-        SafePositionReturnTime SelectorAEValue SelectorASValue SelectorDAValue SelectorDTValue
-        SelectorLOValue SelectorLTValue SelectorOBValue SelectorPNValue SelectorSHValue
-        SelectorSTValue SelectorTMValue SelectorUNValue SelectorURValue SelectorUTValue
-        SourceEndDateTime SourceIdentifier SourceStartDateTime SourceStrengthReferenceDate
+        ModifyingSystem OverrideDateTime PersonIdentificationCodeSequence PersonName RTPlanLabel
+        RTPrescriptionLabel RTToleranceSetLabel RadiationDoseIdentificationLabel
+        RadiationDoseInVivoMeasurementLabel RadiationGenerationModeLabel
+        ReasonForTheAttributeModification RecordedRTControlPointDateTime ReferencedDateTime
+        SafePositionExitDate SafePositionExitTime SafePositionReturnDate SafePositionReturnTime
+        SelectorAEValue SelectorASValue SelectorDAValue SelectorDTValue SelectorLOValue
+        SelectorLTValue SelectorOBValue SelectorPNValue SelectorSHValue SelectorSTValue
+        SelectorTMValue SelectorUNValue SelectorURValue SelectorUTValue SourceEndDateTime
+        SourceIdentifier SourceStartDateTime SourceStrengthReferenceDate
         SourceStrengthReferenceTime SpecimenIdentifier StructureSetLabel Time
         TreatmentControlPointDate TreatmentControlPointTime TreatmentPositionGroupLabel
         TreatmentToleranceViolationDateTime TreatmentToleranceViolationDescription
-        UserContentLabel UserContentLongLabel VerificationDateTime VerifyingObserverName
-        VerifyingObserverSequence VerifyingOrganization XRayDetectorID XRaySourceID
+        UnformattedTextValue UserContentLabel UserContentLongLabel VerificationDateTime
+        VerifyingObserverName VerifyingObserverSequence VerifyingOrganization XRayDetectorID
+        XRaySourceID
     """,
     "Z": """
         AccessionNumber CalibrationDateTime ClinicalTrialCoordinatingCenterName
         ClinicalTrialProtocolName ClinicalTrialSiteID ClinicalTrialSiteName
-        ClinicalTrialTimePointID ConceptualVolumeCombinationDescription
-        ConceptualVolumeDescription ConsultingPhysicianName DeviceAlternateIdentifier
-        FillerOrderNumberImagingServiceRequest FractionationNotes
-        IssuerOfTheContainerIdentifierSequence IssuerOfTheSpecimenIdentifierSequence
-        ManufacturerDeviceIdentifier ParticipationDateTime PatientBirthDate PatientName
-        PatientSex PlacerOrderNumberImagingServiceRequest PrescriptionNotes
-        PrescriptionNotesSequence RadiationGenerationModeDescription ReasonForSuperseding
-        ReferringPhysicianName ReviewDate ReviewTime ROIInterpreter ROIName
-        RTAccessoryDeviceSlotID RTAccessoryHolderSlotID RTPhysicianIntentNarrative
-        SourceOfPreviousValues SpecimenPreparationSequence StructureSetDate StructureSetTime
-        StudyDate StudyID StudyTime TreatmentTechniqueNotes
-        VerifyingObserverIdentificationCodeSequence
+        ClinicalTrialTimePointID ConceptualVolumeCombinationDescription ConceptualVolumeDescription
+        ConsultingPhysicianName DeviceAlternateIdentifier FillerOrderNumberImagingServiceRequest
+        FractionationNotes IssuerOfTheContainerIdentifierSequence
+        IssuerOfTheSpecimenIdentifierSequence ManufacturerDeviceIdentifier ParticipationDateTime
+        PatientBirthDate PatientName PatientSex PlacerOrderNumberImagingServiceRequest
+        PrescriptionNotes PrescriptionNotesSequence ROIInterpreter ROIName RTAccessoryDeviceSlotID
+        RTAccessoryHolderSlotID RTPhysicianIntentNarrative RadiationGenerationModeDescription
+        ReasonForSuperseding ReferringPhysicianName ReviewDate ReviewTime SourceOfPreviousValues
+        SpecimenPreparationSequence StructureSetDate StructureSetTime StudyDate StudyID StudyTime
+        TreatmentTechniqueNotes VerifyingObserverIdentificationCodeSequence
     """,
     "U": """
         AcquisitionUID ConcatenationUID ConceptualVolumeUID ConstituentConceptualVolumeUID
@@ -693,16 +701,15 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
         ManufacturerDeviceClassUID MediaStorageSOPInstanceUID MultiplexGroupUID
         ObservationSubjectUIDTrial ObservationUID PaletteColorLookupTableUID PatientSetupUID
         PresentationDisplayCollectionUID PresentationSequenceCollectionUID PyramidUID
-        ReferencedConceptualVolumeUID ReferencedDoseReferenceUID
+        RTTreatmentPhaseUID ReferencedConceptualVolumeUID ReferencedDoseReferenceUID
         ReferencedDosimetricObjectiveUID ReferencedFiducialsUID ReferencedFrameOfReferenceUID
-        ReferencedGeneralPurposeScheduledProcedureStepTransactionUID
-        ReferencedObservationUIDTrial ReferencedSOPInstanceUID ReferencedSOPInstanceUIDInFile
-        ReferencedTreatmentPositionGroupUID RelatedFrameOfReferenceUID RequestedSOPInstanceUID
-        RTTreatmentPhaseUID SeriesInstanceUID SOPInstanceUID SourceConceptualVolumeUID
-        SourceFrameOfReferenceUID SpecimenUID StorageMediaFileSetUID StudyInstanceUID
-        SynchronizationFrameOfReferenceUID TargetUID TemplateExtensionCreatorUID
-        TemplateExtensionOrganizationUID TrackingUID TransactionUID TreatmentPositionGroupUID
-        TreatmentSessionUID UID
+        ReferencedGeneralPurposeScheduledProcedureStepTransactionUID ReferencedObservationUIDTrial
+        ReferencedSOPInstanceUID ReferencedSOPInstanceUIDInFile ReferencedTreatmentPositionGroupUID
+        RelatedFrameOfReferenceUID RequestedSOPInstanceUID SOPInstanceUID SeriesInstanceUID
+        SourceConceptualVolumeUID SourceFrameOfReferenceUID SpecimenUID StorageMediaFileSetUID
+        StudyInstanceUID SynchronizationFrameOfReferenceUID TableTopPositionAlignmentUID TargetUID
+        TemplateExtensionCreatorUID TemplateExtensionOrganizationUID TrackingUID TransactionUID
+        TreatmentPositionGroupUID TreatmentSessionUID UID
     """,
     "X/Z": """
         AcquisitionContextSequence AcquisitionDate AcquisitionTime BarcodeValue LabelText
@@ -713,53 +720,55 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
         AcquisitionDeviceProcessingDescription DateOfLastDetectorCalibration DetectorID
         EndAcquisitionDateTime FirstTreatmentDate InstanceCreationDate IntendedPhaseEndDate
         IntendedPhaseStartDate MostRecentTreatmentDate ObservationDateTime
-        OperatorIdentificationSequence ProtocolName RTPlanDate RTPlanTime
-        RTTreatmentApproachLabel SeriesDate SeriesTime StartAcquisitionDateTime
-        TimeOfLastDetectorCalibration TreatmentDate TreatmentSite TreatmentTime
+        OperatorIdentificationSequence ProtocolName RTPlanDate RTPlanTime RTTreatmentApproachLabel
+        SeriesDate SeriesTime StartAcquisitionDateTime TimeOfLastDetectorCalibration TreatmentDate
+        TreatmentSite TreatmentTime WaveformAnnotationSequence
     """,
     "X/Z/D": """
         AcquisitionDateTime DeviceSerialNumber InstanceCreationTime InstitutionCodeSequence
         InstitutionName OperatorsName ReferencedPerformedProcedureStepSequence StationName
     """,
     "Z/D": """
-        ContentCreatorName ContentDate ContentTime ContrastBolusAgent
-        InstructionPerformedDateTime PatientID
+        ContentCreatorName ContentDate ContentTime ContrastBolusAgent InstructionPerformedDateTime
+        PatientID
     """,
-    "X/Z/U*": "ReferencedImageSequence SourceImageSequence",
+    "X/Z/U*": """
+        ReferencedImageSequence SourceImageSequence
+    """,
     "X": """
-        AcquisitionComments AcquisitionProtocolDescription ActualHumanPerformersSequence
-        AdditionalPatientHistory AddressTrial AdmissionID AdmittingDate
-        AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription AdmittingTime
+        AcquisitionComments AcquisitionContextDescription AcquisitionProtocolDescription
+        ActualHumanPerformersSequence AdditionalPatientHistory AddressTrial AdmissionID
+        AdmittingDate AdmittingDiagnosesCodeSequence AdmittingDiagnosesDescription AdmittingTime
         AffectedSOPInstanceUID Allergies AnnotationGroupDescription ApprovalStatusDateTime
         Arbitrary AssertionExpirationDateTime AuthorObserverSequence BeamDescription
-        BolusDescription BranchOfService CalibrationDate CalibrationTime CameraOwnerName
-        CassetteID CertifiedTimestamp ClinicalTrialProtocolEthicsCommitteeApprovalNumber
-        ClinicalTrialSeriesDescription ClinicalTrialSeriesID ClinicalTrialTimePointDescription
-        CommentsOnRadiationDose CommentsOnThePerformedProcedureStep CompensatorDescription
-        ConfidentialityConstraintOnPatientDataDescription
-        ConsultingPhysicianIdentificationSequence ContainerComponentID ContainerDescription
-        ContentCreatorIdentificationCodeSequence ContrastBolusStartTime ContrastBolusStopTime
-        ContributionDateTime ContributionDescription CountryOfResidence CreationDate
-        CreationTime CurrentObserverTrial CurrentPatientLocation CurveDate CurveTime
-        CustodialOrganizationSequence DataSetTrailingPadding
-        DateOfDocumentOrVerbalTransactionTrial DateOfLastCalibration DateOfSecondaryCapture
-        DateTimeOfLastCalibration DecompositionDescription DerivationDescription
-        DeviceDescription DeviceSettingDescription DigitalSignaturesSequence DischargeDate
-        DischargeDiagnosisDescription DischargeTime DisplacementReferenceLabel
-        DistributionAddress DistributionName DoseReferenceDescription EntityDescription
-        EntityName EquipmentFrameOfReferenceDescription
-        EthicsCommitteeApprovalEffectivenessEndDate EthicsCommitteeApprovalEffectivenessStartDate
-        EthnicGroup ExpectedCompletionDateTime FilterLookupTableDescription
-        FindingsGroupRecordingDateTrial FindingsGroupRecordingTimeTrial
-        FixationDeviceDescription FractionGroupDescription FrameComments GantryID GeneratorID
-        GPSAltitude GPSAltitudeRef GPSAreaInformation GPSDateStamp GPSDestBearing
-        GPSDestBearingRef GPSDestDistance GPSDestDistanceRef GPSDestLatitude GPSDestLatitudeRef
-        GPSDestLongitude GPSDestLongitudeRef GPSDifferential GPSDOP GPSImgDirection
+        BolusDescription BranchOfService CalibrationDate CalibrationTime CameraOwnerName CassetteID
+        CertifiedTimestamp ChannelDerivationDescription ChannelLabel
+        ClinicalTrialProtocolEthicsCommitteeApprovalNumber ClinicalTrialSeriesDescription
+        ClinicalTrialSeriesID ClinicalTrialTimePointDescription CommentsOnRadiationDose
+        CommentsOnThePerformedProcedureStep CompensatorDescription
+        ConfidentialityConstraintOnPatientDataDescription ConsultingPhysicianIdentificationSequence
+        ContainerComponentID ContainerDescription ContentCreatorIdentificationCodeSequence
+        ContrastBolusStartTime ContrastBolusStopTime ContributionDateTime ContributionDescription
+        CountryOfResidence CreationDate CreationTime CurrentObserverTrial CurrentPatientLocation
+        CurveDate CurveTime CustodialOrganizationSequence DataSetTrailingPadding
+        DateOfDocumentOrVerbalTransactionTrial DateOfInstallation DateOfLastCalibration
+        DateOfManufacture DateOfSecondaryCapture DateTimeOfLastCalibration DecompositionDescription
+        DerivationDescription DeviceDescription DeviceSettingDescription DigitalSignaturesSequence
+        DischargeDate DischargeDiagnosisDescription DischargeTime DisplacementReferenceLabel
+        DistributionAddress DistributionName DoseReferenceDescription EntityDescription EntityName
+        EquipmentFrameOfReferenceDescription EthicsCommitteeApprovalEffectivenessEndDate
+        EthicsCommitteeApprovalEffectivenessStartDate EthnicGroup EthnicGroupCodeSequence
+        ExpectedCompletionDateTime FilterLookupTableDescription FindingsGroupRecordingDateTrial
+        FindingsGroupRecordingTimeTrial FixationDeviceDescription FractionGroupDescription
+        FrameComments GPSAltitude GPSAltitudeRef GPSAreaInformation GPSDOP GPSDateStamp
+        GPSDestBearing GPSDestBearingRef GPSDestDistance GPSDestDistanceRef GPSDestLatitude
+        GPSDestLatitudeRef GPSDestLongitude GPSDestLongitudeRef GPSDifferential GPSImgDirection
         GPSImgDirectionRef GPSLatitude GPSLatitudeRef GPSLongitude GPSLongitudeRef GPSMapDatum
         GPSMeasureMode GPSProcessingMethod GPSSatellites GPSSpeed GPSSpeedRef GPSStatus
-        GPSTimeStamp GPSTrack GPSTrackRef GPSVersionID HL7DocumentEffectiveTime
-        HumanPerformerName HumanPerformerOrganization IconImageSequence IdentifyingComments
-        ImageComments ImagePresentationComments ImagingServiceRequestComments Impressions
+        GPSTimeStamp GPSTrack GPSTrackRef GPSVersionID GantryID GeneratorID
+        HL7DocumentEffectiveTime HardcopyCreationDeviceID HumanPerformerName
+        HumanPerformerOrganization IconImageSequence IdentifyingComments ImageComments
+        ImagePresentationComments ImagingServiceRequestComments Impressions
         InstanceCoercionDateTime InstanceOriginStatus InstitutionAddress
         InstitutionalDepartmentName InstitutionalDepartmentTypeCodeSequence
         InsurancePlanIdentification IntendedFractionStartTime
@@ -769,58 +778,59 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
         InterpretationRecordedDate InterpretationRecordedTime InterpretationRecorder
         InterpretationText InterpretationTranscriber InterpretationTranscriptionDate
         InterpretationTranscriptionTime InterventionDrugStartTime InterventionDrugStopTime
-        IssueDateOfImagingServiceRequest IssuerOfAdmissionID IssuerOfAdmissionIDSequence
-        IssuerOfPatientID IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence
-        IssueTimeOfImagingServiceRequest LastMenstrualDate LensMake LensModel LensSerialNumber
-        LensSpecification LongDeviceDescription MAC MakerNote MedicalAlerts
-        MedicalRecordLocator MilitaryRank ModifiedAttributesSequence ModifiedImageDate
-        ModifiedImageDescription ModifiedImageTime ModifyingDeviceID
-        MultienergyAcquisitionDescription NameOfPhysiciansReadingStudy
+        IssueDateOfImagingServiceRequest IssueTimeOfImagingServiceRequest IssuerOfAdmissionID
+        IssuerOfAdmissionIDSequence IssuerOfClinicalTrialProtocolID IssuerOfClinicalTrialSeriesID
+        IssuerOfClinicalTrialSiteID IssuerOfClinicalTrialSubjectID
+        IssuerOfClinicalTrialSubjectReadingID IssuerOfClinicalTrialTimePointID IssuerOfPatientID
+        IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence LastMenstrualDate LensMake
+        LensModel LensSerialNumber LensSpecification LongDeviceDescription MAC MakerNote
+        MedicalAlerts MedicalRecordLocator MilitaryRank ModifiedAttributesSequence
+        ModifiedImageDate ModifiedImageDescription ModifiedImageTime ModifyingDeviceID
+        MultienergyAcquisitionDescription MultiplexGroupLabel NameOfPhysiciansReadingStudy
         NamesOfIntendedRecipientsOfResults NetworkID NonconformingDataElementValue
         NonconformingModifiedAttributesSequence ObservationDateTrial ObservationStartDateTime
-        ObservationTimeTrial Occupation OrderCallbackPhoneNumber
-        OrderCallbackTelecomInformation OrderEnteredBy OrderEntererLocation
-        OriginalAttributesSequence Originator OtherPatientIDs OtherPatientIDsSequence
+        ObservationTimeTrial Occupation OrderCallbackPhoneNumber OrderCallbackTelecomInformation
+        OrderEnteredBy OrderEntererLocation OriginalAttributesSequence Originator
+        OtherClinicalTrialProtocolIDsSequence OtherPatientIDs OtherPatientIDsSequence
         OtherPatientNames OverlayDate OverlayTime ParticipantSequence PatientAddress PatientAge
         PatientBirthName PatientBirthTime PatientComments PatientInstitutionResidence
-        PatientInsurancePlanCodeSequence PatientMotherBirthName
-        PatientPrimaryLanguageCodeSequence PatientPrimaryLanguageModifierCodeSequence
-        PatientReligiousPreference PatientSetupPhotoDescription PatientSize PatientState
-        PatientTelecomInformation PatientTelephoneNumbers PatientTransportArrangements
+        PatientInsurancePlanCodeSequence PatientMotherBirthName PatientPrimaryLanguageCodeSequence
+        PatientPrimaryLanguageModifierCodeSequence PatientReligiousPreference
+        PatientSetupPhotoDescription PatientSize PatientState PatientTelecomInformation
+        PatientTelephoneNumbers PatientTransportArrangements
         PatientTreatmentPreparationMethodDescription
-        PatientTreatmentPreparationProcedureParameterDescription PatientWeight
-        PerformedLocation PerformedProcedureStepDescription PerformedProcedureStepEndDate
-        PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime
-        PerformedProcedureStepID PerformedProcedureStepStartDate
-        PerformedProcedureStepStartDateTime PerformedProcedureStepStartTime
-        PerformedStationAETitle PerformedStationGeographicLocationCodeSequence
-        PerformedStationName PerformedStationNameCodeSequence PerformingPhysicianName
-        PerformingPhysicianIdentificationSequence PersonAddress PersonTelecomInformation
-        PersonTelephoneNumbers PhysicianApprovingInterpretation PhysiciansOfRecord
+        PatientTreatmentPreparationProcedureParameterDescription PatientWeight PerformedLocation
+        PerformedProcedureStepDescription PerformedProcedureStepEndDate
+        PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime PerformedProcedureStepID
+        PerformedProcedureStepStartDate PerformedProcedureStepStartDateTime
+        PerformedProcedureStepStartTime PerformedStationAETitle
+        PerformedStationGeographicLocationCodeSequence PerformedStationName
+        PerformedStationNameCodeSequence PerformingPhysicianIdentificationSequence
+        PerformingPhysicianName PersonAddress PersonTelecomInformation PersonTelephoneNumbers
+        PhysicianApprovingInterpretation PhysiciansOfRecord
         PhysiciansOfRecordIdentificationSequence PhysiciansReadingStudyIdentificationSequence
         PlateID PositionAcquisitionTemplateDescription PositionAcquisitionTemplateName
-        PregnancyStatus PreMedication PrescriptionDescription PresentationCreationDate
-        PresentationCreationTime PriorTreatmentDoseDescription
-        ProcedureStepCancellationDateTime ProductExpirationDateTime PyramidDescription
-        PyramidLabel RadiopharmaceuticalStartDateTime RadiopharmaceuticalStartTime
-        RadiopharmaceuticalStopDateTime RadiopharmaceuticalStopTime
-        ReasonForOmissionDescription ReasonForRequestedProcedureCodeSequence ReasonForStudy
-        ReasonForTheImagingServiceRequest ReasonForTheRequestedProcedure ReasonForVisit
-        ReasonForVisitCodeSequence ReceivingAE ReferencedDigitalSignatureSequence
-        ReferencedPatientAliasSequence ReferencedPatientPhotoSequence
-        ReferencedPatientSequence ReferencedSOPInstanceMACSequence ReferringPhysicianAddress
-        ReferringPhysicianIdentificationSequence ReferringPhysicianTelephoneNumbers
-        RegionOfResidence RequestAttributesSequence RequestedContrastAgent
-        RequestedProcedureComments RequestedProcedureID RequestedProcedureLocation
-        RequestedSeriesDescription RequestingAE RequestingPhysician RequestingService
-        RespiratoryMotionCompensationTechniqueDescription ResponsibleOrganization
-        ResponsiblePerson ResultsComments ResultsDistributionListSequence ResultsID
-        ResultsIDIssuer RetrieveAETitle ROIDescription ROIGenerationDescription
+        PreMedication PregnancyStatus PrescriptionDescription PresentationCreationDate
+        PresentationCreationTime PriorTreatmentDoseDescription ProcedureStepCancellationDateTime
+        ProductExpirationDateTime PyramidDescription PyramidLabel ROICreatorSequence ROIDateTime
+        ROIDescription ROIGenerationDescription ROIInterpreterSequence ROIObservationDateTime
         ROIObservationDescription ROIObservationLabel RTPlanDescription RTPlanName
-        ScheduledAdmissionDate ScheduledAdmissionTime ScheduledDischargeDate
-        ScheduledDischargeTime ScheduledHumanPerformersSequence
-        ScheduledPatientInstitutionResidence ScheduledPerformingPhysicianName
-        ScheduledPerformingPhysicianIdentificationSequence ScheduledProcedureStepDescription
+        RadiopharmaceuticalStartDateTime RadiopharmaceuticalStartTime
+        RadiopharmaceuticalStopDateTime RadiopharmaceuticalStopTime ReasonForOmissionDescription
+        ReasonForRequestedProcedureCodeSequence ReasonForStudy ReasonForTheImagingServiceRequest
+        ReasonForTheRequestedProcedure ReasonForVisit ReasonForVisitCodeSequence ReceivingAE
+        ReferencedDigitalSignatureSequence ReferencedPatientAliasSequence
+        ReferencedPatientPhotoSequence ReferencedPatientSequence ReferencedSOPInstanceMACSequence
+        ReferringPhysicianAddress ReferringPhysicianIdentificationSequence
+        ReferringPhysicianTelephoneNumbers RegionOfResidence RequestAttributesSequence
+        RequestedContrastAgent RequestedProcedureComments RequestedProcedureID
+        RequestedProcedureLocation RequestedSeriesDescription RequestingAE RequestingPhysician
+        RequestingService RespiratoryMotionCompensationTechniqueDescription ResponsibleOrganization
+        ResponsiblePerson ResultsComments ResultsDistributionListSequence ResultsID ResultsIDIssuer
+        RetrieveAETitle SOPAuthorizationDateTime ScheduledAdmissionDate ScheduledAdmissionTime
+        ScheduledDischargeDate ScheduledDischargeTime ScheduledHumanPerformersSequence
+        ScheduledPatientInstitutionResidence ScheduledPerformingPhysicianIdentificationSequence
+        ScheduledPerformingPhysicianName ScheduledProcedureStepDescription
         ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
         ScheduledProcedureStepExpirationDateTime ScheduledProcedureStepID
         ScheduledProcedureStepLocation ScheduledProcedureStepModificationDateTime
@@ -829,19 +839,22 @@ BASIC_PROFILE_TABLE: dict[str, str] = {
         ScheduledStationGeographicLocationCodeSequence ScheduledStationName
         ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle
         ScheduledStudyStartDate ScheduledStudyStartTime ScheduledStudyStopDate
-        ScheduledStudyStopTime SeriesDescription ServiceEpisodeDescription ServiceEpisodeID
-        SetupTechniqueDescription ShieldingDeviceDescription SlideIdentifier SmokingStatus
-        SOPAuthorizationDateTime SourceManufacturer SpecialNeeds SpecimenAccessionNumber
-        SpecimenDetailedDescription SpecimenShortDescription StationAETitle
-        StructureSetDescription StructureSetName StudyArrivalDate StudyArrivalTime
-        StudyComments StudyCompletionDate StudyCompletionTime StudyDescription StudyIDIssuer
-        StudyReadDate StudyReadTime StudyVerifiedDate StudyVerifiedTime
-        SubstanceAdministrationDateTime TelephoneNumberTrial TemplateLocalVersion
-        TemplateVersion TextComments TextString TimeOfDocumentCreationOrVerbalTransactionTrial
-        TimeOfLastCalibration TimeOfSecondaryCapture TimezoneOffsetFromUTC TopicAuthor
-        TopicKeywords TopicSubject TopicTitle TransducerIdentificationSequence TreatmentSites
-        UDISequence UniqueDeviceIdentifier VerbalSourceIdentifierCodeSequenceTrial
-        VerbalSourceTrial VisitComments WaveformFilterDescription XRayDetectorLabel
+        ScheduledStudyStopTime SecondaryCaptureDeviceID SeriesDescription ServiceEpisodeDescription
+        ServiceEpisodeID SetupTechniqueDescription ShieldingDeviceDescription SlideIdentifier
+        SmokingStatus SourceManufacturer SpecialNeeds SpecimenAccessionNumber
+        SpecimenDetailedDescription SpecimenShortDescription StationAETitle StructureSetDescription
+        StructureSetName StudyArrivalDate StudyArrivalTime StudyComments StudyCompletionDate
+        StudyCompletionTime StudyDescription StudyIDIssuer StudyReadDate StudyReadTime
+        StudyVerifiedDate StudyVerifiedTime SubstanceAdministrationDateTime TelephoneNumberTrial
+        TemplateLocalVersion TemplateVersion TextComments TextString
+        TimeOfDocumentCreationOrVerbalTransactionTrial TimeOfLastCalibration TimeOfSecondaryCapture
+        TimezoneOffsetFromUTC TopicAuthor TopicKeywords TopicSubject TopicTitle
+        TransducerIdentificationSequence TreatmentSites UDISequence UniqueDeviceIdentifier
+        VerbalSourceIdentifierCodeSequenceTrial VerbalSourceTrial VisitComments
+        WaveformFilterDescription XRayDetectorLabel 00081301 00081302 00081303 00081304 00100011
+        00100012 00100013 00100014 00100015 00100016 00100041 00100042 00100043 00100044 00100045
+        00100046 00100047 00102162 0040A034 0040A035 0040B034 0040B036 0040B03B 0040B03F 0040E012
+        3004007F
     """,
 }
 
@@ -861,13 +874,21 @@ def basic_profile() -> Mapping[int, str]:
     dictionary); read-only.
     """
     actions: dict[int, str] = {}
-    for code, keywords in BASIC_PROFILE_TABLE.items():
-        for keyword in keywords.split():
-            tag = tag_for_keyword(keyword)
-            if tag is None:
-                raise ValueError(f"Table E.1-1 keyword {keyword!r} is not in pydicom's dictionary")
+    for code, names in BASIC_PROFILE_TABLE.items():
+        for tag in table_tags(names):
             actions[tag] = COMBINED_CODE.get(code, code)
     return types.MappingProxyType(actions)
+
+
+def table_tags(names: str) -> list[int]:
+    """Return the tags of a table's attributes: keywords, or tags as 8 hex digits."""
+    tags = []
+    for name in names.split():
+        tag = int(name, 16) if name[0].isdigit() else tag_for_keyword(name)
+        if tag is None:
+            raise ValueError(f"table keyword {name!r} is not in pydicom's dictionary")
+        tags.append(tag)
+    return tags
 
 
 #: Descriptors that the Clean Descriptors Option (PS3.15 Table E.1-1, column "Clean Desc.
@@ -903,6 +924,27 @@ DEID_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Fu
 
 
 DEID_RETAIN_UIDS = ("113110", "Retain UIDs Option")
+
+
+DEID_CLEAN_GRAPHICS = ("113103", "Clean Graphics Option")
+
+
+DEID_CLEAN_STRUCTURED_CONTENT = ("113104", "Clean Structured Content Option")
+
+
+DEID_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+
+
+DEID_PATIENT_CHARACTERISTICS = ("113108", "Retain Patient Characteristics Option")
+
+
+DEID_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
+
+
+DEID_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
+
+
+DEID_INSTITUTION_IDENTITY = ("113112", "Retain Institution Identity Option")
 
 
 #: Dummy values for the D action, by VR; they are valid values that identify nobody.
@@ -1004,6 +1046,400 @@ DICOMDIR_PLACEHOLDERS = {
     "ContentDate": "19000101",
     "ContentTime": "000000",
     "InstanceCreationDate": "19000101",
+}
+
+
+# ---- de-identification: the options, and what Table E.1-1 leaves out ----
+
+#: PS3.15 Table E.1-1 (2026d), the option columns: column -> action -> attributes (as in
+#: BASIC_PROFILE_TABLE). An attribute an option does not list keeps its Basic Profile
+#: action (E.1.1). K: keep (a sequence is kept and its items cleaned); C: clean. The
+#: Full Dates (E.3.6, K) and Modified Dates (E.3.6, C) columns mark the same 169 rows:
+#: one list, "longitudinal". The Clean Descriptors column is CLEAN_DESCRIPTORS; the
+#: private-attribute row of Retain Safe Private is SAFE_PRIVATE_TABLE; the curve and
+#: overlay rows of Clean Graphics are rules in ``_removed_by_rule``.
+OPTION_TABLES: dict[str, dict[str, str]] = {
+    "retain_uids": {
+        "K": """
+            AcquisitionUID AffectedSOPInstanceUID AnnotationGroupUID ConcatenationUID
+            ConceptualVolumeUID ConstituentConceptualVolumeUID DeviceUID DimensionOrganizationUID
+            DoseReferenceUID DosimetricObjectiveUID FailedSOPInstanceUIDList FiducialUID
+            FrameOfReferenceUID InstanceCreatorUID IrradiationEventUID
+            LargePaletteColorLookupTableUID ManufacturerDeviceClassUID MediaStorageSOPInstanceUID
+            MultiplexGroupUID ObservationSubjectUIDTrial ObservationUID PaletteColorLookupTableUID
+            PatientSetupUID PresentationDisplayCollectionUID PresentationSequenceCollectionUID
+            PyramidUID RTTreatmentPhaseUID ReferencedConceptualVolumeUID ReferencedDoseReferenceUID
+            ReferencedDosimetricObjectiveUID ReferencedFiducialsUID ReferencedFrameOfReferenceUID
+            ReferencedGeneralPurposeScheduledProcedureStepTransactionUID ReferencedImageSequence
+            ReferencedObservationUIDTrial ReferencedPatientSequence
+            ReferencedPerformedProcedureStepSequence ReferencedSOPInstanceUID
+            ReferencedSOPInstanceUIDInFile ReferencedStudySequence
+            ReferencedTreatmentPositionGroupUID RelatedFrameOfReferenceUID RequestedSOPInstanceUID
+            SOPInstanceUID SeriesInstanceUID SourceConceptualVolumeUID SourceFrameOfReferenceUID
+            SourceImageSequence SpecimenUID StorageMediaFileSetUID StudyInstanceUID
+            SynchronizationFrameOfReferenceUID TableTopPositionAlignmentUID TargetUID
+            TemplateExtensionCreatorUID TemplateExtensionOrganizationUID TrackingUID TransactionUID
+            TreatmentPositionGroupUID TreatmentSessionUID
+        """,
+    },
+    "retain_device_identity": {
+        "C": """
+            DestinationAE NetworkID Originator PerformedStationAETitle ReceivingAE RequestingAE
+            RetrieveAETitle ScheduledStationAETitle ScheduledStudyLocationAETitle SelectorAEValue
+            StationAETitle
+        """,
+        "K": """
+            BeamHoldTransitionDateTime CalibrationDate CalibrationDateTime CalibrationTime
+            CassetteID DateOfInstallation DateOfLastCalibration DateOfLastDetectorCalibration
+            DateOfManufacture DateTimeOfLastCalibration DetectorID DeviceDescription DeviceLabel
+            DeviceSerialNumber DeviceUID GantryID GeneratorID HardcopyCreationDeviceID LensMake
+            LensModel LensSerialNumber LensSpecification ManufacturerDeviceClassUID
+            ManufacturerDeviceIdentifier ModifyingDeviceID ModifyingSystem
+            PerformedStationGeographicLocationCodeSequence PerformedStationName
+            PerformedStationNameCodeSequence PlateID ScheduledProcedureStepLocation
+            ScheduledStationGeographicLocationCodeSequence ScheduledStationName
+            ScheduledStationNameCodeSequence ScheduledStudyLocation SecondaryCaptureDeviceID
+            SourceManufacturer SourceSerialNumber StationName TimeOfLastCalibration
+            TimeOfLastDetectorCalibration TransducerIdentificationSequence TreatmentMachineName
+            UDISequence UniqueDeviceIdentifier XRayDetectorID XRayDetectorLabel XRaySourceID
+        """,
+    },
+    "retain_institution_identity": {
+        "K": """
+            ClinicalTrialCoordinatingCenterName ClinicalTrialProtocolEthicsCommitteeName
+            ClinicalTrialSiteID ClinicalTrialSiteName InstitutionAddress InstitutionCodeSequence
+            InstitutionName InstitutionalDepartmentName InstitutionalDepartmentTypeCodeSequence
+            SourceOfPreviousValues
+        """,
+    },
+    "retain_patient_characteristics": {
+        "C": """
+            Allergies PatientState PreMedication SpecialNeeds 00100042
+        """,
+        "K": """
+            EthnicGroup EthnicGroupCodeSequence PatientAge PatientSex PatientSexNeutered
+            PatientSize PatientWeight PregnancyStatus SelectorASValue SmokingStatus 00100043
+            00100046 00100047 00102162
+        """,
+    },
+    "longitudinal": {
+        "C": """
+            AcquisitionDate AcquisitionDateTime AcquisitionTime AdmittingDate AdmittingTime
+            ApprovalStatusDateTime AssertionDateTime AssertionExpirationDateTime
+            AttributeModificationDateTime BeamHoldTransitionDateTime CalibrationDate
+            CalibrationDateTime CalibrationTime CertifiedTimestamp ContentDate ContentTime
+            ContextGroupLocalVersion ContextGroupVersion ContrastBolusStartTime
+            ContrastBolusStopTime ContributionDateTime CreationDate CreationTime CurveDate
+            CurveTime Date DateOfDocumentOrVerbalTransactionTrial DateOfInstallation
+            DateOfLastCalibration DateOfLastDetectorCalibration DateOfManufacture
+            DateOfSecondaryCapture DateTime DateTimeOfLastCalibration DecayCorrectionDateTime
+            DigitalSignatureDateTime DischargeDate DischargeTime EffectiveDateTime
+            EndAcquisitionDateTime EthicsCommitteeApprovalEffectivenessEndDate
+            EthicsCommitteeApprovalEffectivenessStartDate ExclusionStartDateTime
+            ExpectedCompletionDateTime FindingsGroupRecordingDateTrial
+            FindingsGroupRecordingTimeTrial FirstTreatmentDate FrameAcquisitionDateTime
+            FrameOriginTimestamp FrameReferenceDateTime FunctionalSyncPulse GPSDateStamp
+            HL7DocumentEffectiveTime HangingProtocolCreationDateTime ImpedanceMeasurementDateTime
+            InformationIssueDateTime InstanceCoercionDateTime InstanceCreationDate
+            InstanceCreationTime InstructionPerformedDateTime IntendedFractionStartTime
+            IntendedPhaseEndDate IntendedPhaseStartDate InterlockDateTime
+            InterpretationApprovalDate InterpretationApprovalTime InterpretationRecordedDate
+            InterpretationRecordedTime InterpretationTranscriptionDate
+            InterpretationTranscriptionTime InterventionDrugStartTime InterventionDrugStopTime
+            IssueDateOfImagingServiceRequest IssueTimeOfImagingServiceRequest LastMenstrualDate
+            ModifiedImageDate ModifiedImageTime MostRecentTreatmentDate ObservationDateTime
+            ObservationDateTrial ObservationStartDateTime ObservationTimeTrial OverlayDate
+            OverlayTime OverrideDateTime ParticipationDateTime PerformedProcedureStepEndDate
+            PerformedProcedureStepEndDateTime PerformedProcedureStepEndTime
+            PerformedProcedureStepStartDate PerformedProcedureStepStartDateTime
+            PerformedProcedureStepStartTime PresentationCreationDate PresentationCreationTime
+            ProcedureStepCancellationDateTime ProductExpirationDateTime ROIDateTime
+            ROIObservationDateTime RTPlanDate RTPlanTime RadiopharmaceuticalStartDateTime
+            RadiopharmaceuticalStartTime RadiopharmaceuticalStopDateTime
+            RadiopharmaceuticalStopTime RecordedRTControlPointDateTime ReferencedDateTime
+            ReviewDate ReviewTime SOPAuthorizationDateTime SafePositionExitDate
+            SafePositionExitTime SafePositionReturnDate SafePositionReturnTime
+            ScheduledAdmissionDate ScheduledAdmissionTime ScheduledDischargeDate
+            ScheduledDischargeTime ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
+            ScheduledProcedureStepExpirationDateTime ScheduledProcedureStepModificationDateTime
+            ScheduledProcedureStepStartDate ScheduledProcedureStepStartDateTime
+            ScheduledProcedureStepStartTime ScheduledStudyStartDate ScheduledStudyStartTime
+            ScheduledStudyStopDate ScheduledStudyStopTime SelectorDAValue SelectorDTValue
+            SelectorTMValue SeriesDate SeriesTime SourceEndDateTime SourceStartDateTime
+            SourceStrengthReferenceDate SourceStrengthReferenceTime StartAcquisitionDateTime
+            StructureSetDate StructureSetTime StudyArrivalDate StudyArrivalTime StudyCompletionDate
+            StudyCompletionTime StudyDate StudyReadDate StudyReadTime StudyTime StudyVerifiedDate
+            StudyVerifiedTime SubstanceAdministrationDateTime TemplateLocalVersion TemplateVersion
+            Time TimeOfDocumentCreationOrVerbalTransactionTrial TimeOfLastCalibration
+            TimeOfLastDetectorCalibration TimeOfSecondaryCapture TimezoneOffsetFromUTC
+            TreatmentControlPointDate TreatmentControlPointTime TreatmentDate TreatmentTime
+            TreatmentToleranceViolationDateTime VerificationDateTime 0040A034 0040A035 0040B034
+            0040B036
+        """,
+    },
+    "clean_graphics": {
+        "C": """
+            GraphicAnnotationSequence
+        """,
+    },
+    "clean_structured_content": {
+        "C": """
+            AcquisitionContextSequence ContentSequence SpecimenPreparationSequence
+            WaveformAnnotationSequence
+        """,
+    },
+}
+
+
+#: Attributes that carry identity but are not rows of Table E.1-1 (2026d, 2024b, 2020b
+#: checked), with the action given here: the table is not exhaustive and the
+#: de-identifier stays responsible (PS3.15 E.1.1). Types are PS3.3's.
+BEYOND_TABLE_E11: dict[str, str] = {
+    # (0008,0051) names the accession system of the institution: Type 3 in General Study
+    # (C.7.2.1), in the Request Attributes Macro (Table 10-9) and in SR's Referenced
+    # Request Sequence (C.17.2); Accession Number itself is Z.
+    "IssuerOfAccessionNumberSequence": "X",
+    # (0010,0024) Type 3 in the Issuer of Patient ID Macro (Table 10-18), which also sits
+    # in Other Patient IDs Sequence items; Issuer of Patient ID (0010,0021) is X.
+    "IssuerOfPatientIDQualifiersSequence": "X",
+    # (0040,0026) and (0040,0027): the order numbers' issuers, Type 3 in the Referenced
+    # Request Sequence (C.17.2); the order numbers (0040,2016/2017) are Z.
+    "OrderPlacerIdentifierSequence": "X",
+    "OrderFillerIdentifierSequence": "X",
+    # (0032,1031) Person Identification Macro of the requester (Imaging Service Request,
+    # C.4.11); Requesting Physician (0032,1032) is X.
+    "RequestingPhysicianIdentificationSequence": "X",
+    # (0010,0033), (0010,0034): birth and death dates in another calendar, Type 3 in the
+    # Patient Module (C.7.1.1), and (0010,0035) the calendar, Type 1C only with them;
+    # Patient's Birth Date is Z.
+    "PatientBirthDateInAlternativeCalendar": "X",
+    "PatientDeathDateInAlternativeCalendar": "X",
+    "PatientAlternativeCalendar": "X",
+    # (0010,2294) Type 2C in the Patient Module (non-human patients): its Breed
+    # Registration Number (0010,2295) identifies the animal.
+    "BreedRegistrationSequence": "Z",
+    # (0040,E001) a CDA document's instance identifier, Type 1 in HL7 Structured Document
+    # Reference Sequence items (SOP Common, C.12.1); (0040,E010) and (0008,1190) are
+    # Type 3 addresses of documents and series at the site, with their original UIDs.
+    "HL7InstanceIdentifier": "D",
+    "RetrieveURI": "X",
+    "RetrieveURL": "X",
+    # (0040,A160) the free text of a TEXT content item, Type 1 (C.17.3): Clean Structured
+    # Content (E.3.4) keeps the content tree and replaces its text.
+    "TextValue": "D",
+}
+
+
+#: Where PS3.3 makes an attribute that the profile removes or empties Type 2 (may be
+#: empty) or Type 1 (must have a value): attribute -> parent sequence:Type ("*": in any
+#: sequence or at the top level). There a Z or X becomes Z (Type 2), an emptied reference
+#: sequence is kept with its UIDs replaced (Type 1); anywhere else a sequence that would
+#: be emptied is removed, as an empty Type 1 or 3 sequence is an error ("one or more
+#: Items shall be included"). Types: PS3.3 C.17.2 (Referenced Request Sequence,
+#: Verifying Observer Sequence), C.7.6.22/C.7.6.23 (Specimen), C.7.6.14 (Acquisition
+#: Context), C.7.1.1 (Patient), RT Physician Intent and RT Prescription (C.36.2, C.36.3).
+CONTEXT_TYPES: dict[str, str] = {
+    "ReferencedStudySequence": (
+        "ReferencedRequestSequence:2 RTPhysicianIntentInputInstanceSequence:1 "
+        "PlanningInputInformationSequence:1"
+    ),
+    "RequestedProcedureID": "ReferencedRequestSequence:2",
+    "IssuerOfTheContainerIdentifierSequence": "*:2",
+    "IssuerOfTheSpecimenIdentifierSequence": "*:2",
+    "VerifyingObserverIdentificationCodeSequence": "*:2",
+    "SpecimenPreparationSequence": "*:2",
+    "AcquisitionContextSequence": "*:2",
+    "BreedRegistrationSequence": "*:2",
+}
+
+
+#: --shift-dates moves every date of one patient back by 1 to this many days (10 years).
+DATE_SHIFT_MAX_DAYS = 3652
+
+
+#: A de-identification key file (--deid-key): this many random bytes, as hex.
+DEID_KEY_BYTES = 32
+
+
+#: Columns of the --uid-map CSV.
+UID_MAP_COLUMNS = ("original_uid", "new_uid", "key_id")
+
+
+# ---- de-identification: safe private attributes and structured content ----
+
+#: PS3.15 Table E.3.10-1 Safe Private Attributes (2026d, 479 rows): one line per Private
+#: Creator and group, "creator|group|offsets": offset ee is the element (gggg,bbee), bb
+#: being the block that the creator reserved with (gggg,00bb). --keep-safe-private keeps
+#: these (and their creators) and removes every other private attribute (E.3.10); a safe
+#: sequence is kept and its items cleaned.
+SAFE_PRIVATE_TABLE = (
+    "Philips PET Private Group|7053|00 09\n"
+    "ELSCINT1|00E1|21 50\n"
+    "ELSCINT1|01E1|26\n"
+    "ELSCINT1|01F1|01 07 26 27\n"
+    "GEMS_ACQU_01|0019|23 24 27 9E\n"
+    "GEMS_PARM_01|0043|27 39 6F\n"
+    "GEMS_HELIOS_01|0045|01 02\n"
+    "GEIIS PACS|0903|10 11 12\n"
+    "Philips Imaging DD 001|2001|01 02 03 04 05 06 07 08 09 0A 0B 0C 0E 0F 10 11 12 13 14 15 "
+    "16 17 18 19 1A 1B 1C 1D 1E 1F 21 22 23 24 25 26 27 28 29 2A 2B 2C 2D 2E 2F 30 31 32 33 34 "
+    "35 36 37 38 39 3A 3B 3C 3D 3E 3F 40 41 42 43 44 45 46 47 48 49 4A 4B 4C 4D 4E 4F 50 51 53 "
+    "54 55 56 57 58 59 5A 5D 5E 5F 60 61 62 63 64 65 66 67 68 69 6A 6B 6D 6E 6F 71 72 73 74 75 "
+    "76 77 79 7A 7B 7C 7D 7E 7F 80 81 82 83 84 85 86 87 88 89 8A 8B 8C 90 91 92 93 94 9A 9B 9D "
+    "9F A1 A2 A3 A4 A5 C0 C1 C2 C3 C5 C6 C7 CA CB D0 D1 D2 D3 D4 D5 D6 D7 D8 D9 DA DB DC DD DE "
+    "DF E9 F1 F2 F3 F4 F5 F6 F7 F9 FB FC FD FF\n"
+    "Philips Imaging DD 002|2001|01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F 10 11 12 13 14 "
+    "15 16 17 18 19 1A 1B 1C 1D 1E 1F 20 21 22 23 24 25 26 27 28 29 2A 2B 2C 2D 2E 2F 30 31 32 "
+    "33 34 35 36 37 38 39 3A 3B 3C 3D 3E 3F 40 50 52 53 57 58 5A 5C 5D 5E 5F 63 64 65 66 67 68 "
+    "6B 71 72 73 74 75\n"
+    "Philips Imaging DD 097|2001|01 02 03 04 05 06 07 08 0A 0B 0D 0E 0F 12 17 18 19 1A 1B 1C "
+    "1D 1E 1F 21 22 23 24 25 26 27 28 2A 2B 2C 2D 2E 2F 30 31 32 36 37 38 39 3A 3B 3C 3D 3E 40 "
+    "41 42 44 45 46 47 49 4A 4B 4C A1 A2 A3 A4 A5 A6 A8 A9 AA AB\n"
+    "Philips Imaging DD 129|2001|00 01 02 03 04 05 06 07 08 09\n"
+    "Philips ST80i|0025|01\n"
+    "SIEMENS MR HEADER|0019|0C 0D 0E 27\n"
+    "GEMS_SERS_01|0025|07\n"
+    "HOLOGIC, Inc.|7E01|01 02 10 11 12\n"
+    "NQHeader|0099|01 02 04 05 10 20 21\n"
+    "NQLeft|0199|01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F 10 11 12 13 14 15 16\n"
+    "NQRight|0299|01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F 10 11 12 13 14 15 16\n"
+    "Philips MR Imaging DD 001|2005|0D 0E\n"
+    "SIEMENS Ultrasound SC2000|0119|00 01 02 03 04 05 06 07 08 09 10 11 12 13 21\n"
+    "SIEMENS Ultrasound SC2000|0129|00 02 03 04 05 06 07 08 09 10 11 12 20 21 22 29 30\n"
+    "SIEMENS Ultrasound SC2000|0139|01\n"
+    "SIEMENS Ultrasound SC2000|0149|01 02 03\n"
+    "SIEMENS Ultrasound SC2000|7FD1|01 09 10 11\n"
+    "SIEMENS SYNGO ULTRA-SOUND TOYON DATA STREAMING|7FD1|01 09 10 11\n"
+)
+
+
+#: PS3.15 Table E.3.4-1 Clean Structured Content (2026d): content items, by their concept
+#: name "scheme:code:value type", that the profile removes (X) or whose value it replaces
+#: (D, X/D: a dummy text, person name or date, a new UID); the other content items keep
+#: their codes, numbers, units, coordinates and references, and the element rules apply
+#: to their values (TextValue D, PersonName D, dates, UIDs U). Transcribed from an
+#: independent extraction of the 2026d table; 198 of its 213 codes are in pydicom's
+#: PS3.16 concept dictionary with the meaning the table names (the rest are NCDR, LOINC
+#: and NCI codes or newer).
+STRUCTURED_CONTENT_TABLE: dict[str, str] = {
+    "D": """
+        DCM:113795:IMAGE SCT:440252007:TEXT DCM:113723:DATETIME DCM:113724:TEXT NCDR:76:PNAME
+        DCM:112347:TEXT DCM:112363:TEXT DCM:112357:UIDREF DCM:121193:TEXT DCM:113810:DATETIME
+        DCM:128429:UIDREF LN:11951-1:TEXT SCT:363698007:TEXT DCM:127857:DATE DCM:127858:TIME
+        DCM:130527:TEXT DCM:113832:TEXT DCM:112229:IMAGE DCM:121138:IMAGE DCM:122712:DATETIME
+        DCM:111033:TEXT LN:18785-6:TEXT DCM:121154:TEXT DCM:113850:PNAME DCM:113769:UIDREF
+        DCM:112371:COMPOSITE DCM:112352:TEXT DCM:112351:TEXT DCM:111040:COMPOSITE DCM:111705:TEXT
+        DCM:113815:TEXT DCM:121126:UIDREF DCM:121114:PNAME DCM:113870:PNAME DCM:121008:PNAME
+        NCDR:52:DATETIME DCM:121002:COMPOSITE DCM:128436:COMPOSITE DCM:128403:TEXT
+        DCM:128414:COMPOSITE DCM:128414:IMAGE DCM:113503:UIDREF DCM:121214:IMAGE
+        DCM:111469:DATETIME DCM:111058:TEXT DCM:112002:UIDREF DCM:113985:UIDREF DCM:121233:IMAGE
+        DCM:121112:IMAGE DCM:121232:UIDREF DCM:128444:COMPOSITE DCM:128416:COMPOSITE
+        SCT:398201009:DATETIME DCM:113809:DATETIME SCT:397898000:DATETIME DCM:110180:UIDREF
+        DCM:121029:PNAME DCM:112040:UIDREF DCM:112356:UIDREF DCM:121143:WAVEFORM
+    """,
+    "X/D": """
+        DCM:111018:DATE DCM:111019:TIME DCM:111526:DATETIME DCM:121012:UIDREF DCM:113880:TEXT
+        DCM:122083:TEXT SCT:271921002:TEXT DCM:121071:TEXT DCM:112227:UIDREF DCM:121124:TEXT
+        DCM:122146:DATETIME DCM:121065:TEXT DCM:123003:DATETIME DCM:111054:DATE DCM:121191:IMAGE
+        DCM:111060:DATE DCM:111061:TIME DCM:121030:TEXT
+    """,
+    "X": """
+        DCM:121022:TEXT DCM:126201:DATE DCM:130884:DATETIME DCM:125203:TEXT DCM:126202:TIME
+        NCIt:C67447:TEXT NCDR:15:DATETIME DCM:112050:TEXT SCT:398164008:DATETIME
+        SCT:398325003:DATETIME DCM:121080:IMAGE DCM:121080:WAVEFORM DCM:113720:TEXT
+        DCM:121120:COMPOSITE SCT:371524004:COMPOSITE SCT:371524004:TEXT DCM:121106:TEXT
+        SCT:116224001:TEXT DCM:121077:TEXT DCM:122073:COMPOSITE LN:11955-2:DATE DCM:121431:DATETIME
+        DCM:121432:DATETIME DCM:111527:DATETIME DCM:122165:DATETIME DCM:122105:DATETIME
+        DCM:111536:DATETIME DCM:111702:DATETIME DCM:121125:DATETIME DCM:111535:DATETIME
+        DCM:121433:DATETIME DCM:112373:COMPOSITE DCM:112372:COMPOSITE DCM:111021:TEXT
+        DCM:121145:TEXT DCM:120999:TEXT DCM:113877:TEXT DCM:121013:TEXT DCM:121017:TEXT
+        DCM:121016:TEXT DCM:121197:TEXT DCM:121196:TEXT DCM:121198:UIDREF DCM:122163:DATETIME
+        DCM:121342:IMAGE DCM:122082:DATETIME DCM:122081:DATETIME LN:11778-8:DATE DCM:121122:TEXT
+        NCIt:C54627:NUM DCM:121088:PNAME DCM:121021:TEXT LN:11329-0:TEXT DCM:125010:TEXT
+        DCM:128775:TEXT DCM:125201:IMAGE DCM:121200:IMAGE DCM:112366:COMPOSITE DCM:113605:TEXT
+        DCM:110190:TEXT DCM:111706:TEXT DCM:111724:TEXT DCM:113012:TEXT LN:18118-0:TEXT
+        DCM:111516:TEXT DCM:121036:PNAME DCM:113873:TEXT DCM:112361:COMPOSITE DCM:112354:IMAGE
+        DCM:121110:TEXT DCM:128425:COMPOSITE DCM:128425:IMAGE DCM:128425:UIDREF DCM:128426:TEXT
+        DCM:109054:TEXT DCM:122128:TEXT DCM:121152:PNAME DCM:113871:TEXT DCM:113872:TEXT
+        DCM:128774:TEXT DCM:121009:TEXT DCM:121173:TEXT DCM:121020:TEXT DCM:113516:TEXT
+        DCM:122075:COMPOSITE NCDR:53:TEXT DCM:122177:TEXT DCM:121019:UIDREF DCM:121018:UIDREF
+        DCM:122701:DATETIME DCM:111703:TEXT DCM:126071:TEXT DCM:128230:TEXT DCM:113514:TEXT
+        DCM:113511:TEXT DCM:113512:TEXT DCM:123004:DATETIME DCM:130507:TEXT DCM:113513:TEXT
+        DCM:126100:COMPOSITE DCM:113907:TEXT DCM:113552:TEXT DCM:121075:TEXT DCM:112364:COMPOSITE
+        DCM:121121:TEXT DCM:131561:DATE DCM:131563:TEXT DCM:131562:TIME DCM:121434:TEXT
+        DCM:121435:PNAME DCM:121435:TEXT SCT:160476009:TEXT DCM:121112:WAVEFORM
+        DCM:128447:COMPOSITE DCM:112353:COMPOSITE DCM:111700:TEXT DCM:121041:TEXT DCM:121039:UIDREF
+        DCM:110119:TEXT DCM:122173:DATETIME DCM:109056:TEXT DCM:121033:NUM DCM:121031:DATE
+        DCM:121032:CODE DCM:126070:TEXT DCM:121028:UIDREF DCM:121111:TEXT DCM:112359:COMPOSITE
+        DCM:130885:UIDREF LN:74711-3:TEXT DCM:121000:CONTAINER DCM:128470:COMPOSITE
+        DCM:128470:IMAGE DCM:128470:UIDREF DCM:113701:COMPOSITE
+    """,
+}
+
+
+#: Table E.3.4-1's option columns: column (as OPTION_TABLES names them, plus
+#: clean_descriptors) -> action -> content items.
+STRUCTURED_CONTENT_OPTIONS: dict[str, dict[str, str]] = {
+    "retain_uids": {
+        "K": """
+            DCM:113795:IMAGE DCM:121080:IMAGE DCM:121080:WAVEFORM DCM:121120:COMPOSITE
+            SCT:371524004:COMPOSITE DCM:122073:COMPOSITE DCM:112357:UIDREF DCM:112373:COMPOSITE
+            DCM:112372:COMPOSITE DCM:121012:UIDREF DCM:121198:UIDREF DCM:121342:IMAGE
+            DCM:128429:UIDREF DCM:112227:UIDREF DCM:112229:IMAGE DCM:125201:IMAGE DCM:121200:IMAGE
+            DCM:121138:IMAGE DCM:112366:COMPOSITE DCM:113769:UIDREF DCM:112371:COMPOSITE
+            DCM:111040:COMPOSITE DCM:112361:COMPOSITE DCM:112354:IMAGE DCM:128425:COMPOSITE
+            DCM:128425:IMAGE DCM:128425:UIDREF DCM:121126:UIDREF DCM:122075:COMPOSITE
+            DCM:121019:UIDREF DCM:121018:UIDREF DCM:121002:COMPOSITE DCM:128436:COMPOSITE
+            DCM:128414:COMPOSITE DCM:128414:IMAGE DCM:113503:UIDREF DCM:126100:COMPOSITE
+            DCM:121191:IMAGE DCM:121214:IMAGE DCM:112364:COMPOSITE DCM:112002:UIDREF
+            DCM:113985:UIDREF DCM:121233:IMAGE DCM:121112:IMAGE DCM:121112:WAVEFORM
+            DCM:121232:UIDREF DCM:128447:COMPOSITE DCM:112353:COMPOSITE DCM:128444:COMPOSITE
+            DCM:121039:UIDREF DCM:128416:COMPOSITE DCM:110180:UIDREF DCM:121028:UIDREF
+            DCM:112359:COMPOSITE DCM:130885:UIDREF DCM:112040:UIDREF DCM:112356:UIDREF
+            DCM:121143:WAVEFORM DCM:128470:COMPOSITE DCM:128470:IMAGE DCM:128470:UIDREF
+            DCM:113701:COMPOSITE
+        """,
+    },
+    "longitudinal": {
+        "C": """
+            DCM:126201:DATE DCM:130884:DATETIME DCM:126202:TIME NCDR:15:DATETIME
+            SCT:398164008:DATETIME SCT:398325003:DATETIME DCM:113723:DATETIME DCM:111018:DATE
+            DCM:111019:TIME LN:11955-2:DATE DCM:121431:DATETIME DCM:121432:DATETIME
+            DCM:111527:DATETIME DCM:122165:DATETIME DCM:122105:DATETIME DCM:111536:DATETIME
+            DCM:111702:DATETIME DCM:121125:DATETIME DCM:111535:DATETIME DCM:121433:DATETIME
+            DCM:111526:DATETIME DCM:122163:DATETIME DCM:122082:DATETIME DCM:122081:DATETIME
+            LN:11778-8:DATE DCM:113810:DATETIME DCM:127857:DATE DCM:127858:TIME DCM:122712:DATETIME
+            DCM:122146:DATETIME NCDR:52:DATETIME DCM:122701:DATETIME DCM:123003:DATETIME
+            DCM:123004:DATETIME DCM:111054:DATE DCM:111469:DATETIME DCM:131561:DATE DCM:131562:TIME
+            SCT:398201009:DATETIME DCM:113809:DATETIME DCM:122173:DATETIME SCT:397898000:DATETIME
+            DCM:111060:DATE DCM:111061:TIME
+        """,
+    },
+    "clean_descriptors": {
+        "C": """
+            DCM:125203:TEXT NCIt:C67447:TEXT SCT:440252007:TEXT DCM:112050:TEXT DCM:113720:TEXT
+            DCM:113724:TEXT SCT:371524004:TEXT DCM:121106:TEXT SCT:116224001:TEXT DCM:121077:TEXT
+            DCM:111021:TEXT DCM:121145:TEXT DCM:122083:TEXT SCT:271921002:TEXT DCM:121122:TEXT
+            DCM:121071:TEXT SCT:363698007:TEXT LN:11329-0:TEXT DCM:111033:TEXT LN:18785-6:TEXT
+            DCM:113012:TEXT LN:18118-0:TEXT DCM:111516:TEXT DCM:113815:TEXT DCM:121110:TEXT
+            DCM:128426:TEXT DCM:109054:TEXT DCM:121173:TEXT DCM:121065:TEXT DCM:122177:TEXT
+            DCM:111703:TEXT DCM:126071:TEXT DCM:128230:TEXT DCM:128403:TEXT DCM:130507:TEXT
+            DCM:113907:TEXT DCM:113552:TEXT DCM:121075:TEXT DCM:111058:TEXT DCM:131563:TEXT
+            SCT:160476009:TEXT DCM:109056:TEXT DCM:126070:TEXT DCM:121111:TEXT
+        """,
+    },
+    "retain_device_identity": {
+        "K": """
+            DCM:120999:TEXT DCM:113877:TEXT DCM:121013:TEXT DCM:121016:TEXT DCM:121012:UIDREF
+            DCM:113880:TEXT DCM:121193:TEXT DCM:121196:TEXT DCM:121198:UIDREF DCM:121122:TEXT
+            DCM:113832:TEXT DCM:110119:TEXT LN:74711-3:TEXT DCM:121000:CONTAINER
+        """,
+    },
+    "retain_patient_characteristics": {
+        "K": """
+            DCM:121033:NUM DCM:121032:CODE
+        """,
+    },
 }
 
 
@@ -1182,11 +1618,37 @@ OPTIONS: dict[str, OptionSpec] = {
                    "replacements", default="basic", choices=PROFILES, actions=("anonymize",),
                    group="anonymize"),
         OptionSpec("keep_uids", "flag", "Retain UIDs option", default=False,
-                   actions=("anonymize",), group="anonymize"),
+                   actions=("anonymize",), conflicts=("uid_map",), group="anonymize"),
         OptionSpec("keep_dates", "flag", "Retain Longitudinal Temporal Information",
-                   default=False, actions=("anonymize",), group="anonymize"),
+                   default=False, actions=("anonymize",), conflicts=("shift_dates",),
+                   group="anonymize"),
         OptionSpec("keep_descriptions", "flag", "keep descriptions (Clean Descriptors)",
                    default=False, actions=("anonymize",), group="anonymize"),
+        OptionSpec("shift_dates", "flag", "Retain Longitudinal Temporal Information with "
+                   "Modified Dates: move every date of a patient back by the same whole "
+                   "number of days (from the key and the patient's ID)", default=False,
+                   actions=("anonymize",), conflicts=("keep_dates",), group="anonymize"),
+        OptionSpec("keep_patient_characteristics", "flag", "Retain Patient Characteristics "
+                   "option: age, sex, size, weight...", default=False, actions=("anonymize",),
+                   group="anonymize"),
+        OptionSpec("keep_device_identity", "flag", "Retain Device Identity option: serial "
+                   "numbers, station names, device UIDs...", default=False,
+                   actions=("anonymize",), group="anonymize"),
+        OptionSpec("keep_institution_identity", "flag", "Retain Institution Identity option: "
+                   "institution name, address, department", default=False,
+                   actions=("anonymize",), group="anonymize"),
+        OptionSpec("keep_safe_private", "flag", "Retain Safe Private option: the private "
+                   "attributes of PS3.15 Table E.3.10-1 (by creator) stay, the rest go",
+                   default=False, actions=("anonymize",), group="anonymize"),
+        OptionSpec("clean_graphics", "flag", "Clean Graphics option: graphic annotations "
+                   "lose their text objects, ROI overlays stay", default=False,
+                   actions=("anonymize",), group="anonymize"),
+        OptionSpec("deid_key", "path", "the de-identification key (created, mode 0600, if "
+                   "missing): runs with the same key give the same new UIDs and date shifts",
+                   actions=("anonymize",), api=False, metavar="FILE", group="anonymize"),
+        OptionSpec("uid_map", "path", "add the original -> new UID table (CSV) to FILE, for "
+                   "the data custodian; never put it with the outputs", actions=("anonymize",),
+                   api=False, conflicts=("keep_uids",), metavar="FILE", group="anonymize"),
         OptionSpec("format", "choice", "headers: text or json", default="text",
                    choices=HEADER_FORMATS, actions=("headers",), group="anonymize",
                    noun="header format"),
@@ -4282,6 +4744,14 @@ class UidMap:
     def __len__(self) -> int:
         return len(self._new)
 
+    def pairs(self) -> dict[str, str]:
+        """Return every original UID met so far and its replacement."""
+        return dict(self._new)
+
+    def keyed_hash(self, text: str) -> bytes:
+        """Return the HMAC-SHA256 of text under this map's key (for other derived values)."""
+        return hmac.new(self._secret, text.encode("utf-8", "replace"), "sha256").digest()
+
     def get(self, old: str) -> str:
         """Return the replacement of old (empty stays empty).
 
@@ -4306,51 +4776,103 @@ def is_standard_uid(value: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ProfileChoice:
-    """The profile and options a de-identification uses (from ``Options``)."""
+    """The options of the profile a de-identification uses (fields named as in OPTIONS)."""
 
     keep_uids: bool = False
     keep_dates: bool = False
     keep_descriptions: bool = False
+    shift_dates: bool = False
+    keep_safe_private: bool = False
+    keep_patient_characteristics: bool = False
+    keep_device_identity: bool = False
+    keep_institution_identity: bool = False
+    clean_graphics: bool = False
+
+    @classmethod
+    def of(cls, options: Any) -> ProfileChoice:
+        """Return the choice that the options of a run make."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(**{name: bool(getattr(options, name, False)) for name in names})
+
+    @property
+    def date_code(self) -> str:
+        """Return the action on dates and times: K (Full Dates), M (Modified Dates) or D."""
+        return "K" if self.keep_dates else "M" if self.shift_dates else "D"
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
-        """Return the CID 7050 codes of the profile and the options used."""
-        codes = [DEID_BASIC]
-        if self.keep_descriptions:
-            codes.append(DEID_CLEAN_DESCRIPTORS)
-        if self.keep_dates:
-            codes.append(DEID_RETAIN_FULL_DATES)
-        if self.keep_uids:
-            codes.append(DEID_RETAIN_UIDS)
-        return codes
+        """Return the CID 7050 codes of the profile and the options used, in code order.
+
+        Clean Structured Content (E.3.4) is always applied: SR content keeps its tree.
+        """
+        chosen = [
+            (True, DEID_BASIC),
+            (self.clean_graphics, DEID_CLEAN_GRAPHICS),
+            (True, DEID_CLEAN_STRUCTURED_CONTENT),
+            (self.keep_descriptions, DEID_CLEAN_DESCRIPTORS),
+            (self.keep_dates, DEID_RETAIN_FULL_DATES),
+            (self.shift_dates, DEID_MODIFIED_DATES),
+            (self.keep_patient_characteristics, DEID_PATIENT_CHARACTERISTICS),
+            (self.keep_device_identity, DEID_DEVICE_IDENTITY),
+            (self.keep_uids, DEID_RETAIN_UIDS),
+            (self.keep_safe_private, DEID_SAFE_PRIVATE),
+            (self.keep_institution_identity, DEID_INSTITUTION_IDENTITY),
+        ]
+        return [code for used, code in chosen if used]
 
 
-@functools.lru_cache(maxsize=8)
+#: How each choice changes Table E.1-1: (choice, option column, {row action: action}).
+#: Later entries win, so a date that the device option keeps is still shifted. A C row
+#: with no cleaner here (free text, AE titles) keeps its Basic Profile action. Actions
+#: beyond the table's: M shifts a date (Modified Dates), G cleans graphic annotations,
+#: C cleans structured content (keeps the tree, E.3.4).
+_OPTION_EFFECTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("keep_uids", "retain_uids", {"K": "K"}),
+    ("keep_patient_characteristics", "retain_patient_characteristics", {"K": "K"}),
+    ("keep_device_identity", "retain_device_identity", {"K": "K"}),
+    ("keep_institution_identity", "retain_institution_identity", {"K": "K"}),
+    ("clean_graphics", "clean_graphics", {"C": "G"}),
+    ("keep_dates", "longitudinal", {"C": "K"}),
+    ("shift_dates", "longitudinal", {"C": "M"}),
+)
+
+
+@functools.lru_cache(maxsize=16)
 def profile_actions(choice: ProfileChoice) -> dict[int, str]:
-    """Return tag -> action (D, Z, X, U or K) of Table E.1-1 with the chosen options.
+    """Return tag -> action of Table E.1-1 with the chosen options (PS3.15 E.1.1).
 
-    The table is built once per choice (callers must not change it).
+    Actions: D, Z, X, U, K, and M (shift a date), G (clean graphic annotations), C (clean
+    structured content). The table is built once per choice (callers must not change it).
     """
     actions = dict(basic_profile())
-    for tag, code in basic_profile().items():
-        vr = dictionary_VR(tag)
-        if choice.keep_uids and code == "U":
-            actions[tag] = "K"
-        if choice.keep_dates and vr in DATE_TIME_VRS:
-            actions[tag] = "K"
-        if choice.keep_descriptions and keyword_of(int(tag)) in CLEAN_DESCRIPTORS:
-            actions[tag] = "K"
+    for keyword, code in BEYOND_TABLE_E11.items():
+        actions[tag_for_keyword(keyword)] = code
+    for tag in table_tags(OPTION_TABLES["clean_structured_content"]["C"]):
+        actions[tag] = "C"
+    if choice.keep_descriptions:
+        for keyword in CLEAN_DESCRIPTORS:
+            actions[tag_for_keyword(keyword)] = "K"
+    for name, column, effects in _OPTION_EFFECTS:
+        if not getattr(choice, name):
+            continue
+        for row_action, names in OPTION_TABLES[column].items():
+            action = effects.get(row_action)
+            for tag in table_tags(names) if action else ():
+                if action == "M" and _dictionary_vr(tag) not in DATE_TIME_VRS:
+                    continue  # a binary timestamp cannot be shifted: its Basic action stays
+                actions[tag] = "K" if action == "M" and _dictionary_vr(tag) == "TM" else action
     return actions
 
 
+def _dictionary_vr(tag: int) -> str:
+    """Return the first dictionary VR of a tag ("UN" when unknown)."""
+    return dictionary_VR(tag).split(" or ")[0] if dictionary_has_tag(tag) else "UN"
+
+
 def _removed_by_rule(tag: BaseTag) -> bool:
-    """Tell whether Table E.1-1 removes a tag by a rule: private, curve, overlay data."""
+    """Tell whether a public tag goes by a rule: curves (Table E.1-1), group 0004 (E.1.1)."""
     group = tag.group
-    if tag.is_private:
-        return True
-    if 0x5000 <= group <= 0x50FF and group % 2 == 0:  # curves (retired), X
-        return True
-    return 0x6000 <= group <= 0x60FF and group % 2 == 0 and tag.element in (0x3000, 0x4000)
+    return group == 0x0004 or (0x5000 <= group <= 0x50FF and group % 2 == 0)
 
 
 def _vr_of(ds: Dataset, tag: BaseTag) -> str:
@@ -4369,53 +4891,51 @@ def _new_uids(value: Any, uids: UidMap, *, all_uids: bool) -> Any:
     return changed if len(changed) != 1 else changed[0]
 
 
+@dataclasses.dataclass
+class Deidentification:
+    """What de-identifying one dataset applies, and what it did.
+
+    ``actions`` from profile_actions; ``uids`` the run's UID map (its key also derives
+    ``shift_days``, the patient's date shift); ``replace_uids`` replaces the UIDs the
+    table does not list too. ``removed_items`` counts content items removed (E.3.4).
+    """
+
+    actions: Mapping[int, str]
+    uids: UidMap
+    choice: ProfileChoice = dataclasses.field(default_factory=ProfileChoice)
+    replace_uids: bool = True
+    shift_days: int = 0
+    removed_items: int = 0
+
+
 def deidentify_dataset(
     ds: Dataset,
-    actions: dict[int, str],
+    actions: Mapping[int, str],
     uids: UidMap,
     *,
     replace_uids: bool,
-    dummy_inside: bool = False,
-) -> None:
-    """Apply Table E.1-1 actions to ds and every nested item, in place.
+    choice: ProfileChoice | None = None,
+    shift_days: int = 0,
+) -> Deidentification:
+    """Apply Table E.1-1 actions to ds and every nested item, in place; return what ran.
 
-    Elements the table does not list are kept, except private ones, curves and overlay
-    data (removed); their UI values that are not standard UIDs are replaced through
-    uids when replace_uids, and their sequences are walked. Inside a sequence marked D
-    (dummy_inside) unlisted text values other than CS get dummy values too, so that a
-    code or person sequence keeps its structure but none of its content.
+    Elements the table does not list are kept, except private ones (all, or all but the
+    safe ones of Table E.3.10-1), curves and overlays whose data goes (the whole 60xx
+    group); dates and times it does not list are handled as the listed ones (E.1.1
+    suggests it), their non-standard UIDs are replaced through uids when replace_uids.
+    Inside a sequence marked D, text values other than CS get dummy values too, so that a
+    code or person sequence keeps its structure but none of its words. Content sequences
+    (SR) keep their tree (Clean Structured Content, E.3.4): codes, numbers, units,
+    coordinates and relationships stay, the items of Table E.3.4-1 go, text, names and
+    dates are replaced and content item references renumbered. A sequence whose items
+    all went is removed rather than left empty.
     """
-    for tag in list(ds.keys()):
-        if _removed_by_rule(tag):
-            del ds[tag]
-            continue
-        vr = _vr_of(ds, tag)
-        if vr == "UN" and dictionary_has_tag(tag):  # a public element stored as UN:
-            vr = ds[tag].VR  # pydicom reads it by its dictionary VR (a UID stays a UID)
-        code = actions.get(int(tag))
-        if code is None:
-            code = "D" if dummy_inside and vr in DUMMY_VALUES and vr != "CS" else "K"
-        if code == "X":
-            del ds[tag]
-        elif code == "Z":
-            empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
-            ds[tag] = DataElement(tag, vr, empty)
-        elif vr == "SQ":  # D, U and K keep a sequence and clean what it holds
-            for item in ds[tag].value:
-                deidentify_dataset(
-                    item,
-                    actions,
-                    uids,
-                    replace_uids=replace_uids,
-                    dummy_inside=dummy_inside or code == "D",
-                )
-        elif vr == "UI":
-            if code in ("U", "D") or replace_uids:
-                elem = ds[tag]
-                elem.value = _new_uids(elem.value, uids, all_uids=code in ("U", "D"))
-        elif code == "D":
-            dummy = b"" if vr in BINARY_VRS else DUMMY_VALUES.get(vr)
-            ds[tag] = DataElement(tag, vr, dummy)
+    job = Deidentification(actions, uids, choice or ProfileChoice(), replace_uids, shift_days)
+    before = content_paths(ds)
+    _clean_dataset(ds, job, "", "", frozenset())
+    if job.removed_items:
+        renumber_content_references(ds, before)
+    return job
 
 
 def apply_replacements(ds: Dataset, replacements: Sequence[Replacement]) -> None:
@@ -4431,8 +4951,9 @@ def mark_deidentified(ds: Dataset, choice: ProfileChoice) -> None:
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = [meaning for _, meaning in codes]
     ds.DeidentificationMethodCodeSequence = [code_item(v, "DCM", m) for v, m in codes]
-    # SOP Common (C.12.1): Longitudinal Temporal Information Modified
-    ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if choice.keep_dates else "REMOVED"
+    # SOP Common (C.12.1): Longitudinal Temporal Information Modified (E.2, E.3.6)
+    temporal = {"K": "UNMODIFIED", "M": "MODIFIED"}.get(choice.date_code, "REMOVED")
+    ds.LongitudinalTemporalInformationModified = temporal
 
 
 def _verbatim_pixel_span(
@@ -4492,6 +5013,460 @@ def write_keeping_pixels(
     finally:
         ds._dict[Tag(0x7FE00010)] = pixels
     copy_span(handle, span)
+
+
+# ---- de-identification: elements, sequences, overlays, private attributes ----
+
+#: Value representations that get a dummy inside a sequence marked D: text only (CS
+#: codes, numbers and coordinates stay, so the structure keeps its meaning).
+DUMMY_TEXT_VRS = frozenset("AE AS LO LT PN SH ST UC UR UT".split())  # noqa: SIM905
+
+
+#: (0070,0008) Text Object Sequence and what a graphic annotation item holds besides it:
+#: (0070,0009) Graphic Object Sequence, (0070,0209) Compound Graphic Sequence.
+TEXT_OBJECTS, GRAPHIC_OBJECTS = 0x00700008, (0x00700009, 0x00700209)
+
+
+def _clean_dataset(
+    ds: Dataset, job: Deidentification, mode: str, parent: str, keep: frozenset[int]
+) -> None:
+    """Apply the actions to one dataset or item.
+
+    mode is "dummy" inside a D sequence and "content" for the items of a content
+    sequence; parent is the keyword of the enclosing sequence; keep: tags kept whatever
+    the table says.
+    """
+    _clean_overlays(ds, job.choice)
+    safe = safe_private_tags(ds) if job.choice.keep_safe_private else frozenset()
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            if int(tag) not in safe:
+                del ds[tag]
+            elif _vr_of(ds, tag) == "SQ":
+                _clean_items(ds, tag, job, "", "K")
+            continue
+        if _removed_by_rule(tag):
+            del ds[tag]
+            continue
+        vr = _vr_of(ds, tag)
+        if vr == "UN" and dictionary_has_tag(tag):  # a public element stored as UN:
+            vr = ds[tag].VR  # pydicom reads it by its dictionary VR (a UID stays a UID)
+        code = "K" if int(tag) in keep else job.actions.get(int(tag))
+        if code is None:
+            code = _unlisted_code(vr, mode, job.choice)
+        code = _in_context(ds, tag, vr, code, parent)
+        _apply(ds, tag, vr, code, job, mode)
+
+
+def _unlisted_code(vr: str, mode: str, choice: ProfileChoice) -> str:
+    """Return the action on an element Table E.1-1 does not list (by its VR, E.1.1)."""
+    if vr in DATE_TIME_VRS:
+        code = choice.date_code
+        return "K" if code == "M" and vr == "TM" else code
+    return "D" if mode == "dummy" and vr in DUMMY_TEXT_VRS else "K"
+
+
+@functools.cache
+def context_types() -> Mapping[int, Mapping[str, str]]:
+    """Return CONTEXT_TYPES as tag -> {parent keyword or "*": Type}."""
+    table: dict[int, dict[str, str]] = {}
+    for keyword, places in CONTEXT_TYPES.items():
+        for place in places.split():
+            parent, _, kind = place.partition(":")
+            table.setdefault(tag_for_keyword(keyword), {})[parent] = kind
+    return types.MappingProxyType(table)
+
+
+def _in_context(ds: Dataset, tag: BaseTag, vr: str, code: str, parent: str) -> str:
+    """Adjust X and Z to the Type the attribute has where it is (CONTEXT_TYPES, E.1.1)."""
+    if code not in ("X", "Z"):
+        return code
+    where = context_types().get(int(tag), {})
+    kind = where.get(parent) or where.get("*")
+    if kind == "2":
+        return "Z"
+    if vr != "SQ" or code == "X":
+        return code
+    if kind == "1":
+        return "U"  # a reference that must have an item: kept, its UIDs replaced
+    return "Z" if not ds[tag].value else "X"  # empty as it came, or removed (not emptied)
+
+
+def _apply(
+    ds: Dataset, tag: BaseTag, vr: str, code: str, job: Deidentification, mode: str
+) -> None:
+    """Apply one action to one element."""
+    if code == "X":
+        del ds[tag]
+    elif code == "Z":
+        empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
+        ds[tag] = DataElement(tag, vr, empty)
+    elif vr == "SQ":  # D, U, K, C and G keep a sequence and clean what it holds
+        if code in ("D", "G") or (mode == "dummy" and int(tag) not in job.actions):
+            inner = "dummy"  # (a sequence an option keeps is cleaned as one, not dummied)
+        else:
+            inner = "content" if code == "C" else ""
+        _clean_items(ds, tag, job, inner, code)
+    elif vr == "UI":  # K from the table or an option keeps it; unlisted UIDs are replaced
+        kept = code == "K" and int(tag) in job.actions
+        if code in ("U", "D") or (job.replace_uids and not kept):
+            elem = ds[tag]
+            elem.value = _new_uids(elem.value, job.uids, all_uids=code in ("U", "D"))
+    elif code == "M" and vr in ("DA", "DT"):
+        text = "\\".join(str(v) for v in _as_list(ds[tag].value))
+        if text:
+            moved = shift_date(vr, text, job.shift_days)
+            ds[tag] = DataElement(tag, vr, moved if moved is not None else DUMMY_VALUES[vr])
+    elif code == "D":
+        dummy = b"" if vr in BINARY_VRS else DUMMY_VALUES.get(vr)
+        ds[tag] = DataElement(tag, vr, dummy)
+
+
+def _clean_items(ds: Dataset, tag: BaseTag, job: Deidentification, mode: str, code: str) -> None:
+    """Clean the items of a sequence; remove the sequence when none is left.
+
+    Content items that Table E.3.4-1 removes go; with code G (Clean Graphics) text
+    objects go, and a graphic annotation item left without graphics goes too.
+    """
+    elem = ds[tag]
+    items = list(elem.value)
+    keyword = keyword_of(int(tag))
+    kept = []
+    for item in items:
+        keep: frozenset[int] = frozenset()
+        if mode == "content":
+            action = content_item_action(item, job.choice)
+            if action == "X":
+                job.removed_items += 1
+                continue
+            keep = CONTENT_VALUE_TAGS if action == "K" else keep
+        if code == "G" and TEXT_OBJECTS in item:
+            del item[TEXT_OBJECTS]
+        _clean_dataset(item, job, mode, keyword, keep)
+        if code == "G" and not any(t in item for t in GRAPHIC_OBJECTS):
+            continue
+        kept.append(item)
+    if items and all(len(item) == 0 for item in kept):
+        del ds[tag]  # every item went (or was emptied): no empty sequence is left
+    elif len(kept) != len(items):
+        elem.value = kept
+
+
+def _clean_overlays(ds: Dataset, choice: ProfileChoice) -> None:
+    """Remove overlays (PS3.3 C.9.2) whose data Table E.1-1 removes, as whole 60xx groups.
+
+    Overlay Data (60xx,3000) is X: its group goes with it, so no overlay is left
+    half-described. With Clean Graphics (E.3.3) an ROI overlay (60xx,0040 "R") stays, as
+    region outlines; graphics overlays, which may hold text, still go. The free text of
+    what stays goes: Overlay Description (60xx,0022), Label (60xx,1500), Comments
+    (60xx,4000).
+    """
+    groups = {t.group for t in list(ds.keys()) if 0x6000 <= t.group <= 0x60FF and t.group % 2 == 0}
+    for group in groups:
+        base = group << 16
+        roi = False
+        if base | 0x0040 in ds:
+            roi = str(ds[base | 0x0040].value or "").strip().upper() == "R"
+        whole = base | 0x3000 in ds and not (choice.clean_graphics and roi)
+        for tag in [t for t in list(ds.keys()) if t.group == group]:
+            if whole or tag.element in (0x0022, 0x1500, 0x4000):
+                del ds[tag]
+
+
+@functools.cache
+def safe_private_table() -> Mapping[tuple[int, str], frozenset[int]]:
+    """Return Table E.3.10-1 as (group, Private Creator) -> element offsets."""
+    table: dict[tuple[int, str], frozenset[int]] = {}
+    for line in "".join(SAFE_PRIVATE_TABLE).splitlines():
+        creator, group, offsets = line.split("|")
+        key = (int(group, 16), creator)
+        table[key] = table.get(key, frozenset()) | {int(o, 16) for o in offsets.split()}
+    return types.MappingProxyType(table)
+
+
+def safe_private_tags(ds: Dataset) -> frozenset[int]:
+    """Return the private tags of ds that Table E.3.10-1 calls safe, with their creators."""
+    creators: dict[tuple[int, int], str] = {}
+    for tag in list(ds.keys()):
+        if tag.is_private and 0x10 <= tag.element <= 0xFF:
+            value = ds[tag].value
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
+            creators[(tag.group, tag.element)] = text.strip(" \0")
+    table = safe_private_table()
+    kept: set[int] = set()
+    for tag in list(ds.keys()):
+        if not tag.is_private or tag.element < 0x1000:
+            continue
+        block = tag.element >> 8
+        offsets = table.get((tag.group, creators.get((tag.group, block), "")))
+        if offsets and tag.element & 0xFF in offsets:
+            kept.update((int(tag), (tag.group << 16) | block))
+    return frozenset(kept)
+
+
+# ---- de-identification: structured content and dates ----
+
+#: The value elements of a content item that Table E.3.4-1 keeps (K): Text Value, Person
+#: Name, Date, Time, DateTime, UID (PS3.3 Table C.17-5... the Content Item Macro).
+CONTENT_VALUE_TAGS = frozenset(
+    [0x0040A160, 0x0040A123, 0x0040A121, 0x0040A122, 0x0040A120, 0x0040A124]
+)
+
+
+#: (0040,A730) Content Sequence, (0040,DB73) Referenced Content Item Identifier.
+CONTENT_SEQUENCE, REFERENCED_CONTENT_ITEM = 0x0040A730, 0x0040DB73
+
+
+#: Which choice turns a column of Table E.3.4-1 on, and what its actions become (None:
+#: the item stays and the element rules treat its value).
+_CONTENT_OPTION_EFFECTS: tuple[tuple[str, str, str | None], ...] = (
+    ("keep_descriptions", "clean_descriptors", "K"),
+    ("keep_patient_characteristics", "retain_patient_characteristics", "K"),
+    ("keep_device_identity", "retain_device_identity", "K"),
+    ("keep_uids", "retain_uids", "K"),
+    ("keep_dates", "longitudinal", "K"),
+    ("shift_dates", "longitudinal", None),
+)
+
+
+@functools.lru_cache(maxsize=16)
+def structured_content_actions(choice: ProfileChoice) -> dict[str, str | None]:
+    """Return "scheme:code:value type" -> X (remove the item), K (keep its value) or None.
+
+    None (Table E.3.4-1's D and X/D, or an option's C) keeps the item and lets the
+    element rules replace its value: a dummy text or name, a new UID, a date per option.
+    """
+    actions: dict[str, str | None] = {}
+    for code, names in STRUCTURED_CONTENT_TABLE.items():
+        actions.update(dict.fromkeys(names.split(), "X" if code == "X" else None))
+    for name, column, effect in _CONTENT_OPTION_EFFECTS:
+        if getattr(choice, name):
+            for names in STRUCTURED_CONTENT_OPTIONS.get(column, {}).values():
+                actions.update(dict.fromkeys(names.split(), effect))
+    return actions
+
+
+def content_item_action(item: Dataset, choice: ProfileChoice) -> str | None:
+    """Return Table E.3.4-1's action on a content item (by its concept name), or None."""
+    value_type = item.get("ValueType")
+    names = item.get("ConceptNameCodeSequence")
+    if not value_type or not names:
+        return None
+    name = names[0]
+    value = name.get("CodeValue") or name.get("LongCodeValue") or name.get("URNCodeValue")
+    key = f"{name.get('CodingSchemeDesignator', '')}:{value}:{value_type}"
+    return structured_content_actions(choice).get(key)
+
+
+def content_paths(ds: Dataset) -> dict[int, tuple[tuple[int, ...], Dataset]]:
+    """Return id(item) -> (its position, the item) for every content item of an SR tree.
+
+    Positions are what Referenced Content Item Identifier (0040,DB73) holds: 1 for the
+    root, then the 1-based index in each Content Sequence down to the item (C.17.3.2.5).
+    """
+    found: dict[int, tuple[tuple[int, ...], Dataset]] = {}
+    stack: list[tuple[Dataset, tuple[int, ...]]] = [(ds, (1,))]
+    while stack:
+        parent, path = stack.pop()
+        elem = parent.get(CONTENT_SEQUENCE)
+        for index, item in enumerate(elem.value if elem is not None else (), 1):
+            found[id(item)] = (path + (index,), item)
+            stack.append((item, path + (index,)))
+    return found
+
+
+def renumber_content_references(
+    ds: Dataset, before: Mapping[int, tuple[tuple[int, ...], Dataset]]
+) -> None:
+    """Point each by-reference content item at its target's new position.
+
+    A reference whose target was removed is removed with its item, until none is left.
+    ``before`` is content_paths(ds) taken before items were removed.
+    """
+    old_of = {key: path for key, (path, _) in before.items()}
+    targets: dict[int, tuple[int, ...]] = {}  # the original target of each reference
+    while True:
+        now = content_paths(ds)
+        new_of = {old_of[key]: path for key, (path, _) in now.items() if key in old_of}
+        new_of[(1,)] = (1,)
+        referring = [item for _, item in now.values() if REFERENCED_CONTENT_ITEM in item]
+        for item in referring:
+            value = _as_list(item[REFERENCED_CONTENT_ITEM].value)
+            targets.setdefault(id(item), tuple(int(v) for v in value))
+        dangling = {id(item) for item in referring if targets[id(item)] not in new_of}
+        if not dangling:
+            for item in referring:
+                item[REFERENCED_CONTENT_ITEM].value = list(new_of[targets[id(item)]])
+            return
+        for parent in [ds, *(item for _, item in now.values())]:
+            elem = parent.get(CONTENT_SEQUENCE)
+            if elem is not None and any(id(i) in dangling for i in elem.value):
+                elem.value = [i for i in elem.value if id(i) not in dangling]
+                if not elem.value:
+                    del parent[CONTENT_SEQUENCE]
+
+
+#: A DA or DT value: year, month, day, and the rest of a DT (time, fraction, offset).
+_DATE_VALUE = re.compile(r"(\d{4})(\d{2})?(\d{2})?(.*)")
+
+
+def shift_date(vr: str, value: str, days: int) -> str | None:
+    """Return a DA or DT value (each of its values) moved by whole days, or None.
+
+    The time of a DT stays, as a whole-day move keeps every time of day; a DT of only a
+    year or a month stays that precise. None: a value that is not a date.
+    """
+    moved_values = []
+    for text in value.split("\\"):
+        text = text.strip()
+        if not text:
+            moved_values.append(text)
+            continue
+        match = _DATE_VALUE.fullmatch(text.replace(".", "") if vr == "DA" else text)
+        if match is None:
+            return None
+        year, month, day, rest = match.groups()
+        if vr == "DA" and (day is None or rest):
+            return None
+        if rest and day is None:
+            return None
+        try:
+            moved = datetime.date(int(year), int(month or 1), int(day or 1))
+            moved += datetime.timedelta(days=days)
+        except (ValueError, OverflowError):
+            return None
+        shown = f"{moved.year:04d}" + (f"{moved.month:02d}" if month else "")
+        moved_values.append(shown + (f"{moved.day:02d}" if day else "") + rest)
+    return "\\".join(moved_values)
+
+
+def date_shift_days(uids: UidMap, patient_id: str) -> int:
+    """Return the whole days (never zero) --shift-dates moves a patient's dates by.
+
+    A keyed hash of the patient's original ID: the same key gives the same shift to the
+    same patient in every run, process and machine, so intervals between studies survive.
+    """
+    digest = uids.keyed_hash("shift-dates\0" + patient_id.strip(" \0"))
+    return -(1 + int.from_bytes(digest[:8], "big") % DATE_SHIFT_MAX_DAYS)
+
+
+# ---- de-identification: keys and UID maps ----
+
+
+def read_deid_key(path: Path) -> str:
+    """Return the de-identification key in path, creating the file (0600) when missing.
+
+    Two runs creating it at once agree: the file is written aside and linked into place,
+    and the one that loses reads the winner's key. Raises DicomPressorError naming path.
+    """
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return _create_deid_key(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise DicomPressorError(
+            f"{path}: cannot read the de-identification key: {reason}"
+        ) from exc
+    if len(text) < 32 or not re.fullmatch(r"[0-9a-fA-F]+", text):
+        raise DicomPressorError(
+            f"{path}: not a de-identification key (expected at least 32 hex digits)"
+        )
+    return text.lower()
+
+
+def _create_deid_key(path: Path) -> str:
+    """Write a new random key to path (mode 0600) unless another run did; return the key."""
+    key = secrets.token_hex(DEID_KEY_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise DicomPressorError(f"{path}: cannot create the key: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(handle, "w", encoding="ascii") as out:
+            out.write(key + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return read_deid_key(path)
+        except OSError:  # no hard links here
+            if path.exists():
+                return read_deid_key(path)
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return key
+
+
+def key_id(secret: str) -> str:
+    """Return a short name of a key that reveals nothing of it (for the UID map)."""
+    return hmac.new(secret.encode("ascii"), b"key id", "sha256").hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def locked_file(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file lock (created if missing) while the block runs."""
+    with lock.open("a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merge_uid_map(path: Path, pairs: Mapping[str, str], secret: str) -> int:
+    """Add original -> new UID rows to the CSV at path; return how many rows were new.
+
+    The rows of every run and job go into the one file: under a lock (``path.lock``) the
+    file is read, the new rows appended, and the whole written aside and renamed over it
+    (mode 0600), so readers see the old file or the new one. A row names the key that
+    made it (key_id): runs with different keys give the same original different rows.
+    """
+    header = ",".join(UID_MAP_COLUMNS)
+    ident = key_id(secret)
+    try:
+        with locked_file(path.with_name(path.name + ".lock")):
+            lines = [header]
+            if path.exists():
+                lines = path.read_text(encoding="ascii").splitlines() or [header]
+                if lines[0] != header:
+                    raise DicomPressorError(
+                        f"{path}: not a UID map (its first line is not {header})"
+                    )
+            known = set(lines[1:])
+            new = [f"{old},{pairs[old]},{ident}" for old in sorted(pairs)]
+            new = [row for row in new if row not in known]
+            if new:
+                output = OutputFile(path, replace=True, on_ready=lambda tmp: tmp.chmod(0o600))
+                with output as handle:
+                    handle.write(("\n".join([*lines, *new]) + "\n").encode("ascii"))
+    except OSError as exc:
+        raise DicomPressorError(
+            f"{path}: cannot write the UID map: {exc.strerror or exc}"
+        ) from exc
+    return len(new)
 
 
 # ---- header dumps ----
@@ -5812,7 +6787,23 @@ def anonymize_file(
             "pixels is not removed"
         )
     if choice is not None:
-        deidentify_dataset(ds, profile_actions(choice), uids, replace_uids=not choice.keep_uids)
+        shift_days = 0
+        if choice.shift_dates:
+            patient = str(ds.get("PatientID", "") or "")
+            shift_days = date_shift_days(uids, patient)
+            if not patient.strip(" \0"):
+                warnings_.append(
+                    f"{path.name}: no (0010,0020) Patient ID: its dates move as those of "
+                    "every other file without one"
+                )
+        deidentify_dataset(
+            ds,
+            profile_actions(choice),
+            uids,
+            replace_uids=not choice.keep_uids,
+            choice=choice,
+            shift_days=shift_days,
+        )
         mark_deidentified(ds, choice)
     apply_replacements(ds, replacements)
     missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
@@ -5825,6 +6816,21 @@ def anonymize_file(
         write_keeping_pixels(handle, ds, path, location)
     assert output.path is not None
     return output.path, warnings_
+
+
+def _outside_outputs(options: Options, output_dir: Path | None) -> None:
+    """Refuse a key or UID map that would travel with the outputs (in --output-dir)."""
+    if output_dir is None:
+        return
+    folder = output_dir.resolve()
+    for name in ("deid_key", "uid_map"):
+        path = getattr(options, name)
+        if path is not None and folder in Path(path).resolve().parents:
+            flag = OPTIONS[name].flag
+            raise UsageError(
+                f"{flag} {path} is in the output folder {output_dir}: keep the key and the "
+                "UID map away from the de-identified files"
+            )
 
 
 def anonymize(
@@ -5843,45 +6849,66 @@ def anonymize(
     output_dir
         Folder for ``<stem>_anon.dcm``; None writes beside each input.
     options
-        ``params`` (the params text), ``profile`` ("basic" or "none"), ``keep_uids``,
-        ``keep_dates``, ``keep_descriptions`` (the Retain UIDs, Retain Longitudinal Full
-        Dates and Clean Descriptors options) and ``in_place`` (replace each input
-        atomically, ``-A``).
+        ``params`` (the params text), ``profile`` ("basic" or "none"), the options of
+        PS3.15 Table E.1-1: ``keep_uids`` (Retain UIDs), ``keep_dates`` (Retain
+        Longitudinal Temporal Information Full Dates), ``shift_dates`` (... Modified
+        Dates), ``keep_descriptions`` (Clean Descriptors, kept as they are),
+        ``keep_patient_characteristics``, ``keep_device_identity``,
+        ``keep_institution_identity``, ``keep_safe_private``, ``clean_graphics``;
+        ``deid_key`` (a key file: the same key gives the same new UIDs and date shifts
+        in every run; created if missing), ``uid_map`` (a CSV file the original -> new
+        UIDs are added to) and ``in_place`` (replace each input atomically, ``-A``).
 
     Returns
     -------
     ActionResult
         One output per file. With the basic profile the attributes of PS3.15 Table E.1-1
-        are removed, emptied or given dummy values, also inside sequences; private
-        elements are removed; (0008,0018) SOP Instance, (0020,000D) Study, (0020,000E)
-        Series, (0020,0052) Frame of Reference and every other non-standard UID get new
-        values, the same for the same original across all inputs; (0012,0062) Patient
-        Identity Removed is YES, (0012,0063) De-identification Method and (0012,0064)
-        De-identification Method Code Sequence name the profile and options, (0028,0303)
-        Longitudinal Temporal Information Modified is REMOVED (UNMODIFIED with
-        keep_dates). The params are applied last. Pixel data is never changed: a file
-        with (0028,0301) Burned In Annotation YES gives a warning.
+        (and of BEYOND_TABLE_E11) are removed, emptied or given dummy values, also inside
+        sequences, as the chosen options say; private elements are removed (but the safe
+        ones with keep_safe_private); overlays whose data goes lose their 60xx group;
+        SR content keeps its tree, codes, numbers and coordinates (Clean Structured
+        Content); (0008,0018) SOP Instance, (0020,000D) Study, (0020,000E) Series,
+        (0020,0052) Frame of Reference and every other non-standard UID get new values,
+        the same for the same original across all inputs (and runs with one key);
+        (0012,0062) Patient Identity Removed is YES, (0012,0063) De-identification
+        Method and (0012,0064) De-identification Method Code Sequence name the profile
+        and options (CID 7050), (0028,0303) Longitudinal Temporal Information Modified
+        is REMOVED (UNMODIFIED with keep_dates, MODIFIED with shift_dates). The params
+        are applied last. Pixel data is never changed: a file with (0028,0301) Burned
+        In Annotation YES gives a warning. data["uids_replaced"] counts the UIDs
+        replaced per file, summed.
     """
     check_options(ACTIONS["anonymize"], options)
     replacements = parse_params(options.params or "")
-    choice = None
-    if options.profile == "basic":
-        choice = ProfileChoice(options.keep_uids, options.keep_dates, options.keep_descriptions)
+    _outside_outputs(options, output_dir)
+    choice = ProfileChoice.of(options) if options.profile == "basic" else None
     result = ActionResult()
     # One key for the whole call: every worker derives the same new UID for an old one.
-    options = dataclasses.replace(options, uid_secret=options.uid_secret or secrets.token_hex(16))
+    secret = options.uid_secret or secrets.token_hex(16)
+    if options.deid_key is not None:
+        key_path = Path(options.deid_key)
+        secret = read_deid_key(key_path)
+        if os.name == "posix" and key_path.stat().st_mode & 0o077:
+            result.warn(f"{key_path}: the key can be read by other users (chmod 600)")
+    options = dataclasses.replace(options, uid_secret=secret)
     label = "basic profile" if choice is not None else "params only"
     result.info(f"Anonymizing {len(inputs)} files ({label}, {len(replacements)} replacements)...")
     if choice is not None and choice.keep_descriptions:
         result.warn("descriptions are kept as they are: check them for identifying text")
     tasks = [(path, output_dir, options, replacements, choice) for path in inputs]
     replaced = 0
+    mapped: dict[str, str] = {}
     for outcome in iter_ordered(
         _anonymize_task, tasks, options.jobs, progress, len(tasks), batch=8
     ):
         result.record(outcome)
-        replaced += outcome.data or 0
+        pairs = outcome.data or {}
+        replaced += len(pairs)
+        mapped.update(pairs)
     result.data["uids_replaced"] = replaced
+    if options.uid_map is not None:
+        added = merge_uid_map(Path(options.uid_map), mapped, secret)
+        result.info(f"UID map {options.uid_map}: {added} new of {len(mapped)} UIDs")
     result.info("Done.")
     return result
 
@@ -5889,7 +6916,7 @@ def anonymize(
 def _anonymize_task(
     task: tuple[Path, Path | None, Options, list[Replacement], ProfileChoice | None],
 ) -> FileOutcome:
-    """Worker: anonymize one file (its data: how many UIDs it replaced)."""
+    """Worker: anonymize one file (its data: the original -> new UIDs of the file)."""
     return guarded(_anonymize_one, *task, doing="anonymize")
 
 
@@ -5908,7 +6935,7 @@ def _anonymize_one(
     )
     shown = "replaced" if options.in_place else f"-> {written.name}"
     message = f"Anonymized {path.name} {shown}"
-    return FileOutcome(path, DONE, message, (written,), tuple(notes), len(uids))
+    return FileOutcome(path, DONE, message, (written,), tuple(notes), uids.pairs())
 
 
 # ---- headers ----
@@ -7405,9 +8432,15 @@ def _export_rule(options: Any, label: Label) -> str | None:
 
 
 def _anonymize_rule(options: Any, label: Label) -> str | None:
-    """Without the profile, only the params change anything."""
-    if options.profile == "none" and not parse_params(options.params or ""):
-        return f"{label(OPTIONS['profile'])} none with no params would change nothing"
+    """Without the profile, only the params change anything: its options make no sense."""
+    if options.profile != "none":
+        return None
+    profile = label(OPTIONS["profile"])
+    for name in [*(f.name for f in dataclasses.fields(ProfileChoice)), "deid_key", "uid_map"]:
+        if getattr(options, name, None) not in (None, False):
+            return f"{label(OPTIONS[name])} is an option of the profile, not of {profile} none"
+    if not parse_params(options.params or ""):
+        return f"{profile} none with no params would change nothing"
     return None
 
 

@@ -338,7 +338,7 @@ class TestOptions:
             assert out.PatientName == ""
             assert out.LongitudinalTemporalInformationModified == "UNMODIFIED"
             codes = [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
-        assert codes == ["113100", "113105", "113106", "113110"]
+        assert codes == ["113100", "113104", "113105", "113106", "113110"]
         assert any("descriptions are kept" in line for line in result.log)
 
     def test_params_on_top_of_profile(self, make_series, tmp_path):
