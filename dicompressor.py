@@ -9251,6 +9251,30 @@ def _decoded_video(
     return FileOutcome(path, DONE, message, (output.path,), tuple(notes))
 
 
+def _copyable_stream(
+    exe: str, path: Path, stream: Path
+) -> tuple[str | None, H264Parameters | None, VideoTrack | None, str]:
+    """Copy a video's stream into an MP4 at stream and judge it (see mpeg4_syntax).
+
+    Returns (the MPEG-4 syntax that takes it or None, its H.264 parameters when it is
+    H.264, its track, why it is not copied).
+    """
+    why = _remux_mp4(exe, path, stream)
+    if why is not None:
+        return None, None, None, why
+    try:
+        track = mp4_video_track(stream)
+        if track.codec not in ("avc1", "avc3"):
+            return None, None, track, f"{track.codec} video, not H.264"
+        if track.frames < 1 or track.frame_time_ms <= 0:
+            return None, None, track, "H.264 without frame timing"
+        sps = h264_parameters(track.config)
+    except DicomPressorError as exc:
+        return None, None, None, exc.message
+    syntax, why = mpeg4_syntax(sps)
+    return syntax, sps, track, why
+
+
 def _video_file(
     path: Path, series: NewSeries, number: int, output_dir: Path | None, options: Options
 ) -> FileOutcome:
@@ -9258,39 +9282,24 @@ def _video_file(
     exe = video_ffmpeg()
     target = output_path(path.with_suffix(""), output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    notes = (
-        ["its audio is left out (no DICOM image keeps sound)"]
-        if video_has_audio(exe, path)
-        else []
-    )
+    notes = ["its audio is left out (no DICOM image keeps sound)"]
+    if not video_has_audio(exe, path):
+        notes = []
     stream = temp_path(target.with_suffix(".mp4"))
     try:
-        why = _remux_mp4(exe, path, stream)
-        sps = None
-        if why is None:
-            track = mp4_video_track(stream)
-            if track.codec not in ("avc1", "avc3"):
-                why = f"{track.codec} video, not H.264"
-            elif track.frames < 1 or track.frame_time_ms <= 0:
-                why = "H.264 without frame timing"
-            else:
-                sps = h264_parameters(track.config)
-                syntax, why_not = mpeg4_syntax(sps)
-                if syntax is not None:
-                    outcome = _copied_video(
-                        path, stream, syntax, sps, track, target, series, number, options
-                    )
-                    return dataclasses.replace(
-                        outcome, warnings=named(path, (*notes, *outcome.warnings))
-                    )
-                why = why_not
-        if sps is not None:
-            notes.append(f"{why}: decoded into Multi-frame True Color Secondary Capture")
-        outcome = _decoded_video(path, target, series, number, options)
-        if sps is None:
-            outcome = dataclasses.replace(
-                outcome, message=f"{outcome.message} ({one_line(why or '', limit=120)})"
+        syntax, sps, track, why = _copyable_stream(exe, path, stream)
+        if syntax is not None:
+            assert sps is not None and track is not None
+            outcome = _copied_video(
+                path, stream, syntax, sps, track, target, series, number, options
             )
+        else:
+            if sps is not None:  # H.264 outside the syntaxes' limits: say so
+                notes.append(f"{why}: decoded into Multi-frame True Color Secondary Capture")
+            outcome = _decoded_video(path, target, series, number, options)
+            if sps is None:
+                shown = one_line(why, limit=120)
+                outcome = dataclasses.replace(outcome, message=f"{outcome.message} ({shown})")
         return dataclasses.replace(outcome, warnings=named(path, (*notes, *outcome.warnings)))
     finally:
         with contextlib.suppress(OSError):
@@ -11363,7 +11372,8 @@ WEB_PAGE = """<!doctype html>
   <span id="action-summary" class="muted"></span>
   <div id="opts"></div>
   <div id="params-box" class="hidden">
-    <div class="muted">Anonymization parameters, one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
+    <div class="muted">Params (anonymize replacements; patient and study values of new
+      instances), one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
     <textarea id="params">(0010,0010)=ANONYMOUS^PATIENT
 (0010,0020)=ANON001</textarea>
   </div>
