@@ -5392,6 +5392,7 @@ def read_image(path: Path) -> ImagePixels:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
+            file_format = image.format
             pages = int(getattr(image, "n_frames", 1) or 1)
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -5402,6 +5403,8 @@ def read_image(path: Path) -> ImagePixels:
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for damaged files
         raise DicomPressorError(f"damaged image: {one_line(str(exc), limit=200)}") from exc
     notes = [f"{pages} pages: only the first is converted"] if pages > 1 else []
+    if file_format == "PNG" and _png_depth(path) == (16, True):  # Pillow reads 8 bits
+        notes.append("16-bit colour reduced to 8 bits (colour Secondary Capture takes 8)")
     mode = image.mode
     if mode.startswith("I;16"):
         return ImagePixels(np.asarray(image).astype(np.uint16), tuple(notes))
@@ -5432,6 +5435,13 @@ def read_image(path: Path) -> ImagePixels:
     if "A" in mode or mode in ("RGBa", "La", "PA"):
         return ImagePixels(_without_alpha(image, notes), tuple(notes))
     return ImagePixels(np.asarray(image.convert("RGB")), tuple(notes))
+
+
+def _png_depth(path: Path) -> tuple[int, bool]:
+    """Return a PNG's bit depth and whether it is colour (its IHDR chunk, PNG 11.2.2)."""
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    return (head[24], head[25] in (2, 6)) if len(head) == 26 else (0, False)
 
 
 def _without_alpha(image: Any, notes: list[str]) -> np.ndarray:

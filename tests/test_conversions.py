@@ -192,6 +192,14 @@ class TestImageToDicom:
         ds = valid(folder / "bilevel.dcm")
         np.testing.assert_array_equal(ds.pixel_array, bits.astype(np.uint8) * 255)
 
+    def test_16_bit_colour_png_says_so(self, tmp_path: Path) -> None:
+        deep = np.random.default_rng(1).integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+        (tmp_path / "deep.png").write_bytes(dp.png16_rgb_bytes(deep))
+        log = ok("-w", "-f", tmp_path / "deep.png")
+        assert "[WARNING] deep.png: 16-bit colour reduced to 8 bits" in log
+        ds = valid(tmp_path / "deep.dcm")
+        np.testing.assert_array_equal(ds.pixel_array, (deep >> 8).astype(np.uint8))
+
     def test_jpeg2000_without_pillow_plugin(self, tmp_path: Path) -> None:
         """The pylibjpeg-openjpeg path reads what Pillow's plugin reads."""
         colour, deep = rgb(7), (rgb(8)[..., 0].astype(np.uint16) * 257)
