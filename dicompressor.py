@@ -29,6 +29,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - de-identification: the options, and what Table E.1-1 leaves out
    - de-identification: safe private attributes and structured content
    - export tables
+   - conversion tables
    - the REST API's limits (--serve)
    - options: each declared once
 
@@ -57,6 +58,9 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - de-identification: keys and UID maps
    - header dumps
    - DICOMDIR
+   - byte order: bare datasets and re-encoding
+   - new instances from images and videos
+   - video streams: MP4, H.264 and ffmpeg
 
 6. Actions: each action with its building blocks right above it, then ``ACTIONS``,
    the registry the CLI, batch, the API, OpenAPI and the web page are made from.
@@ -72,6 +76,9 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - export: planning files and frames, the action
    - export: video
    - info and summary
+   - conversions: Part 10, bare datasets, byte order
+   - DICOMDIR in the parent folder
+   - conversions: images and videos to DICOM
    - the registry
 
 7. Batch: job folders, markers, locks, recovery, parallel jobs, shards, Dask, watch.
@@ -264,14 +271,38 @@ IMPLEMENTATION_UID = UID_PREFIX + "1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
+#: What an action reads from a folder (ActionSpec.inputs): DICOM files (any name but the
+#: endings of NON_DICOM_SUFFIXES), or images or videos, told by their endings.
+DICOM_INPUTS, IMAGE_INPUTS, VIDEO_INPUTS = "dicom", "images", "videos"
+
+
+#: Endings of the images -w and -W read (Pillow; JPEG 2000 also through openjpeg) and of
+#: the videos -v reads (ffmpeg), as the original DicomPressor finds them (any case).
+IMAGE_ENDINGS = frozenset(".png .jpg .jpeg .bmp .tif .tiff .jp2 .j2k .jpx".split())  # noqa: SIM905
+
+
+VIDEO_ENDINGS = frozenset(".mp4 .m4v .mov .avi .mkv .wmv".split())  # noqa: SIM905
+
+
+INPUT_ENDINGS = {IMAGE_INPUTS: IMAGE_ENDINGS, VIDEO_INPUTS: VIDEO_ENDINGS}
+
+
+#: How messages name the inputs of each kind ("no image files in folder").
+INPUT_NOUNS = {DICOM_INPUTS: "DICOM files", IMAGE_INPUTS: "image files", VIDEO_INPUTS: "videos"}
+
+
 #: File name endings that are never DICOM; such files in a job folder are passed over
-#: silently (our own exports and notes among them).
-NON_DICOM_SUFFIXES = frozenset(
-    """
-    .txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi .mov
-    .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg .yaml .yml
-    .lock .tmp .part
-    """.split()  # noqa: SIM905
+#: silently (our own exports and notes among them, and the images and videos).
+NON_DICOM_SUFFIXES = (
+    frozenset(
+        """
+        .txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi
+        .mov .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg
+        .yaml .yml .lock .tmp .part
+        """.split()  # noqa: SIM905
+    )
+    | IMAGE_ENDINGS
+    | VIDEO_ENDINGS
 )
 
 
@@ -609,7 +640,7 @@ J2K_LOSSY = "1.2.840.10008.1.2.4.91"
 LOSSY_SUFFIX = "_j2k"
 
 
-DECOMPRESSED_SUFFIX = "_raw"
+DECOMPRESSED_SUFFIX = "_unc"  # the original DicomPressor's name
 
 
 DEFAULT_RATIO = 10.0
@@ -1461,6 +1492,96 @@ JPEG_QUALITY = 92
 VOI_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
 
 
+# ---- conversion tables ----
+
+#: Output suffixes of -p (Part 10), -n (bare dataset), -l and -b, as the original's.
+PART10_SUFFIX, BARE_SUFFIX, LE_SUFFIX, BE_SUFFIX = "_dcm3", "_nema2", "_le", "_be"
+
+
+#: -W's output in each folder (the original's name).
+MULTIFRAME_NAME = "multiframe.dcm"
+
+
+#: Bytes of each number whose order a change of byte order reverses, by VR (PS3.5 7.3).
+#: OB, UN and text are byte streams and keep their order; AT is two 16-bit numbers.
+SWAP_UNIT = {
+    **dict.fromkeys(("US", "SS", "OW", "AT"), 2),
+    **dict.fromkeys(("UL", "SL", "FL", "OF", "OL"), 4),
+    **dict.fromkeys(("FD", "OD", "SV", "UV", "OV"), 8),
+}
+
+
+#: SOP class a dataset without one (ACR-NEMA 2.0) gets from its Modality (PS3.4 B.5).
+SOP_CLASS_OF_MODALITY = {
+    "CT": CT_IMAGE,
+    "MR": MR_IMAGE,
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "NM": "1.2.840.10008.5.1.4.1.1.20",
+    "US": US_IMAGE,
+}
+
+
+#: The video transfer syntaxes (PS3.5 8.2.5-8.2.11, A.4.5-A.4.10): the Pixel Data is one
+#: stream in a container (MP4 or MPEG-TS), not frames; ffmpeg decodes it.
+MPEG4_HP41 = "1.2.840.10008.1.2.4.102"
+
+
+MPEG4_HP42_2D = "1.2.840.10008.1.2.4.104"
+
+
+MPEG4_HP42_STEREO = "1.2.840.10008.1.2.4.106"
+
+
+VIDEO_SYNTAXES = frozenset(
+    f"1.2.840.10008.1.2.4.{n}"
+    for n in (
+        "100 100.1 101 101.1 102 102.1 103 103.1 104 104.1 105 105.1 106 106.1 107 108".split()  # noqa: SIM905
+    )
+)
+
+
+#: H.264 profile_idc of the High and Stereo High profiles (ITU-T H.264 A.2.4, H.10.1.2)
+#: and the largest level_idc each MPEG-4 syntax takes (4.1 and 4.2, times ten).
+H264_HIGH, H264_STEREO_HIGH = 100, 128
+
+
+H264_LEVEL_41, H264_LEVEL_42 = 41, 42
+
+
+#: An MPEG-4 stream is one fragment (PS3.5 8.2.7), whose length is a 32-bit even number.
+MAX_FRAGMENT_BYTES = 0xFFFFFFFE
+
+
+#: Anatomic Region of a video whose anatomy nobody stated: SNOMED CT "Body structure",
+#: the root of its anatomy (PS3.16 CID 4 is extensible).
+BODY_STRUCTURE = ("123037004", "SCT", "Body structure")
+
+
+#: (0028,2114) Lossy Image Compression Method of H.264 (PS3.3 C.7.6.1.1.5.1).
+H264_METHOD = "ISO_14496_10"
+
+
+#: Video Endoscopic and Video Photographic Image Storage (PS3.3 A.32.5, A.32.7) by the
+#: Modality of -v --modality.
+VIDEO_SOP_CLASS = {
+    "XC": "1.2.840.10008.5.1.4.1.1.77.1.4.1",
+    "ES": "1.2.840.10008.5.1.4.1.1.77.1.1.1",
+}
+
+
+#: Elements a --params file may not set on a new instance: its identity, the Image Pixel
+#: and Multi-frame description and the frame timing come from the image or video.
+MADE_FROM_PIXELS = frozenset(
+    """
+    SOPClassUID SOPInstanceUID SamplesPerPixel PhotometricInterpretation PlanarConfiguration
+    NumberOfFrames FrameIncrementPointer Rows Columns PixelAspectRatio BitsAllocated
+    BitsStored HighBit PixelRepresentation RescaleIntercept RescaleSlope RescaleType
+    FrameTime CineRate PageNumberVector LossyImageCompression LossyImageCompressionRatio
+    LossyImageCompressionMethod
+    """.split()  # noqa: SIM905
+)
+
+
 # ---- the REST API's limits (--serve) ----
 
 #: Defaults of the ``--serve`` flags: the limits of the spec's "Rate Limits" table.
@@ -1575,6 +1696,7 @@ OPTION_GROUPS = {
     "compression": "compression (-x/-X, -z/-Z)",
     "anonymize": "anonymize (-a/-A PARAMS) and headers (-t)",
     "exports": "exports (-I FORMAT, -E)",
+    "conversions": "conversions (-w/-W images, -v video)",
     "batch": "batch and watch",
     "server": "server (--serve)",
     "output": "output",
@@ -1664,6 +1786,13 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("fps", "number", f"video frame rate when the file states none (default "
                    f"{DEFAULT_FPS:g})", above=0, actions=("export_video",), metavar="N",
                    group="exports"),
+        # conversions
+        OptionSpec("modality", "choice", "-v: XC (Video Photographic, default) or ES (Video "
+                   "Endoscopic)", default="XC", choices=tuple(VIDEO_SOP_CLASS),
+                   actions=("video_to_dicom",), group="conversions", noun="video modality"),
+        OptionSpec("params_file", "path", "-w, -W, -v: patient and study values, lines "
+                   "(GGGG,EEEE)=VALUE, GGGG EEEE VR VALUE or Keyword=VALUE", scope=RUN,
+                   short="--params", long=False, metavar="FILE", group="conversions"),
         # batch and watch
         OptionSpec("skip_if_done", "flag", f"skip folders holding {DONE_MARKER}; write it "
                    "after a folder succeeds", scope=RUN, default=False, group="batch"),
@@ -1761,13 +1890,15 @@ def _options_class() -> type:
         ("params", Any, dataclasses.field(default=None)),
         # anonymize: the key that derives new UIDs (one per run, so all its jobs agree)
         ("uid_secret", str, dataclasses.field(default="")),
+        # a whole-tree action (TREE): the folder it was given (-D puts DICOMDIR beside it)
+        ("tree_root", Any, dataclasses.field(default=None)),
     ]
     cls = dataclasses.make_dataclass("Options", [*declared, *internal], frozen=True)
     cls.__module__ = __name__
     cls.__doc__ = (
         "Options of one run, shared by every action (built by the CLI or the API): one "
-        "field per ACTION and COMMON entry of OPTIONS, plus keep_beside, in_place, params "
-        "and uid_secret."
+        "field per ACTION and COMMON entry of OPTIONS, plus keep_beside, in_place, params, "
+        "uid_secret and tree_root."
     )
     return cls
 
@@ -2634,6 +2765,19 @@ def is_candidate(path: Path) -> bool:
     return path.suffix.lower() not in NON_DICOM_SUFFIXES or has_dicm_prefix(path)
 
 
+def is_input(path: Path, kind: str) -> bool:
+    """Tell whether a file in a job folder is an input of an action that reads kind.
+
+    DICOM inputs are is_candidate's; images and videos are told by their endings
+    (INPUT_ENDINGS). Hidden files never count.
+    """
+    if kind == DICOM_INPUTS:
+        return is_candidate(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    return path.suffix.lower() in INPUT_ENDINGS[kind]
+
+
 def transfer_syntax_of(ds: Dataset) -> UID:
     """Return the dataset's transfer syntax UID (Explicit VR Little Endian if unknown)."""
     meta = getattr(ds, "file_meta", None)
@@ -2808,7 +2952,7 @@ def read_header(
         if image:
             raise DicomPressorError(
                 "not a DICOM file: a bare dataset without preamble and File Meta "
-                "(PS3.10 7.1); only -t dumps it"
+                "(PS3.10 7.1); only -t dumps it, -p makes a Part 10 file of it"
             ) from exc
     except BaseException as exc:  # pydicom raises many types on malformed files
         if is_fatal(exc):
@@ -4356,11 +4500,15 @@ def stored_frames(
     """Yield each frame as stored in the file, or None when frames can't be cut out.
 
     Native little-endian and encapsulated pixel data are read frame by frame from their
-    offsets; big endian, deflated, bit-packed and subsampled YBR data are not.
+    offsets; big endian, deflated, bit-packed and subsampled YBR data are not. A video
+    stream (VIDEO_SYNTAXES) has no frames to cut: ffmpeg decodes them, and they come as
+    native RGB (video_frames; decode_stored_frame knows them).
     """
     if location is None or location.offset < 0:
         return None
     syntax = transfer_syntax_of(header)
+    if str(syntax) in VIDEO_SYNTAXES and location.encapsulated:
+        return video_frames(path, header, location)
     n_frames = number_of_frames(header)
     if location.encapsulated:
         offsets, fragments = scan_fragments(path, location)
@@ -4488,6 +4636,8 @@ def decode_stored_frame(
     data: bytes, syntax: UID, description: dict[str, Any], *, raw: bool
 ) -> np.ndarray:
     """Decode one stored frame (native bytes or one codestream) to an array."""
+    if str(syntax) in VIDEO_SYNTAXES:  # decoded already, by ffmpeg (stored_frames)
+        return video_frame_array(data, description)
     decoder = pydicom.pixels.get_decoder(syntax)
     source = pydicom.encaps.encapsulate([data]) if syntax.is_encapsulated else data
     try:
@@ -5885,6 +6035,945 @@ def _write_dicomdir_in_place(fs: FileSet, file_ids: dict[str, list[str]], target
     finally:
         for record, value in saved:
             record.ReferencedFileID = value
+
+
+# ---- byte order: bare datasets and re-encoding ----
+
+
+def swapped(value: bytes, unit: int) -> bytes:
+    """Reverse the byte order of each unit-byte number in value (a short tail stays)."""
+    if unit <= 1 or len(value) < unit:
+        return value
+    whole = len(value) // unit * unit
+    numbers = np.frombuffer(value, dtype=np.uint8, count=whole).reshape(-1, unit)
+    return numbers[:, ::-1].tobytes() + value[whole:]
+
+
+def encoded_header(tag: int, vr: str, length: int, *, implicit: bool, little: bool) -> bytes:
+    """Return an element header in the given encoding (PS3.5 7.1.1-7.1.3)."""
+    order = "<" if little else ">"
+    group, element = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack(f"{order}HHL", group, element, length)
+    if vr in LONG_LENGTH_VRS:
+        return struct.pack(f"{order}HH2s2xL", group, element, vr.encode("ascii"), length)
+    return struct.pack(f"{order}HH2sH", group, element, vr.encode("ascii"), length)
+
+
+def _item_tag(tag: int, length: int, little: bool) -> bytes:
+    """Return an item or delimiter header (always tag and 4-byte length, PS3.5 7.5)."""
+    return struct.pack("<HHL" if little else ">HHL", tag >> 16, tag & 0xFFFF, length)
+
+
+def _stored_vr(ds: Dataset, tag: int, item: Any, little: bool) -> str:
+    """Return the VR an element is written with: as read (explicit), else the dictionary's.
+
+    Ambiguous dictionary VRs (US or SS, OB or OW) are resolved as pydicom writes them,
+    from Pixel Representation and Bits Allocated; an unknown private element is UN.
+    """
+    vr = getattr(item, "VR", None)
+    if vr and " or " not in vr and not getattr(item, "is_implicit_VR", False):
+        return str(vr)
+    elem = ds[tag]  # converted: the dictionary (private ones through their creator)
+    if elem.VR and " or " in elem.VR:
+        elem = copy.copy(elem)
+        pydicom.filewriter.correct_ambiguous_vr_element(elem, ds, little)
+    return str(elem.VR or "UN")
+
+
+def recode_dataset(
+    ds: Dataset, *, implicit: bool, little: bool, source_little: bool | None = None
+) -> bytes:
+    """Encode ds (not its File Meta) in an encoding: VR implicit or explicit, byte order.
+
+    Each value is taken as the file holds it and only byte-swapped where the byte order
+    changes: numbers and OW, OF, OL, OD, OV by their unit (SWAP_UNIT), OB, UN and text as
+    they are. So a round trip between native syntaxes gives the same bytes back.
+    Retired group lengths (gggg,0000) are left out; sequences keep their defined or
+    undefined lengths. Encapsulated (compressed) Pixel Data cannot be recoded.
+    """
+    if source_little is None:
+        source_little = ds.original_encoding[1] is not False
+    parts = []
+    for tag in sorted(ds._dict):
+        if not tag & 0xFFFF and tag >> 16 > 2:
+            continue  # a retired group length: no longer true once headers change size
+        item = ds._dict[tag]
+        vr = _stored_vr(ds, tag, item, source_little)
+        if vr == "SQ":
+            parts.append(_recoded_sequence(ds[tag], implicit=implicit, little=little))
+            continue
+        if getattr(item, "length", 0) == 0xFFFFFFFF or getattr(item, "is_undefined_length", 0):
+            raise DicomPressorError(
+                f"{_tag_text(int(tag))} is encapsulated (compressed): decompress it first (-u)"
+            )
+        if isinstance(item, RawDataElement):
+            value = item.value or b""
+            item_little = item.is_little_endian
+        else:  # converted by pydicom: numbers in the target order, bytes as they were read
+            value = _converted_value_bytes(item, vr, little)
+            item_little = source_little if isinstance(item.value, (bytes, bytearray)) else little
+        if item_little != little:
+            value = swapped(value, SWAP_UNIT.get(vr, 1))
+        if not implicit and vr not in LONG_LENGTH_VRS and len(value) > 0xFFFF:
+            vr = "UN"  # PS3.5 6.2.2: a value too long for its VR's 2-byte length
+        parts.append(encoded_header(tag, vr, len(value), implicit=implicit, little=little))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def _converted_value_bytes(elem: DataElement, vr: str, little: bool) -> bytes:
+    """Encode the value of an element pydicom converted already, in the target order."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = little, True
+    elem = DataElement(elem.tag, vr, elem.value)
+    pydicom.filewriter.write_data_element(buffer, elem)
+    return buffer.getvalue()[8:]
+
+
+def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> bytes:
+    """Encode a sequence element and its items in an encoding (lengths kept defined or not)."""
+    body = []
+    for child in elem.value:
+        source_little = child.original_encoding[1] is not False
+        content = recode_dataset(
+            child, implicit=implicit, little=little, source_little=source_little
+        )
+        if getattr(child, "is_undefined_length_sequence_item", False):
+            body.append(_item_tag(0xFFFEE000, 0xFFFFFFFF, little) + content)
+            body.append(_item_tag(0xFFFEE00D, 0, little))
+        else:
+            body.append(_item_tag(0xFFFEE000, len(content), little) + content)
+    value = b"".join(body)
+    tag = int(elem.tag)
+    if elem.is_undefined_length:
+        head = encoded_header(tag, "SQ", 0xFFFFFFFF, implicit=implicit, little=little)
+        return head + value + _item_tag(0xFFFEE0DD, 0, little)
+    return encoded_header(tag, "SQ", len(value), implicit=implicit, little=little) + value
+
+
+def part10_bytes(ds: Dataset, body: bytes, syntax: UID) -> bytes:
+    """Return a whole Part 10 file: preamble, ``DICM``, File Meta for ds (PS3.10 7.1), body."""
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(
+        DicomFileLike(buffer), file_meta_for(ds, syntax), enforce_standard=True
+    )
+    buffer.write(body)
+    return buffer.getvalue()
+
+
+def _walk_items(
+    data: bytes, pos: int, end: int, little: bool, content: Callable[..., int] | None
+) -> int:
+    """Walk the items of an undefined-length element from pos; return the end of its delimiter.
+
+    content(start, stop, undefined) checks one item's content and returns where it ends;
+    None: the items are pixel data fragments, of defined length, not checked.
+    """
+    order = "<" if little else ">"
+    while True:
+        if pos + 8 > end:
+            raise ValueError(f"a sequence runs past the end of the file (offset {pos})")
+        group, element, length = struct.unpack_from(f"{order}HHL", data, pos)
+        tag = group << 16 | element
+        pos += 8
+        if tag == 0xFFFEE0DD:
+            return pos
+        if tag != 0xFFFEE000:
+            raise ValueError(
+                f"({group:04X},{element:04X}) where an item was expected at {pos - 8}"
+            )
+        if length == 0xFFFFFFFF:
+            if content is None:
+                raise ValueError(f"a pixel data fragment of undefined length at offset {pos}")
+            pos = content(pos, end, True)
+            continue
+        if pos + length > end:
+            raise ValueError(f"an item runs past the end of the file (offset {pos})")
+        if content is not None:
+            content(pos, pos + length, False)
+        pos += length
+
+
+def walk_dataset(
+    data: bytes, pos: int, end: int, *, implicit: bool, little: bool, item: bool = False
+) -> int:
+    """Check that data[pos:end] is a dataset in this encoding; return where it ends.
+
+    Tags ascend, explicit VRs are VRs, every value and sequence fits; an item of
+    undefined length ends at its delimiter. Raises ValueError saying where it is not.
+    """
+    order = "<" if little else ">"
+    last = -1
+    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
+
+    def items_in(implicit_items: bool, little_items: bool) -> Callable[..., int]:
+        def content(start: int, stop: int, undefined: bool) -> int:
+            return walk_dataset(
+                data, start, stop, implicit=implicit_items, little=little_items, item=undefined
+            )
+
+        return content
+
+    while pos < end:
+        if pos + 8 > end:
+            raise ValueError(f"{end - pos} stray byte(s) at offset {pos}")
+        group, element = struct.unpack_from(f"{order}HH", data, pos)
+        tag = group << 16 | element
+        if item and tag == 0xFFFEE00D:
+            return pos + 8
+        if tag <= last:
+            raise ValueError(f"tags out of order at offset {pos} ({_tag_text(tag)})")
+        last = tag
+        if implicit:
+            vr, (length,) = None, struct.unpack_from(f"{order}L", data, pos + 4)
+            start = pos + 8
+        else:
+            raw_vr = bytes(data[pos + 4 : pos + 6])
+            if raw_vr not in known:
+                raise ValueError(f"no VR at offset {pos + 4} ({_tag_text(tag)})")
+            vr = raw_vr.decode("ascii")
+            if vr in LONG_LENGTH_VRS:
+                (length,) = struct.unpack_from(f"{order}L", data, pos + 8)
+                start = pos + 12
+            else:
+                (length,) = struct.unpack_from(f"{order}H", data, pos + 6)
+                start = pos + 8
+        if length == 0xFFFFFFFF:
+            if tag == 0x7FE00010:  # encapsulated: fragments, not datasets
+                pos = _walk_items(data, start, end, little, None)
+            elif vr in (None, "SQ"):
+                pos = _walk_items(data, start, end, little, items_in(implicit, little))
+            elif vr == "UN":  # PS3.5 6.2.2: its items are Implicit VR Little Endian
+                pos = _walk_items(data, start, end, little, items_in(True, True))
+            else:
+                raise ValueError(f"{_tag_text(tag)} {vr} has an undefined length")
+            continue
+        if start + length > end:
+            raise ValueError(
+                f"{_tag_text(tag)} declares {length} bytes at offset {start}, "
+                f"{end - start} are left"
+            )
+        if vr == "SQ" and length:
+            walk_sequence_items(data, start, start + length, implicit=implicit, little=little)
+        pos = start + length
+    if item:
+        raise ValueError("an item of undefined length has no delimiter")
+    return pos
+
+
+def walk_sequence_items(data: bytes, pos: int, end: int, *, implicit: bool, little: bool) -> None:
+    """Check the items of a sequence of defined length (see walk_dataset)."""
+    order = "<" if little else ">"
+    while pos < end:
+        if pos + 8 > end:
+            raise ValueError(f"a sequence ends inside an item header (offset {pos})")
+        group, element, length = struct.unpack_from(f"{order}HHL", data, pos)
+        if (group, element) != (0xFFFE, 0xE000):
+            raise ValueError(f"({group:04X},{element:04X}) where an item was expected at {pos}")
+        if length == 0xFFFFFFFF:
+            pos = walk_dataset(data, pos + 8, end, implicit=implicit, little=little, item=True)
+        else:
+            walk_dataset(data, pos + 8, pos + 8 + length, implicit=implicit, little=little)
+            pos += 8 + length
+
+
+#: (VR implicit, little endian) of each native syntax, and the syntax of each encoding.
+ENCODING_SYNTAX = {
+    (True, True): "1.2.840.10008.1.2",
+    (False, True): EXPLICIT_VR_LE,
+    (False, False): "1.2.840.10008.1.2.2",
+}
+
+
+def bare_encoding(data: bytes) -> tuple[bool, bool]:
+    """Return (implicit VR, little endian) of a dataset stored without preamble and meta.
+
+    A dataset starts in group 0008 (ACR-NEMA 2.0 files with their group length); the
+    byte order shows in that group number, explicit VR in the bytes after the tag, and
+    the whole file must then read as a dataset to its last byte (walk_dataset). Raises
+    DicomPressorError saying why it is not one.
+    """
+    if len(data) < 8:
+        raise DicomPressorError(f"not a DICOM dataset: {len(data)} bytes")
+    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
+    problems = []
+    for little in (True, False):
+        (group,) = struct.unpack_from("<H" if little else ">H", data, 0)
+        if group != 0x0008:
+            continue
+        for implicit in (False, True) if data[4:6] in known else (True,):
+            try:
+                walk_dataset(data, 0, len(data), implicit=implicit, little=little)
+            except (ValueError, struct.error) as exc:
+                problems.append(str(exc))  # the likeliest encoding's problem comes first
+                continue
+            return implicit, little
+    problem = problems[0] if problems else "it does not start with a group 0008 element"
+    raise DicomPressorError(f"not a DICOM dataset: {problem}")
+
+
+# ---- new instances from images and videos ----
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePixels:
+    """An image's pixels as DICOM stores them: grey 8 or 16 bits, or RGB 8 bits."""
+
+    array: np.ndarray  # (rows, columns) uint8 or uint16, or (rows, columns, 3) uint8
+    notes: tuple[str, ...] = ()
+
+    @property
+    def colour(self) -> bool:
+        """Tell whether the pixels are RGB."""
+        return self.array.ndim == 3
+
+    @property
+    def bits(self) -> int:
+        """Return Bits Allocated (and Stored): 8 or 16."""
+        return self.array.dtype.itemsize * 8
+
+    @property
+    def kind(self) -> str:
+        """Describe the pixels in words: ``RGB 8-bit``, ``grey 16-bit``."""
+        return f"{'RGB' if self.colour else 'grey'} {self.bits}-bit"
+
+    @property
+    def size(self) -> str:
+        """Return ``<columns> x <rows>``, as image sizes are said."""
+        return f"{self.array.shape[1]} x {self.array.shape[0]}"
+
+    def frame_bytes(self) -> bytes:
+        """Return the pixels as one native little-endian frame (PS3.5 8.1.1)."""
+        dtype = np.dtype("<u2") if self.bits == 16 else np.dtype(np.uint8)
+        return np.ascontiguousarray(self.array, dtype=dtype).tobytes()
+
+
+def named(path: Path, notes: Iterable[str]) -> tuple[str, ...]:
+    """Return notes about a file as warnings that name it."""
+    return tuple(f"{path.name}: {note}" for note in notes)
+
+
+def natural_key(path: Path) -> tuple[Any, ...]:
+    """Sort key of a file name with its numbers compared as numbers (img2 before img10)."""
+    parts = re.split(r"(\d+)", path.name.lower())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def read_image(path: Path) -> ImagePixels:
+    """Read an image file into pixels a Secondary Capture stores; raise DicomPressorError.
+
+    Pillow reads PNG, JPEG, BMP and TIFF, and JPEG 2000 when it has openjpeg (else
+    pylibjpeg-openjpeg decodes it). The EXIF orientation is applied, so a photo stands as
+    it is shown. 16-bit grey stays 16-bit; palette images become RGB (grey when the
+    palette is), CMYK and other colour spaces RGB; an opaque alpha channel is dropped, a
+    transparent one composited onto black. A multi-page file gives its first page.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+    if path.suffix.lower() in (".jp2", ".j2k", ".jpx") and not features.check("jpg_2000"):
+        return _openjpeg_image(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            file_format = image.format
+            pages = int(getattr(image, "n_frames", 1) or 1)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Warning) as exc:
+        raise DicomPressorError(
+            f"not an image Pillow can read ({one_line(str(exc), limit=160)})"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for damaged files
+        raise DicomPressorError(f"damaged image: {one_line(str(exc), limit=200)}") from exc
+    notes = [f"{pages} pages: only the first is converted"] if pages > 1 else []
+    if file_format == "PNG" and _png_depth(path) == (16, True):  # Pillow reads 8 bits
+        notes.append("16-bit colour reduced to 8 bits (colour Secondary Capture takes 8)")
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return ImagePixels(np.asarray(image).astype(np.uint16), tuple(notes))
+    if mode in ("I", "I;32", "I;32L", "I;32B"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise DicomPressorError(
+                f"32-bit integer pixels ({int(values.min())}..{int(values.max())}) do not fit "
+                "the 16 bits a Secondary Capture stores"
+            )
+        return ImagePixels(values.astype(np.uint16), tuple(notes))
+    if mode == "F":
+        raise DicomPressorError(
+            "floating-point pixels (mode F): no Secondary Capture IOD stores them"
+        )
+    if mode == "P":
+        palette = np.frombuffer(image.palette.tobytes(), dtype=np.uint8)
+        grey = image.palette.mode == "RGB" and bool(
+            np.all(palette[0::3] == palette[1::3]) and np.all(palette[1::3] == palette[2::3])
+        )
+        transparent = "transparency" in image.info
+        image = image.convert(
+            ("LA" if grey else "RGBA") if transparent else ("L" if grey else "RGB")
+        )
+        mode = image.mode
+    if mode in ("1", "L"):
+        return ImagePixels(np.asarray(image.convert("L")), tuple(notes))
+    if "A" in mode or mode in ("RGBa", "La", "PA"):
+        return ImagePixels(_without_alpha(image, notes), tuple(notes))
+    return ImagePixels(np.asarray(image.convert("RGB")), tuple(notes))
+
+
+def _png_depth(path: Path) -> tuple[int, bool]:
+    """Return a PNG's bit depth and whether it is colour (its IHDR chunk, PNG 11.2.2)."""
+    with path.open("rb") as handle:
+        head = handle.read(26)
+    return (head[24], head[25] in (2, 6)) if len(head) == 26 else (0, False)
+
+
+def _without_alpha(image: Any, notes: list[str]) -> np.ndarray:
+    """Drop an alpha channel: as it is when opaque, else composited onto black (noted)."""
+    alpha = np.asarray(image.getchannel("A"))
+    grey = image.mode in ("LA", "La")
+    base = np.asarray(image.convert("L" if grey else "RGB"))
+    if alpha.size == 0 or int(alpha.min()) == 255:
+        return base
+    notes.append("transparent pixels composited onto black (DICOM has no alpha channel)")
+    weight = alpha.astype(np.uint32) if grey else alpha.astype(np.uint32)[..., None]
+    return ((base.astype(np.uint32) * weight + 127) // 255).astype(np.uint8)
+
+
+def _openjpeg_image(path: Path) -> ImagePixels:
+    """Read a JPEG 2000 file through pylibjpeg-openjpeg (when Pillow has no openjpeg)."""
+    try:
+        import openjpeg
+    except ImportError as exc:
+        raise DicomPressorError(
+            "no JPEG 2000 decoder: Pillow lacks openjpeg; pip install pylibjpeg-openjpeg"
+        ) from exc
+    try:
+        array = openjpeg.decode(path)
+    except Exception as exc:  # the codec's own error types
+        raise DicomPressorError(
+            f"damaged JPEG 2000 image: {one_line(str(exc), limit=200)}"
+        ) from exc
+    notes: list[str] = []
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # grey or RGB with alpha
+        alpha = array[..., -1].astype(np.float64) / max(1, int(np.iinfo(array.dtype).max))
+        if float(alpha.min()) < 1.0:
+            notes.append("transparent pixels composited onto black (DICOM has no alpha channel)")
+        array = np.rint(array[..., :-1] * alpha[..., None]).astype(array.dtype)
+        array = array[..., 0] if array.shape[2] == 1 else array
+    if array.dtype.kind == "i":
+        raise DicomPressorError("signed JPEG 2000 samples: a Secondary Capture stores unsigned")
+    if array.ndim == 3 and array.dtype.itemsize > 1:
+        raise DicomPressorError(
+            f"{array.dtype.itemsize * 8}-bit colour: the Secondary Capture IODs take 8-bit RGB"
+        )
+    return ImagePixels(array.astype(np.uint16 if array.dtype.itemsize > 1 else np.uint8), ())
+
+
+@dataclasses.dataclass(frozen=True)
+class NewSeries:
+    """The study and series that the new instances of one call join, and --params.
+
+    One call handles one folder (or the files given), so its images or videos form one
+    study with one series, not a study each; --params values apply to every instance
+    and may give the study (and series) UIDs of an existing study to join.
+    """
+
+    study_uid: str
+    series_uid: str
+    date: str
+    time: str
+    replacements: tuple[Replacement, ...]
+
+
+def new_series(params: str | None) -> NewSeries:
+    """Start the study and series of a call; check --params (DicomPressorError)."""
+    replacements = parse_new_instance_params(params or "")
+    today, now = now_da_tm()
+    return NewSeries(str(new_uid()), str(new_uid()), today, now, tuple(replacements))
+
+
+def parse_new_instance_params(text: str) -> list[Replacement]:
+    """Parse --params (the lines anonymize takes); the pixels and the SOP identity are ours."""
+    try:
+        replacements = parse_params(text)
+    except DicomPressorError as exc:
+        message = exc.message.replace("invalid anonymize params", "invalid params")
+        raise DicomPressorError(message) from None
+    problems = [
+        f"line {r.line}: {r.where} {keyword_of(r.tag)} is made from the pixels, not from --params"
+        for r in replacements
+        if r.tag in tags_of(MADE_FROM_PIXELS)
+    ]
+    if problems:
+        raise DicomPressorError("invalid params: " + "; ".join(problems))
+    return replacements
+
+
+def new_instance(
+    sop_class: str,
+    series: NewSeries,
+    *,
+    number: int,
+    modality: str,
+    conversion: str,
+    created_s: float,
+    secondary_capture: bool = True,
+) -> Dataset:
+    """Start a new instance without pixels: the modules every image IOD has (PS3.3 A.8).
+
+    SOP Common, Patient, General Study, General Series, General Equipment, SC Equipment
+    and General Image; Patient and Study values are empty (Type 2) unless --params sets
+    them (apply them after the pixels with apply_replacements). created_s (the source
+    file's modification time) gives Content Date and Time. Without secondary_capture
+    (a video IOD) the SC Equipment and SC Image values are left out.
+    """
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # --params values may be any text (UTF-8)
+    ds.SOPClassUID = UID(sop_class)
+    ds.SOPInstanceUID = new_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = series.date, series.time
+    # Patient (C.7.1.1) and General Study (C.7.2.1)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+        setattr(ds, keyword, "")
+    ds.StudyInstanceUID = UID(series.study_uid)
+    ds.StudyDate, ds.StudyTime = series.date, series.time
+    for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        setattr(ds, keyword, "")
+    # General Series (C.7.3.1) and General Equipment (C.7.5.1)
+    ds.Modality = modality
+    ds.SeriesInstanceUID = UID(series.series_uid)
+    ds.SeriesNumber = 1
+    ds.Manufacturer = ""
+    # General Image (C.7.6.1)
+    stamp = time.localtime(created_s)
+    ds.ContentDate = time.strftime("%Y%m%d", stamp)
+    ds.ContentTime = time.strftime("%H%M%S", stamp)
+    ds.InstanceNumber = number
+    ds.PatientOrientation = ""
+    # Burned In Annotation (Type 1 in C.8.6.3): nobody checked the pixels for text, so
+    # YES, which keeps de-identification careful; --params may say NO
+    ds.BurnedInAnnotation = "YES"
+    if secondary_capture:
+        # SC Equipment (C.8.6.1): how the image was captured; SC Image (C.8.6.2)
+        ds.ConversionType = conversion
+        ds.SecondaryCaptureDeviceManufacturer = "DicomPressor"
+        ds.SecondaryCaptureDeviceSoftwareVersions = __version__
+        ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = series.date, series.time
+    return ds
+
+
+def finish_new_instance(ds: Dataset, series: NewSeries) -> None:
+    """Apply --params, then add the empty Laterality the body part may call for (C.7.3.1)."""
+    apply_replacements(ds, series.replacements)
+    _add_unknown_laterality(ds)
+
+
+def set_pixel_description(
+    ds: Dataset, rows: int, columns: int, *, colour: bool, bits: int
+) -> None:
+    """Set the Image Pixel module (C.7.6.3) for unsigned grey or RGB pixels."""
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+
+
+def multiframe_sc_class(*, colour: bool, bits: int) -> str:
+    """Return the multi-frame Secondary Capture class of such pixels (PS3.3 A.8.3-A.8.5)."""
+    if colour:
+        return MF_TRUE_COLOR_SC
+    return MF_GRAY_BYTE_SC if bits == 8 else MF_GRAY_WORD_SC
+
+
+def add_multiframe_sc(ds: Dataset, frames: int, *, pointer: str) -> None:
+    """Add the Multi-frame (C.7.6.6) and SC Multi-frame Image (C.8.6.3) values.
+
+    pointer names the attribute Frame Increment Pointer points at (FrameTime for video,
+    PageNumberVector for pages); the grey classes get the identity rescale C.8.6.3 wants.
+    """
+    ds.NumberOfFrames = frames
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    if ds.SOPClassUID in (MF_GRAY_BYTE_SC, MF_GRAY_WORD_SC):
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+        ds.PresentationLUTShape = "IDENTITY"
+    if frames > 1:  # Type 1C: only for more than one frame
+        ds.FrameIncrementPointer = Tag(pointer)
+        if pointer == "PageNumberVector":
+            ds.PageNumberVector = list(range(1, frames + 1))
+
+
+# ---- video streams: MP4, H.264 and ffmpeg ----
+
+
+def video_ffmpeg() -> str:
+    """Return imageio-ffmpeg's bundled ffmpeg (videos in and out), or fail naming the package."""
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError) as exc:
+        raise DicomPressorError(
+            f"no ffmpeg for video ({one_line(str(exc), limit=200)}): pip install imageio-ffmpeg"
+        ) from exc
+
+
+def run_ffmpeg(argv: list[str], *, doing: str) -> None:
+    """Run ffmpeg to the end; DicomPressorError with its first words when it fails."""
+    with tempfile.TemporaryFile() as errors:
+        code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=errors, check=False).returncode  # fmt: skip
+        if code != 0:
+            errors.seek(0)
+            text = one_line(errors.read().decode("utf-8", "replace"), limit=300)
+            raise DicomPressorError(f"ffmpeg cannot {doing} (exit {code}): {text}")
+
+
+def mp4_boxes(data: Any, start: int, end: int) -> Iterator[tuple[str, int, int]]:
+    """Yield (type, content start, end) of the boxes in data[start:end] (ISO/IEC 14496-12 4.2)."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">L4s", data, pos)
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise DicomPressorError(f"damaged MP4: box {kind!r} at offset {pos} runs past its end")
+        yield kind.decode("latin-1"), pos + header, pos + size
+        pos += size
+
+
+def _box(data: Any, start: int, end: int, *path: str) -> tuple[int, int] | None:
+    """Return (content start, end) of the first box along path under data[start:end]."""
+    for name in path:
+        found = next(((s, e) for kind, s, e in mp4_boxes(data, start, end) if kind == name), None)
+        if found is None:
+            return None
+        start, end = found
+    return start, end
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTrack:
+    """What the first video track of an MP4 file says: its codec, frames, rate, config."""
+
+    codec: str  # the sample entry type: avc1, avc3, hvc1, mp4v...
+    frames: int
+    frame_time_ms: float
+    constant_rate: bool
+    config: bytes  # the avcC box's content (empty for other codecs)
+
+
+def mp4_video_track(path: Path) -> VideoTrack:
+    """Read the first video track of an MP4 file (moov/trak boxes, ISO/IEC 14496-12 8)."""
+    import mmap
+
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        moov = _box(data, 0, len(data), "moov")
+        if moov is None:
+            raise DicomPressorError("damaged MP4: no moov box")
+        for kind, start, end in mp4_boxes(data, *moov):
+            handler = _box(data, start, end, "mdia", "hdlr") if kind == "trak" else None
+            if handler is None or bytes(data[handler[0] + 8 : handler[0] + 12]) != b"vide":
+                continue
+            return _video_track(data, start, end)
+    raise DicomPressorError("the MP4 holds no video track")
+
+
+def _video_track(data: Any, start: int, end: int) -> VideoTrack:
+    """Read one video trak box (see mp4_video_track)."""
+    mdhd = _box(data, start, end, "mdia", "mdhd")
+    stbl = _box(data, start, end, "mdia", "minf", "stbl")
+    if mdhd is None or stbl is None:
+        raise DicomPressorError("damaged MP4: a video track without mdhd or stbl")
+    version = data[mdhd[0]]
+    at = mdhd[0] + (20 if version == 1 else 12)
+    (timescale,) = struct.unpack_from(">L", data, at)
+    stsd, stsz, stts = (_box(data, *stbl, name) for name in ("stsd", "stsz", "stts"))
+    if stsd is None or stsz is None or stts is None:
+        raise DicomPressorError("damaged MP4: a video track without stsd, stsz or stts")
+    entry = next(mp4_boxes(data, stsd[0] + 8, stsd[1]), None)
+    if entry is None:
+        raise DicomPressorError("damaged MP4: no sample description")
+    codec, entry_start, entry_end = entry
+    config = _box(data, entry_start + 78, entry_end, "avcC") if codec in ("avc1", "avc3") else None
+    (frames,) = struct.unpack_from(">L", data, stsz[0] + 8)
+    (count,) = struct.unpack_from(">L", data, stts[0] + 4)
+    deltas = [struct.unpack_from(">LL", data, stts[0] + 8 + 8 * i) for i in range(count)]
+    ticks = sum(n * d for n, d in deltas)
+    samples = sum(n for n, _ in deltas) or 1
+    frame_time_ms = 1000.0 * ticks / samples / timescale if timescale and ticks else 0.0
+    return VideoTrack(
+        codec,
+        int(frames),
+        frame_time_ms,
+        len({d for n, d in deltas if n}) <= 1,
+        bytes(data[config[0] : config[1]]) if config else b"",
+    )
+
+
+class _Bits:
+    """Read bits and Exp-Golomb codes from an H.264 RBSP (ITU-T H.264 7.2, 9.1)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def u(self, n: int) -> int:
+        """Read n bits as an unsigned number."""
+        value = 0
+        for _ in range(n):
+            byte = self.data[self.pos >> 3]  # IndexError: the RBSP ended
+            value = value << 1 | (byte >> (7 - (self.pos & 7))) & 1
+            self.pos += 1
+        return value
+
+    def ue(self) -> int:
+        """Read an unsigned Exp-Golomb code."""
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("an Exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        """Read a signed Exp-Golomb code."""
+        k = self.ue()
+        return (k + 1) // 2 if k % 2 else -(k // 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class H264Parameters:
+    """What an H.264 sequence parameter set says that PS3.5 8.2.7-8.2.9 ask about."""
+
+    profile: int
+    level: int
+    chroma_format: int  # 0 grey (4:0:0), 1 4:2:0, 2 4:2:2, 3 4:4:4
+    bit_depth: int
+    width: int
+    height: int
+    sample_aspect: tuple[int, int] | None  # None: not stated (square)
+    aspect_idc: int | None
+
+    @property
+    def name(self) -> str:
+        """Describe profile and level: ``H.264 High profile, level 4.1``."""
+        profiles = {66: "Baseline", 77: "Main", 88: "Extended", 100: "High", 110: "High 10",
+                    122: "High 4:2:2", 244: "High 4:4:4", 128: "Stereo High"}  # fmt: skip
+        profile = profiles.get(self.profile, f"profile_idc {self.profile}")
+        return f"H.264 {profile} profile, level {self.level / 10:g}"
+
+
+#: H.264 profiles whose SPS carries chroma format and bit depth (H.264 7.3.2.1.1).
+_HIGH_SPS_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+
+def h264_parameters(avcc: bytes) -> H264Parameters:
+    """Parse the first SPS of an avcC box (ISO/IEC 14496-15 5.3.3, ITU-T H.264 7.3.2.1.1)."""
+    try:
+        if len(avcc) < 8 or avcc[5] & 0x1F == 0:
+            raise ValueError("no sequence parameter set in avcC")
+        (length,) = struct.unpack_from(">H", avcc, 6)
+        nal = avcc[8 : 8 + length]
+        bits = _Bits(nal[1:].replace(b"\0\0\3", b"\0\0"))  # the RBSP: emulation bytes out
+        return _sps(bits)
+    except (ValueError, IndexError, struct.error) as exc:
+        raise DicomPressorError(f"damaged H.264 parameters ({exc})") from None
+
+
+def _sps(bits: _Bits) -> H264Parameters:
+    """Read the fields of an SPS up to its VUI aspect ratio (see h264_parameters)."""
+    profile = bits.u(8)
+    bits.u(8)  # constraint_set flags
+    level = bits.u(8)
+    bits.ue()  # seq_parameter_set_id
+    chroma, depth = 1, 8
+    if profile in _HIGH_SPS_PROFILES:
+        chroma = bits.ue()
+        if chroma == 3:
+            bits.u(1)  # separate_colour_plane_flag
+        depth = 8 + bits.ue()
+        bits.ue()  # bit_depth_chroma_minus8
+        bits.u(1)  # qpprime_y_zero_transform_bypass_flag
+        if bits.u(1):  # seq_scaling_matrix_present_flag
+            for index in range(8 if chroma != 3 else 12):
+                if bits.u(1):
+                    last = following = 8
+                    for _ in range(16 if index < 6 else 64):
+                        if following:
+                            following = (last + bits.se() + 256) % 256
+                        last = following or last
+    bits.ue()  # log2_max_frame_num_minus4
+    order_type = bits.ue()
+    if order_type == 0:
+        bits.ue()
+    elif order_type == 1:
+        bits.u(1)
+        bits.se()
+        bits.se()
+        for _ in range(bits.ue()):
+            bits.se()
+    bits.ue()  # max_num_ref_frames
+    bits.u(1)  # gaps_in_frame_num_value_allowed_flag
+    width = (bits.ue() + 1) * 16
+    map_units = bits.ue() + 1
+    frames_only = bits.u(1)
+    if not frames_only:
+        bits.u(1)  # mb_adaptive_frame_field_flag
+    height = map_units * 16 * (2 - frames_only)
+    bits.u(1)  # direct_8x8_inference_flag
+    if bits.u(1):  # frame_cropping_flag
+        unit_x = 2 if chroma in (1, 2) else 1
+        unit_y = (2 if chroma == 1 else 1) * (2 - frames_only)
+        left, right, top, bottom = (bits.ue() for _ in range(4))
+        width -= unit_x * (left + right)
+        height -= unit_y * (top + bottom)
+    aspect, idc = None, None
+    if bits.u(1) and bits.u(1):  # vui_parameters_present, aspect_ratio_info_present
+        idc = bits.u(8)
+        if idc == 255:
+            aspect = (bits.u(16), bits.u(16))
+        elif idc == 1:
+            aspect = (1, 1)
+    return H264Parameters(profile, level, chroma, depth, width, height, aspect, idc)
+
+
+def mpeg4_syntax(sps: H264Parameters) -> tuple[str | None, str]:
+    """Return the MPEG-4 AVC/H.264 transfer syntax that takes a stream, or None and why.
+
+    PS3.5 8.2.7-8.2.9: 4:2:0 with 8 bits (YBR_PARTIAL_420), square pixels
+    (aspect_ratio_idc 1 when stated). High profile up to level 4.1 is ...4.102 (the
+    BD-compatible ...4.103 promises Blu-ray frame sizes, rates and buffers that are not
+    checked here, and ...4.102 takes every such stream), level 4.2 ...4.104 (2D; ...4.105
+    is for frame-packed 3D, which a plain stream does not say it is); Stereo High up to
+    4.2 is ...4.106.
+    """
+    name = sps.name
+    if sps.chroma_format != 1 or sps.bit_depth != 8:
+        formats = {0: "4:0:0 (grey)", 1: "4:2:0", 2: "4:2:2", 3: "4:4:4"}
+        shown = f"{formats.get(sps.chroma_format, '?')} {sps.bit_depth}-bit"
+        return None, f"{name}, {shown}: the MPEG-4 syntaxes take 4:2:0 8-bit (PS3.5 8.2.7)"
+    if sps.aspect_idc is not None and sps.aspect_idc != 1:
+        shown = (
+            ":".join(str(v) for v in sps.sample_aspect or ())
+            or f"aspect_ratio_idc {sps.aspect_idc}"
+        )
+        return (
+            None,
+            f"{name}, pixels {shown}: the MPEG-4 syntaxes take square pixels (PS3.5 8.2.7)",
+        )
+    if sps.profile == H264_HIGH and sps.level <= H264_LEVEL_41:
+        return MPEG4_HP41, name
+    if sps.profile == H264_HIGH and sps.level <= H264_LEVEL_42:
+        return MPEG4_HP42_2D, name
+    if sps.profile == H264_STEREO_HIGH and sps.level <= H264_LEVEL_42:
+        return MPEG4_HP42_STEREO, name
+    return None, f"{name}: the MPEG-4 syntaxes take the High profile up to level 4.2 (PS3.5 8.2.7)"
+
+
+def video_stream_path(path: Path, location: PixelLocation, folder: Path) -> Path:
+    """Write the video stream of a video-syntax file to a temp file in folder; return it.
+
+    The fragments are joined (PS3.5 8.2.7: one fragment, or several to join); a padding
+    byte after a complete MP4 is left out, so the stream comes back as it went in.
+    """
+    _, fragments = scan_fragments(path, location)
+    target = temp_path(folder / f"{path.name}.video")
+    try:
+        with target.open("xb") as handle:
+            for offset, length in fragments:
+                copy_span(handle, FileSpan(path, offset, length))
+        _drop_mp4_padding(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise
+    return target
+
+
+def _drop_mp4_padding(path: Path) -> None:
+    """Cut the even-length padding byte of an MP4 stream whose boxes end one byte early."""
+    with path.open("r+b") as handle:
+        head = handle.read(8)
+        size = os.fstat(handle.fileno()).st_size
+        if len(head) < 8 or head[4:8] != b"ftyp" or size % 2:
+            return
+        pos = 0
+        while pos + 8 <= size:
+            handle.seek(pos)
+            length, _ = struct.unpack(">L4s", handle.read(8))
+            if length == 1:
+                (length,) = struct.unpack(">Q", handle.read(8))
+            if length < 8:
+                return
+            pos += length
+        if pos == size - 1:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\0":
+                handle.truncate(size - 1)
+
+
+def video_frames(path: Path, header: Dataset, location: PixelLocation) -> Iterator[bytes]:
+    """Yield each frame of a video-syntax file decoded to RGB by ffmpeg (8 bits, interleaved).
+
+    pydicom decodes no video; stored_frames hands these frames on as if stored natively
+    (decode_stored_frame knows them). The count must be Number of Frames.
+    """
+    exe = video_ffmpeg()
+    rows, columns = int(header.Rows), int(header.Columns)
+    wanted = number_of_frames(header)
+    size = rows * columns * 3
+    stream = video_stream_path(path, location, Path(tempfile.gettempdir()))
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 (open while the frames are read)
+    argv = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(stream),
+            "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-"]  # fmt: skip
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
+    )
+    assert process.stdout is not None
+    count = 0
+    try:
+        while count < wanted:
+            frame = process.stdout.read(size)
+            if len(frame) < size:
+                break
+            count += 1
+            yield frame
+        if count < wanted:
+            code = process.wait()
+            errors.seek(0)
+            said = one_line(errors.read().decode("utf-8", "replace"), limit=200)
+            raise DicomPressorError(
+                f"the video stream decodes to {count} frames of {columns} x {rows}, "
+                f"(0028,0008) Number of Frames says {wanted}"
+                + (f" (ffmpeg exit {code}: {said})" if code or said else "")
+            )
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+        errors.close()
+        with contextlib.suppress(OSError):
+            stream.unlink()
+
+
+def video_frame_array(data: bytes, description: dict[str, Any]) -> np.ndarray:
+    """Return a frame from video_frames as a (rows, columns, 3) array."""
+    return np.frombuffer(data, dtype=np.uint8).reshape(
+        int(description["rows"]), int(description["columns"]), 3
+    )
 
 
 # ==== 6. Actions ====
@@ -7674,17 +8763,32 @@ def _claim_targets(
     targets_of: Callable[[str], list[Path]],
     *,
     keep_existing: bool,
+    source: Path | None = None,
 ) -> list[Path]:
     """Claim a stem (_claim_stem) and return its output names.
 
     Beside the input a rerun replaces its own images or video. With keep_existing (in
     --output-dir, where another folder's file may have the same name) a stem whose
-    outputs exist is passed over: the new ones get ``_1``, ``_2``.
+    outputs exist is passed over: the new ones get ``_1``, ``_2``. So is a stem with a
+    file older than source: no export of it, but what it may have been made from
+    (``photo.png`` of -w's ``photo.dcm``, ``clip.mp4`` of -v's ``clip.dcm``).
     """
     while True:
         targets = targets_of(_claim_stem(folder, base, claimed))
-        if not keep_existing or not any(t.exists() for t in targets):
+        existing = [t for t in targets if t.exists()]
+        if not existing:
             return targets
+        if keep_existing or (source is not None and any(_older(t, source) for t in existing)):
+            continue
+        return targets
+
+
+def _older(path: Path, than: Path) -> bool:
+    """Tell whether path was last modified before than (False when either is gone)."""
+    try:
+        return path.stat().st_mtime < than.stat().st_mtime
+    except OSError:
+        return False
 
 
 def _image_targets(folder: Path, stem: str, frames: int, suffix: str) -> list[Path]:
@@ -7792,6 +8896,7 @@ def export_png(
             claimed,
             lambda stem, f=folder, n=source.frames: _image_targets(f, stem, n, suffix),
             keep_existing=output_dir is not None,
+            source=source.path,
         )
         if any(t.resolve() in input_set for t in targets):
             raise DicomPressorError(f"an output name of {source.path.name} is an input's name")
@@ -7960,13 +9065,14 @@ def _video_plans(
     singles: list[Slice] = []
     by_path = {s.path: s for s in sources}
 
-    def video_target(folder: Path, base: str) -> Path:
+    def video_target(folder: Path, base: str, source: Path) -> Path:
         (target,) = _claim_targets(
             folder,
             base,
             claimed,
             lambda stem: [folder / f"{stem}.mp4"],
             keep_existing=output_dir is not None,
+            source=source,
         )
         return target
 
@@ -7975,7 +9081,9 @@ def _video_plans(
             singles.append(make_slice(source.path, source.header, source.location))
             continue
         folder = output_folder(source.path, output_dir)
-        target = video_target(folder, safe_component(output_stem(source.path), default="video"))
+        target = video_target(
+            folder, safe_component(output_stem(source.path), default="video"), source.path
+        )
         plans.append(
             VideoPlan(
                 target,
@@ -7999,7 +9107,7 @@ def _video_plans(
         first = order.slices[0]
         folder = output_folder(first.path, output_dir)
         name = series_video_name(first.header, seen[uid], per_series[uid])
-        target = video_target(folder, name[: -len(".mp4")])
+        target = video_target(folder, name[: -len(".mp4")], first.path)
         plans.append(
             VideoPlan(
                 target,
@@ -8011,6 +9119,38 @@ def _video_plans(
             )
         )
     return plans
+
+
+def _export_video_stream(path: Path, source: ExportSource, target: Path) -> FileOutcome:
+    """Export a video-syntax file's stream as MP4 without re-encoding it.
+
+    An MP4 stream (what -v stores) is written as it is; another container (MPEG-TS) is
+    copied into MP4 by ffmpeg. An existing video of that name is replaced, as -E does.
+    """
+    assert source.location is not None
+    stream = video_stream_path(path, source.location, target.parent)
+    try:
+        with stream.open("rb") as handle:
+            is_mp4 = handle.read(8)[4:8] == b"ftyp"
+        if not is_mp4:
+            remuxed = temp_path(target)
+            try:
+                run_ffmpeg(
+                    [video_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                     "-i", str(stream), "-map", "0:v:0", "-c:v", "copy", "-movflags",
+                     "+faststart", "-f", "mp4", str(remuxed)],
+                    doing="copy the video stream into MP4",
+                )  # fmt: skip
+                os.replace(remuxed, stream)
+            finally:
+                with contextlib.suppress(OSError):
+                    remuxed.unlink()
+        os.replace(stream, target)
+    finally:
+        with contextlib.suppress(OSError):
+            stream.unlink()
+    message = f"{uid_name(transfer_syntax_of(source.header))} stream copied -> {target.name}"
+    return FileOutcome(path, DONE, message, (target,))
 
 
 def export_video(
@@ -8063,6 +9203,13 @@ def export_video(
     result.info(f"Processing {len(sources)} files into {len(plans)} video(s)...")
     done = 0
     for plan in plans:
+        source = plan.parts[0][0]
+        if plan.multi_frame and str(transfer_syntax_of(source.header)) in VIDEO_SYNTAXES:
+            result.record(
+                guarded(_export_video_stream, source.path, source, plan.target, doing="export")
+            )
+            done += len(plan.parts)
+            continue
         failed: list[tuple[Path, str]] = []
         outcomes = iter_ordered(
             _render_job,
@@ -8364,6 +9511,892 @@ def summary(
     return result
 
 
+# ---- conversions: Part 10, bare datasets, byte order ----
+
+
+def _each_file(
+    inputs: Sequence[Path],
+    progress: ProgressFn,
+    convert: Callable[[Path], FileOutcome],
+    doing: str,
+    result: ActionResult | None = None,
+) -> ActionResult:
+    """Run convert on each input under one guard each; record the outcomes."""
+    result = result if result is not None else ActionResult()
+    for index, path in enumerate(inputs, 1):
+        result.record(guarded(convert, path, doing=doing))
+        progress(index, len(inputs))
+    result.info("Done.")
+    return result
+
+
+def _add_identity(ds: Dataset) -> list[str]:
+    """Add the UIDs a Part 10 file and every IOD need when a dataset lacks them; name them.
+
+    ACR-NEMA 2.0 had no UIDs: the SOP class comes from the Modality (SOP_CLASS_OF_MODALITY,
+    else Secondary Capture), the instance, study and series UIDs are new.
+    """
+    added = []
+    if not ds.get("SOPClassUID"):
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        ds.SOPClassUID = UID(SOP_CLASS_OF_MODALITY.get(modality, SECONDARY_CAPTURE))
+        source = f"Modality {modality}" if modality else "no Modality"
+        added.append(f"(0008,0016) SOP Class UID {uid_name(ds.SOPClassUID)} ({source})")
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not ds.get(keyword):
+            setattr(ds, keyword, new_uid())
+            added.append(f"{_tag_text(int(tag_for_keyword(keyword)))} {keyword} (new)")
+    return added
+
+
+def _part10_file(path: Path, output_dir: Path | None, options: Options) -> FileOutcome:
+    """Make a Part 10 file of a bare dataset (see to_part10)."""
+    if has_dicm_prefix(path):
+        return FileOutcome(path, SKIPPED, "already a Part 10 file (preamble, DICM, File Meta)")
+    data = path.read_bytes()
+    implicit, little = bare_encoding(data)
+    ds = pydicom.filereader.read_dataset(io.BytesIO(data), implicit, little)
+    notes = []
+    added = _add_identity(ds)
+    if added:
+        notes.append("the dataset had no " + ", ".join(added) + ": added")
+    syntax = ENCODING_SYNTAX.get((implicit, little))
+    if syntax is None:  # implicit VR big endian (old ACR-NEMA machines): no DICOM syntax
+        syntax = EXPLICIT_VR_LE
+        body = recode_dataset(ds, implicit=False, little=True, source_little=False)
+        notes.append(
+            "Implicit VR Big Endian is no DICOM transfer syntax: re-encoded as Explicit VR "
+            "Little Endian (16-bit values byte-swapped)"
+        )
+    elif added:
+        body = recode_dataset(ds, implicit=implicit, little=little, source_little=little)
+    else:
+        body = data  # the dataset as it is, byte for byte
+    target = output_path(path, output_dir, suffix=PART10_SUFFIX, in_place=options.in_place)
+    output = OutputFile(target, replace=options.in_place)
+    with output as handle:
+        handle.write(part10_bytes(ds, body, UID(syntax)))
+    assert output.path is not None
+    message = f"{path.name} -> {output.path.name}: Part 10 file, {uid_name(UID(syntax))}"
+    return FileOutcome(path, DONE, message, (output.path,), named(path, notes))
+
+
+def to_part10(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Make DICOM Part 10 files of ACR-NEMA 2.0 files and bare datasets (no preamble, no meta).
+
+    The encoding is told from the data (bare_encoding: implicit or explicit VR, little or
+    big endian, the whole file read as a dataset); the dataset is written after a
+    preamble, ``DICM`` and File Meta Information whose (0002,0002)/(0002,0003) are its
+    SOP Class and Instance UIDs and (0002,0010) the syntax found. Its bytes stay as they
+    are, unless it lacks (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID, Study
+    or Series Instance UID (ACR-NEMA 2.0 has none; they are added, with a warning) or is
+    Implicit VR Big Endian (no DICOM syntax: it becomes Explicit VR Little Endian).
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>_dcm3.dcm`` per file (the input itself, atomically, with ``in_place``);
+        Part 10 inputs are passed over; a file that is no dataset fails, in words.
+    """
+    check_options(ACTIONS["to_part10"], options)
+    return _each_file(
+        inputs,
+        progress,
+        lambda path: _part10_file(path, output_dir, options),
+        "make a Part 10 file",
+    )
+
+
+def meta_end(data: bytes) -> int:
+    """Return where the File Meta group of a Part 10 file's bytes ends (the dataset starts)."""
+    pos = 132
+    while pos + 8 <= len(data):
+        tag, vr, length, start = explicit_element_header(data, pos)
+        if tag >> 16 != 0x0002:
+            return pos
+        if vr is None:
+            raise DicomPressorError(f"damaged File Meta: no VR at offset {pos}")
+        pos = start + length
+    return pos
+
+
+def _decompressed_copy(path: Path, folder: Path, options: Options) -> Path:
+    """Decompress a file to Explicit VR Little Endian in folder (as -u does); return it."""
+    mode = TranscodeMode("decompress", None, "")
+    each = dataclasses.replace(options, in_place=False)
+    outcome = transcode_file(path, mode, folder, each, _no_progress)
+    return outcome.outputs[0]
+
+
+def _bare_file(
+    path: Path, output_dir: Path | None, options: Options, progress: ProgressFn
+) -> FileOutcome:
+    """Write the dataset of a Part 10 file without preamble and meta (see to_bare_dataset)."""
+    header, _ = read_header(path)
+    syntax = transfer_syntax_of(header)
+    target = output_path(path, output_dir, suffix=BARE_SUFFIX, in_place=options.in_place)
+    notes = []
+    if syntax == ImplicitVRLittleEndian:
+        data = path.read_bytes()
+        body = data[meta_end(data) :]  # byte for byte
+    elif syntax.is_encapsulated:
+        with tempfile.TemporaryDirectory(prefix=".dicompressor-", dir=target.parent) as tmp:
+            native = pydicom.dcmread(_decompressed_copy(path, Path(tmp), options))
+        body = recode_dataset(native, implicit=True, little=True)
+        notes.append(f"{uid_name(syntax)} decompressed: a bare dataset holds native pixels")
+    else:
+        body = recode_dataset(pydicom.dcmread(path), implicit=True, little=True)
+    output = OutputFile(target, replace=options.in_place)
+    with output as handle:
+        handle.write(body)
+    assert output.path is not None
+    message = (
+        f"{path.name} -> {output.path.name}: bare Implicit VR Little Endian dataset "
+        "(no preamble, no File Meta)"
+    )
+    return FileOutcome(path, DONE, message, (output.path,), named(path, notes))
+
+
+def to_bare_dataset(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Write each file's dataset as ACR-NEMA 2.0 readers read it: Implicit VR Little Endian.
+
+    No preamble, no ``DICM``, no File Meta (group 0002): the dataset alone, as a bare
+    DICOM dataset and the ACR-NEMA 2.0 file form are stored (unlike the original's -n,
+    which wrote a whole Part 10 file). An Implicit VR Little Endian dataset is copied
+    byte for byte; others are re-encoded value for value (recode_dataset), compressed
+    pixels decompressed first. ``-p`` gives the same dataset back.
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>_nema2.dcm`` per file (the input itself, atomically, with ``in_place``).
+    """
+    check_options(ACTIONS["to_bare_dataset"], options)
+    return _each_file(
+        inputs,
+        progress,
+        lambda path: _bare_file(path, output_dir, options, _no_progress),
+        "write a bare dataset",
+    )
+
+
+def _byte_order_file(
+    path: Path, output_dir: Path | None, options: Options, *, little: bool
+) -> FileOutcome:
+    """Convert one file to Explicit VR Little or Big Endian (see to_little_endian)."""
+    header, _ = read_header(path)
+    syntax = transfer_syntax_of(header)
+    wanted = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    suffix = LE_SUFFIX if little else BE_SUFFIX
+    if syntax == wanted:
+        return FileOutcome(path, DONE, f"{path.name}: left alone, already {uid_name(wanted)}")
+    target = output_path(path, output_dir, suffix=suffix, in_place=options.in_place)
+    if syntax.is_encapsulated:
+        if not little:
+            raise DicomPressorError(
+                f"{uid_name(syntax)} is compressed: Explicit VR Big Endian holds only native "
+                "pixels; decompress first (-u, or -l for Little Endian)"
+            )
+        mode = TranscodeMode("to_little_endian", None, LE_SUFFIX)
+        return transcode_file(path, mode, output_dir, options, _no_progress)
+    if target != path:
+        n = 0  # an earlier output of this same instance: nothing to do
+        while (candidate := numbered(target, n)).exists():
+            if _made_from(candidate, header):
+                return FileOutcome(path, DONE, f"{path.name}: left alone, {candidate.name} exists")
+            n += 1
+    ds = pydicom.dcmread(path)
+    body = recode_dataset(ds, implicit=False, little=little)
+    output = OutputFile(target, replace=options.in_place)
+    with output as handle:
+        handle.write(part10_bytes(ds, body, wanted))
+    assert output.path is not None
+    message = f"{path.name} -> {output.path.name}: {uid_name(syntax)} to {uid_name(wanted)}"
+    return FileOutcome(path, DONE, message, (output.path,))
+
+
+def to_little_endian(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Convert any native syntax to Explicit VR Little Endian; decompress compressed files.
+
+    Values are re-encoded one by one (recode_dataset): numbers and OW, OF, OL, OD and OV
+    values (16-bit Pixel Data among them) byte-swapped from big endian, OB (8-bit Pixel
+    Data) and text left as they are; implicit VRs are made explicit from the dictionary.
+    Compressed files are decompressed as -u does. A file already in Explicit VR Little
+    Endian is left alone.
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>_le.dcm`` per file (the input itself, atomically, with ``in_place``), with
+        (0002,0010) Transfer Syntax UID 1.2.840.10008.1.2.1 and the dataset otherwise the
+        same.
+    """
+    check_options(ACTIONS["to_little_endian"], options)
+    return _each_file(
+        inputs,
+        progress,
+        lambda path: _byte_order_file(path, output_dir, options, little=True),
+        "convert to Explicit VR Little Endian",
+    )
+
+
+def to_big_endian(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Convert any native syntax to Explicit VR Big Endian (retired: a warning says so).
+
+    As to_little_endian, the other way; compressed files are refused in words (the big
+    endian syntax holds native pixels only).
+
+    Returns
+    -------
+    ActionResult
+        ``<stem>_be.dcm`` per file (the input itself, atomically, with ``in_place``), with
+        (0002,0010) Transfer Syntax UID 1.2.840.10008.1.2.2.
+    """
+    check_options(ACTIONS["to_big_endian"], options)
+    result = ActionResult()
+    result.warn(
+        "Explicit VR Big Endian is retired (PS3.5 A.3, since 2004): many readers no "
+        "longer take it; -l converts back"
+    )
+    return _each_file(
+        inputs,
+        progress,
+        lambda path: _byte_order_file(path, output_dir, options, little=False),
+        "convert to Explicit VR Big Endian",
+        result,
+    )
+
+
+# ---- DICOMDIR in the parent folder ----
+
+
+def _check_replaceable(target: Path, root: Path) -> None:
+    """Refuse to replace a DICOMDIR that lists files outside root (another folder's)."""
+    if not target.exists():
+        return
+    try:
+        records = pydicom.dcmread(target).get("DirectoryRecordSequence", [])
+        ids = [_as_list(r.get("ReferencedFileID")) for r in records if "ReferencedFileID" in r]
+    except Exception as exc:  # not a DICOMDIR we can read: never replace it blind
+        raise DicomPressorError(
+            f"{target} exists and is no DICOMDIR that can be read ({type(exc).__name__}): "
+            "not replaced"
+        ) from exc
+    outside = sorted({"/".join(str(p) for p in i) for i in ids if i and str(i[0]) != root.name})
+    if outside:
+        raise DicomPressorError(
+            f"{target} lists files outside {root.name}/ ({outside[0]}"
+            + (f" and {len(outside) - 1} more" if len(outside) > 1 else "")
+            + "): not replaced; remove it first, or use -d for a DICOMDIR in the folder"
+        )
+
+
+def _dicomdir_copy(fs: FileSet, root: Path, parent: Path) -> Path:
+    """Write fs as a conformant copy (DICOMDIR and PT/ST/SE/IM files) in parent; return it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+    staging.mkdir()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs.write(staging)
+        copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+        os.rename(staging, copy_root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return copy_root
+
+
+def dicomdir_parent(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Make a DICOMDIR in the parent folder of the given folder, for every file under it.
+
+    This is the CD layout: ``<parent>/DICOMDIR`` references ``<FOLDER>/<...>/<FILE>``.
+
+    Parameters
+    ----------
+    inputs
+        Every DICOM file under one folder (a whole-tree action).
+    output_dir
+        None: when the folder's name and every path below it are conformant File IDs
+        (up to 8 components of up to 8 characters A-Z 0-9 _), the DICOMDIR is written in
+        the parent folder and references the files where they are (a DICOMDIR there that
+        lists other files is not replaced); otherwise a conformant copy is made beside
+        the folder in ``<folder>_DICOMDIR/`` (DICOMDIR plus PT000000/ST000000/...), as -d
+        makes it. Given: that copy is made in ``output_dir/<folder>_DICOMDIR/``.
+    options
+        ``tree_root``: the folder given (None: the folder holding every input).
+
+    Returns
+    -------
+    ActionResult
+        The DICOMDIR (a Media Storage Directory instance with PATIENT, STUDY, SERIES and
+        IMAGE records) and, for a copy, the copied files. Inputs are never changed.
+    """
+    check_options(ACTIONS["dicomdir_parent"], options)
+    if not inputs:
+        raise DicomPressorError("no DICOM files to put in a DICOMDIR")
+    common = Path(os.path.commonpath([str(p.parent) for p in inputs]))
+    root = Path(options.tree_root) if options.tree_root is not None else common
+    if common != root and root not in common.parents:
+        raise DicomPressorError(f"the files are not under {root}")
+    top = root.parent
+    result = ActionResult()
+    fs = FileSet()
+    file_ids: dict[str, list[str]] = {}
+    invented: Counter[str] = Counter()
+    for index, path in enumerate(inputs, 1):
+        outcome = guarded(_dicomdir_entry, path, fs, doing="be put in a DICOMDIR")
+        result.record(outcome)
+        if outcome.status == DONE:
+            uid, filled = outcome.data
+            file_ids[uid] = list(path.relative_to(top).parts)
+            invented.update(filled)
+        progress(index, len(inputs))
+    if invented:
+        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
+        result.warn(
+            f"directory records got placeholder values for keys the files lack: {keys}; "
+            "the files themselves are unchanged"
+        )
+    if not file_ids:
+        return result
+    if output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values()):
+        target = top / "DICOMDIR"
+        _check_replaceable(target, root)
+        replaced = target.exists()
+        _write_dicomdir_in_place(fs, file_ids, target)
+        result.outputs.append(target)
+        result.info(
+            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {top} referencing "
+            f"{len(file_ids)} files in place under {root.name}/"
+        )
+    else:
+        copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
+        result.outputs.append(copy_root / "DICOMDIR")
+        result.outputs.extend(
+            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+        )
+        why = (
+            "--output-dir given"
+            if output_dir is not None
+            else f"{root.name}/ and the names below it must be conformant File IDs "
+            "(<= 8 characters A-Z 0-9 _) to be referenced in place"
+        )
+        result.info(
+            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
+            f"{copy_root} ({why})"
+        )
+    result.info("Done.")
+    return result
+
+
+# ---- conversions: images and videos to DICOM ----
+
+
+def _image_file(
+    path: Path, series: NewSeries, number: int, output_dir: Path | None
+) -> FileOutcome:
+    """Make one single-frame Secondary Capture of an image (see image_to_dicom)."""
+    pixels = read_image(path)
+    ds = new_instance(
+        SECONDARY_CAPTURE,
+        series,
+        number=number,
+        modality="OT",
+        conversion="WSD",
+        created_s=path.stat().st_mtime,
+    )
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    rows, columns = pixels.array.shape[:2]
+    set_pixel_description(ds, rows, columns, colour=pixels.colour, bits=pixels.bits)
+    finish_new_instance(ds, series)
+    target = output_path(path.with_suffix(""), output_dir)
+    output = OutputFile(target, replace=False)
+    with output as handle:
+        write_header(handle, ds, ExplicitVRLittleEndian)
+        write_native_frames(
+            handle, [pixels.frame_bytes()], len(pixels.frame_bytes()), 1, pixels.bits
+        )
+    assert output.path is not None
+    message = f"{path.name} -> {output.path.name}: {pixels.kind}, {pixels.size}"
+    return FileOutcome(path, DONE, message, (output.path,), named(path, pixels.notes))
+
+
+def image_to_dicom(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Make a Secondary Capture Image (PS3.3 A.8.1) of each image: ``<stem>.dcm``.
+
+    A single image is a single-frame instance, so the SC Image IOD (A.8.1), which every
+    archive and viewer takes, rather than a one-frame multi-frame SC (A.8.2-A.8.5, the
+    classes -W uses). Grey images stay MONOCHROME2 at 8 or 16 bits, colour stays RGB (see
+    read_image). The images of one call (one folder) form one study with one series:
+    (0020,000D) Study and (0020,000E) Series Instance UID are shared, (0020,0013)
+    Instance Number counts in name order; (0008,0064) Conversion Type is WSD, Modality OT.
+
+    Parameters
+    ----------
+    inputs
+        PNG, JPEG, BMP, TIFF or JPEG 2000 files.
+    output_dir
+        Folder for the DICOM files; None writes each beside its image. An existing file of
+        that name is kept and the new one gets ``_1``, ``_2``.
+    options
+        ``params``: --params text whose lines set patient, study and series values
+        (anything but the pixel description and the SOP Class and Instance UIDs).
+    """
+    check_options(ACTIONS["image_to_dicom"], options)
+    series = new_series(options.params)
+    order = sorted(inputs, key=natural_key)
+    return _each_file(
+        order,
+        progress,
+        lambda path: _image_file(path, series, order.index(path) + 1, output_dir),
+        "convert the image",
+    )
+
+
+def _read_pixels(path: Path, read: Callable[[Path], ImagePixels]) -> FileOutcome:
+    """Read an image's pixels with read; data: the ImagePixels."""
+    return FileOutcome(path, data=read(path))
+
+
+def _frame_check(path: Path, first: tuple[Path, ImagePixels]) -> ImagePixels:
+    """Read an image that is to be a frame; refuse it by name when it does not match the first."""
+    pixels = read_image(path)
+    name, model = first[0].name, first[1]
+    if pixels.array.shape[:2] != model.array.shape[:2]:
+        raise DicomPressorError(
+            f"{pixels.size} pixels, the first image ({name}) has {model.size}: the frames of "
+            "one file must have one size (images are not resized)"
+        )
+    if pixels.kind != model.kind:
+        raise DicomPressorError(
+            f"{pixels.kind} pixels, the first image ({name}) is {model.kind}: the frames of "
+            "one file must be alike"
+        )
+    return pixels
+
+
+def images_to_multiframe(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Make one multi-frame Secondary Capture of a folder's images: ``multiframe.dcm``.
+
+    The class fits the pixels (PS3.3 A.8.3-A.8.5): Multi-frame Grayscale Byte SC for
+    8-bit grey, Grayscale Word SC for 16-bit grey, True Color SC for RGB. Frames are the
+    images in name order, numbers compared as numbers (img2 before img10), (0018,2001)
+    Page Number Vector counting them and (0028,0009) Frame Increment Pointer naming it.
+    An image of another size or kind than the first is refused by name (not resized)
+    and the others make the file. The folder's file is one study with one series.
+
+    Parameters
+    ----------
+    inputs
+        The images of one folder (a per-folder action).
+    output_dir
+        Folder for the file; None writes it in the images' folder (``multiframe_1.dcm``
+        when the name is taken).
+    options
+        ``params`` as for image_to_dicom.
+    """
+    check_options(ACTIONS["images_to_multiframe"], options)
+    series = new_series(options.params)
+    result = ActionResult()
+    frames: list[Path] = []
+    first: tuple[Path, ImagePixels] | None = None
+    order = sorted(inputs, key=natural_key)
+    for index, path in enumerate(order, 1):  # pass 1: check every image, keep none
+        check = read_image if first is None else functools.partial(_frame_check, first=first)
+        outcome = guarded(_read_pixels, path, check, doing="read the image")
+        if outcome.status == DONE:
+            first = first or (path, outcome.data)
+            frames.append(path)
+            outcome = FileOutcome(path, DONE, warnings=named(path, outcome.data.notes))
+        result.record(outcome)
+        progress(index, 2 * len(order))
+    if first is None:
+        return result
+    model = first[1]
+    sop_class = multiframe_sc_class(colour=model.colour, bits=model.bits)
+    ds = new_instance(sop_class, series, number=1, modality="OT", conversion="WSD",
+                      created_s=first[0].stat().st_mtime)  # fmt: skip
+    rows, columns = model.array.shape[:2]
+    set_pixel_description(ds, rows, columns, colour=model.colour, bits=model.bits)
+    add_multiframe_sc(ds, len(frames), pointer="PageNumberVector")
+    finish_new_instance(ds, series)
+    folder = order[0].parent
+    output = OutputFile(output_folder(folder / MULTIFRAME_NAME, output_dir) / MULTIFRAME_NAME,
+                        replace=False)  # fmt: skip
+    frame_bytes = len(model.frame_bytes())
+
+    def pixels() -> Iterator[bytes]:  # pass 2: one image in memory at a time
+        for index, path in enumerate(frames, 1):
+            yield _frame_check(path, first).frame_bytes()
+            progress(len(order) + index, 2 * len(order))
+
+    with output as handle:
+        write_header(handle, ds, ExplicitVRLittleEndian)
+        write_native_frames(handle, pixels(), frame_bytes, len(frames), model.bits)
+    assert output.path is not None
+    result.outputs.append(output.path)
+    result.info(
+        f"{len(frames)} images ({model.kind}, {model.size}) -> {output.path.name}: "
+        f"{uid_name(sop_class)}"
+    )
+    result.info("Done.")
+    return result
+
+
+def video_has_audio(exe: str, path: Path) -> bool:
+    """Tell whether ffmpeg lists an audio stream in a video file."""
+    proc = subprocess.run(
+        [exe, "-hide_banner", "-nostdin", "-i", str(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    return any(
+        " Audio: " in line and line.lstrip().startswith("Stream ")
+        for line in proc.stderr.decode("utf-8", "replace").splitlines()
+    )
+
+
+def _remux_mp4(exe: str, source: Path, target: Path) -> str | None:
+    """Copy the first video stream of source into an MP4 at target, without re-encoding.
+
+    Metadata (titles, places, the encoder) and other streams are left out; the moov box
+    goes first. Returns None, or why the stream cannot go into MP4 (ffmpeg's words).
+    """
+    argv = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+            "-map", "0:v:0", "-c:v", "copy", "-an", "-sn", "-dn", "-map_metadata", "-1",
+            "-movflags", "+faststart", "-f", "mp4", str(target)]  # fmt: skip
+    try:
+        run_ffmpeg(argv, doing="copy the video stream")
+    except DicomPressorError as exc:
+        return exc.message
+    return None
+
+
+def _video_dataset(
+    sop_class: str,
+    series: NewSeries,
+    number: int,
+    modality: str,
+    created_s: float,
+    *,
+    rows: int,
+    columns: int,
+    frames: int,
+    frame_time_ms: float,
+) -> Dataset:
+    """Start a video instance: the common modules, Cine (C.7.6.5) and Multi-frame (C.7.6.6)."""
+    ds = new_instance(
+        sop_class,
+        series,
+        number=number,
+        modality=modality,
+        conversion="DV",
+        created_s=created_s,
+        secondary_capture=sop_class == MF_TRUE_COLOR_SC,
+    )
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = Tag("FrameTime")
+    ds.FrameTime = ds_text(frame_time_ms)
+    ds.CineRate = max(1, round(1000.0 / frame_time_ms))
+    ds.RecommendedDisplayFrameRate = ds.CineRate
+    ds.Rows, ds.Columns = rows, columns
+    return ds
+
+
+def _copied_video(
+    path: Path,
+    stream: Path,
+    syntax: str,
+    sps: H264Parameters,
+    track: VideoTrack,
+    target: Path,
+    series: NewSeries,
+    number: int,
+    options: Options,
+) -> FileOutcome:
+    """Write a Video Photographic (or Endoscopic) instance holding the MP4 stream as is."""
+    size = stream.stat().st_size
+    if size > MAX_FRAGMENT_BYTES:
+        raise DicomPressorError(
+            f"the video stream has {size} bytes; one fragment holds at most "
+            f"{MAX_FRAGMENT_BYTES} (PS3.5 8.2.7): split the video"
+        )
+    modality = options.modality
+    ds = _video_dataset(
+        VIDEO_SOP_CLASS[modality],
+        series,
+        number,
+        modality,
+        path.stat().st_mtime,
+        rows=sps.height,
+        columns=sps.width,
+        frames=track.frames,
+        frame_time_ms=track.frame_time_ms,
+    )
+    # VL Image (C.8.12.1) and Image Pixel as PS3.5 8.2.7 wants them for MPEG-4
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_PARTIAL_420"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = ds_text(sps.width * sps.height * 3 * track.frames / size)
+    ds.LossyImageCompressionMethod = H264_METHOD
+    ds.AcquisitionContextSequence = DicomSequence([])  # Acquisition Context (C.7.6.14)
+    # VL Image: Anatomic Region Sequence is Type 1C for a patient; the anatomy is unknown
+    # here, so it is the root of SNOMED CT's body structures (--params cannot set codes)
+    ds.AnatomicRegionSequence = DicomSequence([code_item(*BODY_STRUCTURE)])
+    finish_new_instance(ds, series)
+    output = OutputFile(target, replace=False)
+    with output as handle:
+        write_header(handle, ds, UID(syntax))
+        handle.write(element_header(0x7FE00010, b"OB", 0xFFFFFFFF))
+        handle.write(item_header(0))  # the Basic Offset Table is empty for MPEG (PS3.5 A.4)
+        handle.write(item_header(size + size % 2))
+        copy_span(handle, FileSpan(stream, 0, size))
+        if size % 2:
+            handle.write(b"\0")
+        handle.write(item_header(0, 0xFFFEE0DD))
+    assert output.path is not None
+    rate = "" if track.constant_rate else " (variable: Frame Time is the mean)"
+    message = (
+        f"{path.name} -> {output.path.name}: {sps.name} copied as {uid_name(UID(syntax))}, "
+        f"{track.frames} frames of {sps.width} x {sps.height}, "
+        f"{1000 / track.frame_time_ms:.4g} fps{rate}"
+    )
+    return FileOutcome(path, DONE, message, (output.path,))
+
+
+#: NumberOfFrames written before the frames of a decoded video are counted, then replaced.
+_FRAMES_PLACEHOLDER = "2147483647"
+
+
+def _decoded_video(
+    path: Path, target: Path, series: NewSeries, number: int, options: Options
+) -> FileOutcome:
+    """Decode a video into a Multi-frame True Color Secondary Capture (PS3.3 A.8.5).
+
+    Frames stream from ffmpeg (square pixels: a stated sample aspect ratio is applied)
+    straight into the file; Number of Frames and the Pixel Data length are filled in
+    once the frames are counted.
+    """
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(
+        str(path),
+        pix_fmt="rgb24",
+        output_params=["-vf", "scale=trunc(iw*sar+0.5):ih,setsar=1", "-fps_mode", "passthrough"],
+    )
+    try:
+        meta = next(frames)
+    except (StopIteration, RuntimeError, OSError, IndexError) as exc:
+        raise DicomPressorError(
+            f"ffmpeg cannot read the video ({one_line(str(exc), limit=200)})"
+        ) from exc
+    notes = []
+    try:
+        columns, rows = (int(v) for v in meta["size"])
+        fps = float(meta.get("fps") or 0)
+        if fps <= 0:
+            fps = DEFAULT_FPS
+            notes.append(f"the video states no frame rate: {DEFAULT_FPS:g} fps assumed")
+        ds = _video_dataset(
+            MF_TRUE_COLOR_SC,
+            series,
+            number,
+            options.modality,
+            path.stat().st_mtime,
+            rows=rows,
+            columns=columns,
+            frames=int(_FRAMES_PLACEHOLDER),
+            frame_time_ms=1000.0 / fps,
+        )
+        set_pixel_description(ds, rows, columns, colour=True, bits=8)
+        ds.ImageType = ["DERIVED", "SECONDARY"]  # SC Multi-frame Image (C.8.6.3)
+        finish_new_instance(ds, series)
+        size = rows * columns * 3
+        output = OutputFile(target, replace=False)
+        with output as handle:
+            head = io.BytesIO()
+            write_header(head, ds, ExplicitVRLittleEndian)
+            header = head.getvalue()
+            field = b"\x28\x00\x08\x00IS" + struct.pack("<H", len(_FRAMES_PLACEHOLDER))
+            frames_at = header.index(field) + len(field)
+            handle.write(header)
+            length_at = handle.tell() + 8
+            handle.write(element_header(0x7FE00010, b"OB", 0))
+            count = 0
+            for frame in frames:
+                if (count + 1) * size > MAX_FRAGMENT_BYTES:
+                    raise DicomPressorError(
+                        f"more than {count} frames of {columns} x {rows}: native Pixel Data "
+                        "holds at most 4 GiB; split the video"
+                    )
+                handle.write(frame)
+                count += 1
+            if count == 0:
+                raise DicomPressorError("the video has no frames")
+            total = count * size
+            if total % 2:
+                handle.write(b"\0")
+            handle.seek(frames_at)
+            handle.write(f"{count:<{len(_FRAMES_PLACEHOLDER)}}".encode("ascii"))
+            handle.seek(length_at)
+            handle.write(struct.pack("<L", total + total % 2))
+            handle.seek(0, os.SEEK_END)
+    finally:
+        frames.close()
+    assert output.path is not None
+    message = (
+        f"{path.name} -> {output.path.name}: {meta.get('codec', 'video')} decoded into "
+        f"{uid_name(UID(MF_TRUE_COLOR_SC))}, {count} frames of {columns} x {rows}, {fps:.4g} fps"
+    )
+    return FileOutcome(path, DONE, message, (output.path,), tuple(notes))
+
+
+def _copyable_stream(
+    exe: str, path: Path, stream: Path
+) -> tuple[str | None, H264Parameters | None, VideoTrack | None, str]:
+    """Copy a video's stream into an MP4 at stream and judge it (see mpeg4_syntax).
+
+    Returns (the MPEG-4 syntax that takes it or None, its H.264 parameters when it is
+    H.264, its track, why it is not copied).
+    """
+    why = _remux_mp4(exe, path, stream)
+    if why is not None:
+        return None, None, None, why
+    try:
+        track = mp4_video_track(stream)
+        if track.codec not in ("avc1", "avc3"):
+            return None, None, track, f"{track.codec} video, not H.264"
+        if track.frames < 1 or track.frame_time_ms <= 0:
+            return None, None, track, "H.264 without frame timing"
+        sps = h264_parameters(track.config)
+    except DicomPressorError as exc:
+        return None, None, None, exc.message
+    syntax, why = mpeg4_syntax(sps)
+    return syntax, sps, track, why
+
+
+def _video_file(
+    path: Path, series: NewSeries, number: int, output_dir: Path | None, options: Options
+) -> FileOutcome:
+    """Convert one video (see video_to_dicom)."""
+    exe = video_ffmpeg()
+    target = output_path(path.with_suffix(""), output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    notes = ["its audio is left out (no DICOM image keeps sound)"]
+    if not video_has_audio(exe, path):
+        notes = []
+    stream = temp_path(target.with_suffix(".mp4"))
+    try:
+        syntax, sps, track, why = _copyable_stream(exe, path, stream)
+        if syntax is not None:
+            assert sps is not None and track is not None
+            outcome = _copied_video(
+                path, stream, syntax, sps, track, target, series, number, options
+            )
+        else:
+            if sps is not None:  # H.264 outside the syntaxes' limits: say so
+                notes.append(f"{why}: decoded into Multi-frame True Color Secondary Capture")
+            outcome = _decoded_video(path, target, series, number, options)
+            if sps is None:
+                shown = one_line(why, limit=120)
+                outcome = dataclasses.replace(outcome, message=f"{outcome.message} ({shown})")
+        return dataclasses.replace(outcome, warnings=named(path, (*notes, *outcome.warnings)))
+    finally:
+        with contextlib.suppress(OSError):
+            stream.unlink()
+
+
+def video_to_dicom(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Convert videos (MP4, MOV, AVI, MKV, WMV) to DICOM: ``<stem>.dcm`` each.
+
+    An H.264 stream that an MPEG-4 AVC/H.264 transfer syntax takes (High profile up to
+    level 4.2, 4:2:0 8-bit, square pixels: mpeg4_syntax) is copied without re-encoding,
+    in an MP4 container as PS3.5 8.2.7 wants (the container of the input is replaced by
+    MP4, its metadata and audio left out), into Video Photographic Image Storage, or
+    Video Endoscopic with ``modality`` ES (PS3.3 A.32.7, A.32.5): one fragment, an empty
+    Basic Offset Table, YBR_PARTIAL_420, (0008,2111)-(0028,2114) Lossy Image Compression
+    "01", ISO_14496_10. Any other video is decoded (ffmpeg) into Multi-frame True Color
+    Secondary Capture (PS3.3 A.8.5); another H.264 stream gets a warning saying why.
+    Both have (0018,1063) Frame Time, (0018,0040) Cine Rate and (0028,0009) Frame
+    Increment Pointer to Frame Time; the videos of one call form one study with one
+    series.
+
+    Parameters
+    ----------
+    inputs
+        Video files.
+    output_dir
+        Folder for the DICOM files; None writes each beside its video (``_1`` when the
+        name is taken).
+    options
+        ``modality`` (XC or ES), ``params`` as for image_to_dicom.
+    """
+    check_options(ACTIONS["video_to_dicom"], options)
+    video_ffmpeg()
+    series = new_series(options.params)
+    order = sorted(inputs, key=natural_key)
+    return _each_file(
+        order,
+        progress,
+        lambda path: _video_file(path, series, order.index(path) + 1, output_dir, options),
+        "convert the video",
+    )
+
+
 # ---- the registry ----
 
 ActionFn = Callable[..., ActionResult]
@@ -8395,8 +10428,9 @@ class ActionSpec:
     option (``-I png`` sets image_format). ``params`` says the action takes a params
     text. ``copy_to_output_dir``: the outputs are written beside the inputs and copied to
     --output-dir (merge); otherwise they are written there. ``data`` is the JSON schema
-    of each property of the result's data. The options it takes are the OPTIONS entries
-    that name it.
+    of each property of the result's data. ``inputs`` says which files of a folder it
+    reads (DICOM_INPUTS, IMAGE_INPUTS, VIDEO_INPUTS). The options it takes are the
+    OPTIONS entries that name it.
     """
 
     name: str
@@ -8412,6 +10446,7 @@ class ActionSpec:
     copy_to_output_dir: bool = False
     rule: Rule | None = None
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: str = DICOM_INPUTS
 
     @property
     def options(self) -> tuple[OptionSpec, ...]:
@@ -8441,6 +10476,15 @@ def _anonymize_rule(options: Any, label: Label) -> str | None:
             return f"{label(OPTIONS[name])} is an option of the profile, not of {profile} none"
     if not parse_params(options.params or ""):
         return f"{profile} none with no params would change nothing"
+    return None
+
+
+def _new_instance_rule(options: Any, label: Label) -> str | None:
+    """--params sets patient, study and series values, not the pixels (checked up front)."""
+    try:
+        parse_new_instance_params(options.params or "")
+    except DicomPressorError as exc:
+        return exc.message
     return None
 
 
@@ -8512,6 +10556,72 @@ ACTIONS: dict[str, ActionSpec] = {
         ),
         ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
         ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, takes=FOLDER),
+        ActionSpec(
+            "dicomdir_parent",
+            "-D",
+            "Create a DICOMDIR in the parent folder of the given folder, for every file under it",
+            dicomdir_parent,
+            takes=TREE,
+        ),
+        ActionSpec(
+            "image_to_dicom",
+            "-w",
+            "Convert images (PNG, JPEG, BMP, TIFF, JPEG 2000) to Secondary Capture, one "
+            "<stem>.dcm each",
+            image_to_dicom,
+            params=True,
+            rule=_new_instance_rule,
+            inputs=IMAGE_INPUTS,
+        ),
+        ActionSpec(
+            "images_to_multiframe",
+            "-W",
+            "Convert a folder's images to one multi-frame Secondary Capture, multiframe.dcm",
+            images_to_multiframe,
+            takes=FOLDER,
+            params=True,
+            rule=_new_instance_rule,
+            inputs=IMAGE_INPUTS,
+        ),
+        ActionSpec(
+            "video_to_dicom",
+            "-v",
+            "Convert videos to DICOM: H.264 copied as Video Photographic (or Endoscopic), "
+            "others decoded into Multi-frame True Color SC",
+            video_to_dicom,
+            params=True,
+            rule=_new_instance_rule,
+            inputs=VIDEO_INPUTS,
+        ),
+        ActionSpec(
+            "to_part10",
+            "-p",
+            "Make a Part 10 file <stem>_dcm3.dcm of an ACR-NEMA 2.0 or bare dataset",
+            to_part10,
+            replace_flag="-P",
+        ),
+        ActionSpec(
+            "to_bare_dataset",
+            "-n",
+            "Write the dataset alone (no preamble, no File Meta), Implicit VR Little Endian: "
+            "<stem>_nema2.dcm",
+            to_bare_dataset,
+            replace_flag="-N",
+        ),
+        ActionSpec(
+            "to_little_endian",
+            "-l",
+            "Convert to Explicit VR Little Endian, <stem>_le.dcm (compressed: decompressed)",
+            to_little_endian,
+            replace_flag="-L",
+        ),
+        ActionSpec(
+            "to_big_endian",
+            "-b",
+            "Convert to Explicit VR Big Endian (retired), <stem>_be.dcm",
+            to_big_endian,
+            replace_flag="-B",
+        ),
         ActionSpec(
             "info",
             "--info",
@@ -8585,13 +10695,13 @@ def action_options(spec: ActionSpec, given: Mapping[str, Any], label: Label, **c
 # ==== 7. Batch ====
 
 
-def list_inputs(folder: Path) -> list[Path]:
-    """Return the candidate DICOM files directly in a folder, sorted by name."""
+def list_inputs(folder: Path, kind: str = DICOM_INPUTS) -> list[Path]:
+    """Return the inputs of a kind (ActionSpec.inputs) directly in a folder, sorted by name."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
         raise DicomPressorError(f"cannot list {folder}: {exc.strerror}") from exc
-    return [p for p in entries if is_candidate(p)]
+    return [p for p in entries if is_input(p, kind)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -8608,16 +10718,16 @@ class FolderScan:
     done: frozenset[str]
 
 
-def scan_folder(folder: Path, mtime_ns: int) -> FolderScan:
+def scan_folder(folder: Path, mtime_ns: int, kind: str = DICOM_INPUTS) -> FolderScan:
     """List a folder: its subfolders (not hidden, links not followed), whether it holds
-    candidate files, and the actions its done marker names."""
+    inputs of a kind (is_input), and the actions its done marker names."""
     dirs, candidates = [], False
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if not entry.name.startswith("."):
                     dirs.append(entry.name)
-            elif not candidates and is_candidate(Path(entry.path)):
+            elif not candidates and is_input(Path(entry.path), kind):
                 candidates = True
     return FolderScan(mtime_ns, tuple(sorted(dirs)), candidates, marker_actions(folder))
 
@@ -8635,9 +10745,10 @@ class ScanState:
     afresh with a warning; it is written atomically after each pass.
     """
 
-    def __init__(self, path: Path, root: Path) -> None:
+    def __init__(self, path: Path, root: Path, kind: str = DICOM_INPUTS) -> None:
         self.path = path
         self.root = os.path.abspath(root)
+        self.kind = kind
         self.folders: dict[str, FolderScan] = {}
         self.listed = 0
         data = read_json_file(path) if path.exists() else None
@@ -8645,6 +10756,8 @@ class ScanState:
             LOG.warning("%s: not a scan state file (version 1 JSON); starting afresh", path)
         elif data is not None and data.get("root") not in (None, "", self.root):
             LOG.warning("%s is for %s, not %s; starting afresh", path, data["root"], self.root)
+        elif data is not None and data.get("inputs", DICOM_INPUTS) != kind:
+            LOG.warning("%s lists folders of %s; starting afresh", path, data.get("inputs"))
         elif data is not None:
             self._load(data.get("folders"))
 
@@ -8673,7 +10786,7 @@ class ScanState:
         if cached is not None and cached.mtime_ns == mtime_ns:
             return cached
         self.listed += 1
-        self.folders[key] = scan = scan_folder(folder, mtime_ns)
+        self.folders[key] = scan = scan_folder(folder, mtime_ns, self.kind)
         return scan
 
     def done(self, folder: Path, action: str) -> bool:
@@ -8695,15 +10808,19 @@ class ScanState:
         }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_file(self.path, {"version": 1, "root": self.root, "folders": folders})
+            data = {"version": 1, "root": self.root, "inputs": self.kind, "folders": folders}
+            write_json_file(self.path, data)
         except OSError as exc:
             LOG.warning("cannot save the scan state %s: %s", self.path, exc.strerror or exc)
 
 
-def job_folders(root: Path, *, recursive: bool, state: ScanState | None = None) -> list[Path]:
-    """Return the folders that hold candidate files directly (the jobs), sorted.
+def job_folders(
+    root: Path, *, recursive: bool, kind: str = DICOM_INPUTS, state: ScanState | None = None
+) -> list[Path]:
+    """Return the folders that hold inputs of a kind directly (the jobs), sorted.
 
-    With a scan state, folders unchanged since the last pass are not listed again.
+    With a scan state (made for the same kind), folders unchanged since the last pass
+    are not listed again.
     """
     if not recursive:
         return [root]
@@ -8712,7 +10829,7 @@ def job_folders(root: Path, *, recursive: bool, state: ScanState | None = None) 
         for current, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             folder = Path(current)
-            if any(is_candidate(folder / f) for f in files):
+            if any(is_input(folder / f, kind) for f in files):
                 found.append(folder)
         return sorted(found)
     stack = [root]
@@ -8780,6 +10897,8 @@ def run_job(
     """
     copy_after = spec.copy_to_output_dir and options.keep_beside
     write_to = None if copy_after else options.output_dir
+    if spec.takes == TREE:
+        options = dataclasses.replace(options, tree_root=folder)
     try:
         result = spec.function(inputs, write_to, options, progress=progress)
     except BaseException as exc:  # an action bug must not take the batch down
@@ -9104,10 +11223,13 @@ def run_folder_job(
     """
     spec = ACTIONS[action]
     folder = Path(folder)
+    nothing = f"no {INPUT_NOUNS[spec.inputs]} in folder"
     if not spec.writes_files:  # info: nothing to lock, mark or recover
-        inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
+        inputs = (
+            [Path(f) for f in files] if files is not None else list_inputs(folder, spec.inputs)
+        )
         if not inputs:
-            return JobOutcome(folder, 0, None, "no DICOM files in folder")
+            return JobOutcome(folder, 0, None, nothing)
         return run_job(spec, folder, inputs, options, progress)
     if batch.skip_if_done and marker_done(folder, action):
         return JobOutcome(folder, 0, None, skipped="already processed")
@@ -9122,9 +11244,11 @@ def run_folder_job(
             removed += clean_stale_temp(options.output_dir, max_age_s=batch.lock_timeout_s)
         for path in removed:
             LOG.warning("%s: removed %s left by an interrupted run", folder, path.name)
-        inputs = [Path(f) for f in files] if files is not None else list_inputs(folder)
+        inputs = (
+            [Path(f) for f in files] if files is not None else list_inputs(folder, spec.inputs)
+        )
         if not inputs:
-            return JobOutcome(folder, 0, None, "no DICOM files in folder")
+            return JobOutcome(folder, 0, None, nothing)
         journal = Journal(folder)
         journal.start()
         outcome = run_job(spec, folder, inputs, options, progress, journal)
@@ -9278,14 +11402,14 @@ def dask_executor(address: str) -> tuple[Any, Any]:
 # ---- watch ----
 
 
-def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Return (name, size, last change) of the folder's candidate files: its signature.
+def folder_state(folder: Path, kind: str = DICOM_INPUTS) -> tuple[tuple[str, int, int], ...]:
+    """Return (name, size, last change) of the folder's inputs of a kind: its signature.
 
     The last change is the later of mtime and ctime: a copy that keeps the source's
     mtime (``cp -p``, ``rsync -a``) still sets the ctime to when it was written.
     """
     state = []
-    for path in list_inputs(folder):
+    for path in list_inputs(folder, kind):
         with contextlib.suppress(OSError):
             info = path.stat()
             state.append((path.name, info.st_size, max(info.st_mtime_ns, info.st_ctime_ns)))
@@ -9314,9 +11438,12 @@ def ready_folders(
 ) -> list[Path]:
     """Return the job folders a watch pass runs: not done, settled, changed since a failure."""
     ready = []
+    kind = ACTIONS[action].inputs
     try:
         folders = (
-            job_folders(root, recursive=recursive, state=memory.scan) if root.is_dir() else []
+            job_folders(root, recursive=recursive, kind=kind, state=memory.scan)
+            if root.is_dir()
+            else []
         )
     except OSError as exc:
         LOG.error("%s: %s", root, exc)
@@ -9326,7 +11453,7 @@ def ready_folders(
         if done or (shard is not None and not in_shard(folder, root, *shard)):
             continue
         try:
-            state = folder_state(folder)
+            state = folder_state(folder, kind)
         except DicomPressorError:
             continue
         if not state or memory.failed.get(folder) == state:
@@ -9383,7 +11510,9 @@ def watch(
         def report(outcome: JobOutcome) -> None:
             if outcome.status in ("FAILED", "PARTIAL"):
                 with contextlib.suppress(DicomPressorError):
-                    memory.failed[outcome.folder] = folder_state(outcome.folder)
+                    memory.failed[outcome.folder] = folder_state(
+                        outcome.folder, ACTIONS[action].inputs
+                    )
             else:
                 memory.failed.pop(outcome.folder, None)
             on_outcome(outcome)
@@ -10783,7 +12912,8 @@ WEB_PAGE = """<!doctype html>
   <span id="action-summary" class="muted"></span>
   <div id="opts"></div>
   <div id="params-box" class="hidden">
-    <div class="muted">Anonymization parameters, one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
+    <div class="muted">Params (anonymize replacements; patient and study values of new
+      instances), one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
     <textarea id="params">(0010,0010)=ANONYMOUS^PATIENT
 (0010,0020)=ANON001</textarea>
   </div>
@@ -11636,12 +13766,12 @@ class ApiHandler(BaseHTTPRequestHandler):
             ) from None
         spec, options = process_request(payload, session.output_dir, jobs=self.state.config.jobs)
         with self.state.processing(session):
-            inputs = list_inputs(session.input_dir)
+            inputs = list_inputs(session.input_dir, spec.inputs)
             if not inputs:
                 raise HTTPError(
                     400,
-                    f"no files to process in session {session.id}: upload DICOM files "
-                    f"first (POST /api/upload/{session.id})",
+                    f"no files to process in session {session.id}: upload "
+                    f"{INPUT_NOUNS[spec.inputs]} first (POST /api/upload/{session.id})",
                 )
             LOG.info("Session %s: %s on %d files", session.id, spec.name, len(inputs))
             outcome = run_isolated(
@@ -12210,12 +14340,14 @@ def _plan_jobs(
         return [(path.parent, [path])]
     if not path.is_dir():
         raise DicomPressorError(f"{path}: no such file or folder", status=404)
+    kind = spec.inputs
     if spec.takes == TREE:
         files = []
-        for folder in job_folders(path, recursive=recursive, state=state):
-            files.extend(list_inputs(folder))
+        for folder in job_folders(path, recursive=recursive, kind=kind, state=state):
+            files.extend(list_inputs(folder, kind))
         return [(path, files)]
-    return [(folder, None) for folder in job_folders(path, recursive=recursive, state=state)]
+    folders = job_folders(path, recursive=recursive, kind=kind, state=state)
+    return [(folder, None) for folder in folders]
 
 
 @contextlib.contextmanager
@@ -12300,12 +14432,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(jobs=args.jobs, **values)
 
 
-def read_params_file(path: Path) -> str:
-    """Read and check a params file; raise DicomPressorError naming it."""
+def read_params_file(path: Path, *, check: bool = True) -> str:
+    """Read and check a params file; raise DicomPressorError naming it.
+
+    Without check, the action's rule checks the text (--params of -w, -W, -v).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DicomPressorError(f"{path}: {exc.strerror or exc}") from exc
+    if not check:
+        return text
     try:
         parse_params(text)  # every line checked before any file is touched
     except DicomPressorError as exc:
@@ -12326,6 +14463,11 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
             raise UsageError(f"{option.flag} is a setting of --serve")
     values = {o.name: getattr(args, o.name) for o in spec.options if o.name in given}
     params = None
+    if args.params_file is not None and (not spec.params or spec.flag_value == "params"):
+        takers = ", ".join(s.flag for s in ACTIONS.values() if s.params and not s.flag_value)
+        raise UsageError(f"{OPTIONS['params_file'].flag} is for {takers}, not {spec.flag}")
+    if args.params_file is not None:
+        params = read_params_file(args.params_file, check=False)
     if spec.flag_value == "params":
         params = read_params_file(Path(args.action_value))
     elif spec.flag_value is not None:
@@ -12437,7 +14579,7 @@ def _run(
     """Run the jobs (or the watch loop) the command line asks for; return the exit code."""
     show_progress = not args.quiet and not args.json
     report = _reporter(args, spec)
-    state = ScanState(args.scan_state_file, path) if args.scan_state_file else None
+    state = ScanState(args.scan_state_file, path, spec.inputs) if args.scan_state_file else None
     if args.watch is not None:
         if not path.is_dir():
             print(f"error: {path}: not a folder to watch", file=sys.stderr)
@@ -12465,7 +14607,7 @@ def _run(
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     if not jobs:
-        print(f"error: {path}: no DICOM files found", file=sys.stderr)
+        print(f"error: {path}: no {INPUT_NOUNS[spec.inputs]} found", file=sys.stderr)
         return EXIT_FAILED
     if spec.takes == TREE:  # one report over the whole tree: no locks, no marker
         folder, inputs = jobs[0]

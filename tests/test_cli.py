@@ -193,7 +193,8 @@ class TestExitCodes:
         assert errors == [
             f"[ERROR] {folder / 'junk.dcm'}: not a DICOM file (no DICM prefix or File Meta)",
             f"[ERROR] {folder / 'rtstruct.dcm'}: not a DICOM file: a bare dataset without "
-            "preamble and File Meta (PS3.10 7.1); only -t dumps it",
+            "preamble and File Meta (PS3.10 7.1); only -t dumps it, -p makes a Part 10 file "
+            "of it",
         ]
 
     def test_only_bad_files_fail(self, tmp_path):

@@ -419,7 +419,7 @@ class TestLossless:
             assert code == 0, out + err
             assert_same_pixels(small, tmp_path / f"small{CODEC_TARGETS[codec][1]}.dcm")
 
-    @pytest.mark.parametrize("flag,suffix", [("-x", "_jll"), ("-z", "_j2k"), ("-u", "_raw")])
+    @pytest.mark.parametrize("flag,suffix", [("-x", "_jll"), ("-z", "_j2k"), ("-u", "_unc")])
     def test_output_dir_collisions_and_reruns(self, tmp_path: Path, flag: str, suffix: str):
         """Same file names in two folders: both outputs kept (_1); a rerun adds nothing."""
         root = tmp_path / "root"
@@ -760,7 +760,7 @@ class TestDecompress:
     def test_file(self, decompressed, name: str) -> None:
         folder, _, _, err, _ = decompressed
         source = folder / name
-        output = folder / f"{source.stem}_raw.dcm"
+        output = folder / f"{source.stem}_unc.dcm"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             src = pydicom.dcmread(source)
@@ -833,7 +833,7 @@ class TestDecompress:
             compressed = tmp_path / f"src{suffix}.dcm"
             code, out, err = run("-u", "-f", compressed)
             assert code == 0, (codec, out + err)
-            raw = tmp_path / f"src{suffix}_raw.dcm"
+            raw = tmp_path / f"src{suffix}_unc.dcm"
             assert syntax_of(read(raw)) == EVRLE
             assert read(raw).PixelData == read(source).PixelData
             assert_same_pixels(source, raw)
@@ -905,7 +905,7 @@ class TestJobs:
         assert sorted(one) == sorted(two) and len(one) == 6
         for name in one:
             assert one[name].read_bytes() == two[name].read_bytes(), name
-            assert_same_pixels(jobs_folder / name.replace("_jll_raw", ""), two[name])
+            assert_same_pixels(jobs_folder / name.replace("_jll_unc", ""), two[name])
 
 
 # ---- errors ----
@@ -937,7 +937,7 @@ ERROR_RUNS = {
     "X_rle": (("-X", "--codec", "rle"), "", False),
     "z": (("-z",), "_j2k", True),
     "Z_jobs2": (("-Z", "--jobs", "2"), "", True),
-    "u": (("-u",), "_raw", False),
+    "u": (("-u",), "_unc", False),
     "U": (("-U",), "", False),
     "U_jobs2": (("-U", "--jobs", "2"), "", False),
 }
