@@ -44,6 +44,8 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
 5. DICOM helpers: reading, geometry, writing, multi-frame datasets, frames and codecs,
    de-identification, header dumps, DICOMDIR records.
    - reading: dictionaries, files, headers
+   - reading: walking a file's element headers to its end
+   - reading: headers, pixel data whole
    - reading: values
    - geometry and slice sorting
    - writing: elements, headers, pixel data
@@ -1542,6 +1544,17 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
+def new_temp_file(target: Path) -> tuple[int, Path]:
+    """Create a new temp file beside target (temp_path); return (its descriptor, its path).
+
+    Its mode is 0666 less the umask, as open() gives every other output (mkstemp's 0600
+    would stay on an image or video renamed to its final name).
+    """
+    tmp = temp_path(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.open(tmp, flags, 0o666), tmp
+
+
 def pid_alive(pid: int) -> bool:
     """Tell whether a process with this id runs on this machine."""
     try:
@@ -2313,22 +2326,365 @@ def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, 
     return group << 16 | number, vr, length, pos + 8
 
 
+# ---- reading: walking a file's element headers to its end ----
+
+
+#: Transfer syntaxes whose dataset is encoded otherwise than Explicit VR Little Endian
+#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file).
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+
+BIG_ENDIAN_SYNTAX = "1.2.840.10008.1.2.2"
+
+
+@dataclasses.dataclass
+class FileWalk:
+    """Where a walk over a file's element headers went (walk_file).
+
+    ``problem`` is None for a file that parses to its end, else one line naming the
+    element and the byte offset where it stops. ``meta`` and ``body`` are the byte
+    ranges of whole elements only: the File Meta's, and of the dataset every top-level
+    element before the one that fails (offsets in ``inflated`` for a deflated dataset).
+    """
+
+    problem: str | None
+    preamble: bytes | None
+    meta: tuple[int, int]
+    body: tuple[int, int]
+    implicit: bool = False
+    little: bool = True
+    inflated: bytes | None = None
+
+
+class HeaderDamage(DicomPressorError):
+    """A file whose dataset does not parse to its end; ``walk`` says how far it does."""
+
+    def __init__(self, walk: FileWalk) -> None:
+        super().__init__(walk.problem or "")
+        self.walk = walk
+
+
+class _Broken(Exception):
+    """Where and why a walk over element headers stopped (its message says)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def element_label(tag: int) -> str:
+    """Return a tag the DICOM way, ``(0028,0010) Rows`` (private or unknown: the tag)."""
+    text = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    entry = None if tag >> 16 & 1 else _pydicom_table("_dicom_dict").DicomDictionary.get(tag)
+    return f"{text} {entry[2]}" if entry is not None else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    """Return the VR the dictionary gives a public tag (for implicit VR), or None."""
+    entry = None if tag >> 16 & 1 else _pydicom_table("_dicom_dict").DicomDictionary.get(tag)
+    return str(entry[0]) if entry is not None else None
+
+
+class _Walker:
+    """Walk element headers as pydicom's reader parses them, checking every length.
+
+    Values are skipped, never read; sequences, their items and encapsulated fragments are
+    walked into. A dataset's encoding (implicit or explicit VR) is what its first element
+    header shows, as pydicom decides it.
+    """
+
+    def __init__(self, data: Any, size: int, *, little: bool, where: str) -> None:
+        self.data = data
+        self.size = size
+        self.order = "<" if little else ">"
+        self.where = where  # "the file", "the inflated dataset"
+
+    def tag_at(self, pos: int) -> int:
+        """Return the tag at pos."""
+        group, element = struct.unpack_from(self.order + "HH", self.data, pos)
+        return int(group) << 16 | int(element)
+
+    def long_at(self, pos: int) -> int:
+        """Return the 4-byte length at pos."""
+        return int(struct.unpack_from(self.order + "L", self.data, pos)[0])
+
+    def short_at(self, pos: int) -> int:
+        """Return the 2-byte length at pos."""
+        return int(struct.unpack_from(self.order + "H", self.data, pos)[0])
+
+    def holder(self, stop: int, inside: str = "its item") -> str:
+        """Name what ends at stop: the file, else what is being walked (inside)."""
+        return self.where if stop >= self.size else inside
+
+    def looks_implicit(self, pos: int, stop: int) -> bool:
+        """Tell whether the element header at pos has no VR (two capital letters)."""
+        if stop - pos < 6:
+            return False
+        first, second = self.data[pos + 4], self.data[pos + 5]
+        return not (0x40 < first < 0x5B and 0x40 < second < 0x5B)
+
+    def dataset(
+        self,
+        pos: int,
+        stop: int,
+        implicit: bool,
+        *,
+        delimited: bool = False,
+        group: int | None = None,
+        ends: list[tuple[int, int, int]] | None = None,
+    ) -> int:
+        """Walk a dataset's elements from pos to stop; return where the walk ended.
+
+        delimited: an item of undefined length, ended by its Item Delimitation Item.
+        group: stop before the first element of another group (the File Meta). ends
+        (given for a top level) gets (tag, value offset, end) of each whole element.
+        """
+        after_pixels = False
+        while pos < stop:
+            left = stop - pos
+            if (
+                ends is not None
+                and self.data[pos : pos + 4] == b"\0\0\0\0"
+                and (not bytes(self.data[pos:stop]).strip(b"\0"))
+            ):
+                return stop  # NUL bytes to the end: padding
+            if left < 8:
+                if ends is not None and after_pixels:
+                    return stop  # a few bytes after the Pixel Data: padding
+                raise _Broken(
+                    f"truncated: {self.holder(stop)} ends {left} byte(s) into the element "
+                    f"header at offset {pos}"
+                )
+            tag = self.tag_at(pos)
+            if group is not None and tag >> 16 != group:
+                return pos
+            if tag == 0xFFFEE00D and delimited:
+                return pos + 8
+            if tag >> 16 == 0xFFFE:
+                raise _Broken(
+                    f"a stray {element_label(tag)} at offset {pos}, where an element header "
+                    "was expected"
+                )
+            vr: str | None = None
+            guessed = False
+            if implicit:
+                length, start = self.long_at(pos + 4), pos + 8
+            else:
+                raw_vr = bytes(self.data[pos + 4 : pos + 6])
+                vr = _VR_OF_BYTES.get(raw_vr)
+                if vr in LONG_LENGTH_VRS:
+                    if left < 12:
+                        raise _Broken(
+                            f"truncated: {self.holder(stop)} ends {left} byte(s) into the "
+                            f"element header of {element_label(tag)} at offset {pos}"
+                        )
+                    length, start = self.long_at(pos + 8), pos + 12
+                elif vr is None and not b"AA" <= raw_vr <= b"ZZ":
+                    guessed = True  # pydicom reads this element as implicit VR
+                    length, start = self.long_at(pos + 4), pos + 8
+                else:
+                    length, start = self.short_at(pos + 6), pos + 8
+            try:
+                pos = self.value(tag, vr, start, length, stop, implicit or guessed)
+            except _Broken as exc:
+                if not guessed:
+                    raise
+                shown = " ".join(f"{b:02x}" for b in raw_vr)
+                raise _Broken(
+                    f"damaged element header at offset {pos}: {element_label(tag)} names no "
+                    f"VR (bytes {shown}); read as implicit VR, "
+                    + str(exc).removeprefix("truncated: ")
+                ) from None
+            after_pixels = after_pixels or tag >= 0x7FE00010
+            if ends is not None:
+                ends.append((tag, start, pos))
+        if delimited:
+            raise _Broken(
+                "an item of undefined length has no (FFFE,E00D) Item Delimitation Item "
+                f"before {self.holder(stop)} ends at offset {stop}"
+            )
+        return pos
+
+    def value(
+        self, tag: int, vr: str | None, start: int, length: int, stop: int, implicit: bool
+    ) -> int:
+        """Walk one element's value; return where the element ends."""
+        known = _dictionary_vr(tag) if vr is None else vr
+        sequence = known == "SQ"
+        if length != 0xFFFFFFFF:
+            if start + length > stop:
+                raise _Broken(
+                    f"truncated: {element_label(tag)} declares {length} bytes at offset "
+                    f"{start}, {self.holder(stop)} ends at {stop}"
+                )
+            if sequence:
+                self.items(tag, start, length, start + length, implicit)
+            return start + length
+        if sequence or vr == "UN":  # an undefined-length UN is a sequence (PS3.5 6.2.2)
+            return self.items(tag, start, length, stop, implicit or vr == "UN")
+        if known is None and stop - start >= 4 and self.tag_at(start) == 0xFFFEE000:
+            return self.items(tag, start, length, stop, implicit)  # as pydicom guesses
+        return self.fragments(tag, start, stop)
+
+    def items(self, tag: int, start: int, length: int, stop: int, implicit: bool) -> int:
+        """Walk a sequence's items (an undefined length: up to its delimiter)."""
+        undefined = length == 0xFFFFFFFF
+        end = stop if undefined else start + length
+        pos = start
+        while pos < end or undefined:
+            if end - pos < 8:
+                if undefined:
+                    raise _Broken(
+                        f"{element_label(tag)} (a sequence of undefined length) has no "
+                        "(FFFE,E0DD) Sequence Delimitation Item before "
+                        f"{self.holder(end, 'its sequence')} ends at {end}"
+                    )
+                raise _Broken(
+                    f"truncated: {element_label(tag)} (a sequence) ends {end - pos} "
+                    f"byte(s) into an item header at offset {pos}"
+                )
+            item_tag, item_length = self.tag_at(pos), self.long_at(pos + 4)
+            if item_tag == 0xFFFEE0DD and (undefined or pos + 8 == end):
+                return pos + 8
+            if item_tag != 0xFFFEE000:
+                raise _Broken(
+                    f"{element_label(tag)} (a sequence) at offset {start}: an item was "
+                    f"expected at offset {pos}, not {element_label(item_tag)}"
+                )
+            inner = pos + 8
+            item_implicit = implicit or self.looks_implicit(inner, end)
+            if item_length == 0xFFFFFFFF:
+                pos = self.dataset(inner, end, item_implicit, delimited=True)
+            elif inner + item_length > end:
+                raise _Broken(
+                    f"truncated: an item of {element_label(tag)} declares {item_length} "
+                    f"bytes at offset {inner}, {self.holder(end, 'its sequence')} ends at {end}"
+                )
+            else:
+                pos = self.dataset(inner, inner + item_length, item_implicit)
+        return pos
+
+    def fragments(self, tag: int, start: int, stop: int) -> int:
+        """Walk encapsulated data (PS3.5 A.4): items of defined length, then a delimiter."""
+        pos, count = start, 0
+        while True:
+            if stop - pos < 8:
+                raise _Broken(
+                    f"{element_label(tag)} at offset {start} has an undefined length and "
+                    f"no (FFFE,E0DD) Sequence Delimitation Item before {self.holder(stop)} "
+                    f"ends at {stop}"
+                )
+            item_tag, length = self.tag_at(pos), self.long_at(pos + 4)
+            if item_tag == 0xFFFEE0DD:
+                break
+            if item_tag != 0xFFFEE000 or length == 0xFFFFFFFF:
+                raise _Broken(
+                    f"{element_label(tag)} at offset {start} has an undefined length, but "
+                    f"its value does not parse into items: {element_label(item_tag)} at "
+                    f"offset {pos} is no item (PS3.5 A.4)"
+                )
+            if pos + 8 + length > stop:
+                raise _Broken(
+                    f"truncated: a fragment of {element_label(tag)} declares {length} "
+                    f"bytes at offset {pos + 8}, {self.holder(stop)} ends at {stop}"
+                )
+            pos += 8 + length
+            count += 1
+        if tag == 0x7FE00010 and count < 2:
+            raise _Broken(
+                f"{element_label(tag)} at offset {start} holds no fragment after its Basic "
+                "Offset Table (PS3.5 A.4)"
+            )
+        return pos + 8
+
+
+def walk_file(path: Path) -> FileWalk:
+    """Walk a file's element headers from its File Meta to its end (see _Walker).
+
+    A file parses to its end when every element header lies whole in the file, every
+    value fits in what holds it (the file, an item, a sequence), sequences and
+    encapsulated values parse into items up to their delimiters, and what follows the
+    last element is NUL bytes, or fewer bytes than an element header after the Pixel
+    Data. Raises OSError when the file cannot be read.
+    """
+    import mmap
+
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return FileWalk("the file is empty", None, (0, 0), (0, 0))
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _walk_mapped(data, size)
+
+
+def _walk_mapped(data: Any, size: int) -> FileWalk:
+    """walk_file() of a mapped file: the File Meta (and command set), then the dataset."""
+    preamble = bytes(data[:128]) if size >= 132 and data[128:132] == b"DICM" else None
+    pos = 132 if preamble is not None else 0
+    meta_walker = _Walker(data, size, little=True, where="the file")
+    walk = FileWalk(None, preamble, (pos, pos), (pos, pos))
+    elements: list[tuple[int, int, int]] = []
+    try:
+        for group in (0x0002, 0x0000):  # the File Meta, then a command set (PS3.7 6.3)
+            if size - pos >= 8 and meta_walker.short_at(pos) == group:
+                implicit = group == 0 or meta_walker.looks_implicit(pos, size)
+                pos = meta_walker.dataset(pos, size, implicit, group=group, ends=elements)
+    except _Broken as exc:
+        walk.problem = str(exc)
+        end = elements[-1][2] if elements else walk.meta[0]
+        walk.meta = walk.body = (walk.meta[0], end)
+        return walk
+    walk.meta = (walk.meta[0], pos)
+    syntax = next(
+        (bytes(data[s:e]).rstrip(b"\0 ").decode("ascii", "replace") for t, s, e in elements
+         if t == 0x00020010),
+        None,
+    )  # fmt: skip
+    body, offset, where = data, pos, "the file"
+    if syntax == DEFLATED:
+        try:
+            body = zlib.decompress(bytes(data[pos:]), -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            walk.problem = f"the deflated dataset at offset {pos} does not inflate: {exc}"
+            walk.body = (pos, pos)
+            return walk
+        walk.inflated, offset, where = body, 0, "the inflated dataset"
+    end = len(body) if syntax == DEFLATED else size
+    walk.little = syntax != BIG_ENDIAN_SYNTAX
+    walker = _Walker(body, end, little=walk.little, where=where)
+    walk.implicit = walker.looks_implicit(offset, end)
+    if syntax is None and not walk.implicit and walker.short_at(offset) >= 1024:
+        walk.little = False  # no syntax named: a big endian group, as pydicom guesses
+        walker = _Walker(body, end, little=False, where=where)
+    top: list[tuple[int, int, int]] = []
+    try:
+        walker.dataset(offset, end, walk.implicit, ends=top)
+    except _Broken as exc:
+        walk.problem = str(exc)
+    walk.body = (offset, top[-1][2] if top else offset)
+    return walk
+
+
+# ---- reading: headers, pixel data whole ----
+
+
 def read_header(
     path: Path, *, check_values: bool = True, image: bool = True
 ) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
-    Raises DicomPressorError naming the problem when the file is not readable DICOM or
-    is truncated, with image when it is no image (neither SOP Class UID nor pixel data),
-    and, with check_values, when one of the HEADER_CHECKED values is malformed. The
-    headers dump reads without those two checks: it dumps any dataset and shows a
-    malformed value as unreadable.
+    Raises DicomPressorError naming the problem when the file is not readable DICOM,
+    HeaderDamage when it does not parse to its end (walk_file: the element and the
+    offset where it breaks), with image when it is no image (neither SOP Class UID nor
+    pixel data), and, with check_values, when one of the HEADER_CHECKED values is
+    malformed. The headers dump reads without those two checks: it dumps any dataset and
+    shows a malformed value as unreadable.
     """
     try:
         size = path.stat().st_size
         plain = read_plain_header(path)  # checked whole: no element runs past the end
         ds = plain or pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
+        if has_dicm_prefix(path):
+            _raise_damage(path, exc)
         ds = read_bare_dataset(path)
         if ds is None:
             raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
@@ -2340,7 +2696,10 @@ def read_header(
     except BaseException as exc:  # pydicom raises many types on malformed files
         if is_fatal(exc):
             raise
+        _raise_damage(path, exc)
         raise DicomPressorError(unreadable(exc)) from exc
+    if plain is None:
+        _raise_damage(path, None)
     try:
         syntax = transfer_syntax_of(ds)
         if plain is None:
@@ -2357,10 +2716,6 @@ def read_header(
         raise DicomPressorError(
             f"(0002,0010) Transfer Syntax UID {str(syntax)!r} is not a transfer syntax"
         )
-    # (offsets count the inflated stream of a deflated file)
-    problem = truncation(ds, size) if plain is None and syntax != DEFLATED else None
-    if problem is not None:
-        raise DicomPressorError(problem)
     if image and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
@@ -2382,6 +2737,47 @@ def read_header(
                 f"the file holds {max(0, size - tell)}"
             )
     return ds, location
+
+
+def _raise_damage(path: Path, cause: BaseException | None) -> None:
+    """Raise HeaderDamage when the file does not parse to its end (walk_file)."""
+    try:
+        walk = walk_file(path)
+    except OSError:
+        return
+    if walk.problem is not None:
+        raise HeaderDamage(walk) from cause
+
+
+def partial_dataset(path: Path, walk: FileWalk) -> FileDataset:
+    """Read the whole elements a damaged file holds before its damage (HeaderDamage.walk).
+
+    The File Meta elements that parse, and the dataset's top-level elements before the
+    one that fails, as pydicom reads them (larger values left on disk).
+    """
+    with path.open("rb") as handle:
+        handle.seek(walk.meta[0])
+        meta = pydicom.filereader.read_dataset(
+            handle,
+            False,
+            True,
+            bytelength=walk.meta[1] - walk.meta[0],
+            stop_when=lambda tag, vr, length: tag >> 16 != 0x0002,
+        )
+        source: BinaryIO = handle if walk.inflated is None else io.BytesIO(walk.inflated)
+        source.seek(walk.body[0])
+        body = pydicom.filereader.read_dataset(
+            source,
+            walk.implicit,
+            walk.little,
+            bytelength=walk.body[1] - walk.body[0],
+            defer_size=DEFER_BYTES if walk.inflated is None else None,
+        )
+    ds = FileDataset(
+        str(path), body, walk.preamble, FileMetaDataset(meta), walk.implicit, walk.little
+    )
+    ds.set_original_encoding(walk.implicit, walk.little, body._character_set)
+    return ds
 
 
 def _record_read_encoding(ds: Dataset) -> None:
@@ -2419,34 +2815,6 @@ def read_bare_dataset(path: Path) -> Dataset | None:
         return None
     tags = list(ds._dict)
     return ds if len(tags) >= 2 and tags[0] >> 16 == 0x0008 else None
-
-
-def truncation(ds: Dataset, size: int) -> str | None:
-    """Describe where a file ends inside an element of ds before its Pixel Data, or None.
-
-    pydicom reads such a file without a word: the cut element comes back shorter than
-    its length says, and a cut element header is dropped. A cut header is told apart
-    from trailing padding only in a file without Pixel Data, whose last element it
-    follows by fewer bytes than an element header has. (read_header checks the Pixel
-    Data itself.)
-    """
-    end = 0
-    pixels = 0x7FE00010 in ds._dict
-    for tag, item in ds._dict.items():
-        if tag >= 0x7FE00010:
-            break
-        if not isinstance(item, RawDataElement) or item.length == 0xFFFFFFFF:
-            end = -1  # read whole by pydicom (sequences): the end of the next one counts
-            continue
-        end = item.value_tell + item.length
-        if end > size:
-            return (
-                f"truncated: ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {item.length} "
-                f"bytes at offset {item.value_tell}, the file ends at {size}"
-            )
-    if not pixels and end > 0 and 0 < size - end < 8:
-        return f"truncated: the file ends {size - end} byte(s) into an element header"
-    return None
 
 
 def read_plain_header(path: Path) -> FileDataset | None:
@@ -2547,6 +2915,62 @@ def _read_inputs(
             readable.append((path, ds, location))
         progress(index, len(inputs))
     return readable
+
+
+def check_integrity(ds: Dataset, location: PixelLocation | None) -> None:
+    """Raise DicomPressorError unless a file's pixel data is whole as its header says.
+
+    The one check every action that writes DICOM makes of each input before it writes
+    anything. read_header has made sure that the dataset parses to its end (walk_file:
+    encapsulated Pixel Data parses into items up to its delimiter). Here the Pixel Data
+    must be encapsulated exactly when the transfer syntax says so (PS3.5 A.4), and
+    native Pixel Data must hold Rows x Columns x Samples per Pixel x Bits Allocated / 8
+    x Number of Frames bytes (bits packed when Bits Allocated is 1, two samples a pixel
+    in YBR_FULL_422; plus one byte of padding to an even length).
+    """
+    if location is None:
+        return
+    syntax = transfer_syntax_of(ds)
+    if syntax.is_encapsulated and not location.encapsulated:
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data is stored native ({location.length} bytes), but "
+            f"{uid_name(syntax)} stores it encapsulated, in items (PS3.5 A.4)"
+        )
+    if location.encapsulated:
+        if not syntax.is_encapsulated:
+            raise DicomPressorError(
+                f"(7FE0,0010) Pixel Data is encapsulated, but {uid_name(syntax)} stores it "
+                "native (PS3.5 A.4)"
+            )
+        return
+    factors = {}
+    for keyword, least in (("Rows", 1), ("Columns", 1), ("SamplesPerPixel", 1)):
+        factors[keyword] = value = ds.get(keyword, 1 if keyword == "SamplesPerPixel" else None)
+        if not isinstance(value, int) or value < least:
+            shown = "is missing" if value is None else f"value of {value!r} is invalid"
+            raise DicomPressorError(
+                f"{element_label(int(Tag(keyword)))} {shown} for (7FE0,0010) Pixel Data of "
+                f"{location.length} bytes"
+            )
+    bits = ds.get("BitsAllocated")
+    if bits not in (1, 8, 16, 32, 64):
+        shown = "is missing" if bits is None else f"value of {bits!r} is invalid"
+        raise DicomPressorError(
+            f"(0028,0100) Bits Allocated {shown} for (7FE0,0010) Pixel Data of "
+            f"{location.length} bytes (1, 8, 16, 32 or 64 expected)"
+        )
+    frames = number_of_frames(ds)
+    rows, columns, samples = factors["Rows"], factors["Columns"], factors["SamplesPerPixel"]
+    per_pixel = samples
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        per_pixel = 2  # two luminance values share one pair of chrominance values
+    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
+    if location.length not in (expected, expected + expected % 2):
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected {expected}: "
+            f"Rows {rows} x Columns {columns} x {samples} sample(s) x {bits} bits x "
+            f"{frames} frame(s)" + (" (YBR_FULL_422)" if per_pixel != samples else "")
+        )
 
 
 # ---- reading: values ----
@@ -4803,8 +5227,33 @@ def _bulk_by_tag(tag: int) -> bool:
     return _is_bulk(tag, "", 0)
 
 
-def header_text(path: Path, ds: Dataset) -> str:
-    """Return the text dump of a file: File Meta, then the dataset."""
+#: The mark of a partial dump: the last line of a text dump, a top-level key in JSON.
+INCOMPLETE_MARK = "INCOMPLETE"
+
+
+def dump_source(path: Path) -> tuple[Dataset, str | None]:
+    """Read what a header dump shows: the dataset, and why it is partial (None: whole).
+
+    A file that does not parse to its end gives the elements before its damage and the
+    one-line problem (HeaderDamage); anything else that stops the reading is raised.
+    """
+    try:
+        ds, _ = read_header(path, check_values=False, image=False)
+    except HeaderDamage as exc:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return partial_dataset(path, exc.walk), exc.message
+        except Exception:  # not even that part reads: the failure alone
+            raise exc from None
+    return ds, None
+
+
+def header_text(path: Path, ds: Dataset, *, incomplete: str | None = None) -> str:
+    """Return the text dump of a file: File Meta, then the dataset.
+
+    A partial dump (incomplete: why) ends with a line ``# INCOMPLETE: <why>``.
+    """
     lines = [f"# {path.name}", "# File Meta Information"]
     meta = getattr(ds, "file_meta", None)
     if meta:
@@ -4813,12 +5262,17 @@ def header_text(path: Path, ds: Dataset) -> str:
         lines.append("  (none: a bare dataset, without preamble and File Meta)")
     lines.append("# Dataset")
     lines.extend(dump_lines(ds, 1))
+    if incomplete is not None:
+        lines.append(f"# {INCOMPLETE_MARK}: {incomplete}; nothing after it is shown")
     return "\n".join(lines) + "\n"
 
 
-def header_json(ds: Dataset) -> tuple[str, list[str]]:
+def header_json(ds: Dataset, *, incomplete: str | None = None) -> tuple[str, list[str]]:
     """Return the DICOM JSON Model of ds (PS3.18 F.2) without bulk data, sorted, and the
     tags of the elements left out because their values cannot be converted.
+
+    A partial dump (incomplete: why) has the top-level key ``"INCOMPLETE"`` (why), which
+    no DICOM JSON reader takes for a tag: it cannot pass for the whole header.
     """
     kept = without_bulk_data(ds)
     left_out: list[str] = []
@@ -4832,6 +5286,8 @@ def header_json(ds: Dataset) -> tuple[str, list[str]]:
                 left_out.append(_tag_text(int(tag)))
                 del kept[tag]
         data = kept.to_json_dict(bulk_data_threshold=1 << 62)
+    if incomplete is not None:
+        data[INCOMPLETE_MARK] = f"{incomplete}; nothing after it is included"
     return json.dumps(data, indent=2, sort_keys=True) + "\n", left_out
 
 
@@ -5058,6 +5514,7 @@ def _merge_candidate(path: Path, ds: Dataset, location: PixelLocation | None) ->
     frames = number_of_frames(ds)
     if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return FileOutcome(path, SKIPPED, f"already multi-frame ({frames} frames)")
+    check_integrity(ds, location)
     uid = text_of(ds, 0x00080018) or ""  # SOP Instance UID
     candidate = make_slice(path, ds, location)
     candidate.stack = stack_key(candidate)  # malformed values fail this file
@@ -5307,6 +5764,7 @@ def split_one(path: Path, output_dir: Path | None) -> FileOutcome:
     n_frames = number_of_frames(ds)
     if n_frames < 2:
         return FileOutcome(path, SKIPPED, "single frame, nothing to split")
+    check_integrity(ds, location)
     syntax = transfer_syntax_of(ds)
     frame_bytes = expected_frame_bytes(ds)
     decode = False
@@ -5557,6 +6015,7 @@ def transcode_file(
     if reason is not None:  # nothing to do is done
         return FileOutcome(path, DONE, f"{path.name}: left alone, {reason}")
     check_pixel_description(header)
+    check_integrity(header, location)
     raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
     out = _transcoded_dataset(header, raw=raw)
     n_frames = number_of_frames(header)
@@ -5794,6 +6253,7 @@ def anonymize_file(
     overwritten (``_1``, ``_2``...).
     """
     ds, location = read_header(path)
+    check_integrity(ds, location)
     warnings_: list[str] = []
     if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
         warnings_.append(
@@ -5954,19 +6414,23 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
         output_path(path, output_dir, extension=suffix), replace=output_dir is None, durable=False
     )
     left_out: list[str] = []
+    problem = None
     text = fast_header_text(path) if suffix == ".txt" else None
     if text is None:
         load_toolkit()
-        ds, _ = read_header(path, check_values=False, image=False)
+        ds, problem = dump_source(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if suffix == ".json":
-                text, left_out = header_json(ds)
+                text, left_out = header_json(ds, incomplete=problem)
             else:
-                text = header_text(path, ds)
+                text = header_text(path, ds, incomplete=problem)
     with output as handle:
         handle.write(text.encode("utf-8"))
     assert output.path is not None
+    if problem is not None:  # the file fails; its partial dump says so inside
+        shown = f"{problem} (partial dump {output.path.name}, marked {INCOMPLETE_MARK})"
+        return FileOutcome(path, FAILED, shown)
     notes = ()
     if left_out:
         notes = (
@@ -5981,13 +6445,14 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
 
 def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
     """Add one file's records to fs; data: (its SOP Instance UID, keys given placeholders)."""
-    header, _ = read_header(path)
+    header, location = read_header(path)
     for keyword in DICOMDIR_REQUIRED_UIDS:
         if not header.get(keyword):
             tag = _tag_text(int(tag_for_keyword(keyword)))
             raise DicomPressorError(
                 f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records need it, PS3.3 F.5)"
             )
+    check_integrity(header, location)
     filled: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -6135,6 +6600,9 @@ class RenderSpec:
     window: Window | None = None
     voi_lut: Lut | None = None
     padding: tuple[int, int] | None = None  # stored values excluded from the auto range
+    #: The modality values shown as black and white when no window or VOI LUT applies:
+    #: the range over all frames of a file or video (None: the frame's own range).
+    value_range: tuple[float, float] | None = None
     palette: np.ndarray | None = None  # (2**BitsStored, 3) table of a PALETTE COLOR image
     palette_bits: int = 8
     colour_bits: int = 8  # BitsStored of RGB samples
@@ -6211,18 +6679,24 @@ def apply_window(values: np.ndarray, window: Window, y_max: float = 255.0) -> np
     return np.clip(y, 0.0, y_max)
 
 
-def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
-    """Stretch the frame's range (padding pixels left out) linearly onto 0..255.
-
-    A frame of one value renders black.
-    """
+def value_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> tuple[float, float]:
+    """Return the least and greatest modality value of a frame, padding pixels left out."""
     sample = values
     if spec.padding is not None:
         low, high = spec.padding
         kept = values[(stored < low) | (stored > high)]
         if kept.size:
             sample = kept
-    lo, hi = float(sample.min()), float(sample.max())
+    return float(sample.min()), float(sample.max())
+
+
+def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
+    """Stretch spec's value_range, else the frame's range (padding pixels left out),
+    linearly onto 0..255.
+
+    A range of one value renders black.
+    """
+    lo, hi = spec.value_range or value_range(values, stored, spec)
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float64)
     return np.clip((values - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
@@ -6231,10 +6705,11 @@ def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.n
 def render_frame(frame: np.ndarray, spec: RenderSpec) -> np.ndarray:
     """Turn one decoded frame into display values: uint8 (or uint16), 2-D grey or RGB.
 
-    Grey: Modality LUT, then VOI (window, VOI LUT, or the frame's range), MONOCHROME1
-    inverted. PALETTE COLOR: the palette. RGB: as decoded, scaled to 8 bits. With
-    ``bits_out`` 16, grey frames give the modality values plus ``offset16`` (rounded,
-    clipped to 0..65535, not inverted) and colour frames are scaled to 0..65535.
+    Grey: Modality LUT, then VOI (window, VOI LUT, the value_range of the file or video,
+    or the frame's own range), MONOCHROME1 inverted. PALETTE COLOR: the palette. RGB: as
+    decoded, scaled to 8 bits. With ``bits_out`` 16, grey frames give the modality values
+    plus ``offset16`` (rounded, clipped to 0..65535, not inverted) and colour frames are
+    scaled to 0..65535.
     """
     full = 65535.0 if spec.bits_out == 16 else 255.0
     dtype = np.uint16 if spec.bits_out == 16 else np.uint8
@@ -6357,6 +6832,11 @@ def _palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
     palette_ds.PhotometricInterpretation = "PALETTE COLOR"
     palette_ds.BitsStored = bits_stored
     palette_ds.PixelRepresentation = 0
+    # segmented tables (0028,1221-1223) are words in the byte order of the file
+    little = ds.original_encoding[1]
+    if little is None:
+        little = transfer_syntax_of(ds) != ExplicitVRBigEndian
+    palette_ds.set_original_encoding(False, little, ds.original_character_set)
     table = apply_color_lut(np.arange(1 << bits_stored), palette_ds)
     bits = 16 if table.dtype == np.uint16 else 8
     if bits == 16 and int(table.max(initial=0)) < 256:  # 8-bit values in 16-bit entries
@@ -6446,12 +6926,23 @@ def render_spec(
 
 
 def _frame_rate(ds: Dataset, options: Options) -> float:
-    """Return frames per second: (0018,1063) Frame Time, (0018,0040) Cine Rate or
-    (0008,2144) Recommended Display Frame Rate, else ``--fps``, else 10.
+    """Return frames per second: (0018,1063) Frame Time, (0018,1065) Frame Time Vector,
+    (0018,0040) Cine Rate or (0008,2144) Recommended Display Frame Rate, else ``--fps``,
+    else 10.
+
+    The vector holds the time from each frame to the next one's start, its first value
+    the first frame's (0 by PS3.3 C.7.6.5.1.2): the video plays at the mean of the
+    values after the first (a vector of one value: that value).
     """
     frame_time = _first_number(ds.get("FrameTime"))
     if frame_time is not None and frame_time > 0:
         return 1000.0 / frame_time
+    vector = _floats(ds.get("FrameTimeVector"))
+    if vector:
+        steps = vector[1:] or vector
+        mean_ms = sum(steps) / len(steps)
+        if math.isfinite(mean_ms) and mean_ms > 0:
+            return 1000.0 / mean_ms
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
         rate = _first_number(ds.get(keyword))
         if rate is not None and rate > 0:
@@ -6532,8 +7023,7 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return FileOutcome(path, data=np.ascontiguousarray(image, dtype=np.uint8).tobytes())
     data = encode_image(image, job.image_format, job.spec.offset16)
-    target = Path(job.target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = new_temp_file(Path(job.target))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)  # not synced, like other new outputs (see OutputFile)
@@ -6541,7 +7031,7 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return FileOutcome(path, data=tmp)
+    return FileOutcome(path, data=str(tmp))
 
 
 # ---- export: planning files and frames, the action ----
@@ -6569,14 +7059,48 @@ def _render_plan(
     return FileOutcome(path, data=(specs, stored_frames(path, ds, source.location)))
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedVoi:
+    """One VOI for all frames of a video, or one range for all frames of a file.
+
+    ``window`` or ``voi_lut``: a video's first frame's, for every frame; else
+    ``value_range``, the range of modality values over all frames. With ``keep_own``
+    (images) a frame keeps a window or VOI LUT of its own; a video replaces them.
+    """
+
+    window: Window | None = None
+    voi_lut: Lut | None = None
+    value_range: tuple[float, float] | None = None
+    keep_own: bool = False
+
+    def apply(self, spec: RenderSpec) -> RenderSpec:
+        """Return spec with this VOI (colour frames and 16-bit output have none)."""
+        if not windowed(spec):
+            return spec
+        if self.keep_own:
+            return dataclasses.replace(spec, value_range=self.value_range)
+        return dataclasses.replace(
+            spec, window=self.window, voi_lut=self.voi_lut, value_range=self.value_range
+        )
+
+
+def windowed(spec: RenderSpec) -> bool:
+    """Tell whether frames of spec go through a VOI: grey frames, 8-bit output."""
+    return spec.palette is None and spec.bits_out == 8 and spec.photometric.startswith("MONO")
+
+
 def _frame_jobs_of(
     source: ExportSource,
     options: Options,
     targets: Sequence[Path | None],
     image_format: str,
     frame_indices: Sequence[int] | None = None,
+    voi: SharedVoi | None = None,
 ) -> Iterator[RenderJob]:
-    """Yield one RenderJob per frame of source; a problem becomes a job with an error."""
+    """Yield one RenderJob per frame of source; a problem becomes a job with an error.
+
+    voi, when given, is the VOI of every frame (SharedVoi).
+    """
     path, ds = source.path, source.header
     indices = list(frame_indices) if frame_indices is not None else list(range(source.frames))
     prepared = guarded(_render_plan, path, source, options, indices, doing="prepare the rendering")
@@ -6603,10 +7127,11 @@ def _frame_jobs_of(
         if index not in wanted:
             continue
         target = targets[position]
+        spec = voi.apply(specs[position]) if voi is not None else specs[position]
         yield RenderJob(
             str(path),
             index,
-            specs[position],
+            spec,
             data=data,
             syntax=syntax,
             description=description if data is not None else None,
@@ -6617,6 +7142,57 @@ def _frame_jobs_of(
         position += 1
         if position == len(indices):
             return
+
+
+def _range_job(job: RenderJob) -> FileOutcome:
+    """Worker: decode a frame; data: the range of its modality values (value_range), or
+    None for a colour frame."""
+    if job.error is not None:
+        return FileOutcome(Path(job.path), FAILED, job.error)
+    return guarded(_frame_range, Path(job.path), job, doing=f"read frame {job.index + 1}")
+
+
+def _frame_range(path: Path, job: RenderJob) -> FileOutcome:
+    """Return the range of one frame's modality values (see _range_job)."""
+    frame = _decode_job(job)
+    if frame.ndim != 2:
+        return FileOutcome(path)
+    return FileOutcome(path, data=value_range(modality_values(frame, job.spec), frame, job.spec))
+
+
+def first_job(jobs: Iterator[RenderJob]) -> RenderJob | None:
+    """Return the first job without an error (the generator is closed), or None."""
+    try:
+        return next((job for job in jobs if job.error is None), None)
+    finally:
+        close = getattr(jobs, "close", None)
+        if close is not None:
+            close()
+
+
+def shared_range(
+    jobs: Iterator[RenderJob], workers: int, count: int
+) -> tuple[float, float] | None:
+    """Return the range of modality values over every frame of jobs (decoded in workers;
+    frames that fail are left out, the rendering reports them), or None."""
+    low, high = math.inf, -math.inf
+    for outcome in iter_ordered(_range_job, jobs, workers, _no_progress, count):
+        if outcome.status == DONE and outcome.data is not None:
+            low, high = min(low, outcome.data[0]), max(high, outcome.data[1])
+    return (low, high) if low <= high else None
+
+
+def _file_voi(source: ExportSource, options: Options) -> SharedVoi | None:
+    """Return one range for every frame of a multi-frame file without a stored window or
+    VOI LUT (``-I``), so its frames stay comparable; None when there is nothing to share."""
+    if source.frames < 2 or options.window is not None or int(options.png_bits or 8) != 8:
+        return None
+    targets = [None] * source.frames
+    first = first_job(_frame_jobs_of(source, options, targets, ""))
+    if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
+        return None
+    found = shared_range(_frame_jobs_of(source, options, targets, ""), options.jobs, source.frames)
+    return SharedVoi(value_range=found, keep_own=True) if found is not None else None
 
 
 def _claim_stem(folder: Path, stem: str, claimed: set[tuple[Path, str]]) -> str:
@@ -6698,8 +7274,9 @@ def export_png(
     Transformation, (0028,3000) Modality LUT Sequence or (0028,1052)/(0028,1053) Rescale
     Intercept/Slope), then the VOI (``--window C,W``, else the frame's Frame VOI LUT, the
     first (0028,1050)/(0028,1051) window with (0028,1056) VOI LUT Function, or the
-    (0028,3010) VOI LUT Sequence; with none, the frame's range, pixels equal to
-    (0028,0120) Pixel Padding Value left out), MONOCHROME1 inverted. PALETTE COLOR goes
+    (0028,3010) VOI LUT Sequence; with none, the range of the modality values over all
+    frames of the file, pixels equal to (0028,0120) Pixel Padding Value left out, so the
+    frames of one file stay comparable), MONOCHROME1 inverted. PALETTE COLOR goes
     through its palette; YBR is converted to RGB.
 
     With ``png_bits`` 16 a grey frame gives its modality values, unwindowed and not
@@ -6761,7 +7338,8 @@ def export_png(
 
     def jobs() -> Iterator[RenderJob]:
         for source, targets in plans:
-            yield from _frame_jobs_of(source, options, targets, image_format)
+            voi = _file_voi(source, options)
+            yield from _frame_jobs_of(source, options, targets, image_format, voi=voi)
 
     outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total)
     for source, targets in plans:
@@ -6819,9 +7397,8 @@ def write_video(target: Path, frames: Iterator[bytes], width: int, height: int, 
     """
     exe = ffmpeg_executable()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = new_temp_file(target)
     os.close(fd)
-    tmp = Path(tmp_name)
     log = tmp.with_suffix(".log")
     argv = [
         exe, "-y", "-hide_banner", "-loglevel", "error",
@@ -6874,14 +7451,32 @@ class VideoPlan:
     multi_frame: bool  # the frames of one multi-frame file (else one slice per file)
 
 
-def _video_jobs(plan: VideoPlan, options: Options) -> Iterator[RenderJob]:
+def _video_jobs(
+    plan: VideoPlan, options: Options, voi: SharedVoi | None = None
+) -> Iterator[RenderJob]:
     """Yield the render jobs of a video's frames, in order (RGB bytes, no file)."""
     if plan.multi_frame:
         source = plan.parts[0][0]
-        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "")
+        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "", voi=voi)
         return
     for source, index in plan.parts:
-        yield from _frame_jobs_of(source, options, [None], "", [index])
+        yield from _frame_jobs_of(source, options, [None], "", [index], voi=voi)
+
+
+def _video_voi(plan: VideoPlan, options: Options) -> SharedVoi | None:
+    """Return the one VOI of a whole video: ``--window`` (None here: every frame has it),
+    else its first frame's window or VOI LUT, else the range of modality values over all
+    its frames (padding left out). Colour videos have none."""
+    if options.window is not None:
+        return None
+    first = first_job(_video_jobs(plan, options))
+    if first is None or not windowed(first.spec):
+        return None
+    if first.spec.window is not None or first.spec.voi_lut is not None:
+        return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
+    return SharedVoi(
+        value_range=shared_range(_video_jobs(plan, options), options.jobs, len(plan.parts))
+    )
 
 
 def _video_frames(
@@ -6984,9 +7579,12 @@ def export_video(
 ) -> ActionResult:
     """Export MP4 videos (H.264, yuv420p) through imageio-ffmpeg's bundled ffmpeg.
 
-    Frames are rendered as ``export_png`` renders 8-bit images (same modality, VOI,
+    Frames are rendered as ``export_png`` renders 8-bit images (same modality,
     MONOCHROME1, palette and YBR handling), in ``options.jobs`` worker processes, and
-    piped to ffmpeg as RGB; odd sizes are padded to even with black.
+    piped to ffmpeg as RGB; odd sizes are padded to even with black. A video has one VOI:
+    ``--window``, else its first frame's window or VOI LUT, else the range of the
+    modality values over all its frames (padding left out), so brightness changes
+    between frames stay visible.
 
     Parameters
     ----------
@@ -6998,7 +7596,8 @@ def export_video(
         Folder for the videos; None writes each beside its (first) input.
     options
         ``fps``: the frame rate when the file states none ((0018,1063) Frame Time as
-        1000/FrameTime, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
+        1000/FrameTime, (0018,1065) Frame Time Vector as 1000 over the mean of its values
+        after the first, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
         Rate); default 10. ``window``, ``jobs``.
 
     Returns
@@ -7028,7 +7627,7 @@ def export_video(
         failed: list[tuple[Path, str]] = []
         outcomes = iter_ordered(
             _render_job,
-            _video_jobs(plan, options),
+            _video_jobs(plan, options, _video_voi(plan, options)),
             options.jobs,
             lambda n, _, start=done: progress(start + n, total),
             len(plan.parts),
