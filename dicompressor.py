@@ -617,6 +617,12 @@ J2K_MIN_SIDE = 32
 MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syntax: 16}
 
 
+#: Fewest bytes a frame needs for pyjpegls's JPEG-LS encoder: it writes the codestream
+#: into twice the frame's bytes, and a tiny frame's codestream (about 40 bytes of
+#: markers, noise hardly compressed) needs more; the largest that failed here had 162.
+JPEGLS_MIN_FRAME_BYTES = 256
+
+
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
 #: the typical spacing above which a step is reported as a gap.
 SPACING_TOLERANCE = 0.01
@@ -4497,6 +4503,90 @@ def check_htj2k_pixels(description: dict[str, Any]) -> None:
         raise DicomPressorError(f"cannot store these pixels as HTJ2K: {problem}")
 
 
+def codec_available(codec: Codec) -> bool:
+    """Tell whether the encoder of a ``--codec`` choice is installed."""
+    if codec.name == "htj2k":
+        return htj2k_encoder() is not None
+    return bool(pydicom.pixels.get_encoder(codec.syntax).is_available)
+
+
+def codec_refusal(syntax: str, description: dict[str, Any]) -> str | None:
+    """Return why frames of this description cannot be encoded in syntax here, or None.
+
+    The same checks refuse a codec and decide which other one to suggest (the
+    encoders' own limits, then pydicom's table of what each transfer syntax takes,
+    PS3.5 8.2).
+    """
+    rows, columns = description["rows"], description["columns"]
+    samples = description["samples_per_pixel"]
+    bits_allocated, bits_stored = description["bits_allocated"], description["bits_stored"]
+    photometric = str(description["photometric_interpretation"])
+    name = uid_name(UID(syntax))
+    if bits_allocated == 1:
+        return "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
+    if syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and min(rows, columns) < J2K_MIN_SIDE:
+        return (
+            f"{rows} x {columns} pixels is too small for JPEG 2000 (openjpeg needs "
+            f"{J2K_MIN_SIDE} or more on each side)"
+        )
+    limit = MAX_BITS_STORED.get(syntax)
+    if limit is not None and bits_stored > limit:
+        return (
+            f"{bits_stored}-bit pixels are too deep for {name} (its encoder takes up to "
+            f"{limit} bits stored)"
+        )
+    if syntax == J2K_LOSSY and photometric == "PALETTE COLOR":
+        return "PALETTE COLOR pixels index a palette: lossy compression would change the colours"
+    if syntax == CODECS["htj2k"].syntax:
+        try:
+            check_htj2k_pixels(description)
+        except DicomPressorError as exc:
+            return exc.message
+        return None
+    frame_bytes = rows * columns * samples * ((bits_allocated + 7) // 8)
+    if syntax == CODECS["jpegls"].syntax and frame_bytes < JPEGLS_MIN_FRAME_BYTES:
+        return (
+            f"{rows} x {columns} pixels is too small for JPEG-LS (pyjpegls needs "
+            f"{JPEGLS_MIN_FRAME_BYTES} bytes or more a frame, this one has {frame_bytes})"
+        )
+    from pydicom.pixels.encoders.base import ENCODING_PROFILES
+
+    profiles = ENCODING_PROFILES.get(UID(syntax))
+    signed = description["pixel_representation"]
+    if profiles is not None and not any(
+        photometric == p and samples == n and signed in r and bits_allocated in a
+        and bits_stored in b
+        for p, n, r, a, b in profiles
+    ):  # fmt: skip
+        return (
+            f"{name} does not take {photometric} pixels of {samples} sample(s) with Bits "
+            f"Allocated {bits_allocated}, Bits Stored {bits_stored} and Pixel "
+            f"Representation {signed} (PS3.5 8.2)"
+        )
+    return None
+
+
+def codec_suggestion(syntax: str, description: dict[str, Any], *, lossy: bool) -> str:
+    """Return what to use instead of a refused syntax: the installed lossless codecs
+    that take these frames (codec_refusal), as ``; use ...``, or that none does."""
+    takers = [
+        codec.name
+        for codec in CODECS.values()
+        if codec.syntax != syntax
+        and codec_refusal(codec.syntax, description) is None
+        and codec_available(codec)
+    ]
+    if not takers:
+        return "; no other codec here takes them"
+    if lossy:
+        return (
+            "; use -x (lossless)"
+            if takers[0] == "j2k"
+            else (f"; use -x --codec {' or '.join(takers)} (lossless)")
+        )
+    return f"; use --codec {' or '.join(takers)}"
+
+
 def htj2k_encode(array: np.ndarray) -> bytes:
     """Encode a frame as an HTJ2K lossless codestream (PS3.5 A.4.6, ...4.201).
 
@@ -4537,6 +4627,11 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
         if is_fatal(exc):
             raise
         message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        if "destination buffer is too small" in message:  # pyjpegls, on a tiny frame
+            message = (
+                f"{job.target['rows']} x {job.target['columns']} pixels is too small for "
+                "pyjpegls (the codestream does not fit in twice the frame's bytes)"
+            )
         raise DicomPressorError(
             f"cannot encode as {uid_name(UID(job.target_syntax))}: {message}"
         ) from exc
@@ -6056,32 +6151,11 @@ def _encode_frames(
     """Encode every frame for out (lossy attributes set on it); return (frames, log text)."""
     assert mode.syntax is not None
     description = pixel_description(out)
-    if mode.syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and (
-        min(description["rows"], description["columns"]) < J2K_MIN_SIDE
-    ):
-        raise DicomPressorError(
-            f"{description['rows']} x {description['columns']} pixels is too small for "
-            f"JPEG 2000 (openjpeg needs {J2K_MIN_SIDE} or more on each side); "
-            "use --codec jpegls or rle"
-        )
-    if description["bits_allocated"] == 1:
-        raise DicomPressorError(
-            "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
-        )
-    limit = MAX_BITS_STORED.get(str(mode.syntax))
-    if limit is not None and description["bits_stored"] > limit:
-        raise DicomPressorError(
-            f"{description['bits_stored']}-bit pixels are too deep for "
-            f"{uid_name(mode.syntax)} (its encoder takes up to {limit} bits stored); "
-            + ("use -x --codec rle (lossless)" if mode.lossy else "use --codec rle")
-        )
-    if mode.syntax == J2K_LOSSY and description["photometric_interpretation"] == "PALETTE COLOR":
-        raise DicomPressorError(
-            "PALETTE COLOR pixels index a palette: lossy compression would change the "
-            "colours; use -x (lossless)"
-        )
-    if mode.syntax == CODECS["htj2k"].syntax:
-        check_htj2k_pixels(description)
+    problem = codec_refusal(mode.syntax, description)
+    if problem is not None:  # one line, and only codecs that take the frames suggested
+        if description["bits_allocated"] != 1:
+            problem += codec_suggestion(mode.syntax, description, lossy=mode.lossy)
+        raise DicomPressorError(problem)
     ratio = None
     if mode.ratio is not None:
         # openjpeg's ratio counts BitsStored bits per sample; ours counts the bytes stored.
