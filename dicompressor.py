@@ -8223,14 +8223,24 @@ def list_inputs(folder: Path) -> list[Path]:
     return [p for p in entries if is_candidate(p)]
 
 
-def job_folders(root: Path, *, recursive: bool) -> list[Path]:
-    """Return the folders that hold candidate files directly (the jobs), sorted."""
+def job_folders(root: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
+    """Return the folders that hold candidate files directly (the jobs), sorted.
+
+    exclude (the --output-dir) and what lies under it are passed over when it is a
+    folder inside root: outputs are never a job, nor the input of one.
+    """
     if not recursive:
         return [root]
+    skip = exclude.resolve() if exclude is not None else None
     found = []
     for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         folder = Path(current)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and not (skip is not None and d == skip.name and (folder / d).resolve() == skip)
+        )
         if any(is_candidate(folder / f) for f in files):
             found.append(folder)
     return sorted(found)
@@ -8808,7 +8818,11 @@ def watch(
         started = clock()
         ready = []
         try:
-            folders = job_folders(root, recursive=recursive) if root.is_dir() else []
+            folders = (
+                job_folders(root, recursive=recursive, exclude=options.output_dir)
+                if root.is_dir()
+                else []
+            )
         except OSError as exc:
             LOG.error("%s: %s", root, exc)
             folders = []
@@ -11021,19 +11035,23 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
 
 
 def _plan_jobs(
-    spec: ActionSpec, path: Path, recursive: bool
+    spec: ActionSpec, path: Path, recursive: bool, output_dir: Path | None = None
 ) -> list[tuple[Path, list[Path] | None]]:
-    """Turn the path into jobs: (folder, files) pairs; files None means "list it then"."""
+    """Turn the path into jobs: (folder, files) pairs; files None means "list it then".
+
+    An output_dir inside the tree is no job (job_folders).
+    """
     if path.is_file():
         return [(path.parent, [path])]
     if not path.is_dir():
         raise DicomPressorError(f"{path}: no such file or folder", status=404)
+    folders = job_folders(path, recursive=recursive, exclude=output_dir)
     if spec.takes == TREE:
         files = []
-        for folder in job_folders(path, recursive=recursive):
+        for folder in folders:
             files.extend(list_inputs(folder))
         return [(path, files)]
-    return [(folder, None) for folder in job_folders(path, recursive=recursive)]
+    return [(folder, None) for folder in folders]
 
 
 @contextlib.contextmanager
@@ -11270,7 +11288,7 @@ def _run(
         LOG.info("Stopped.")
         return EXIT_OK
     try:
-        jobs = _plan_jobs(spec, path, recursive)
+        jobs = _plan_jobs(spec, path, recursive, options.output_dir)
     except DicomPressorError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
