@@ -1137,6 +1137,7 @@ class OptionSpec:
 OPTION_GROUPS = {
     "where": "input (one of)",
     "options": "options of every action",
+    "merge": "merge (-j)",
     "compression": "compression (-x/-X, -z/-Z)",
     "anonymize": "anonymize (-a/-A PARAMS) and headers (-t)",
     "exports": "exports (-I FORMAT, -E)",
@@ -1167,6 +1168,10 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("jobs", "integer", "worker processes (default: the CPU count)",
                    scope=COMMON, default=1, minimum=1, metavar="N",
                    cli_default=os.cpu_count() or 1),
+        # merge
+        OptionSpec("split_at_gaps", "flag", "write one evenly spaced file per run of slices "
+                   "between gaps (instead of one file with a gap)", default=False,
+                   actions=("merge",), group="merge"),
         # compression
         OptionSpec("codec", "choice", "lossless codec (default j2k: JPEG 2000)", default="j2k",
                    choices=tuple(sorted(CODECS)), actions=("compress_lossless",),
@@ -3256,32 +3261,74 @@ def sort_slices(slices: list[Slice]) -> StackOrder:
     return StackOrder(ordered, False, [], notes)
 
 
-def describe_spacing(distances: list[float]) -> list[str]:
-    """Describe duplicate positions, gaps and non-uniform spacing of sorted distances."""
-    notes = []
+#: Kinds of SpacingIssue (and of merge's warnings, with RESCALE_DIFFERS).
+DUPLICATE_POSITIONS, GAP, UNEVEN_SPACING = "duplicate_positions", "gap", "uneven_spacing"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpacingIssue:
+    """An irregularity of sorted slice positions: its kind, its steps and a note.
+
+    Step i lies between slice i and slice i + 1 of the sorted order.
+    """
+
+    kind: str
+    steps: tuple[int, ...]
+    note: str
+
+
+def spacing_issues(distances: list[float]) -> list[SpacingIssue]:
+    """Find duplicate positions, gaps (a step over GAP_FACTOR x the typical, the median
+    step) and non-uniform spacing in sorted distances."""
+    issues: list[SpacingIssue] = []
     steps = np.diff(np.asarray(distances))
     if steps.size == 0:
-        return notes
-    duplicates = int(np.sum(np.abs(steps) < 10**-GEOMETRY_DECIMALS))
+        return issues
+    tiny = np.abs(steps) < 10**-GEOMETRY_DECIMALS
+    duplicates = tuple(int(i) for i in np.flatnonzero(tiny))
     if duplicates:
-        notes.append(f"{duplicates} duplicate slice position(s)")
-    real = steps[np.abs(steps) >= 10**-GEOMETRY_DECIMALS]
+        note = f"{len(duplicates)} duplicate slice position(s)"
+        issues.append(SpacingIssue(DUPLICATE_POSITIONS, duplicates, note))
+    real = steps[~tiny]
     if real.size == 0:
-        return notes
+        return issues
     ordered = sorted(real.tolist())  # np.median would import numpy.ma (about 30 ms)
     middle = len(ordered) // 2
     typical = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    gaps = int(np.sum(real > GAP_FACTOR * typical))
+    gaps = tuple(int(i) for i in np.flatnonzero(~tiny & (steps > GAP_FACTOR * typical)))
+    tolerance = SPACING_TOLERANCE * max(abs(typical), 1e-6)
     if gaps:
-        notes.append(
-            f"{gaps} gap(s) in slice positions (step up to {float(real.max()):.4g} mm, "
+        note = (
+            f"{len(gaps)} gap(s) in slice positions (step up to {float(real.max()):.4g} mm, "
             f"typical {typical:.4g} mm): slices may be missing"
         )
-    elif float(real.max() - real.min()) > SPACING_TOLERANCE * max(abs(typical), 1e-6):
-        notes.append(
-            f"non-uniform slice spacing ({float(real.min()):.4g} to {float(real.max()):.4g} mm)"
+        issues.append(SpacingIssue(GAP, gaps, note))
+    elif float(real.max() - real.min()) > tolerance:
+        uneven = tuple(
+            int(i) for i in np.flatnonzero(~tiny & (np.abs(steps - typical) > tolerance))
         )
-    return notes
+        note = f"non-uniform slice spacing ({float(real.min()):.4g} to {float(real.max()):.4g} mm)"
+        issues.append(SpacingIssue(UNEVEN_SPACING, uneven, note))
+    return issues
+
+
+def describe_spacing(distances: list[float]) -> list[str]:
+    """Describe duplicate positions, gaps and non-uniform spacing of sorted distances."""
+    return [issue.note for issue in spacing_issues(distances)]
+
+
+def runs_between_gaps(slices: list[Slice]) -> list[list[Slice]]:
+    """Sort slices (sort_slices) and cut them at each gap: the evenly spaced runs."""
+    order = sort_slices(slices)
+    if not order.by_position:
+        return [order.slices]
+    gaps = next((i.steps for i in spacing_issues(order.distances) if i.kind == GAP), ())
+    runs, start = [], 0
+    for step in gaps:
+        runs.append(order.slices[start : step + 1])
+        start = step + 1
+    runs.append(order.slices[start:])
+    return runs
 
 
 def group_into_stacks(
@@ -5616,21 +5663,98 @@ def _merge_candidate(path: Path, ds: Dataset, location: PixelLocation | None) ->
     return FileOutcome(path, DONE, data=(uid, candidate))
 
 
+#: A kind of merge warning besides the SpacingIssue kinds: frames whose Rescale Slope or
+#: Intercept differs from the first frame's.
+RESCALE_DIFFERS = "rescale_differs"
+
+
+#: What readers make of a merged file (ITK and GDCM read it so, and itk-wasm, which
+#: VolView uses): the file is correct, the user is told at merge time.
+READER_NOTES = {
+    GAP: "ITK, GDCM and itk-wasm (VolView) read frames that are not evenly spaced with "
+    "a spacing of 1 x 1 x 1 mm, in-plane too; --split-at-gaps writes one evenly spaced "
+    "file per run of slices",
+    UNEVEN_SPACING: "ITK, GDCM and itk-wasm (VolView) read frames that are not evenly "
+    "spaced with a spacing of 1 x 1 x 1 mm, in-plane too",
+    DUPLICATE_POSITIONS: "readers that build a volume from the positions get two frames "
+    "in one place",
+    RESCALE_DIFFERS: "ITK, GDCM and itk-wasm (VolView) apply the first frame's Rescale "
+    "Slope and Intercept to every frame, so the other frames' values come out wrong",
+}
+
+
+class MergeWarning(TypedDict):
+    """One warning about a merged file, as ``--json`` and the API give it."""
+
+    kind: str
+    series: str
+    output: str
+    slices: list[str]
+    message: str
+
+
+def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[MergeWarning]:
+    """Say what readers will get wrong in a merged file: slices not evenly spaced (gaps,
+    uneven steps, duplicates) and frames whose rescale differs from the first's.
+
+    ``slices`` names the source slices concerned: both sides of each irregular step, or
+    the frames whose Rescale Slope/Intercept is not the first frame's.
+    """
+    names = [s.path.name for s in plan.order.slices]
+    found: list[tuple[str, str, list[str]]] = []
+    if plan.order.by_position:
+        for issue in spacing_issues(plan.order.distances):
+            steps = sorted({i for step in issue.steps for i in (step, step + 1)})
+            found.append((issue.kind, issue.note, [names[i] for i in steps]))
+    per_frame = plan.dataset.get("PerFrameFunctionalGroupsSequence") or []
+    values = [
+        (_first_number(item.get("RescaleSlope")), _first_number(item.get("RescaleIntercept")))
+        for frame in per_frame
+        for item in frame.get("PixelValueTransformationSequence") or []
+    ]
+    if len(values) == len(names) and len(set(values)) > 1:
+        differ = [name for name, v in zip(names, values, strict=True) if v != values[0]]
+        slopes = sorted({v[0] for v in values if v[0] is not None})
+        note = (
+            f"Rescale Slope/Intercept differs between frames ({len(differ)} of {len(names)} "
+            f"frames differ from the first; slopes {slopes[0]:g} to {slopes[-1]:g})"
+        )
+        found.append((RESCALE_DIFFERS, note, differ))
+    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    return [
+        MergeWarning(
+            kind=kind,
+            series=series_uid,
+            output=str(target),
+            slices=slices,
+            message=f"{series}: {target.name}: {note}; {READER_NOTES[kind]}",
+        )
+        for kind, note, slices in found
+    ]
+
+
 def _merge_stack(
     first: Path,
     members: list[Slice],
-    series: str,
+    series_uid: str,
     number: tuple[int, int],
     output_dir: Path | None,
 ) -> FileOutcome:
-    """Plan and write one stack; number is (this stack, stacks of its series)."""
+    """Plan and write one stack; number is (this stack, stacks of its series).
+
+    The outcome's data is its list of MergeWarning; other notes of the sort are logged.
+    """
     plan = _plan_stack(members)
     name = merged_name(plan.order.slices[0].header, *number)
     target = write_merged(plan, output_folder(first, output_dir) / name)
     kind = uid_name(plan.dataset.SOPClassUID)
     message = f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})"
-    notes = tuple(f"{series}: {note}" for note in plan.order.notes)
-    return FileOutcome(first, DONE, message, (target,), notes)
+    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    found = merge_warnings(plan, series_uid, target)
+    spacing = {i.note for i in spacing_issues(plan.order.distances)}
+    notes = [f"{series}: {note}" for note in plan.order.notes if note not in spacing]
+    notes.extend(w["message"] for w in found)
+    return FileOutcome(first, DONE, message, (target,), tuple(notes), found)
 
 
 def merge(
@@ -5649,7 +5773,9 @@ def merge(
     output_dir
         Folder for the merged files; None writes each beside its first slice.
     options
-        Run options; ``output_dir`` there gets a copy of each result.
+        Run options; ``output_dir`` there gets a copy of each result. ``split_at_gaps``
+        cuts each stack at its gaps (a step over GAP_FACTOR x the typical one) and
+        writes one file per run of slices between them.
 
     Returns
     -------
@@ -5658,9 +5784,13 @@ def merge(
         multi-frame Secondary Capture) with new (0020,000E) Series and (0008,0018) SOP
         Instance UIDs, shared and per-frame functional groups, a Dimension Index
         Sequence, (0008,1115) Referenced Series Sequence and per-frame Conversion
-        Source Attributes pointing at the sources.
+        Source Attributes pointing at the sources. ``data["warnings"]`` lists, per
+        output, what readers will get wrong (MergeWarning: gaps, uneven spacing,
+        duplicate positions, per-frame rescale), each also a [WARNING] line.
     """
+    check_options(ACTIONS["merge"], options)
     result = ActionResult()
+    result.data["warnings"] = []
     readable = _read_inputs(inputs, result, progress)
     slices = []
     seen_instances: dict[str, Path] = {}
@@ -5682,6 +5812,11 @@ def merge(
             raise DicomPressorError("nothing to merge: no single-frame DICOM images found")
         return result
     stacks = group_into_stacks(slices)
+    if options.split_at_gaps:
+        runs = [(uid, run) for uid, members in stacks for run in runs_between_gaps(members)]
+        if len(runs) > len(stacks):
+            result.info(f"Cut {len(stacks)} stack(s) at gaps into {len(runs)} evenly spaced runs")
+        stacks = runs
     result.info(f"Processing {len(slices)} files in {len(stacks)} stack(s)...")
     per_series_count = Counter(uid for uid, _ in stacks)
     per_series_seen: Counter[str] = Counter()
@@ -5690,7 +5825,7 @@ def merge(
         series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
         number = (per_series_seen[series_uid], per_series_count[series_uid])
         outcome = guarded(
-            _merge_stack, members[0].path, members, series, number, output_dir, doing=""
+            _merge_stack, members[0].path, members, series_uid, number, output_dir, doing=""
         )
         if outcome.status == FAILED:  # a malformed element read late fails the stack
             for s in members:
@@ -5698,6 +5833,7 @@ def merge(
             continue
         for warning in outcome.warnings:
             result.warn(warning)
+        result.data["warnings"].extend(outcome.data)
         result.inputs_used += len(members)
         result.outputs.extend(outcome.outputs)
         result.info(outcome.message)
@@ -8079,6 +8215,23 @@ _COUNT = {"type": "integer", "minimum": 0}
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 
 
+#: The JSON schema of one MergeWarning (merge's data["warnings"], the API's warnings).
+MERGE_WARNING_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": [GAP, UNEVEN_SPACING, DUPLICATE_POSITIONS, RESCALE_DIFFERS],
+        },
+        "series": {"type": "string", "description": "Series Instance UID of the sources"},
+        "output": {"type": "string", "description": "the merged file"},
+        "slices": {"type": "array", "items": {"type": "string"}},
+        "message": {"type": "string"},
+    },
+    "required": ["kind", "series", "output", "slices", "message"],
+}
+
+
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
@@ -8089,6 +8242,7 @@ ACTIONS: dict[str, ActionSpec] = {
             merge,
             takes=FOLDER,
             copy_to_output_dir=True,
+            data={"warnings": {"type": "array", "items": MERGE_WARNING_SCHEMA}},
         ),
         ActionSpec("split", "-s", "Split a multi-frame DICOM into individual frames", split),
         ActionSpec(
@@ -9852,11 +10006,18 @@ def api_schemas() -> dict[str, Any]:
                 "action": text,
                 "log": text,
                 "output_files": _list_of("FileEntry"),
+                "warnings": {
+                    "type": "array",
+                    "items": MERGE_WARNING_SCHEMA,
+                    "description": "What readers will get wrong in an output (merge); "
+                    "output names the file as output_files does",
+                },
             },
             "success",
             "action",
             "log",
             "output_files",
+            "warnings",
         ),  # fmt: skip
     }
 
@@ -10675,7 +10836,8 @@ def process_response(
     outcome: JobOutcome,
     link: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """Build the spec's process answer: success, action, log, output_files."""
+    """Build the spec's process answer: success, action, log, output_files, and the
+    warnings an action gives per output (merge's MergeWarning, output by its name)."""
     result = outcome.result
     log = (result.log + result.report) if result else []
     if outcome.error:
@@ -10690,11 +10852,16 @@ def process_response(
         elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
             names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
     files = {n: listing[n] for n in dict.fromkeys(names)}
+    warnings_ = [
+        {**w, "output": by_path.get(Path(w["output"]).resolve(), Path(w["output"]).name)}
+        for w in (result.data.get("warnings", []) if result else [])
+    ]
     return {
         "success": outcome.status in ("OK", "PARTIAL"),
         "action": spec.name,
         "log": "\n".join(log),
         "output_files": _entries(files, link) if spec.writes_files else [],
+        "warnings": warnings_,
     }
 
 
