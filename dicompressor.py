@@ -2449,6 +2449,7 @@ class _Walker:
         (given for a top level) gets (tag, value offset, end) of each whole element.
         """
         after_pixels = False
+        first = pos
         while pos < stop:
             left = stop - pos
             if (
@@ -2460,9 +2461,10 @@ class _Walker:
             if left < 8:
                 if ends is not None and after_pixels:
                     return stop  # a few bytes after the Pixel Data: padding
+                of = f"of {element_label(self.tag_at(pos))} " if left >= 4 else ""
                 raise _Broken(
                     f"truncated: {self.holder(stop)} ends {left} byte(s) into the element "
-                    f"header at offset {pos}"
+                    f"header {of}at offset {pos}"
                 )
             tag = self.tag_at(pos)
             if group is not None and tag >> 16 != group:
@@ -2509,8 +2511,8 @@ class _Walker:
                 ends.append((tag, start, pos))
         if delimited:
             raise _Broken(
-                "an item of undefined length has no (FFFE,E00D) Item Delimitation Item "
-                f"before {self.holder(stop)} ends at offset {stop}"
+                f"the item of undefined length at offset {first - 8} has no (FFFE,E00D) Item "
+                f"Delimitation Item before {self.holder(stop)} ends at offset {stop}"
             )
         return pos
 
