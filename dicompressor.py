@@ -2374,6 +2374,9 @@ class HeaderDamage(DicomPressorError):
         super().__init__(walk.problem or "")
         self.walk = walk
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HeaderDamage, (self.walk,))  # worker processes send it back whole
+
 
 class _Broken(Exception):
     """Where and why a walk over element headers stopped (its message says)."""

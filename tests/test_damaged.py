@@ -115,6 +115,15 @@ class TestWalk:
             f"{at + 12 + sequence_length}"
         )
 
+    def test_damage_crosses_processes_whole(self, tmp_path: Path) -> None:
+        import pickle
+
+        _, bad, message = damaged_folder(tmp_path / "s", "garbled Rows header", n=1)
+        with pytest.raises(dicompressor.HeaderDamage) as caught:
+            read_header(bad)
+        copy = pickle.loads(pickle.dumps(caught.value))
+        assert (copy.message, copy.walk) == (message, caught.value.walk)
+
     def test_intact_files_parse_to_their_end(self, tmp_path: Path, testdata) -> None:
         for name in ("CT_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "image_dfl.dcm"):
             assert walk_file(testdata(name)).problem is None, name
