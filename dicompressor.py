@@ -2649,6 +2649,16 @@ def _walk_mapped(data: Any, size: int) -> FileWalk:
         walk.meta = walk.body = (walk.meta[0], end)
         return walk
     walk.meta = (walk.meta[0], pos)
+    group_length = next(((s, e) for t, s, e in elements if t == 0x00020000 and e - s == 4), None)
+    if group_length is not None:  # a file cut between File Meta elements
+        declared = meta_walker.long_at(group_length[0])
+        if group_length[1] + declared > size:
+            walk.problem = (
+                f"truncated: (0002,0000) File Meta Information Group Length declares "
+                f"{declared} bytes at offset {group_length[1]}, the file ends at {size}"
+            )
+            walk.body = (pos, pos)
+            return walk
     syntax = next(
         (bytes(data[s:e]).rstrip(b"\0 ").decode("ascii", "replace") for t, s, e in elements
          if t == 0x00020010),
