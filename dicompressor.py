@@ -2391,7 +2391,7 @@ def element_label(tag: int) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _dictionary_vr(tag: int) -> str | None:
+def _public_dictionary_vr(tag: int) -> str | None:
     """Return the VR the dictionary gives a public tag (for implicit VR), or None."""
     entry = None if tag >> 16 & 1 else _pydicom_table("_dicom_dict").DicomDictionary.get(tag)
     return str(entry[0]) if entry is not None else None
@@ -2523,7 +2523,7 @@ class _Walker:
         self, tag: int, vr: str | None, start: int, length: int, stop: int, implicit: bool
     ) -> int:
         """Walk one element's value; return where the element ends."""
-        known = _dictionary_vr(tag) if vr is None else vr
+        known = _public_dictionary_vr(tag) if vr is None else vr
         sequence = known == "SQ"
         if length != 0xFFFFFFFF:
             if start + length > stop:
