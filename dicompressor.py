@@ -47,6 +47,8 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
 5. DICOM helpers: reading, geometry, writing, multi-frame datasets, frames and codecs,
    de-identification, header dumps, DICOMDIR records.
    - reading: dictionaries, files, headers
+   - reading: walking a file's element headers to its end
+   - reading: headers, pixel data whole
    - reading: values
    - geometry and slice sorting
    - writing: elements, headers, pixel data
@@ -657,6 +659,12 @@ J2K_MIN_SIDE = 32
 #: Most bits stored per sample the encoders here take: pydicom's openjpeg plugin 24, JPEG-LS
 #: 16 (PS3.5 A.4.3); RLE takes any, HTJ2K is checked by check_htj2k_pixels.
 MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syntax: 16}
+
+
+#: Fewest bytes a frame needs for pyjpegls's JPEG-LS encoder: it writes the codestream
+#: into twice the frame's bytes, and a tiny frame's codestream (about 40 bytes of
+#: markers, noise hardly compressed) needs more; the largest that failed here had 162.
+JPEGLS_MIN_FRAME_BYTES = 256
 
 
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
@@ -1693,6 +1701,7 @@ class OptionSpec:
 OPTION_GROUPS = {
     "where": "input (one of)",
     "options": "options of every action",
+    "merge": "merge (-j)",
     "compression": "compression (-x/-X, -z/-Z)",
     "anonymize": "anonymize (-a/-A PARAMS) and headers (-t)",
     "exports": "exports (-I FORMAT, -E)",
@@ -1724,6 +1733,10 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("jobs", "integer", "worker processes (default: the CPU count)",
                    scope=COMMON, default=1, minimum=1, metavar="N",
                    cli_default=os.cpu_count() or 1),
+        # merge
+        OptionSpec("split_at_gaps", "flag", "write one evenly spaced file per run of slices "
+                   "between gaps (instead of one file with a gap)", default=False,
+                   actions=("merge",), group="merge"),
         # compression
         OptionSpec("codec", "choice", "lossless codec (default j2k: JPEG 2000)", default="j2k",
                    choices=tuple(sorted(CODECS)), actions=("compress_lossless",),
@@ -2144,6 +2157,17 @@ def temp_path(target: Path) -> Path:
     ``.<name>.<pid>.<random>.part``: clean_stale_temp removes those whose process died.
     """
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+def new_temp_file(target: Path) -> tuple[int, Path]:
+    """Create a new temp file beside target (temp_path); return (its descriptor, its path).
+
+    Its mode is 0666 less the umask, as open() gives every other output (mkstemp's 0600
+    would stay on an image or video renamed to its final name).
+    """
+    tmp = temp_path(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.open(tmp, flags, 0o666), tmp
 
 
 def pid_alive(pid: int) -> bool:
@@ -2930,22 +2954,380 @@ def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, 
     return group << 16 | number, vr, length, pos + 8
 
 
+# ---- reading: walking a file's element headers to its end ----
+
+
+#: Transfer syntaxes whose dataset is encoded otherwise than Explicit VR Little Endian
+#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file).
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+
+BIG_ENDIAN_SYNTAX = "1.2.840.10008.1.2.2"
+
+
+@dataclasses.dataclass
+class FileWalk:
+    """Where a walk over a file's element headers went (walk_file).
+
+    ``problem`` is None for a file that parses to its end, else one line naming the
+    element and the byte offset where it stops. ``meta`` and ``body`` are the byte
+    ranges of whole elements only: the File Meta's, and of the dataset every top-level
+    element before the one that fails (offsets in ``inflated`` for a deflated dataset).
+    """
+
+    problem: str | None
+    preamble: bytes | None
+    meta: tuple[int, int]
+    body: tuple[int, int]
+    implicit: bool = False
+    little: bool = True
+    inflated: bytes | None = None
+
+
+class HeaderDamage(DicomPressorError):
+    """A file whose dataset does not parse to its end; ``walk`` says how far it does."""
+
+    def __init__(self, walk: FileWalk) -> None:
+        super().__init__(walk.problem or "")
+        self.walk = walk
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HeaderDamage, (self.walk,))  # worker processes send it back whole
+
+
+class _Broken(Exception):
+    """Where and why a walk over element headers stopped (its message says)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def element_label(tag: int) -> str:
+    """Return a tag the DICOM way, ``(0028,0010) Rows`` (private or unknown: the tag)."""
+    text = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    entry = None if tag >> 16 & 1 else _pydicom_table("_dicom_dict").DicomDictionary.get(tag)
+    return f"{text} {entry[2]}" if entry is not None else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_dictionary_vr(tag: int) -> str | None:
+    """Return the VR the dictionary gives a public tag (for implicit VR), or None."""
+    entry = None if tag >> 16 & 1 else _pydicom_table("_dicom_dict").DicomDictionary.get(tag)
+    return str(entry[0]) if entry is not None else None
+
+
+class _Walker:
+    """Walk element headers as pydicom's reader parses them, checking every length.
+
+    Values are skipped, never read; sequences, their items and encapsulated fragments are
+    walked into. A dataset's encoding (implicit or explicit VR) is what its first element
+    header shows, as pydicom decides it.
+    """
+
+    def __init__(self, data: Any, size: int, *, little: bool, where: str) -> None:
+        self.data = data
+        self.size = size
+        self.order = "<" if little else ">"
+        self.where = where  # "the file", "the inflated dataset"
+
+    def tag_at(self, pos: int) -> int:
+        """Return the tag at pos."""
+        group, element = struct.unpack_from(self.order + "HH", self.data, pos)
+        return int(group) << 16 | int(element)
+
+    def long_at(self, pos: int) -> int:
+        """Return the 4-byte length at pos."""
+        return int(struct.unpack_from(self.order + "L", self.data, pos)[0])
+
+    def short_at(self, pos: int) -> int:
+        """Return the 2-byte length at pos."""
+        return int(struct.unpack_from(self.order + "H", self.data, pos)[0])
+
+    def holder(self, stop: int, inside: str = "its item") -> str:
+        """Name what ends at stop: the file, else what is being walked (inside)."""
+        return self.where if stop >= self.size else inside
+
+    def looks_implicit(self, pos: int, stop: int) -> bool:
+        """Tell whether the element header at pos has no VR (two capital letters)."""
+        if stop - pos < 6:
+            return False
+        first, second = self.data[pos + 4], self.data[pos + 5]
+        return not (0x40 < first < 0x5B and 0x40 < second < 0x5B)
+
+    def dataset(
+        self,
+        pos: int,
+        stop: int,
+        implicit: bool,
+        *,
+        delimited: bool = False,
+        group: int | None = None,
+        ends: list[tuple[int, int, int]] | None = None,
+    ) -> int:
+        """Walk a dataset's elements from pos to stop; return where the walk ended.
+
+        delimited: an item of undefined length, ended by its Item Delimitation Item.
+        group: stop before the first element of another group (the File Meta). ends
+        (given for a top level) gets (tag, value offset, end) of each whole element.
+        """
+        after_pixels = False
+        first = pos
+        while pos < stop:
+            left = stop - pos
+            if (
+                ends is not None
+                and self.data[pos : pos + 4] == b"\0\0\0\0"
+                and (not bytes(self.data[pos:stop]).strip(b"\0"))
+            ):
+                return stop  # NUL bytes to the end: padding
+            if left < 8:
+                if ends is not None and after_pixels:
+                    return stop  # a few bytes after the Pixel Data: padding
+                of = f"of {element_label(self.tag_at(pos))} " if left >= 4 else ""
+                raise _Broken(
+                    f"truncated: {self.holder(stop)} ends {left} byte(s) into the element "
+                    f"header {of}at offset {pos}"
+                )
+            tag = self.tag_at(pos)
+            if group is not None and tag >> 16 != group:
+                return pos
+            if tag == 0xFFFEE00D and delimited:
+                return pos + 8
+            if tag >> 16 == 0xFFFE:
+                raise _Broken(
+                    f"a stray {element_label(tag)} at offset {pos}, where an element header "
+                    "was expected"
+                )
+            vr: str | None = None
+            guessed = False
+            if implicit:
+                length, start = self.long_at(pos + 4), pos + 8
+            else:
+                raw_vr = bytes(self.data[pos + 4 : pos + 6])
+                vr = _VR_OF_BYTES.get(raw_vr)
+                if vr in LONG_LENGTH_VRS:
+                    if left < 12:
+                        raise _Broken(
+                            f"truncated: {self.holder(stop)} ends {left} byte(s) into the "
+                            f"element header of {element_label(tag)} at offset {pos}"
+                        )
+                    length, start = self.long_at(pos + 8), pos + 12
+                elif vr is None and not b"AA" <= raw_vr <= b"ZZ":
+                    guessed = True  # pydicom reads this element as implicit VR
+                    length, start = self.long_at(pos + 4), pos + 8
+                else:
+                    length, start = self.short_at(pos + 6), pos + 8
+            try:
+                pos = self.value(tag, vr, start, length, stop, implicit or guessed)
+            except _Broken as exc:
+                if not guessed:
+                    raise
+                shown = " ".join(f"{b:02x}" for b in raw_vr)
+                raise _Broken(
+                    f"damaged element header at offset {pos}: {element_label(tag)} names no "
+                    f"VR (bytes {shown}); read as implicit VR, "
+                    + str(exc).removeprefix("truncated: ")
+                ) from None
+            after_pixels = after_pixels or tag >= 0x7FE00010
+            if ends is not None:
+                ends.append((tag, start, pos))
+        if delimited:
+            raise _Broken(
+                f"the item of undefined length at offset {first - 8} has no (FFFE,E00D) Item "
+                f"Delimitation Item before {self.holder(stop)} ends at offset {stop}"
+            )
+        return pos
+
+    def value(
+        self, tag: int, vr: str | None, start: int, length: int, stop: int, implicit: bool
+    ) -> int:
+        """Walk one element's value; return where the element ends."""
+        known = _public_dictionary_vr(tag) if vr is None else vr
+        sequence = known == "SQ"
+        if length != 0xFFFFFFFF:
+            if start + length > stop:
+                raise _Broken(
+                    f"truncated: {element_label(tag)} declares {length} bytes at offset "
+                    f"{start}, {self.holder(stop)} ends at {stop}"
+                )
+            if sequence:
+                self.items(tag, start, length, start + length, implicit)
+            return start + length
+        if sequence or vr == "UN":  # an undefined-length UN is a sequence (PS3.5 6.2.2)
+            return self.items(tag, start, length, stop, implicit or vr == "UN")
+        if known is None and stop - start >= 4 and self.tag_at(start) == 0xFFFEE000:
+            return self.items(tag, start, length, stop, implicit)  # as pydicom guesses
+        return self.fragments(tag, start, stop)
+
+    def items(self, tag: int, start: int, length: int, stop: int, implicit: bool) -> int:
+        """Walk a sequence's items (an undefined length: up to its delimiter)."""
+        undefined = length == 0xFFFFFFFF
+        end = stop if undefined else start + length
+        pos = start
+        while pos < end or undefined:
+            if end - pos < 8:
+                if undefined:
+                    raise _Broken(
+                        f"{element_label(tag)} (a sequence of undefined length) has no "
+                        "(FFFE,E0DD) Sequence Delimitation Item before "
+                        f"{self.holder(end, 'its sequence')} ends at {end}"
+                    )
+                raise _Broken(
+                    f"truncated: {element_label(tag)} (a sequence) ends {end - pos} "
+                    f"byte(s) into an item header at offset {pos}"
+                )
+            item_tag, item_length = self.tag_at(pos), self.long_at(pos + 4)
+            if item_tag == 0xFFFEE0DD and (undefined or pos + 8 == end):
+                return pos + 8
+            if item_tag != 0xFFFEE000:
+                raise _Broken(
+                    f"{element_label(tag)} (a sequence) at offset {start}: an item was "
+                    f"expected at offset {pos}, not {element_label(item_tag)}"
+                )
+            inner = pos + 8
+            item_implicit = implicit or self.looks_implicit(inner, end)
+            if item_length == 0xFFFFFFFF:
+                pos = self.dataset(inner, end, item_implicit, delimited=True)
+            elif inner + item_length > end:
+                raise _Broken(
+                    f"truncated: an item of {element_label(tag)} declares {item_length} "
+                    f"bytes at offset {inner}, {self.holder(end, 'its sequence')} ends at {end}"
+                )
+            else:
+                pos = self.dataset(inner, inner + item_length, item_implicit)
+        return pos
+
+    def fragments(self, tag: int, start: int, stop: int) -> int:
+        """Walk encapsulated data (PS3.5 A.4): items of defined length, then a delimiter."""
+        pos, count = start, 0
+        while True:
+            if stop - pos < 8:
+                raise _Broken(
+                    f"{element_label(tag)} at offset {start} has an undefined length and "
+                    f"no (FFFE,E0DD) Sequence Delimitation Item before {self.holder(stop)} "
+                    f"ends at {stop}"
+                )
+            item_tag, length = self.tag_at(pos), self.long_at(pos + 4)
+            if item_tag == 0xFFFEE0DD:
+                break
+            if item_tag != 0xFFFEE000 or length == 0xFFFFFFFF:
+                raise _Broken(
+                    f"{element_label(tag)} at offset {start} has an undefined length, but "
+                    f"its value does not parse into items: {element_label(item_tag)} at "
+                    f"offset {pos} is no item (PS3.5 A.4)"
+                )
+            if pos + 8 + length > stop:
+                raise _Broken(
+                    f"truncated: a fragment of {element_label(tag)} declares {length} "
+                    f"bytes at offset {pos + 8}, {self.holder(stop)} ends at {stop}"
+                )
+            pos += 8 + length
+            count += 1
+        if tag == 0x7FE00010 and count < 2:
+            raise _Broken(
+                f"{element_label(tag)} at offset {start} holds no fragment after its Basic "
+                "Offset Table (PS3.5 A.4)"
+            )
+        return pos + 8
+
+
+def walk_file(path: Path) -> FileWalk:
+    """Walk a file's element headers from its File Meta to its end (see _Walker).
+
+    A file parses to its end when every element header lies whole in the file, every
+    value fits in what holds it (the file, an item, a sequence), sequences and
+    encapsulated values parse into items up to their delimiters, and what follows the
+    last element is NUL bytes, or fewer bytes than an element header after the Pixel
+    Data. Raises OSError when the file cannot be read.
+    """
+    import mmap
+
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return FileWalk("the file is empty", None, (0, 0), (0, 0))
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _walk_mapped(data, size)
+
+
+def _walk_mapped(data: Any, size: int) -> FileWalk:
+    """walk_file() of a mapped file: the File Meta (and command set), then the dataset."""
+    preamble = bytes(data[:128]) if size >= 132 and data[128:132] == b"DICM" else None
+    pos = 132 if preamble is not None else 0
+    meta_walker = _Walker(data, size, little=True, where="the file")
+    walk = FileWalk(None, preamble, (pos, pos), (pos, pos))
+    elements: list[tuple[int, int, int]] = []
+    try:
+        for group in (0x0002, 0x0000):  # the File Meta, then a command set (PS3.7 6.3)
+            if size - pos >= 8 and meta_walker.short_at(pos) == group:
+                implicit = group == 0 or meta_walker.looks_implicit(pos, size)
+                pos = meta_walker.dataset(pos, size, implicit, group=group, ends=elements)
+    except _Broken as exc:
+        walk.problem = str(exc)
+        end = elements[-1][2] if elements else walk.meta[0]
+        walk.meta = walk.body = (walk.meta[0], end)
+        return walk
+    walk.meta = (walk.meta[0], pos)
+    group_length = next(((s, e) for t, s, e in elements if t == 0x00020000 and e - s == 4), None)
+    if group_length is not None:  # a file cut between File Meta elements
+        declared = meta_walker.long_at(group_length[0])
+        if group_length[1] + declared > size:
+            walk.problem = (
+                f"truncated: (0002,0000) File Meta Information Group Length declares "
+                f"{declared} bytes at offset {group_length[1]}, the file ends at {size}"
+            )
+            walk.body = (pos, pos)
+            return walk
+    syntax = next(
+        (bytes(data[s:e]).rstrip(b"\0 ").decode("ascii", "replace") for t, s, e in elements
+         if t == 0x00020010),
+        None,
+    )  # fmt: skip
+    body, offset, where = data, pos, "the file"
+    if syntax == DEFLATED:
+        try:
+            body = zlib.decompress(bytes(data[pos:]), -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            walk.problem = f"the deflated dataset at offset {pos} does not inflate: {exc}"
+            walk.body = (pos, pos)
+            return walk
+        walk.inflated, offset, where = body, 0, "the inflated dataset"
+    end = len(body) if syntax == DEFLATED else size
+    walk.little = syntax != BIG_ENDIAN_SYNTAX
+    walker = _Walker(body, end, little=walk.little, where=where)
+    walk.implicit = walker.looks_implicit(offset, end)
+    if syntax is None and not walk.implicit and walker.short_at(offset) >= 1024:
+        walk.little = False  # no syntax named: a big endian group, as pydicom guesses
+        walker = _Walker(body, end, little=False, where=where)
+    top: list[tuple[int, int, int]] = []
+    try:
+        walker.dataset(offset, end, walk.implicit, ends=top)
+    except _Broken as exc:
+        walk.problem = str(exc)
+    walk.body = (offset, top[-1][2] if top else offset)
+    return walk
+
+
+# ---- reading: headers, pixel data whole ----
+
+
 def read_header(
     path: Path, *, check_values: bool = True, image: bool = True
 ) -> tuple[Dataset, PixelLocation | None]:
     """Read a file's dataset without loading large values; locate its pixel data.
 
-    Raises DicomPressorError naming the problem when the file is not readable DICOM or
-    is truncated, with image when it is no image (neither SOP Class UID nor pixel data),
-    and, with check_values, when one of the HEADER_CHECKED values is malformed. The
-    headers dump reads without those two checks: it dumps any dataset and shows a
-    malformed value as unreadable.
+    Raises DicomPressorError naming the problem when the file is not readable DICOM,
+    HeaderDamage when it does not parse to its end (walk_file: the element and the
+    offset where it breaks), with image when it is no image (neither SOP Class UID nor
+    pixel data), and, with check_values, when one of the HEADER_CHECKED values is
+    malformed. The headers dump reads without those two checks: it dumps any dataset and
+    shows a malformed value as unreadable.
     """
     try:
         size = path.stat().st_size
         plain = read_plain_header(path)  # checked whole: no element runs past the end
         ds = plain or pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
+        if has_dicm_prefix(path):
+            _raise_damage(path, exc)
         ds = read_bare_dataset(path)
         if ds is None:
             raise DicomPressorError("not a DICOM file (no DICM prefix or File Meta)") from exc
@@ -2957,7 +3339,10 @@ def read_header(
     except BaseException as exc:  # pydicom raises many types on malformed files
         if is_fatal(exc):
             raise
+        _raise_damage(path, exc)
         raise DicomPressorError(unreadable(exc)) from exc
+    if plain is None:
+        _raise_damage(path, None)
     try:
         syntax = transfer_syntax_of(ds)
         if plain is None:
@@ -2974,10 +3359,6 @@ def read_header(
         raise DicomPressorError(
             f"(0002,0010) Transfer Syntax UID {str(syntax)!r} is not a transfer syntax"
         )
-    # (offsets count the inflated stream of a deflated file)
-    problem = truncation(ds, size) if plain is None and syntax != DEFLATED else None
-    if problem is not None:
-        raise DicomPressorError(problem)
     if image and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomPressorError("not a DICOM image (no SOP Class UID, no pixel data)")
     location = None
@@ -2999,6 +3380,47 @@ def read_header(
                 f"the file holds {max(0, size - tell)}"
             )
     return ds, location
+
+
+def _raise_damage(path: Path, cause: BaseException | None) -> None:
+    """Raise HeaderDamage when the file does not parse to its end (walk_file)."""
+    try:
+        walk = walk_file(path)
+    except OSError:
+        return
+    if walk.problem is not None:
+        raise HeaderDamage(walk) from cause
+
+
+def partial_dataset(path: Path, walk: FileWalk) -> FileDataset:
+    """Read the whole elements a damaged file holds before its damage (HeaderDamage.walk).
+
+    The File Meta elements that parse, and the dataset's top-level elements before the
+    one that fails, as pydicom reads them (larger values left on disk).
+    """
+    with path.open("rb") as handle:
+        handle.seek(walk.meta[0])
+        meta = pydicom.filereader.read_dataset(
+            handle,
+            False,
+            True,
+            bytelength=walk.meta[1] - walk.meta[0],
+            stop_when=lambda tag, vr, length: tag >> 16 != 0x0002,
+        )
+        source: BinaryIO = handle if walk.inflated is None else io.BytesIO(walk.inflated)
+        source.seek(walk.body[0])
+        body = pydicom.filereader.read_dataset(
+            source,
+            walk.implicit,
+            walk.little,
+            bytelength=walk.body[1] - walk.body[0],
+            defer_size=DEFER_BYTES if walk.inflated is None else None,
+        )
+    ds = FileDataset(
+        str(path), body, walk.preamble, FileMetaDataset(meta), walk.implicit, walk.little
+    )
+    ds.set_original_encoding(walk.implicit, walk.little, body._character_set)
+    return ds
 
 
 def _record_read_encoding(ds: Dataset) -> None:
@@ -3036,34 +3458,6 @@ def read_bare_dataset(path: Path) -> Dataset | None:
         return None
     tags = list(ds._dict)
     return ds if len(tags) >= 2 and tags[0] >> 16 == 0x0008 else None
-
-
-def truncation(ds: Dataset, size: int) -> str | None:
-    """Describe where a file ends inside an element of ds before its Pixel Data, or None.
-
-    pydicom reads such a file without a word: the cut element comes back shorter than
-    its length says, and a cut element header is dropped. A cut header is told apart
-    from trailing padding only in a file without Pixel Data, whose last element it
-    follows by fewer bytes than an element header has. (read_header checks the Pixel
-    Data itself.)
-    """
-    end = 0
-    pixels = 0x7FE00010 in ds._dict
-    for tag, item in ds._dict.items():
-        if tag >= 0x7FE00010:
-            break
-        if not isinstance(item, RawDataElement) or item.length == 0xFFFFFFFF:
-            end = -1  # read whole by pydicom (sequences): the end of the next one counts
-            continue
-        end = item.value_tell + item.length
-        if end > size:
-            return (
-                f"truncated: ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {item.length} "
-                f"bytes at offset {item.value_tell}, the file ends at {size}"
-            )
-    if not pixels and end > 0 and 0 < size - end < 8:
-        return f"truncated: the file ends {size - end} byte(s) into an element header"
-    return None
 
 
 def read_plain_header(path: Path) -> FileDataset | None:
@@ -3164,6 +3558,62 @@ def _read_inputs(
             readable.append((path, ds, location))
         progress(index, len(inputs))
     return readable
+
+
+def check_integrity(ds: Dataset, location: PixelLocation | None) -> None:
+    """Raise DicomPressorError unless a file's pixel data is whole as its header says.
+
+    The one check every action that writes DICOM makes of each input before it writes
+    anything. read_header has made sure that the dataset parses to its end (walk_file:
+    encapsulated Pixel Data parses into items up to its delimiter). Here the Pixel Data
+    must be encapsulated exactly when the transfer syntax says so (PS3.5 A.4), and
+    native Pixel Data must hold Rows x Columns x Samples per Pixel x Bits Allocated / 8
+    x Number of Frames bytes (bits packed when Bits Allocated is 1, two samples a pixel
+    in YBR_FULL_422; plus one byte of padding to an even length).
+    """
+    if location is None:
+        return
+    syntax = transfer_syntax_of(ds)
+    if syntax.is_encapsulated and not location.encapsulated:
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data is stored native ({location.length} bytes), but "
+            f"{uid_name(syntax)} stores it encapsulated, in items (PS3.5 A.4)"
+        )
+    if location.encapsulated:
+        if not syntax.is_encapsulated:
+            raise DicomPressorError(
+                f"(7FE0,0010) Pixel Data is encapsulated, but {uid_name(syntax)} stores it "
+                "native (PS3.5 A.4)"
+            )
+        return
+    factors = {}
+    for keyword, least in (("Rows", 1), ("Columns", 1), ("SamplesPerPixel", 1)):
+        factors[keyword] = value = ds.get(keyword, 1 if keyword == "SamplesPerPixel" else None)
+        if not isinstance(value, int) or value < least:
+            shown = "is missing" if value is None else f"value of {value!r} is invalid"
+            raise DicomPressorError(
+                f"{element_label(int(Tag(keyword)))} {shown} for (7FE0,0010) Pixel Data of "
+                f"{location.length} bytes"
+            )
+    bits = ds.get("BitsAllocated")
+    if bits not in (1, 8, 16, 32, 64):
+        shown = "is missing" if bits is None else f"value of {bits!r} is invalid"
+        raise DicomPressorError(
+            f"(0028,0100) Bits Allocated {shown} for (7FE0,0010) Pixel Data of "
+            f"{location.length} bytes (1, 8, 16, 32 or 64 expected)"
+        )
+    frames = number_of_frames(ds)
+    rows, columns, samples = factors["Rows"], factors["Columns"], factors["SamplesPerPixel"]
+    per_pixel = samples
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        per_pixel = 2  # two luminance values share one pair of chrominance values
+    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
+    if location.length not in (expected, expected + expected % 2):
+        raise DicomPressorError(
+            f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected {expected}: "
+            f"Rows {rows} x Columns {columns} x {samples} sample(s) x {bits} bits x "
+            f"{frames} frame(s)" + (" (YBR_FULL_422)" if per_pixel != samples else "")
+        )
 
 
 # ---- reading: values ----
@@ -3443,32 +3893,74 @@ def sort_slices(slices: list[Slice]) -> StackOrder:
     return StackOrder(ordered, False, [], notes)
 
 
-def describe_spacing(distances: list[float]) -> list[str]:
-    """Describe duplicate positions, gaps and non-uniform spacing of sorted distances."""
-    notes = []
+#: Kinds of SpacingIssue (and of merge's warnings, with RESCALE_DIFFERS).
+DUPLICATE_POSITIONS, GAP, UNEVEN_SPACING = "duplicate_positions", "gap", "uneven_spacing"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpacingIssue:
+    """An irregularity of sorted slice positions: its kind, its steps and a note.
+
+    Step i lies between slice i and slice i + 1 of the sorted order.
+    """
+
+    kind: str
+    steps: tuple[int, ...]
+    note: str
+
+
+def spacing_issues(distances: list[float]) -> list[SpacingIssue]:
+    """Find duplicate positions, gaps (a step over GAP_FACTOR x the typical, the median
+    step) and non-uniform spacing in sorted distances."""
+    issues: list[SpacingIssue] = []
     steps = np.diff(np.asarray(distances))
     if steps.size == 0:
-        return notes
-    duplicates = int(np.sum(np.abs(steps) < 10**-GEOMETRY_DECIMALS))
+        return issues
+    tiny = np.abs(steps) < 10**-GEOMETRY_DECIMALS
+    duplicates = tuple(int(i) for i in np.flatnonzero(tiny))
     if duplicates:
-        notes.append(f"{duplicates} duplicate slice position(s)")
-    real = steps[np.abs(steps) >= 10**-GEOMETRY_DECIMALS]
+        note = f"{len(duplicates)} duplicate slice position(s)"
+        issues.append(SpacingIssue(DUPLICATE_POSITIONS, duplicates, note))
+    real = steps[~tiny]
     if real.size == 0:
-        return notes
+        return issues
     ordered = sorted(real.tolist())  # np.median would import numpy.ma (about 30 ms)
     middle = len(ordered) // 2
     typical = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    gaps = int(np.sum(real > GAP_FACTOR * typical))
+    gaps = tuple(int(i) for i in np.flatnonzero(~tiny & (steps > GAP_FACTOR * typical)))
+    tolerance = SPACING_TOLERANCE * max(abs(typical), 1e-6)
     if gaps:
-        notes.append(
-            f"{gaps} gap(s) in slice positions (step up to {float(real.max()):.4g} mm, "
+        note = (
+            f"{len(gaps)} gap(s) in slice positions (step up to {float(real.max()):.4g} mm, "
             f"typical {typical:.4g} mm): slices may be missing"
         )
-    elif float(real.max() - real.min()) > SPACING_TOLERANCE * max(abs(typical), 1e-6):
-        notes.append(
-            f"non-uniform slice spacing ({float(real.min()):.4g} to {float(real.max()):.4g} mm)"
+        issues.append(SpacingIssue(GAP, gaps, note))
+    elif float(real.max() - real.min()) > tolerance:
+        uneven = tuple(
+            int(i) for i in np.flatnonzero(~tiny & (np.abs(steps - typical) > tolerance))
         )
-    return notes
+        note = f"non-uniform slice spacing ({float(real.min()):.4g} to {float(real.max()):.4g} mm)"
+        issues.append(SpacingIssue(UNEVEN_SPACING, uneven, note))
+    return issues
+
+
+def describe_spacing(distances: list[float]) -> list[str]:
+    """Describe duplicate positions, gaps and non-uniform spacing of sorted distances."""
+    return [issue.note for issue in spacing_issues(distances)]
+
+
+def runs_between_gaps(slices: list[Slice]) -> list[list[Slice]]:
+    """Sort slices (sort_slices) and cut them at each gap: the evenly spaced runs."""
+    order = sort_slices(slices)
+    if not order.by_position:
+        return [order.slices]
+    gaps = next((i.steps for i in spacing_issues(order.distances) if i.kind == GAP), ())
+    runs, start = [], 0
+    for step in gaps:
+        runs.append(order.slices[start : step + 1])
+        start = step + 1
+    runs.append(order.slices[start:])
+    return runs
 
 
 def group_into_stacks(
@@ -4696,6 +5188,90 @@ def check_htj2k_pixels(description: dict[str, Any]) -> None:
         raise DicomPressorError(f"cannot store these pixels as HTJ2K: {problem}")
 
 
+def codec_available(codec: Codec) -> bool:
+    """Tell whether the encoder of a ``--codec`` choice is installed."""
+    if codec.name == "htj2k":
+        return htj2k_encoder() is not None
+    return bool(pydicom.pixels.get_encoder(codec.syntax).is_available)
+
+
+def codec_refusal(syntax: str, description: dict[str, Any]) -> str | None:
+    """Return why frames of this description cannot be encoded in syntax here, or None.
+
+    The same checks refuse a codec and decide which other one to suggest (the
+    encoders' own limits, then pydicom's table of what each transfer syntax takes,
+    PS3.5 8.2).
+    """
+    rows, columns = description["rows"], description["columns"]
+    samples = description["samples_per_pixel"]
+    bits_allocated, bits_stored = description["bits_allocated"], description["bits_stored"]
+    photometric = str(description["photometric_interpretation"])
+    name = uid_name(UID(syntax))
+    if bits_allocated == 1:
+        return "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
+    if syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and min(rows, columns) < J2K_MIN_SIDE:
+        return (
+            f"{rows} x {columns} pixels is too small for JPEG 2000 (openjpeg needs "
+            f"{J2K_MIN_SIDE} or more on each side)"
+        )
+    limit = MAX_BITS_STORED.get(syntax)
+    if limit is not None and bits_stored > limit:
+        return (
+            f"{bits_stored}-bit pixels are too deep for {name} (its encoder takes up to "
+            f"{limit} bits stored)"
+        )
+    if syntax == J2K_LOSSY and photometric == "PALETTE COLOR":
+        return "PALETTE COLOR pixels index a palette: lossy compression would change the colours"
+    if syntax == CODECS["htj2k"].syntax:
+        try:
+            check_htj2k_pixels(description)
+        except DicomPressorError as exc:
+            return exc.message
+        return None
+    frame_bytes = rows * columns * samples * ((bits_allocated + 7) // 8)
+    if syntax == CODECS["jpegls"].syntax and frame_bytes < JPEGLS_MIN_FRAME_BYTES:
+        return (
+            f"{rows} x {columns} pixels is too small for JPEG-LS (pyjpegls needs "
+            f"{JPEGLS_MIN_FRAME_BYTES} bytes or more a frame, this one has {frame_bytes})"
+        )
+    from pydicom.pixels.encoders.base import ENCODING_PROFILES
+
+    profiles = ENCODING_PROFILES.get(UID(syntax))
+    signed = description["pixel_representation"]
+    if profiles is not None and not any(
+        photometric == p and samples == n and signed in r and bits_allocated in a
+        and bits_stored in b
+        for p, n, r, a, b in profiles
+    ):  # fmt: skip
+        return (
+            f"{name} does not take {photometric} pixels of {samples} sample(s) with Bits "
+            f"Allocated {bits_allocated}, Bits Stored {bits_stored} and Pixel "
+            f"Representation {signed} (PS3.5 8.2)"
+        )
+    return None
+
+
+def codec_suggestion(syntax: str, description: dict[str, Any], *, lossy: bool) -> str:
+    """Return what to use instead of a refused syntax: the installed lossless codecs
+    that take these frames (codec_refusal), as ``; use ...``, or that none does."""
+    takers = [
+        codec.name
+        for codec in CODECS.values()
+        if codec.syntax != syntax
+        and codec_refusal(codec.syntax, description) is None
+        and codec_available(codec)
+    ]
+    if not takers:
+        return "; no other codec here takes them"
+    if lossy:
+        return (
+            "; use -x (lossless)"
+            if takers[0] == "j2k"
+            else (f"; use -x --codec {' or '.join(takers)} (lossless)")
+        )
+    return f"; use --codec {' or '.join(takers)}"
+
+
 def htj2k_encode(array: np.ndarray) -> bytes:
     """Encode a frame as an HTJ2K lossless codestream (PS3.5 A.4.6, ...4.201).
 
@@ -4736,6 +5312,11 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
         if is_fatal(exc):
             raise
         message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        if "destination buffer is too small" in message:  # pyjpegls, on a tiny frame
+            message = (
+                f"{job.target['rows']} x {job.target['columns']} pixels is too small for "
+                "pyjpegls (the codestream does not fit in twice the frame's bytes)"
+            )
         raise DicomPressorError(
             f"cannot encode as {uid_name(UID(job.target_syntax))}: {message}"
         ) from exc
@@ -5939,8 +6520,33 @@ def _bulk_by_tag(tag: int) -> bool:
     return _is_bulk(tag, "", 0)
 
 
-def header_text(path: Path, ds: Dataset) -> str:
-    """Return the text dump of a file: File Meta, then the dataset."""
+#: The mark of a partial dump: the last line of a text dump, a top-level key in JSON.
+INCOMPLETE_MARK = "INCOMPLETE"
+
+
+def dump_source(path: Path) -> tuple[Dataset, str | None]:
+    """Read what a header dump shows: the dataset, and why it is partial (None: whole).
+
+    A file that does not parse to its end gives the elements before its damage and the
+    one-line problem (HeaderDamage); anything else that stops the reading is raised.
+    """
+    try:
+        ds, _ = read_header(path, check_values=False, image=False)
+    except HeaderDamage as exc:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return partial_dataset(path, exc.walk), exc.message
+        except Exception:  # not even that part reads: the failure alone
+            raise exc from None
+    return ds, None
+
+
+def header_text(path: Path, ds: Dataset, *, incomplete: str | None = None) -> str:
+    """Return the text dump of a file: File Meta, then the dataset.
+
+    A partial dump (incomplete: why) ends with a line ``# INCOMPLETE: <why>``.
+    """
     lines = [f"# {path.name}", "# File Meta Information"]
     meta = getattr(ds, "file_meta", None)
     if meta:
@@ -5949,12 +6555,17 @@ def header_text(path: Path, ds: Dataset) -> str:
         lines.append("  (none: a bare dataset, without preamble and File Meta)")
     lines.append("# Dataset")
     lines.extend(dump_lines(ds, 1))
+    if incomplete is not None:
+        lines.append(f"# {INCOMPLETE_MARK}: {incomplete}; nothing after it is shown")
     return "\n".join(lines) + "\n"
 
 
-def header_json(ds: Dataset) -> tuple[str, list[str]]:
+def header_json(ds: Dataset, *, incomplete: str | None = None) -> tuple[str, list[str]]:
     """Return the DICOM JSON Model of ds (PS3.18 F.2) without bulk data, sorted, and the
     tags of the elements left out because their values cannot be converted.
+
+    A partial dump (incomplete: why) has the top-level key ``"INCOMPLETE"`` (why), which
+    no DICOM JSON reader takes for a tag: it cannot pass for the whole header.
     """
     kept = without_bulk_data(ds)
     left_out: list[str] = []
@@ -5968,6 +6579,8 @@ def header_json(ds: Dataset) -> tuple[str, list[str]]:
                 left_out.append(_tag_text(int(tag)))
                 del kept[tag]
         data = kept.to_json_dict(bulk_data_threshold=1 << 62)
+    if incomplete is not None:
+        data[INCOMPLETE_MARK] = f"{incomplete}; nothing after it is included"
     return json.dumps(data, indent=2, sort_keys=True) + "\n", left_out
 
 
@@ -7133,27 +7746,105 @@ def _merge_candidate(path: Path, ds: Dataset, location: PixelLocation | None) ->
     frames = number_of_frames(ds)
     if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return FileOutcome(path, SKIPPED, f"already multi-frame ({frames} frames)")
+    check_integrity(ds, location)
     uid = text_of(ds, 0x00080018) or ""  # SOP Instance UID
     candidate = make_slice(path, ds, location)
     candidate.stack = stack_key(candidate)  # malformed values fail this file
     return FileOutcome(path, DONE, data=(uid, candidate))
 
 
+#: A kind of merge warning besides the SpacingIssue kinds: frames whose Rescale Slope or
+#: Intercept differs from the first frame's.
+RESCALE_DIFFERS = "rescale_differs"
+
+
+#: What readers make of a merged file (ITK and GDCM read it so, and itk-wasm, which
+#: VolView uses): the file is correct, the user is told at merge time.
+READER_NOTES = {
+    GAP: "ITK, GDCM and itk-wasm (VolView) read frames that are not evenly spaced with "
+    "a spacing of 1 x 1 x 1 mm, in-plane too; --split-at-gaps writes one evenly spaced "
+    "file per run of slices",
+    UNEVEN_SPACING: "ITK, GDCM and itk-wasm (VolView) read frames that are not evenly "
+    "spaced with a spacing of 1 x 1 x 1 mm, in-plane too",
+    DUPLICATE_POSITIONS: "readers that build a volume from the positions get two frames "
+    "in one place",
+    RESCALE_DIFFERS: "ITK, GDCM and itk-wasm (VolView) apply the first frame's Rescale "
+    "Slope and Intercept to every frame, so the other frames' values come out wrong",
+}
+
+
+class MergeWarning(TypedDict):
+    """One warning about a merged file, as ``--json`` and the API give it."""
+
+    kind: str
+    series: str
+    output: str
+    slices: list[str]
+    message: str
+
+
+def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[MergeWarning]:
+    """Say what readers will get wrong in a merged file: slices not evenly spaced (gaps,
+    uneven steps, duplicates) and frames whose rescale differs from the first's.
+
+    ``slices`` names the source slices concerned: both sides of each irregular step, or
+    the frames whose Rescale Slope/Intercept is not the first frame's.
+    """
+    names = [s.path.name for s in plan.order.slices]
+    found: list[tuple[str, str, list[str]]] = []
+    if plan.order.by_position:
+        for issue in spacing_issues(plan.order.distances):
+            steps = sorted({i for step in issue.steps for i in (step, step + 1)})
+            found.append((issue.kind, issue.note, [names[i] for i in steps]))
+    per_frame = plan.dataset.get("PerFrameFunctionalGroupsSequence") or []
+    values = [
+        (_first_number(item.get("RescaleSlope")), _first_number(item.get("RescaleIntercept")))
+        for frame in per_frame
+        for item in frame.get("PixelValueTransformationSequence") or []
+    ]
+    if len(values) == len(names) and len(set(values)) > 1:
+        differ = [name for name, v in zip(names, values, strict=True) if v != values[0]]
+        slopes = sorted({v[0] for v in values if v[0] is not None})
+        note = (
+            f"Rescale Slope/Intercept differs between frames ({len(differ)} of {len(names)} "
+            f"frames differ from the first; slopes {slopes[0]:g} to {slopes[-1]:g})"
+        )
+        found.append((RESCALE_DIFFERS, note, differ))
+    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    return [
+        MergeWarning(
+            kind=kind,
+            series=series_uid,
+            output=str(target),
+            slices=slices,
+            message=f"{series}: {target.name}: {note}; {READER_NOTES[kind]}",
+        )
+        for kind, note, slices in found
+    ]
+
+
 def _merge_stack(
     first: Path,
     members: list[Slice],
-    series: str,
+    series_uid: str,
     number: tuple[int, int],
     output_dir: Path | None,
 ) -> FileOutcome:
-    """Plan and write one stack; number is (this stack, stacks of its series)."""
+    """Plan and write one stack; number is (this stack, stacks of its series).
+
+    The outcome's data is its list of MergeWarning; other notes of the sort are logged.
+    """
     plan = _plan_stack(members)
     name = merged_name(plan.order.slices[0].header, *number)
     target = write_merged(plan, output_folder(first, output_dir) / name)
     kind = uid_name(plan.dataset.SOPClassUID)
     message = f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})"
-    notes = tuple(f"{series}: {note}" for note in plan.order.notes)
-    return FileOutcome(first, DONE, message, (target,), notes)
+    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    found = merge_warnings(plan, series_uid, target)
+    spacing = {i.note for i in spacing_issues(plan.order.distances)}
+    notes = [f"{series}: {note}" for note in plan.order.notes if note not in spacing]
+    notes.extend(w["message"] for w in found)
+    return FileOutcome(first, DONE, message, (target,), tuple(notes), found)
 
 
 def merge(
@@ -7172,7 +7863,9 @@ def merge(
     output_dir
         Folder for the merged files; None writes each beside its first slice.
     options
-        Run options; ``output_dir`` there gets a copy of each result.
+        Run options; ``output_dir`` there gets a copy of each result. ``split_at_gaps``
+        cuts each stack at its gaps (a step over GAP_FACTOR x the typical one) and
+        writes one file per run of slices between them.
 
     Returns
     -------
@@ -7181,9 +7874,13 @@ def merge(
         multi-frame Secondary Capture) with new (0020,000E) Series and (0008,0018) SOP
         Instance UIDs, shared and per-frame functional groups, a Dimension Index
         Sequence, (0008,1115) Referenced Series Sequence and per-frame Conversion
-        Source Attributes pointing at the sources.
+        Source Attributes pointing at the sources. ``data["warnings"]`` lists, per
+        output, what readers will get wrong (MergeWarning: gaps, uneven spacing,
+        duplicate positions, per-frame rescale), each also a [WARNING] line.
     """
+    check_options(ACTIONS["merge"], options)
     result = ActionResult()
+    result.data["warnings"] = []
     readable = _read_inputs(inputs, result, progress)
     slices = []
     seen_instances: dict[str, Path] = {}
@@ -7205,6 +7902,11 @@ def merge(
             raise DicomPressorError("nothing to merge: no single-frame DICOM images found")
         return result
     stacks = group_into_stacks(slices)
+    if options.split_at_gaps:
+        runs = [(uid, run) for uid, members in stacks for run in runs_between_gaps(members)]
+        if len(runs) > len(stacks):
+            result.info(f"Cut {len(stacks)} stack(s) at gaps into {len(runs)} evenly spaced runs")
+        stacks = runs
     result.info(f"Processing {len(slices)} files in {len(stacks)} stack(s)...")
     per_series_count = Counter(uid for uid, _ in stacks)
     per_series_seen: Counter[str] = Counter()
@@ -7213,7 +7915,7 @@ def merge(
         series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
         number = (per_series_seen[series_uid], per_series_count[series_uid])
         outcome = guarded(
-            _merge_stack, members[0].path, members, series, number, output_dir, doing=""
+            _merge_stack, members[0].path, members, series_uid, number, output_dir, doing=""
         )
         if outcome.status == FAILED:  # a malformed element read late fails the stack
             for s in members:
@@ -7221,6 +7923,7 @@ def merge(
             continue
         for warning in outcome.warnings:
             result.warn(warning)
+        result.data["warnings"].extend(outcome.data)
         result.inputs_used += len(members)
         result.outputs.extend(outcome.outputs)
         result.info(outcome.message)
@@ -7382,6 +8085,7 @@ def split_one(path: Path, output_dir: Path | None) -> FileOutcome:
     n_frames = number_of_frames(ds)
     if n_frames < 2:
         return FileOutcome(path, SKIPPED, "single frame, nothing to split")
+    check_integrity(ds, location)
     syntax = transfer_syntax_of(ds)
     frame_bytes = expected_frame_bytes(ds)
     decode = False
@@ -7632,6 +8336,7 @@ def transcode_file(
     if reason is not None:  # nothing to do is done
         return FileOutcome(path, DONE, f"{path.name}: left alone, {reason}")
     check_pixel_description(header)
+    check_integrity(header, location)
     raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
     out = _transcoded_dataset(header, raw=raw)
     n_frames = number_of_frames(header)
@@ -7672,32 +8377,11 @@ def _encode_frames(
     """Encode every frame for out (lossy attributes set on it); return (frames, log text)."""
     assert mode.syntax is not None
     description = pixel_description(out)
-    if mode.syntax in (CODECS["j2k"].syntax, J2K_LOSSY) and (
-        min(description["rows"], description["columns"]) < J2K_MIN_SIDE
-    ):
-        raise DicomPressorError(
-            f"{description['rows']} x {description['columns']} pixels is too small for "
-            f"JPEG 2000 (openjpeg needs {J2K_MIN_SIDE} or more on each side); "
-            "use --codec jpegls or rle"
-        )
-    if description["bits_allocated"] == 1:
-        raise DicomPressorError(
-            "cannot compress 1-bit (bit-packed) pixels: no DICOM codec takes them (PS3.5 8.2)"
-        )
-    limit = MAX_BITS_STORED.get(str(mode.syntax))
-    if limit is not None and description["bits_stored"] > limit:
-        raise DicomPressorError(
-            f"{description['bits_stored']}-bit pixels are too deep for "
-            f"{uid_name(mode.syntax)} (its encoder takes up to {limit} bits stored); "
-            + ("use -x --codec rle (lossless)" if mode.lossy else "use --codec rle")
-        )
-    if mode.syntax == J2K_LOSSY and description["photometric_interpretation"] == "PALETTE COLOR":
-        raise DicomPressorError(
-            "PALETTE COLOR pixels index a palette: lossy compression would change the "
-            "colours; use -x (lossless)"
-        )
-    if mode.syntax == CODECS["htj2k"].syntax:
-        check_htj2k_pixels(description)
+    problem = codec_refusal(mode.syntax, description)
+    if problem is not None:  # one line, and only codecs that take the frames suggested
+        if description["bits_allocated"] != 1:
+            problem += codec_suggestion(mode.syntax, description, lossy=mode.lossy)
+        raise DicomPressorError(problem)
     ratio = None
     if mode.ratio is not None:
         # openjpeg's ratio counts BitsStored bits per sample; ours counts the bytes stored.
@@ -7869,6 +8553,7 @@ def anonymize_file(
     overwritten (``_1``, ``_2``...).
     """
     ds, location = read_header(path)
+    check_integrity(ds, location)
     warnings_: list[str] = []
     if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
         warnings_.append(
@@ -8081,19 +8766,23 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
         output_path(path, output_dir, extension=suffix), replace=output_dir is None, durable=False
     )
     left_out: list[str] = []
+    problem = None
     text = fast_header_text(path) if suffix == ".txt" else None
     if text is None:
         load_toolkit()
-        ds, _ = read_header(path, check_values=False, image=False)
+        ds, problem = dump_source(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if suffix == ".json":
-                text, left_out = header_json(ds)
+                text, left_out = header_json(ds, incomplete=problem)
             else:
-                text = header_text(path, ds)
+                text = header_text(path, ds, incomplete=problem)
     with output as handle:
         handle.write(text.encode("utf-8"))
     assert output.path is not None
+    if problem is not None:  # the file fails; its partial dump says so inside
+        shown = f"{problem} (partial dump {output.path.name}, marked {INCOMPLETE_MARK})"
+        return FileOutcome(path, FAILED, shown)
     notes = ()
     if left_out:
         notes = (
@@ -8108,13 +8797,14 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
 
 def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
     """Add one file's records to fs; data: (its SOP Instance UID, keys given placeholders)."""
-    header, _ = read_header(path)
+    header, location = read_header(path)
     for keyword in DICOMDIR_REQUIRED_UIDS:
         if not header.get(keyword):
             tag = _tag_text(int(tag_for_keyword(keyword)))
             raise DicomPressorError(
                 f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records need it, PS3.3 F.5)"
             )
+    check_integrity(header, location)
     filled: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -8262,6 +8952,9 @@ class RenderSpec:
     window: Window | None = None
     voi_lut: Lut | None = None
     padding: tuple[int, int] | None = None  # stored values excluded from the auto range
+    #: The modality values shown as black and white when no window or VOI LUT applies:
+    #: the range over all frames of a file or video (None: the frame's own range).
+    value_range: tuple[float, float] | None = None
     palette: np.ndarray | None = None  # (2**BitsStored, 3) table of a PALETTE COLOR image
     palette_bits: int = 8
     colour_bits: int = 8  # BitsStored of RGB samples
@@ -8338,18 +9031,24 @@ def apply_window(values: np.ndarray, window: Window, y_max: float = 255.0) -> np
     return np.clip(y, 0.0, y_max)
 
 
-def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
-    """Stretch the frame's range (padding pixels left out) linearly onto 0..255.
-
-    A frame of one value renders black.
-    """
+def value_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> tuple[float, float]:
+    """Return the least and greatest modality value of a frame, padding pixels left out."""
     sample = values
     if spec.padding is not None:
         low, high = spec.padding
         kept = values[(stored < low) | (stored > high)]
         if kept.size:
             sample = kept
-    lo, hi = float(sample.min()), float(sample.max())
+    return float(sample.min()), float(sample.max())
+
+
+def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.ndarray:
+    """Stretch spec's value_range, else the frame's range (padding pixels left out),
+    linearly onto 0..255.
+
+    A range of one value renders black.
+    """
+    lo, hi = spec.value_range or value_range(values, stored, spec)
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float64)
     return np.clip((values - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
@@ -8358,10 +9057,11 @@ def auto_range(values: np.ndarray, stored: np.ndarray, spec: RenderSpec) -> np.n
 def render_frame(frame: np.ndarray, spec: RenderSpec) -> np.ndarray:
     """Turn one decoded frame into display values: uint8 (or uint16), 2-D grey or RGB.
 
-    Grey: Modality LUT, then VOI (window, VOI LUT, or the frame's range), MONOCHROME1
-    inverted. PALETTE COLOR: the palette. RGB: as decoded, scaled to 8 bits. With
-    ``bits_out`` 16, grey frames give the modality values plus ``offset16`` (rounded,
-    clipped to 0..65535, not inverted) and colour frames are scaled to 0..65535.
+    Grey: Modality LUT, then VOI (window, VOI LUT, the value_range of the file or video,
+    or the frame's own range), MONOCHROME1 inverted. PALETTE COLOR: the palette. RGB: as
+    decoded, scaled to 8 bits. With ``bits_out`` 16, grey frames give the modality values
+    plus ``offset16`` (rounded, clipped to 0..65535, not inverted) and colour frames are
+    scaled to 0..65535.
     """
     full = 65535.0 if spec.bits_out == 16 else 255.0
     dtype = np.uint16 if spec.bits_out == 16 else np.uint8
@@ -8484,6 +9184,11 @@ def _palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
     palette_ds.PhotometricInterpretation = "PALETTE COLOR"
     palette_ds.BitsStored = bits_stored
     palette_ds.PixelRepresentation = 0
+    # segmented tables (0028,1221-1223) are words in the byte order of the file
+    little = ds.original_encoding[1]
+    if little is None:
+        little = transfer_syntax_of(ds) != ExplicitVRBigEndian
+    palette_ds.set_original_encoding(False, little, ds.original_character_set)
     table = apply_color_lut(np.arange(1 << bits_stored), palette_ds)
     bits = 16 if table.dtype == np.uint16 else 8
     if bits == 16 and int(table.max(initial=0)) < 256:  # 8-bit values in 16-bit entries
@@ -8573,12 +9278,23 @@ def render_spec(
 
 
 def _frame_rate(ds: Dataset, options: Options) -> float:
-    """Return frames per second: (0018,1063) Frame Time, (0018,0040) Cine Rate or
-    (0008,2144) Recommended Display Frame Rate, else ``--fps``, else 10.
+    """Return frames per second: (0018,1063) Frame Time, (0018,1065) Frame Time Vector,
+    (0018,0040) Cine Rate or (0008,2144) Recommended Display Frame Rate, else ``--fps``,
+    else 10.
+
+    The vector holds the time from each frame to the next one's start, its first value
+    the first frame's (0 by PS3.3 C.7.6.5.1.2): the video plays at the mean of the
+    values after the first (a vector of one value: that value).
     """
     frame_time = _first_number(ds.get("FrameTime"))
     if frame_time is not None and frame_time > 0:
         return 1000.0 / frame_time
+    vector = _floats(ds.get("FrameTimeVector"))
+    if vector:
+        steps = vector[1:] or vector
+        mean_ms = sum(steps) / len(steps)
+        if math.isfinite(mean_ms) and mean_ms > 0:
+            return 1000.0 / mean_ms
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
         rate = _first_number(ds.get(keyword))
         if rate is not None and rate > 0:
@@ -8659,8 +9375,7 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return FileOutcome(path, data=np.ascontiguousarray(image, dtype=np.uint8).tobytes())
     data = encode_image(image, job.image_format, job.spec.offset16)
-    target = Path(job.target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = new_temp_file(Path(job.target))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)  # not synced, like other new outputs (see OutputFile)
@@ -8668,7 +9383,7 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return FileOutcome(path, data=tmp)
+    return FileOutcome(path, data=str(tmp))
 
 
 # ---- export: planning files and frames, the action ----
@@ -8696,14 +9411,48 @@ def _render_plan(
     return FileOutcome(path, data=(specs, stored_frames(path, ds, source.location)))
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedVoi:
+    """One VOI for all frames of a video, or one range for all frames of a file.
+
+    ``window`` or ``voi_lut``: a video's first frame's, for every frame; else
+    ``value_range``, the range of modality values over all frames. With ``keep_own``
+    (images) a frame keeps a window or VOI LUT of its own; a video replaces them.
+    """
+
+    window: Window | None = None
+    voi_lut: Lut | None = None
+    value_range: tuple[float, float] | None = None
+    keep_own: bool = False
+
+    def apply(self, spec: RenderSpec) -> RenderSpec:
+        """Return spec with this VOI (colour frames and 16-bit output have none)."""
+        if not windowed(spec):
+            return spec
+        if self.keep_own:
+            return dataclasses.replace(spec, value_range=self.value_range)
+        return dataclasses.replace(
+            spec, window=self.window, voi_lut=self.voi_lut, value_range=self.value_range
+        )
+
+
+def windowed(spec: RenderSpec) -> bool:
+    """Tell whether frames of spec go through a VOI: grey frames, 8-bit output."""
+    return spec.palette is None and spec.bits_out == 8 and spec.photometric.startswith("MONO")
+
+
 def _frame_jobs_of(
     source: ExportSource,
     options: Options,
     targets: Sequence[Path | None],
     image_format: str,
     frame_indices: Sequence[int] | None = None,
+    voi: SharedVoi | None = None,
 ) -> Iterator[RenderJob]:
-    """Yield one RenderJob per frame of source; a problem becomes a job with an error."""
+    """Yield one RenderJob per frame of source; a problem becomes a job with an error.
+
+    voi, when given, is the VOI of every frame (SharedVoi).
+    """
     path, ds = source.path, source.header
     indices = list(frame_indices) if frame_indices is not None else list(range(source.frames))
     prepared = guarded(_render_plan, path, source, options, indices, doing="prepare the rendering")
@@ -8730,10 +9479,11 @@ def _frame_jobs_of(
         if index not in wanted:
             continue
         target = targets[position]
+        spec = voi.apply(specs[position]) if voi is not None else specs[position]
         yield RenderJob(
             str(path),
             index,
-            specs[position],
+            spec,
             data=data,
             syntax=syntax,
             description=description if data is not None else None,
@@ -8744,6 +9494,57 @@ def _frame_jobs_of(
         position += 1
         if position == len(indices):
             return
+
+
+def _range_job(job: RenderJob) -> FileOutcome:
+    """Worker: decode a frame; data: the range of its modality values (value_range), or
+    None for a colour frame."""
+    if job.error is not None:
+        return FileOutcome(Path(job.path), FAILED, job.error)
+    return guarded(_frame_range, Path(job.path), job, doing=f"read frame {job.index + 1}")
+
+
+def _frame_range(path: Path, job: RenderJob) -> FileOutcome:
+    """Return the range of one frame's modality values (see _range_job)."""
+    frame = _decode_job(job)
+    if frame.ndim != 2:
+        return FileOutcome(path)
+    return FileOutcome(path, data=value_range(modality_values(frame, job.spec), frame, job.spec))
+
+
+def first_job(jobs: Iterator[RenderJob]) -> RenderJob | None:
+    """Return the first job without an error (the generator is closed), or None."""
+    try:
+        return next((job for job in jobs if job.error is None), None)
+    finally:
+        close = getattr(jobs, "close", None)
+        if close is not None:
+            close()
+
+
+def shared_range(
+    jobs: Iterator[RenderJob], workers: int, count: int
+) -> tuple[float, float] | None:
+    """Return the range of modality values over every frame of jobs (decoded in workers;
+    frames that fail are left out, the rendering reports them), or None."""
+    low, high = math.inf, -math.inf
+    for outcome in iter_ordered(_range_job, jobs, workers, _no_progress, count):
+        if outcome.status == DONE and outcome.data is not None:
+            low, high = min(low, outcome.data[0]), max(high, outcome.data[1])
+    return (low, high) if low <= high else None
+
+
+def _file_voi(source: ExportSource, options: Options) -> SharedVoi | None:
+    """Return one range for every frame of a multi-frame file without a stored window or
+    VOI LUT (``-I``), so its frames stay comparable; None when there is nothing to share."""
+    if source.frames < 2 or options.window is not None or int(options.png_bits or 8) != 8:
+        return None
+    targets = [None] * source.frames
+    first = first_job(_frame_jobs_of(source, options, targets, ""))
+    if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
+        return None
+    found = shared_range(_frame_jobs_of(source, options, targets, ""), options.jobs, source.frames)
+    return SharedVoi(value_range=found, keep_own=True) if found is not None else None
 
 
 def _claim_stem(folder: Path, stem: str, claimed: set[tuple[Path, str]]) -> str:
@@ -8840,8 +9641,9 @@ def export_png(
     Transformation, (0028,3000) Modality LUT Sequence or (0028,1052)/(0028,1053) Rescale
     Intercept/Slope), then the VOI (``--window C,W``, else the frame's Frame VOI LUT, the
     first (0028,1050)/(0028,1051) window with (0028,1056) VOI LUT Function, or the
-    (0028,3010) VOI LUT Sequence; with none, the frame's range, pixels equal to
-    (0028,0120) Pixel Padding Value left out), MONOCHROME1 inverted. PALETTE COLOR goes
+    (0028,3010) VOI LUT Sequence; with none, the range of the modality values over all
+    frames of the file, pixels equal to (0028,0120) Pixel Padding Value left out, so the
+    frames of one file stay comparable), MONOCHROME1 inverted. PALETTE COLOR goes
     through its palette; YBR is converted to RGB.
 
     With ``png_bits`` 16 a grey frame gives its modality values, unwindowed and not
@@ -8904,7 +9706,8 @@ def export_png(
 
     def jobs() -> Iterator[RenderJob]:
         for source, targets in plans:
-            yield from _frame_jobs_of(source, options, targets, image_format)
+            voi = _file_voi(source, options)
+            yield from _frame_jobs_of(source, options, targets, image_format, voi=voi)
 
     outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total)
     for source, targets in plans:
@@ -8962,9 +9765,8 @@ def write_video(target: Path, frames: Iterator[bytes], width: int, height: int, 
     """
     exe = ffmpeg_executable()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = new_temp_file(target)
     os.close(fd)
-    tmp = Path(tmp_name)
     log = tmp.with_suffix(".log")
     argv = [
         exe, "-y", "-hide_banner", "-loglevel", "error",
@@ -9017,14 +9819,32 @@ class VideoPlan:
     multi_frame: bool  # the frames of one multi-frame file (else one slice per file)
 
 
-def _video_jobs(plan: VideoPlan, options: Options) -> Iterator[RenderJob]:
+def _video_jobs(
+    plan: VideoPlan, options: Options, voi: SharedVoi | None = None
+) -> Iterator[RenderJob]:
     """Yield the render jobs of a video's frames, in order (RGB bytes, no file)."""
     if plan.multi_frame:
         source = plan.parts[0][0]
-        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "")
+        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "", voi=voi)
         return
     for source, index in plan.parts:
-        yield from _frame_jobs_of(source, options, [None], "", [index])
+        yield from _frame_jobs_of(source, options, [None], "", [index], voi=voi)
+
+
+def _video_voi(plan: VideoPlan, options: Options) -> SharedVoi | None:
+    """Return the one VOI of a whole video: ``--window`` (None here: every frame has it),
+    else its first frame's window or VOI LUT, else the range of modality values over all
+    its frames (padding left out). Colour videos have none."""
+    if options.window is not None:
+        return None
+    first = first_job(_video_jobs(plan, options))
+    if first is None or not windowed(first.spec):
+        return None
+    if first.spec.window is not None or first.spec.voi_lut is not None:
+        return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
+    return SharedVoi(
+        value_range=shared_range(_video_jobs(plan, options), options.jobs, len(plan.parts))
+    )
 
 
 def _video_frames(
@@ -9162,9 +9982,12 @@ def export_video(
 ) -> ActionResult:
     """Export MP4 videos (H.264, yuv420p) through imageio-ffmpeg's bundled ffmpeg.
 
-    Frames are rendered as ``export_png`` renders 8-bit images (same modality, VOI,
+    Frames are rendered as ``export_png`` renders 8-bit images (same modality,
     MONOCHROME1, palette and YBR handling), in ``options.jobs`` worker processes, and
-    piped to ffmpeg as RGB; odd sizes are padded to even with black.
+    piped to ffmpeg as RGB; odd sizes are padded to even with black. A video has one VOI:
+    ``--window``, else its first frame's window or VOI LUT, else the range of the
+    modality values over all its frames (padding left out), so brightness changes
+    between frames stay visible.
 
     Parameters
     ----------
@@ -9176,7 +9999,8 @@ def export_video(
         Folder for the videos; None writes each beside its (first) input.
     options
         ``fps``: the frame rate when the file states none ((0018,1063) Frame Time as
-        1000/FrameTime, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
+        1000/FrameTime, (0018,1065) Frame Time Vector as 1000 over the mean of its values
+        after the first, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
         Rate); default 10. ``window``, ``jobs``.
 
     Returns
@@ -9213,7 +10037,7 @@ def export_video(
         failed: list[tuple[Path, str]] = []
         outcomes = iter_ordered(
             _render_job,
-            _video_jobs(plan, options),
+            _video_jobs(plan, options, _video_voi(plan, options)),
             options.jobs,
             lambda n, _, start=done: progress(start + n, total),
             len(plan.parts),
@@ -9638,7 +10462,8 @@ def _bare_file(
     path: Path, output_dir: Path | None, options: Options, progress: ProgressFn
 ) -> FileOutcome:
     """Write the dataset of a Part 10 file without preamble and meta (see to_bare_dataset)."""
-    header, _ = read_header(path)
+    header, location = read_header(path)
+    check_integrity(header, location)
     syntax = transfer_syntax_of(header)
     target = output_path(path, output_dir, suffix=BARE_SUFFIX, in_place=options.in_place)
     notes = []
@@ -9696,12 +10521,13 @@ def _byte_order_file(
     path: Path, output_dir: Path | None, options: Options, *, little: bool
 ) -> FileOutcome:
     """Convert one file to Explicit VR Little or Big Endian (see to_little_endian)."""
-    header, _ = read_header(path)
+    header, location = read_header(path)
     syntax = transfer_syntax_of(header)
     wanted = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     suffix = LE_SUFFIX if little else BE_SUFFIX
     if syntax == wanted:
         return FileOutcome(path, DONE, f"{path.name}: left alone, already {uid_name(wanted)}")
+    check_integrity(header, location)
     target = output_path(path, output_dir, suffix=suffix, in_place=options.in_place)
     if syntax.is_encapsulated:
         if not little:
@@ -10494,6 +11320,23 @@ _COUNT = {"type": "integer", "minimum": 0}
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 
 
+#: The JSON schema of one MergeWarning (merge's data["warnings"], the API's warnings).
+MERGE_WARNING_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": [GAP, UNEVEN_SPACING, DUPLICATE_POSITIONS, RESCALE_DIFFERS],
+        },
+        "series": {"type": "string", "description": "Series Instance UID of the sources"},
+        "output": {"type": "string", "description": "the merged file"},
+        "slices": {"type": "array", "items": {"type": "string"}},
+        "message": {"type": "string"},
+    },
+    "required": ["kind", "series", "output", "slices", "message"],
+}
+
+
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
@@ -10504,6 +11347,7 @@ ACTIONS: dict[str, ActionSpec] = {
             merge,
             takes=FOLDER,
             copy_to_output_dir=True,
+            data={"warnings": {"type": "array", "items": MERGE_WARNING_SCHEMA}},
         ),
         ActionSpec("split", "-s", "Split a multi-frame DICOM into individual frames", split),
         ActionSpec(
@@ -10815,20 +11659,32 @@ class ScanState:
 
 
 def job_folders(
-    root: Path, *, recursive: bool, kind: str = DICOM_INPUTS, state: ScanState | None = None
+    root: Path,
+    *,
+    recursive: bool,
+    kind: str = DICOM_INPUTS,
+    state: ScanState | None = None,
+    exclude: Path | None = None,
 ) -> list[Path]:
     """Return the folders that hold inputs of a kind directly (the jobs), sorted.
 
     With a scan state (made for the same kind), folders unchanged since the last pass
-    are not listed again.
+    are not listed again. exclude (the --output-dir) and what lies under it are passed
+    over when it is a folder inside root: outputs are never a job, nor the input of one.
     """
     if not recursive:
         return [root]
+    skip = exclude.resolve() if exclude is not None else None
     found = []
     if state is None:
         for current, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             folder = Path(current)
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if not d.startswith(".")
+                and not (skip is not None and d == skip.name and (folder / d).resolve() == skip)
+            )
             if any(is_input(folder / f, kind) for f in files):
                 found.append(folder)
         return sorted(found)
@@ -10841,7 +11697,11 @@ def job_folders(
             continue
         if scan.candidates:
             found.append(folder)
-        stack.extend(folder / name for name in scan.dirs)
+        stack.extend(
+            folder / name
+            for name in scan.dirs
+            if not (skip is not None and name == skip.name and (folder / name).resolve() == skip)
+        )
     return sorted(found)
 
 
@@ -11435,13 +12295,17 @@ def ready_folders(
     memory: WatchState,
     clock: Callable[[], float] = time.time,
     shard: tuple[int, int] | None = None,
+    exclude: Path | None = None,
 ) -> list[Path]:
-    """Return the job folders a watch pass runs: not done, settled, changed since a failure."""
+    """Return the job folders a watch pass runs: not done, settled, changed since a failure.
+
+    exclude: the --output-dir, never a job (job_folders).
+    """
     ready = []
     kind = ACTIONS[action].inputs
     try:
         folders = (
-            job_folders(root, recursive=recursive, kind=kind, state=memory.scan)
+            job_folders(root, recursive=recursive, kind=kind, state=memory.scan, exclude=exclude)
             if root.is_dir()
             else []
         )
@@ -11505,6 +12369,7 @@ def watch(
             memory=memory,
             clock=clock,
             shard=shard,
+            exclude=options.output_dir,
         )
 
         def report(outcome: JobOutcome) -> None:
@@ -12790,11 +13655,18 @@ def api_schemas() -> dict[str, Any]:
                 "action": text,
                 "log": text,
                 "output_files": _list_of("FileEntry"),
+                "warnings": {
+                    "type": "array",
+                    "items": MERGE_WARNING_SCHEMA,
+                    "description": "What readers will get wrong in an output (merge); "
+                    "output names the file as output_files does",
+                },
             },
             "success",
             "action",
             "log",
             "output_files",
+            "warnings",
         ),  # fmt: skip
     }
 
@@ -13967,7 +14839,8 @@ def process_response(
     outcome: JobOutcome,
     links: Callable[[str], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Build the spec's process answer: success, action, log, output_files.
+    """Build the spec's process answer: success, action, log, output_files, and the
+    warnings an action gives per output (merge's MergeWarning, output by its name).
 
     The log names files relative to the session (``input/a.dcm``, ``output/b.dcm``),
     never by the server's own paths.
@@ -13988,11 +14861,16 @@ def process_response(
         elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
             names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
     files = {n: listing[n] for n in dict.fromkeys(names)}
+    warnings_ = [
+        {**w, "output": by_path.get(Path(w["output"]).resolve(), Path(w["output"]).name)}
+        for w in (result.data.get("warnings", []) if result else [])
+    ]
     return {
         "success": outcome.status in ("OK", "PARTIAL"),
         "action": spec.name,
         "log": "\n".join(log),
         "output_files": _entries(files, links) if spec.writes_files else [],
+        "warnings": warnings_,
     }
 
 
@@ -14333,9 +15211,16 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
 
 
 def _plan_jobs(
-    spec: ActionSpec, path: Path, recursive: bool, state: ScanState | None = None
+    spec: ActionSpec,
+    path: Path,
+    recursive: bool,
+    state: ScanState | None = None,
+    output_dir: Path | None = None,
 ) -> list[tuple[Path, list[Path] | None]]:
-    """Turn the path into jobs: (folder, files) pairs; files None means "list it then"."""
+    """Turn the path into jobs: (folder, files) pairs; files None means "list it then".
+
+    An output_dir inside the tree is no job (job_folders).
+    """
     if path.is_file():
         return [(path.parent, [path])]
     if not path.is_dir():
@@ -14343,10 +15228,12 @@ def _plan_jobs(
     kind = spec.inputs
     if spec.takes == TREE:
         files = []
-        for folder in job_folders(path, recursive=recursive, kind=kind, state=state):
+        for folder in job_folders(
+            path, recursive=recursive, kind=kind, state=state, exclude=output_dir
+        ):
             files.extend(list_inputs(folder, kind))
         return [(path, files)]
-    folders = job_folders(path, recursive=recursive, kind=kind, state=state)
+    folders = job_folders(path, recursive=recursive, kind=kind, state=state, exclude=output_dir)
     return [(folder, None) for folder in folders]
 
 
@@ -14602,7 +15489,7 @@ def _run(
         LOG.info("Stopped.")
         return EXIT_OK
     try:
-        jobs = _plan_jobs(spec, path, recursive, state)
+        jobs = _plan_jobs(spec, path, recursive, state, options.output_dir)
     except DicomPressorError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED

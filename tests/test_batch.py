@@ -419,6 +419,58 @@ class TestOutputDir:
         copies = {(out_dir / n).read_bytes() for n in names}
         assert copies == {merged(a)[0].read_bytes(), merged(b)[0].read_bytes()}
 
+    def test_output_dir_inside_the_tree_is_no_job(self, tmp_path):
+        """-j --skip-if-done twice with --output-dir inside -f's tree: the second run
+        skips the done folder, and the output folder is never a job."""
+        root = tmp_path / "root"
+        folder = make_tree(root, 1, n=4)[0]
+        out_dir = root / "merged"
+        for _ in range(2):
+            code, out, err = run_cli(
+                "-j", "-f", root, "--output-dir", out_dir, "--skip-if-done", "--jobs", "1"
+            )
+            assert code == 0, out + err
+            assert str(out_dir) not in out, out
+        assert lines(out) == [SKIPPED_DONE.format(folder)]
+        assert [p.name for p in out_dir.iterdir()] == ["PAT0_series3_multiframe.dcm"]
+        assert not (out_dir / DONE).exists()
+
+    def test_anonymized_outputs_are_never_inputs(self, tmp_path):
+        root = tmp_path / "root"
+        make_tree(root, 2, n=2)
+        params = tmp_path / "params.txt"
+        params.write_text("PatientName=ANON\n", encoding="utf-8")
+        out_dir = root / "p0" / "anon"  # inside a job folder's own tree
+        for _ in range(2):
+            code, out, err = run_cli("-a", params, "-f", root, "--output-dir", out_dir)
+            assert code == 0, out + err
+        names = sorted(p.name for p in out_dir.iterdir())
+        assert len(names) == 8 and not any("_anon_anon" in n for n in names), names
+        code, out, err = run_cli("--summary", root, "--output-dir", out_dir, "--json")
+        assert code == 0 and json.loads(out)["files"] == 4, out + err
+
+    def test_watch_passes_over_the_output_dir(self, tmp_path):
+        root = tmp_path / "root"
+        folder = make_tree(root, 1, n=3, age_s=600)[0]
+        out_dir = root / "merged"
+        outcomes: list = []
+        clock = [time.time() + 600]
+        dicompressor.watch(
+            "merge",
+            root,
+            recursive=True,
+            options=dicompressor.Options(output_dir=out_dir),
+            batch=dicompressor.BatchOptions(skip_if_done=True),
+            interval_s=1.0,
+            settle_s=30,
+            workers=1,
+            on_outcome=outcomes.append,
+            stop=FakeStop(clock, passes=3),
+            clock=lambda: clock[0],
+        )
+        assert [(o.folder, o.status) for o in outcomes] == [(folder, "OK")]
+        assert [p.name for p in out_dir.iterdir()] == ["PAT0_series3_multiframe.dcm"]
+
 
 # ---- locks ----
 

@@ -464,19 +464,19 @@ class TestLossless:
                 "SC_rgb_rle_32bit.dcm",
                 ["-x"],
                 "32-bit pixels are too deep for JPEG 2000 Image Compression (Lossless Only) "
-                "(its encoder takes up to 24 bits stored); use --codec rle",
+                "(its encoder takes up to 24 bits stored); no other codec here takes them",
             ),
             (
                 "SC_rgb_rle_32bit.dcm",
                 ["-z"],
                 "32-bit pixels are too deep for JPEG 2000 Image Compression (its encoder takes "
-                "up to 24 bits stored); use -x --codec rle (lossless)",
+                "up to 24 bits stored); no other codec here takes them",
             ),
             (
                 "SC_rgb_rle_32bit.dcm",
                 ["-x", "--codec", "jpegls"],
                 "32-bit pixels are too deep for JPEG-LS Lossless Image Compression (its "
-                "encoder takes up to 16 bits stored); use --codec rle",
+                "encoder takes up to 16 bits stored); no other codec here takes them",
             ),
         ],
     )
@@ -497,6 +497,45 @@ class TestLossless:
         [line] = [x for x in err.splitlines() if x.startswith("[ERROR]")]
         assert f"{name}: {message}" in line, line
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+    @pytest.mark.parametrize(
+        ("photometric", "rows", "cols", "bits_stored", "flags"),
+        [
+            ("RGB", 3, 3, 8, ["-x"]),
+            ("RGB", 3, 3, 8, ["-x", "--codec", "jpegls"]),
+            ("RGB", 3, 3, 8, ["-z"]),
+            ("MONOCHROME2", 1, 2, 12, ["-x"]),
+            ("MONOCHROME2", 2, 7, 16, ["-x", "--codec", "jpegls"]),
+            ("MONOCHROME2", 8, 8, 8, ["-x", "--codec", "jpegls"]),
+        ],
+    )
+    def test_small_images_refused_in_one_line_with_a_codec_that_takes_them(
+        self, tmp_path: Path, photometric: str, rows: int, cols: int, bits_stored: int, flags
+    ) -> None:
+        """Each codec a refusal suggests is tried on the same image: it must take it."""
+        source = write_image(
+            tmp_path / "in" / "tiny.dcm",
+            rows=rows,
+            cols=cols,
+            bits_stored=bits_stored,
+            photometric=photometric,
+        )
+        code, out, err = run(*flags, "-f", source, "--output-dir", tmp_path / "out")
+        assert code == 1, out + err
+        [line] = [x for x in err.splitlines() if x.startswith("[ERROR]")]
+        assert "destination buffer" not in line and "Error" not in line, line
+        j2k = "JPEG 2000" if "--codec" not in flags else "JPEG-LS"
+        assert f"tiny.dcm: {rows} x {cols} pixels is too small for {j2k}" in line, line
+        suggested = re.search(r"; use (?:-x ?)?(?:--codec (\w+(?: or \w+)*))?", line)
+        assert suggested is not None, line
+        codecs = (suggested.group(1) or "j2k").split(" or ")
+        assert "rle" in codecs and "j2k" not in codecs and "jpegls" not in codecs, line
+        for codec in codecs:
+            target = tmp_path / codec
+            code, out, err = run("-x", "--codec", codec, "-f", source, "--output-dir", target)
+            assert code == 0, f"{codec} was suggested but fails: {out + err}"
+            [made] = target.iterdir()
+            assert_same_pixels(source, made)
 
     def test_htj2k_without_imagecodecs(self, tmp_path: Path) -> None:
         """With imagecodecs hidden, --codec htj2k fails in one line naming the package."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import stat
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -288,6 +290,22 @@ class TestExportPng:
         want = np.stack(channels, axis=-1) / ((1 << bits) - 1) * 255
         assert_close(png(tmp_path / "examples_palette.png"), want)
 
+    @pytest.mark.parametrize("name", ["gdcm-US-ALOKA-16.dcm", "gdcm-US-ALOKA-16_big.dcm"])
+    def test_segmented_palette(self, tmp_path: Path, name: str) -> None:
+        """Segmented tables (0028,1221-1223), little and big endian (pydicom-data's files),
+        against pydicom's rendering of the original dataset."""
+        path = sample(name)
+        result = export_png([path], tmp_path, Opts())
+        assert not result.failures, result.failures
+        ds = pydicom.dcmread(path)
+        want = pydicom.pixels.apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+        assert want.max() > 255  # 16-bit entries
+        assert_close(png(result.outputs[0]), want * 255 / 65535)
+        video = export_video([path], tmp_path / "video", Opts())
+        assert not video.failures, video.failures
+        _, frames = read_video(video.outputs[0])
+        assert len(frames) == 1 and abs(frames[0].mean() - (want * 255 / 65535).mean()) < 3
+
     def test_palette_colour_without_its_palette_fails_in_words(self, tmp_path: Path) -> None:
         ds = pydicom.dcmread(sample("examples_palette.dcm"))
         for keyword in [k for k in ds.dir() if "PaletteColorLookupTable" in k]:
@@ -444,3 +462,96 @@ class TestExportVideo:
         _, frames = read_video(result.outputs[0])
         assert len(frames) == 3
         assert sorted(p.name for p in out.iterdir()) == ["DOE_JANE_series3.mp4"]
+
+
+# ---- permissions ----
+
+
+class TestOutputModes:
+    """Every output follows the umask, images and videos as DICOM and text outputs do."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [["-I", "png"], ["-I", "jpg"], ["-I", "png", "--png-bits", "16"], ["-E"], ["-t"]],
+        ids=["png", "jpg", "png16", "mp4", "text"],
+    )
+    def test_outputs_follow_the_umask(self, ct: list[Path], tmp_path: Path, args) -> None:
+        from conftest import run_cli
+
+        old = os.umask(0o027)
+        try:
+            for where in ("beside", "output-dir"):
+                extra = ["--output-dir", tmp_path / "out"] if where == "output-dir" else []
+                code, out, err = run_cli(*args, "-F", ct[0].parent, "--jobs", "2", *extra)
+                assert code == 0, out + err
+        finally:
+            os.umask(old)
+        made = [
+            p
+            for p in [*ct[0].parent.iterdir(), *(tmp_path / "out").iterdir()]
+            if p not in ct and p.is_file()
+        ]
+        assert len(made) >= 2, made
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made}
+        assert set(modes.values()) == {"0o640"}, modes
+
+
+# ---- one VOI per video, one range per file ----
+
+
+def ramp_file(folder: Path, frames: int = 12, *, vector_ms: float | None = 50.0) -> Path:
+    """A multi-frame MONOCHROME2 file without a window: frame k holds 100 k + column."""
+    [path] = synth.make_series(folder, n=1, rows=16, cols=16, modality="OT", signed=False)
+    ds = pydicom.dcmread(path)
+    columns = np.arange(16, dtype=np.uint16)
+    stack = np.stack([np.tile(columns + 100 * k, (16, 1)) for k in range(frames)])
+    ds.NumberOfFrames = frames
+    ds.PixelData = stack.astype("<u2").tobytes()
+    if vector_ms is not None:
+        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTimeVector")
+        ds.FrameTimeVector = [0.0] + [vector_ms] * (frames - 1)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+class TestSharedVoi:
+    """A video has one VOI; the frames of one file exported as images share one range."""
+
+    def test_video_keeps_brightness_and_frame_time_vector(self, tmp_path: Path) -> None:
+        path = ramp_file(tmp_path / "ramp")
+        result = export_video([path], tmp_path / "out", Opts())
+        assert not result.failures, result.failures
+        meta, frames = read_video(result.outputs[0])
+        assert math.isclose(meta["fps"], 20.0)  # 50 ms per frame
+        assert len(frames) == 12
+        high = 100 * 11 + 15
+        want = [(100 * k + 7.5) * 255 / high for k in range(12)]
+        means = [float(f.mean()) for f in frames]
+        assert np.all(np.abs(np.array(means) - want) < 3), (means, want)
+
+    def test_images_of_one_file_share_its_range(self, tmp_path: Path) -> None:
+        path = ramp_file(tmp_path / "ramp", frames=4, vector_ms=None)
+        result = export_png([path], tmp_path / "out", Opts(jobs=2))
+        assert not result.failures, result.failures
+        assert len(result.outputs) == 4
+        high = 100 * 3 + 15
+        for k, image in enumerate(result.outputs):
+            values = np.tile(np.arange(16) + 100 * k, (16, 1)).astype(np.float64)
+            assert_close(png(image), values * 255 / high)
+
+    def test_series_video_has_its_first_slice_window(self, tmp_path: Path) -> None:
+        paths = synth.make_series(tmp_path / "s", n=5, rows=16, cols=16, vary_window=True)
+        for path in paths:  # every slice 0 HU (stored 1024): windows 40/400 .. 60/440
+            rewrite(path, PixelData=np.full((16, 16), 1024, "<i2").tobytes())
+        result = export_video(paths, tmp_path / "out", Opts())
+        _, frames = read_video(result.outputs[0])
+        first = linear(np.array([0.0]), 40, 400)[0]  # the first slice's window, every frame
+        means = [float(f.mean()) for f in frames]
+        assert np.all(np.abs(np.array(means) - first) < 2), (means, first)
+
+    def test_window_option_still_wins(self, tmp_path: Path) -> None:
+        path = ramp_file(tmp_path / "ramp", frames=3)
+        result = export_png([path], tmp_path / "out", Opts(window=(100, 200)))
+        for k, image in enumerate(result.outputs):
+            values = np.tile(np.arange(16) + 100 * k, (16, 1)).astype(np.float64)
+            assert_close(png(image), linear(values, 100, 200))

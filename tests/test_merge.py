@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -23,6 +25,7 @@ from conftest import (
     hash_files,
     merge_folder,
     merge_one,
+    normal_of,
     run_main,
     spatial_order,
     tool_exit_code,
@@ -322,6 +325,104 @@ class TestMergeWarnings:
         found = warnings_of(err)
         assert any("non-uniform" in w.lower() or "spacing" in w.lower() for w in found), err
         assert not any("gap" in w.lower() for w in found), err
+
+
+def merge_json(folder, *extra: str) -> dict:
+    """Merge a folder with --json; return the one job's outcome."""
+    code, out, err = run_main("-j", "-F", folder, "--json", *extra)
+    assert code == 0, out + err
+    [job] = json.loads(out)["jobs"]
+    return job
+
+
+def frame_positions(ds: pydicom.Dataset) -> list[float]:
+    """Return each frame's position along the normal, from its Plane Position macro."""
+    normal = normal_of(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0])
+    return [
+        float(np.dot(normal, floats(f.PlanePositionSequence[0].ImagePositionPatient)))
+        for f in ds.PerFrameFunctionalGroupsSequence
+    ]
+
+
+class TestWhatReadersGetWrong:
+    """Warnings in the log and, per output, in --json's data["warnings"]; --split-at-gaps."""
+
+    def test_gap(self, make_series):
+        paths = make_series("s", n=8, skip=(4,), shuffle_names=False)
+        job = merge_json(paths[0].parent)
+        [output] = job["outputs"]
+        [warning] = job["data"]["warnings"]
+        uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+        assert warning == {
+            "kind": "gap",
+            "series": uid,
+            "output": output,
+            "slices": ["IMG0003.dcm", "IMG0004.dcm"],
+            "message": f"series {uid}: {Path(output).name}: 1 gap(s) in slice positions (step "
+            "up to 5 mm, typical 2.5 mm): slices may be missing; ITK, GDCM and itk-wasm "
+            "(VolView) read frames that are not evenly spaced with a spacing of 1 x 1 x 1 "
+            "mm, in-plane too; --split-at-gaps writes one evenly spaced file per run of "
+            "slices",
+        }
+        Path(output).unlink()  # merged again: the same line in the log
+        code, _, err = run_main("-j", "-F", paths[0].parent)
+        assert code == 0
+        assert warnings_of(err) == [f"[WARNING] {warning['message']}"]
+
+    def test_uneven_spacing(self, make_series):
+        offsets = [0, 2.5, 5, 7.5, 10.6, 13.1, 15.6]
+        paths = make_series("s", n=7, offsets=offsets, shuffle_names=False)
+        [warning] = merge_json(paths[0].parent)["data"]["warnings"]
+        assert (warning["kind"], warning["slices"]) == (
+            "uneven_spacing",
+            ["IMG0003.dcm", "IMG0004.dcm"],
+        )
+        assert "1 x 1 x 1 mm" in warning["message"]
+
+    def test_rescale_differs_per_frame(self, make_series):
+        paths = make_series("pet", n=5, modality="PT", shuffle_names=False)
+        job = merge_json(paths[0].parent)
+        [warning] = job["data"]["warnings"]
+        assert warning["kind"] == "rescale_differs"
+        assert warning["slices"] == [f"IMG{i:04d}.dcm" for i in range(1, 5)]
+        assert "apply the first frame's Rescale Slope and Intercept" in warning["message"]
+        ds = pydicom.dcmread(job["outputs"][0])
+        slopes = [
+            float(f.PixelValueTransformationSequence[0].RescaleSlope)
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert len(set(slopes)) == 5  # the file itself is right: a slope per frame
+
+    def test_uniform_series_has_none(self, make_series):
+        paths = make_series("s", n=6)
+        assert merge_json(paths[0].parent)["data"]["warnings"] == []
+
+    @pytest.mark.parametrize(("skip", "runs"), [((3,), [3, 5]), ((2, 6), [2, 3, 2])])
+    def test_split_at_gaps(self, make_series, skip, runs):
+        paths = make_series("s", n=9, skip=skip)
+        job = merge_json(paths[0].parent, "--split-at-gaps")
+        assert job["data"]["warnings"] == []
+        outputs = [Path(p) for p in job["outputs"]]
+        assert [p.name for p in outputs] == [
+            f"DOE_JANE_series3-{k}_multiframe.dcm" for k in range(1, len(runs) + 1)
+        ]
+        sources = set()
+        for output, frames in zip(outputs, runs, strict=True):
+            ds = pydicom.dcmread(output)
+            assert int(ds.NumberOfFrames) == frames
+            steps = np.diff(frame_positions(ds))
+            np.testing.assert_allclose(steps, 2.5, atol=1e-4)  # evenly spaced
+            assert dciodvfy_errors(output) == []
+            sources |= {
+                f.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+                for f in ds.PerFrameFunctionalGroupsSequence
+            }
+        assert sources == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+
+    def test_split_at_gaps_without_gaps_is_one_file(self, make_series):
+        paths = make_series("s", n=5)
+        job = merge_json(paths[0].parent, "--split-at-gaps")
+        assert [Path(p).name for p in job["outputs"]] == ["DOE_JANE_series3_multiframe.dcm"]
 
 
 class TestMergeCompressed:

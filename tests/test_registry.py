@@ -125,11 +125,15 @@ class TestOneValidation:
         assert message == "give options.ratio or options.psnr, not both"
 
     def test_option_of_another_action(self, tmp_path: Path) -> None:
-        code, line = cli_error("-j", "--ratio", "5", "-f", str(tmp_path))
+        code, line = cli_error("-s", "--ratio", "5", "-f", str(tmp_path))
         assert code == dp.EXIT_USAGE
-        assert line == "dicompressor: error: unknown option --ratio for merge: it takes none"
-        message = api_error("merge", {"ratio": 5}, tmp_path)
-        assert message == "unknown option 'ratio' for merge: it takes none"
+        assert line == "dicompressor: error: unknown option --ratio for split: it takes none"
+        message = api_error("split", {"ratio": 5}, tmp_path)
+        assert message == "unknown option 'ratio' for split: it takes none"
+        code, line = cli_error("-j", "--ratio", "5", "-f", str(tmp_path))
+        assert line == (
+            "dicompressor: error: unknown option --ratio for merge: it takes --split-at-gaps"
+        )
 
     def test_server_setting_without_serve(self, tmp_path: Path) -> None:
         code, line = cli_error("-j", "--port", "8001", "-f", str(tmp_path))

@@ -169,7 +169,8 @@ class TestSpecExamples:
             f'-d \'{{"action":"merge"}}\' https://dicompressor.sitnov.work/api/process/{session}'
         )
         result = json.loads(out)
-        assert set(result) == {"success", "action", "log", "output_files"}
+        assert set(result) == {"success", "action", "log", "output_files", "warnings"}
+        assert result["warnings"] == []  # issue 17: what readers get wrong, per output
         assert result["success"] is True and result["action"] == "merge"
         assert result["log"].startswith("[INFO] Processing 2 files")
         assert result["log"].endswith("[INFO] Done.")
@@ -342,6 +343,27 @@ class TestEndpoints:
         assert d.status_code == 200 and not (api.data_dir / sid).exists()
         gone = requests.get(f"{api.url}/api/files/{sid}", headers=api.headers)
         assert gone.status_code == 404
+
+    def test_merge_warnings_per_output(self, api: Running, tmp_path: Path) -> None:
+        paths = synth.make_series(tmp_path / "gap", n=6, skip=(2,), shuffle_names=False)
+        sid = api.session()
+        assert api.upload(sid, paths).status_code == 200
+        result = api.process(sid, {"action": "merge"}).json()
+        [output] = result["output_files"]
+        [warning] = result["warnings"]
+        assert warning["kind"] == "gap" and warning["output"] == output["name"]
+        assert warning["series"] == pydicom.dcmread(paths[0]).SeriesInstanceUID
+        assert warning["slices"] == ["IMG0001.dcm", "IMG0002.dcm"]
+        assert f"[WARNING] {warning['message']}" in result["log"].splitlines()
+        assert str(api.data_dir) not in json.dumps(result)  # names, not server paths
+        split = api.process(sid, {"action": "merge", "options": {"split_at_gaps": True}})
+        assert split.status_code == 200, split.text
+        assert split.json()["warnings"] == []
+        assert len(split.json()["output_files"]) == 2
+        schema = requests.get(f"{api.url}/api/openapi.json").json()["components"]["schemas"]
+        assert "warnings" in schema["ProcessResult"]["required"]
+        kinds = schema["ProcessResult"]["properties"]["warnings"]["items"]["properties"]["kind"]
+        assert warning["kind"] in kinds["enum"]
 
     def test_health_needs_no_key(self, api: Running) -> None:
         r = requests.get(f"{api.url}/api/health")

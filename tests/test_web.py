@@ -381,8 +381,10 @@ def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
         profile = Select(driver.find_element(By.CSS_SELECTOR, "[data-option=profile]"))
         assert [o.text for o in profile.options] == ["basic", "none"]
         assert profile.first_selected_option.text == "basic"
-        action.select_by_value("merge")
-        assert driver.find_elements(By.CSS_SELECTOR, "[data-option]") == []
+        action.select_by_value("merge")  # its one option: --split-at-gaps (issue 17)
+        shown = driver.find_elements(By.CSS_SELECTOR, "[data-option]")
+        assert [e.get_attribute("data-option") for e in shown] == ["split_at_gaps"]
+        assert shown[0].get_attribute("type") == "checkbox" and not shown[0].is_selected()
         driver.find_element(By.ID, "run").click()
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results a.download")))
         link = driver.find_element(By.CSS_SELECTOR, "#results a.download")
