@@ -11371,7 +11371,7 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec(
             "anonymize",
             "-a",
-            "Anonymize (PS3.15 Basic Profile, then the params file's replacements)",
+            "Anonymize (PS3.15 Basic Profile, then the params file's replacements and rectangles)",
             anonymize,
             replace_flag="-A",
             metavar="PARAMS",
