@@ -592,6 +592,15 @@ LOSSY_SYNTAXES = frozenset(
 )
 
 
+#: (0028,2114) Lossy Image Compression Method of the always-lossy syntaxes (PS3.3
+#: C.7.6.1.1.5.1).
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
+}
+
+
 #: pip package per compressed transfer syntax, for "missing codec" errors.
 CODEC_PACKAGE: dict[str, str] = {
     "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg",
@@ -8487,6 +8496,10 @@ def write_masked(
     out = _transcoded_dataset(header, raw=raw)
     description = pixel_description(out)
     syntax, said = _masked_syntax(source, description, path.name)
+    method = LOSSY_METHODS.get(str(source))
+    if method is not None and syntax != str(source) and "LossyImageCompression" not in out:
+        # General Image (C.7.6.1.1.5): the loss stays on record in a lossless syntax
+        out.LossyImageCompression, out.LossyImageCompressionMethod = "01", method
     warnings_ = [said[1:]] if said.startswith("!") else []
     encode = syntax not in NATIVE_LE_SYNTAXES
     n_frames, bits = number_of_frames(header), int(out.BitsAllocated)
@@ -13373,7 +13386,7 @@ def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
         properties["params"] = {
             "type": "string",
             "description": spec.params_help,
-            "example": spec.params_example,
+            "examples": [spec.params_example],
         }
     return {
         "type": "object",

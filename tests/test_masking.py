@@ -119,7 +119,6 @@ def jpeg_baseline_file(path: Path, size: int) -> Path:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
     ds.PixelData = encapsulate([buffer.getvalue()])
     ds["PixelData"].VR = "OB"
     ds.file_meta = dp.file_meta_for(ds, UID(JPEG_BASELINE))
@@ -356,6 +355,7 @@ class TestCompressed:
         src = pydicom.dcmread(source)
         if src.file_meta.TransferSyntaxUID == JPEG_BASELINE:
             assert out.PhotometricInterpretation == "RGB"  # decoded from YBR_FULL
+            assert out.LossyImageCompression == "01"  # its history stays
             assert result.log[1].endswith(
                 "(blacked out 1 rectangle(s) in 1 frame(s); JPEG Baseline (Process 1) is "
                 "written as JPEG 2000 Image Compression (Lossless Only): JPEG again would "
@@ -392,7 +392,11 @@ class TestCompressed:
             "masked pixels are written as Explicit VR Little Endian, not JPEG 2000 Image "
             "Compression (Lossless Only)" in result.log
         )
-        assert out.LossyImageCompression == "01"  # its history stays
+        assert "LossyImageCompression" not in pydicom.dcmread(source)
+        assert (out.LossyImageCompression, out.LossyImageCompressionMethod) == (
+            "01",
+            "ISO_10918_1",
+        )  # the loss stays on record (PS3.3 C.7.6.1.1.5)
         assert_only_boxes_changed(source, result.outputs[0], (0,), (0, 0, 4, 4))
         not_more_errors(source, result.outputs[0])
 
