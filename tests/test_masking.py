@@ -363,6 +363,49 @@ class TestCompressed:
             )
         not_more_errors(source, output)
 
+    @pytest.mark.parametrize(
+        ("name", "said"),
+        [
+            ("MR_small_bigendian.dcm", "Explicit VR Big Endian is written as Explicit VR LE"),
+            ("image_dfl.dcm", "Deflated Explicit VR Little Endian is written as Explicit VR LE"),
+        ],
+    )
+    def test_other_native_syntaxes(self, testdata, tmp_path: Path, name: str, said: str) -> None:
+        source = testdata(name)
+        result = anonymize([source], "r 10 5 30 20\n", tmp_path / "out")
+        assert not result.failures, result.log
+        assert result.log[1].endswith(f"(blacked out 1 rectangle(s) in 1 frame(s); {said})")
+        out = pydicom.dcmread(result.outputs[0])
+        assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        fill = (-32768,) if out.PixelRepresentation else (0,)
+        assert_only_boxes_changed(source, result.outputs[0], fill, (10, 5, 30, 20))
+        reference = source
+        if pydicom.dcmread(source).file_meta.TransferSyntaxUID.is_deflated:
+            reference = tmp_path / "reference.dcm"  # dciodvfy reads no deflated file
+            ds = pydicom.dcmread(source)
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.save_as(reference, enforce_file_format=True)
+        not_more_errors(reference, result.outputs[0])
+
+    def test_jpeg_ls_near_lossless(self, testdata, tmp_path: Path) -> None:
+        """Near-lossless JPEG-LS: masked into JPEG-LS Lossless, its loss kept on record."""
+        source = tmp_path / "near.dcm"
+        ds = pydicom.dcmread(testdata("MR_small.dcm"))
+        ds.compress(pydicom.uid.JPEGLSNearLossless, jls_error=3, generate_instance_uid=False)
+        ds.save_as(source, enforce_file_format=True)
+        result = anonymize([source], "r 0 0 64 10\n", tmp_path / "out")
+        assert result.log[1].endswith(
+            "JPEG-LS Lossy (Near-Lossless) Image Compression is written as JPEG-LS Lossless "
+            "Image Compression: the lossless syntax of its family)"
+        )
+        out = pydicom.dcmread(result.outputs[0])
+        assert out.file_meta.TransferSyntaxUID == JPEG_LS
+        assert (out.LossyImageCompression, out.LossyImageCompressionMethod) == (
+            "01",
+            "ISO_14495_1",
+        )
+        assert_only_boxes_changed(source, result.outputs[0], (-32768,), (0, 0, 64, 10))
+
     @pytest.mark.parametrize(("codec", "syntax"), [("j2k", J2K_LOSSLESS), ("jpegls", JPEG_LS),
                                                    ("rle", RLE)])  # fmt: skip
     def test_multiframe(self, tmp_path: Path, codec: str, syntax: str) -> None:

@@ -373,6 +373,15 @@ class TestCommandLine:
         )
         assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(p.name for p in paths)
 
+    def test_params_file_not_utf8(self, tmp_path: Path) -> None:
+        params = tmp_path / "changes.txt"
+        params.write_bytes("m 0008 0080 Clínica\n".encode("latin-1"))
+        code, _, err = run_main("-m", params, "-f", series(tmp_path, n=1)[0])
+        assert code == dp.EXIT_FAILED
+        assert (
+            err.splitlines()[-1] == f"error: {params}: not UTF-8 text (invalid continuation byte)"
+        )
+
     def test_empty_params(self, tmp_path: Path) -> None:
         params = tmp_path / "changes.txt"
         params.write_text("\n# nothing\n")
