@@ -9,6 +9,7 @@ Usage (see ``python3 dicompressor.py -h``)::
     python3 dicompressor.py -z --ratio 10 -f /data           # JPEG 2000 lossy
     python3 dicompressor.py -u -f /data                      # decompress
     python3 dicompressor.py -a params.txt -f /data           # anonymize, <stem>_anon.dcm
+    python3 dicompressor.py -m changes.txt -f /data          # modify tags, <stem>_mod.dcm
     python3 dicompressor.py -I png -f /data                  # one PNG per frame
     python3 dicompressor.py -E -f /data/series               # MP4 video
     python3 dicompressor.py -t -f /data [--format json]      # headers as text or JSON
@@ -45,7 +46,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - option values: one check for the CLI, the API and library callers
 
 5. DICOM helpers: reading, geometry, writing, multi-frame datasets, frames and codecs,
-   de-identification, header dumps, DICOMDIR records.
+   params files, de-identification, header dumps, DICOMDIR records.
    - reading: dictionaries, files, headers
    - reading: walking a file's element headers to its end
    - reading: headers, pixel data whole
@@ -54,6 +55,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - writing: elements, headers, pixel data
    - building multi-frame datasets
    - frame access and codecs
+   - params files: tag lines and rectangles
    - de-identification
    - de-identification: elements, sequences, overlays, private attributes
    - de-identification: structured content and dates
@@ -70,6 +72,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
    - split
    - compression and decompression
    - anonymize
+   - modify
    - headers
    - DICOMDIR
    - export: the pixel pipeline (pure functions)
@@ -130,6 +133,7 @@ import html
 import importlib.util
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -590,6 +594,15 @@ LOSSY_SYNTAXES = frozenset(
 )
 
 
+#: (0028,2114) Lossy Image Compression Method of the always-lossy syntaxes (PS3.3
+#: C.7.6.1.1.5.1).
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
+}
+
+
 #: pip package per compressed transfer syntax, for "missing codec" errors.
 CODEC_PACKAGE: dict[str, str] = {
     "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg",
@@ -665,6 +678,29 @@ MAX_BITS_STORED = {CODECS["j2k"].syntax: 24, J2K_LOSSY: 24, CODECS["jpegls"].syn
 #: into twice the frame's bytes, and a tiny frame's codestream (about 40 bytes of
 #: markers, noise hardly compressed) needs more; the largest that failed here had 162.
 JPEGLS_MIN_FRAME_BYTES = 256
+
+
+#: The transfer syntax -a writes pixels in after blacking out rectangles, by the source's
+#: compressed syntax (PS3.5 Table A-1): the lossless member of the same family; JPEG
+#: (lossy, where JPEG again would lose more; lossless, for which no encoder is here)
+#: becomes JPEG 2000 Lossless. Native Little Endian stays; any other syntax, and a target
+#: whose encoder is missing or does not take the pixels, becomes Explicit VR Little Endian.
+MASKED_SYNTAX: dict[str, str] = {
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
+        CODECS["j2k"].syntax,
+    ),
+    "1.2.840.10008.1.2.4.70": CODECS["j2k"].syntax,
+    "1.2.840.10008.1.2.4.80": CODECS["jpegls"].syntax,
+    "1.2.840.10008.1.2.4.81": CODECS["jpegls"].syntax,
+    "1.2.840.10008.1.2.4.90": CODECS["j2k"].syntax,
+    J2K_LOSSY: CODECS["j2k"].syntax,
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+        CODECS["htj2k"].syntax,
+    ),
+    CODECS["rle"].syntax: CODECS["rle"].syntax,
+}
 
 
 #: Relative tolerance when deciding that slice spacing is uniform, and the factor of
@@ -956,6 +992,10 @@ CLEAN_DESCRIPTORS = frozenset(
 DEID_BASIC = ("113100", "Basic Application Confidentiality Profile")
 
 
+#: Recorded where -a's rectangles (r, ri, rv) blacked out burned-in text (PS3.15 E.3.1).
+DEID_CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
+
+
 DEID_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
 
 
@@ -1018,6 +1058,15 @@ DUMMY_VALUES: dict[str, Any] = {
 BINARY_VRS = frozenset("OB OD OF OL OV OW UN".split())  # noqa: SIM905
 
 
+#: Every Value Representation (PS3.5 Table 6.2-1), as params lines may name them.
+DICOM_VRS = frozenset(
+    """
+    AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN
+    UR US UT UV
+    """.split()  # noqa: SIM905
+)
+
+
 INTEGER_VRS = frozenset("SL SS SV UL US UV".split())  # noqa: SIM905
 
 
@@ -1028,6 +1077,23 @@ DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
 
 
 ANON_SUFFIX = "_anon"
+
+
+MODIFY_SUFFIX = "_mod"  # the original DicomPressor's name
+
+
+#: What params may not change (-a, -m): the Image Pixel description (PS3.3 C.7.6.3) and
+#: the frame count describe Pixel Data, which those actions keep (or only mask).
+PIXEL_DESCRIPTION = frozenset(
+    """
+    SamplesPerPixel PhotometricInterpretation Rows Columns BitsAllocated BitsStored HighBit
+    PixelRepresentation PlanarConfiguration NumberOfFrames RedPaletteColorLookupTableDescriptor
+    GreenPaletteColorLookupTableDescriptor BluePaletteColorLookupTableDescriptor
+    RedPaletteColorLookupTableData GreenPaletteColorLookupTableData
+    BluePaletteColorLookupTableData SegmentedRedPaletteColorLookupTableData
+    SegmentedGreenPaletteColorLookupTableData SegmentedBluePaletteColorLookupTableData
+    """.split()  # noqa: SIM905
+)
 
 
 PROFILES = ("basic", "none")
@@ -5111,7 +5177,8 @@ class FrameJob:
     """One frame to decode, and encode again unless target_syntax is None (picklable).
 
     ``data`` is the frame as stored: native bytes or the encoded codestream, so a worker
-    needs neither the file nor its header.
+    needs neither the file nor its header. ``boxes`` (left, top, right, bottom; right and
+    bottom exclusive, inside the frame) are set to ``fill`` (one value per sample) first.
     """
 
     data: bytes
@@ -5122,6 +5189,8 @@ class FrameJob:
     target: dict[str, Any] | None = None
     ratio: float | None = None
     psnr: float | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+    fill: tuple[int, ...] = ()
 
 
 def decode_stored_frame(
@@ -5284,12 +5353,55 @@ def htj2k_encode(array: np.ndarray) -> bytes:
     return bytes(encoder(np.ascontiguousarray(array), reversible=True, rgb=False))
 
 
+def mask_array(
+    array: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], fill: Sequence[int]
+) -> np.ndarray:
+    """Return a frame (rows x columns [x samples]) with each box set to fill."""
+    if not array.flags.writeable:
+        array = array.copy()
+    value = fill[0] if array.ndim == 2 else np.asarray(fill, dtype=array.dtype)
+    for left, top, right, bottom in boxes:
+        array[top:bottom, left:right] = value
+    return array
+
+
+def mask_native_frame(
+    data: bytes,
+    description: dict[str, Any],
+    boxes: Sequence[tuple[int, int, int, int]],
+    fill: Sequence[int],
+) -> bytes | None:
+    """Return a native little-endian frame with boxes set to fill, or None when it can't.
+
+    The stored words are changed in place of being decoded, so every bit outside the
+    boxes stays as it was, the bits above Bits Stored too (a fill is sign-extended).
+    Interleaved samples of 8, 16, 32 or 64 bits only.
+    """
+    bits = description["bits_allocated"]
+    samples = description["samples_per_pixel"]
+    rows, columns = description["rows"], description["columns"]
+    if bits not in (8, 16, 32, 64) or (samples > 1 and description["planar_configuration"]):
+        return None
+    if len(data) != rows * columns * samples * bits // 8:
+        return None
+    words = np.frombuffer(data, dtype=f"<u{bits // 8}").reshape(rows, columns, samples).copy()
+    stored = [value & ((1 << bits) - 1) for value in fill]
+    return mask_array(words, boxes, stored).tobytes()
+
+
 def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     """Worker: decode a frame, encode it when asked; return (bytes, squared error, samples).
 
-    The error is measured by decoding the result again, for lossy encodings only.
+    With boxes, they are filled first (on the stored words of a native frame that stays
+    native). The error is measured by decoding the result again, for lossy encodings only.
     """
+    if job.boxes and job.target_syntax is None and job.source_syntax in NATIVE_LE_SYNTAXES:
+        masked = mask_native_frame(job.data, job.source, job.boxes, job.fill)
+        if masked is not None:
+            return masked, 0.0, 0
     array = decode_stored_frame(job.data, UID(job.source_syntax), job.source, raw=job.raw)
+    if job.boxes:
+        array = mask_array(array, job.boxes, job.fill)
     if job.target_syntax is None or job.target is None:
         return native_frame_bytes(array, int(job.source["bits_allocated"])), 0.0, 0
     kwargs = dict(job.target)
@@ -5324,31 +5436,80 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     return encoded, error, int(array.size)
 
 
-# ---- de-identification ----
+# ---- params files: tag lines and rectangles ----
+
+#: What a params line does to its element (Replacement.mode): SET inserts or replaces it,
+#: MODIFY changes it where the file has it, BLANK empties it where the file has it
+#: (keeping its VR), REMOVE deletes it (a private creator with its whole block).
+SET, MODIFY, BLANK, REMOVE = "set", "modify", "blank", "remove"
 
 
 @dataclasses.dataclass(frozen=True)
 class Replacement:
-    """One user replacement: set the element ``tag`` (VR ``vr``) to ``value``."""
+    """One params line's change to the element ``tag`` (line ``line`` of the params).
+
+    ``vr`` and ``value`` are what SET and MODIFY write. A line that names no VR
+    (``vr_given`` False) has the dictionary's; where the file holds the element with
+    another VR the tag may have (US or SS), ``text``, the value as written, is converted
+    again for it. An ``m`` line of a private tag without a VR has ``vr`` None: the
+    element's own VR is used.
+    """
 
     tag: int
-    vr: str
+    vr: str | None
     value: Any
     line: int
+    mode: str = SET
+    text: str = ""
+    vr_given: bool = True
 
     @property
     def where(self) -> str:
         """Return the tag as ``(GGGG,EEEE)``."""
-        return f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+        return _tag_text(self.tag)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rectangle:
+    """A box -a blacks out in every frame: columns LEFT..RIGHT-1, rows TOP..BOTTOM-1.
+
+    ``kind`` is the original DicomPressor's: r for every image, ri for single-frame
+    images only, rv for multi-frame images only.
+    """
+
+    kind: str
+    left: int
+    top: int
+    right: int
+    bottom: int
+    line: int
+
+    def applies_to(self, n_frames: int) -> bool:
+        """Tell whether the rectangle is for an image of n_frames frames."""
+        return self.kind == "r" or (self.kind == "rv") == (n_frames > 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnonymizeParams:
+    """Anonymize's params: the tag lines, applied in order, and the rectangles."""
+
+    replacements: tuple[Replacement, ...] = ()
+    rectangles: tuple[Rectangle, ...] = ()
 
 
 _TAG_LINE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?\s*=(.*)")
 
 
-_ORIGINAL_LINE = re.compile(r"([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{4})\s+([A-Za-z]{2})(?:\s(.*))?")
+_ORIGINAL_LINE = re.compile(r"([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{4})(?:\s+(\S+)(?:\s+(.*))?)?")
 
 
 _KEYWORD_LINE = re.compile(r"([A-Za-z][A-Za-z0-9]*)\s*=(.*)")
+
+
+_MODIFY_LINE = re.compile(r"([A-Za-z])\s+([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{4})(?:\s+(.*))?")
+
+
+_RECTANGLE_LINE = re.compile(r"(r|ri|rv)(?:\s+(.*))?", re.IGNORECASE)
 
 
 def _tag_text(tag: int) -> str:
@@ -5356,8 +5517,72 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _named(tag: int) -> str:
+    """Return a tag with its keyword, the DICOM way: ``(0010,0010) PatientName``."""
+    if _is_private_creator(tag):
+        return f"{_tag_text(tag)} (private creator)"
+    keyword = keyword_of(tag)
+    return f"{_tag_text(tag)} {keyword}" if keyword else _tag_text(tag)
+
+
+def _is_private_creator(tag: int) -> bool:
+    """Tell whether a tag is a private creator, (gggg,0010)-(gggg,00FF) of an odd group."""
+    return bool(tag >> 16 & 1) and 0x10 <= tag & 0xFFFF <= 0xFF
+
+
+def _creator_of(tag: int) -> int | None:
+    """Return the private creator tag of a private element's block (None: not one)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    return (group << 16) | element >> 8 if group & 1 and element >= 0x1000 else None
+
+
+def _tag_vrs(tag: int) -> tuple[str, ...]:
+    """Return the VRs a tag may have: the dictionary's, LO for a private creator, or ()."""
+    if tag >> 16 & 1:
+        return ("LO",) if _is_private_creator(tag) else ()
+    try:
+        return tuple(v.strip() for v in dictionary_VR(tag).split(" or "))
+    except KeyError:
+        return ()
+
+
+def _refusal(tag: int, *, pixels: bool) -> str | None:
+    """Return why params may not change a tag, or None (pixels: nor the pixel description)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if group == 0x0002:
+        return (
+            f"{_named(tag)} is File Meta Information (group 0002): it is made from the "
+            "dataset when the file is written"
+        )
+    if group == 0x0000 or element == 0x0000:
+        return f"{_tag_text(tag)} is a group length, which the writer computes"
+    if group == 0xFFFE:
+        return f"{_tag_text(tag)} is an item or delimiter tag, not an element"
+    if group == 0x7FE0:
+        return (
+            f"{_named(tag)} is pixel data: params never change it (anonymize blacks out "
+            "boxes of it with r, ri and rv lines)"
+        )
+    if group > 0x7FE0:
+        return f"{_tag_text(tag)} comes after the pixel data (signatures, padding): not settable"
+    if pixels and tag in tags_of(PIXEL_DESCRIPTION):
+        return f"{_named(tag)} describes the pixel data, which is kept as it is: not settable"
+    if group in (0x0001, 0x0003, 0x0005, 0x0007):
+        return f"{_tag_text(tag)} is in group {group:04X}, where PS3.5 7.8.1 allows no element"
+    if group & 1 and (element < 0x0010 or 0x0100 <= element < 0x1000):
+        return (
+            f"{_tag_text(tag)} is no private tag: a private group holds creators "
+            "(gggg,0010-00FF) and the elements of their blocks (gggg,1000-FFFF)"
+        )
+    return None
+
+
 def _value_from_text(vr: str, text: str) -> Any:
-    """Convert a params value to what pydicom stores for vr; raise ValueError if invalid."""
+    """Convert a params value to what pydicom stores for vr; raise ValueError if invalid.
+
+    Numbers become int (SL, SS, SV, UL, US, UV) or float (FL, FD), several of them with
+    ``\\`` between; DS and IS stay the text written, once it is a valid value.
+    """
     if text == "":
         return [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
     if vr == "SQ" or vr in BINARY_VRS or vr == "AT":
@@ -5382,83 +5607,362 @@ def _value_from_text(vr: str, text: str) -> Any:
     return numbers[0] if len(numbers) == 1 else numbers
 
 
-def _parse_line(text: str) -> tuple[int, str | None, str]:
-    """Split one params line into (tag, VR or None, value text); raise ValueError."""
-    if match := _TAG_LINE.fullmatch(text):
-        return int(match[1] + match[2], 16), None, match[3].strip()
-    if match := _ORIGINAL_LINE.fullmatch(text):
-        return int(match[1] + match[2], 16), match[3].upper(), (match[4] or "").strip()
-    if match := _KEYWORD_LINE.fullmatch(text):
-        tag = tag_for_keyword(match[1])
-        if tag is None:
-            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
-        return tag, None, match[2].strip()
+def _converted(tag: int, vrs: Sequence[str], text: str) -> tuple[str, Any]:
+    """Return (VR, value) for the first of vrs that takes text; ValueError names the first."""
+    problem = ""
+    for vr in vrs:
+        try:
+            return vr, _value_from_text(vr, text)
+        except ValueError as exc:  # pydicom's words end with a link to PS3.5: left out
+            problem = problem or one_line(str(exc).split(". Please see")[0], limit=200)
+    raise ValueError(f"{_tag_text(tag)} {vrs[0]}: {problem}")
+
+
+def _given_vr(tag: int, token: str) -> str:
+    """Return the VR a line names for tag; ValueError when it is none or not the tag's."""
+    vr = token.upper()
+    if vr not in DICOM_VRS:
+        raise ValueError(f"{token} is not a DICOM VR")
+    choices = _tag_vrs(tag)
+    if choices and vr not in choices:
+        raise ValueError(f"{_named(tag)} has VR {' or '.join(choices)}, not {vr}")
+    return vr
+
+
+def _tag_edit(
+    number: int, tag: int, vr_token: str | None, text: str, mode: str, *, pixels: bool, form: str
+) -> Replacement:
+    """Check one tag line and return its Replacement; ValueError names the problem.
+
+    form is how a line with a VR is written, for the message on a private tag without one.
+    """
+    problem = _refusal(tag, pixels=pixels)
+    if problem is not None:
+        raise ValueError(problem)
+    if mode == REMOVE:
+        return Replacement(tag, None, None, number, REMOVE, "", False)
+    vr = _given_vr(tag, vr_token) if vr_token is not None else None
+    if mode == BLANK:
+        if _is_private_creator(tag):
+            raise ValueError(f"{_named(tag)} cannot be emptied: a block needs its creator's name")
+        return Replacement(tag, vr, None, number, BLANK, "", vr is not None)
+    if vr is not None:
+        return Replacement(tag, vr, _converted(tag, [vr], text)[1], number, mode, text, True)
+    choices = _tag_vrs(tag)
+    if choices:
+        vr, value = _converted(tag, choices, text)
+        return Replacement(tag, vr, value, number, mode, text, False)
+    if mode == MODIFY:  # a private element, changed with the VR it has in each file
+        return Replacement(tag, None, None, number, MODIFY, text, False)
     raise ValueError(
-        f"cannot read {one_line(text, limit=60)!r}: expected (GGGG,EEEE)=VALUE, "
-        "GGGG EEEE VR VALUE or Keyword=VALUE"
+        f"{_tag_text(tag)} is not in the DICOM dictionary (a private tag?): give its VR as "
+        f"'{form}'"
     )
 
 
-def _replacement(number: int, text: str) -> Replacement:
-    """Parse and check one non-empty params line; raise ValueError naming the problem."""
-    tag, vr, value_text = _parse_line(text)
-    group = tag >> 16
-    if group in (0x0000, 0x0002, 0xFFFE) or (tag & 0xFFFF) == 0 or group >= 0x7FE0:
+def _rectangle(number: int, kind: str, rest: str) -> Rectangle:
+    """Check one rectangle line (``r LEFT TOP RIGHT BOTTOM``); ValueError names the problem."""
+    shown = f"{kind} {rest}".strip()
+    words = rest.split()
+    if len(words) != 4:
         raise ValueError(
-            f"{_tag_text(tag)} cannot be set (file meta, group length, item or pixel data)"
+            f"a rectangle is {kind} LEFT TOP RIGHT BOTTOM (4 whole numbers of pixels), "
+            f"not {one_line(shown, limit=60)!r}"
         )
-    if dictionary_has_tag(tag):
-        choices = [v.strip() for v in dictionary_VR(tag).split(" or ")]
-        if vr is None:
-            vr = choices[0]
-        elif vr not in choices:
+    numbers = []
+    for name, word in zip(("LEFT", "TOP", "RIGHT", "BOTTOM"), words, strict=True):
+        if not re.fullmatch(r"[0-9]{1,9}", word):
             raise ValueError(
-                f"{_tag_text(tag)} {keyword_of(int(tag))} has VR {' or '.join(choices)}, not {vr}"
+                f"rectangle {shown!r}: {name} {word!r} is not a whole number of pixels (0 or more)"
             )
-    elif vr is None:
-        raise ValueError(
-            f"{_tag_text(tag)} is not in the DICOM dictionary (a private tag?): give its VR "
-            f"as 'GGGG EEEE VR VALUE'"
-        )
-    elif vr not in DUMMY_VALUES and vr not in BINARY_VRS and vr not in ("SQ", "AT"):
-        raise ValueError(f"{vr} is not a DICOM VR")
-    try:
-        value = _value_from_text(vr, value_text)
-    except ValueError as exc:
-        raise ValueError(f"{_tag_text(tag)} {vr}: {one_line(str(exc), limit=200)}") from None
-    return Replacement(tag, vr, value, number)
+        numbers.append(int(word))
+    left, top, right, bottom = numbers
+    for low, high, low_name, high_name in (
+        (left, right, "LEFT", "RIGHT"),
+        (top, bottom, "TOP", "BOTTOM"),
+    ):
+        if high <= low:
+            raise ValueError(
+                f"rectangle {shown!r} is empty: {high_name} ({high}) must be more than "
+                f"{low_name} ({low}), as right and bottom are exclusive"
+            )
+    return Rectangle(kind, left, top, right, bottom, number)
 
 
-def parse_params(text: str) -> list[Replacement]:
-    """Parse anonymize params: ``(GGGG,EEEE)=V``, ``GGGG EEEE VR V`` and ``Keyword=V`` lines.
+def _anonymize_line(
+    number: int, line: str, *, rectangles: bool = True, pixels: bool = True
+) -> Replacement | Rectangle:
+    """Read one line in anonymize's forms; ValueError names the problem.
 
-    ``#`` comment lines and blank lines are ignored; an empty value empties the element.
-    Every malformed line is collected and reported at once: DicomPressorError names each
-    line number. A tag given twice is an error too.
+    ``(GGGG,EEEE)=VALUE``, ``Keyword=VALUE`` and ``GGGG EEEE VR VALUE`` set an element
+    (inserted when absent); ``(GGGG,EEEE)=``, ``Keyword=``, ``GGGG EEEE`` and
+    ``GGGG EEEE VR`` empty it where the file has it; ``r``, ``ri`` and ``rv`` lines are
+    rectangles (where rectangles is True).
     """
-    replacements: list[Replacement] = []
-    problems: list[str] = []
-    first_line: dict[int, int] = {}
+    if match := _RECTANGLE_LINE.fullmatch(line):
+        if not rectangles:
+            raise ValueError("rectangles (r, ri, rv) black out pixels of -a; here only tag lines")
+        return _rectangle(number, match[1].lower(), match[2] or "")
+    form = "GGGG EEEE VR VALUE"
+    if match := _TAG_LINE.fullmatch(line):
+        tag, vr_token, text = int(match[1] + match[2], 16), None, match[3].strip()
+    elif match := _ORIGINAL_LINE.fullmatch(line):
+        tag, vr_token, text = int(match[1] + match[2], 16), match[3], (match[4] or "").strip()
+        if vr_token is not None and vr_token.upper() not in DICOM_VRS:
+            raise ValueError(
+                f"{vr_token!r} is not a VR: write GGGG EEEE VR VALUE (or (GGGG,EEEE)=VALUE, "
+                "whose VR is the dictionary's)"
+            )
+    elif match := _KEYWORD_LINE.fullmatch(line):
+        found = tag_for_keyword(match[1])
+        if found is None:
+            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
+        tag, vr_token, text = found, None, match[2].strip()
+    else:
+        shapes = "(GGGG,EEEE)=VALUE, GGGG EEEE [VR VALUE], Keyword=VALUE"
+        shapes += ", or r|ri|rv LEFT TOP RIGHT BOTTOM" if rectangles else ""
+        raise ValueError(f"cannot read {one_line(line, limit=60)!r}: expected {shapes}")
+    return _tag_edit(number, tag, vr_token, text, SET if text else BLANK, pixels=pixels, form=form)
+
+
+def _modify_line(number: int, line: str) -> Replacement:
+    """Read one line of -m's params; ValueError names the problem.
+
+    ``i GGGG EEEE VR VALUE`` inserts or replaces; ``m GGGG EEEE [VR] VALUE`` changes an
+    element the file has (its 4th token is the VR only when it is a VR the tag may have:
+    another VR's name there is refused as ambiguous); ``r GGGG EEEE`` removes;
+    ``(GGGG,EEEE)=VALUE`` and ``Keyword=VALUE`` set, inserting when absent.
+    """
+    edit = functools.partial(_tag_edit, number, pixels=True, form="i GGGG EEEE VR VALUE")
+    if match := _TAG_LINE.fullmatch(line):
+        return edit(int(match[1] + match[2], 16), None, match[3].strip(), SET)
+    if match := _KEYWORD_LINE.fullmatch(line):
+        tag = tag_for_keyword(match[1])
+        if tag is None:
+            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
+        return edit(tag, None, match[2].strip(), SET)
+    match = _MODIFY_LINE.fullmatch(line)
+    if match is None:
+        if (rectangle := _RECTANGLE_LINE.fullmatch(line)) and rectangle[1].lower() == "r":
+            raise ValueError(
+                f"{one_line(line, limit=60)!r}: -m's r removes a tag (r GGGG EEEE); "
+                "rectangles (r LEFT TOP RIGHT BOTTOM) are anonymize's"
+            )
+        raise ValueError(
+            f"cannot read {one_line(line, limit=60)!r}: expected i GGGG EEEE VR VALUE, "
+            "m GGGG EEEE [VR] VALUE, r GGGG EEEE, (GGGG,EEEE)=VALUE or Keyword=VALUE"
+        )
+    action, tag, rest = match[1].lower(), int(match[2] + match[3], 16), (match[4] or "").strip()
+    first, _, value = rest.partition(" ")
+    value = value.strip()
+    if action == "r":
+        if rest:
+            raise ValueError(f"r takes a tag alone (r {match[2]} {match[3]}), not {rest!r} too")
+        return edit(tag, None, "", REMOVE)
+    if action == "i":
+        if first.upper() not in DICOM_VRS:
+            shown = f"{first!r} is not a VR" if first else "the VR is missing"
+            raise ValueError(f"i needs the VR (i {match[2]} {match[3]} VR VALUE): {shown}")
+        return edit(tag, first, value, SET)
+    if action != "m":
+        raise ValueError(f"unknown action {match[1]!r}: i (insert), m (modify) or r (remove)")
+    if first.upper() not in DICOM_VRS:
+        return edit(tag, None, rest, MODIFY)
+    choices = _tag_vrs(tag)
+    if choices and first.upper() not in choices:
+        raise ValueError(
+            f"{_named(tag)} has VR {' or '.join(choices)}, not {first}: for a value that "
+            f"starts with {first!r}, name the VR first (m {match[2]} {match[3]} "
+            f"{choices[0]} {rest})"
+        )
+    return edit(tag, first, value, MODIFY)
+
+
+def _read_params(text: str, what: str, read: Callable[[int, str], Any]) -> list[Any]:
+    """Read every line of a params text with read; report every bad line at once.
+
+    Blank lines and ``#`` comment lines are skipped. A tag on two lines, and a private
+    element on a line before the one that sets its creator, are errors too.
+    DicomPressorError lists each problem with its line number.
+    """
+    items: list[Any] = []
+    problems: list[tuple[int, str]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            replacement = _replacement(number, line)
+            items.append(read(number, line))
         except ValueError as exc:
-            problems.append(f"line {number}: {exc}")
-            continue
-        if replacement.tag in first_line:
+            problems.append((number, str(exc)))
+    edits = [i for i in items if isinstance(i, Replacement)]
+    first_line: dict[int, int] = {}
+    for edit in edits:
+        if edit.tag in first_line:
+            problems.append((edit.line, f"{edit.where} is already on line {first_line[edit.tag]}"))
+        first_line.setdefault(edit.tag, edit.line)
+    creators = {e.tag: e.line for e in edits if e.mode == SET and _is_private_creator(e.tag)}
+    for edit in edits:
+        creator = _creator_of(edit.tag)
+        if creator in creators and creators[creator] > edit.line and edit.mode != REMOVE:
             problems.append(
-                f"line {number}: {replacement.where} is already set on line "
-                f"{first_line[replacement.tag]}"
+                (
+                    edit.line,
+                    f"{edit.where} comes before line {creators[creator]}, which sets its "
+                    f"private creator {_tag_text(creator)}: set the creator first",
+                )
             )
-            continue
-        first_line[replacement.tag] = number
-        replacements.append(replacement)
     if problems:
-        raise DicomPressorError("invalid anonymize params: " + "; ".join(problems))
-    return replacements
+        problems.sort(key=lambda problem: problem[0])
+        raise DicomPressorError(
+            f"invalid {what}: " + "; ".join(f"line {n}: {m}" for n, m in problems)
+        )
+    return items
+
+
+def parse_anonymize_params(text: str) -> AnonymizeParams:
+    """Parse anonymize's params: tag lines (_anonymize_line) and rectangles.
+
+    Raises DicomPressorError naming every bad line by its number; nothing is applied.
+    """
+    items = _read_params(text, "anonymize params", _anonymize_line)
+    return AnonymizeParams(
+        tuple(i for i in items if isinstance(i, Replacement)),
+        tuple(i for i in items if isinstance(i, Rectangle)),
+    )
+
+
+def parse_modify_params(text: str) -> list[Replacement]:
+    """Parse -m's params (_modify_line); DicomPressorError names every bad line."""
+    return _read_params(text, "modify params", _modify_line)
+
+
+def parse_tag_params(text: str) -> list[Replacement]:
+    """Parse tag lines in anonymize's forms, without rectangles (-w's --params)."""
+    read = functools.partial(_anonymize_line, rectangles=False, pixels=False)
+    return _read_params(text, "params", read)
+
+
+def _own_vr(ds: Dataset, tag: int) -> str | None:
+    """Return the VR an element of ds has (None when unknown or ambiguous)."""
+    vr = str(ds[tag].VR or "")
+    return vr if vr in DICOM_VRS else None
+
+
+def _line_value(r: Replacement, own: str | None) -> tuple[str, Any]:
+    """Return the VR and value a SET or MODIFY line writes over an element of VR own."""
+    if r.vr_given or own is None or own == r.vr:
+        if r.vr is None:
+            raise DicomPressorError(f"line {r.line}: {r.where} has no VR in this file: name it")
+        return r.vr, r.value
+    if own in _tag_vrs(r.tag) or (r.vr is None and own not in BINARY_VRS):
+        try:
+            return own, _value_from_text(own, r.text)
+        except ValueError as exc:
+            raise DicomPressorError(
+                f"line {r.line}: {r.where} has VR {own} in this file: {one_line(str(exc))}"
+            ) from None
+    if r.vr is None:
+        raise DicomPressorError(
+            f"line {r.line}: {r.where} has VR {own} in this file, which takes no text: name "
+            "the VR (m GGGG EEEE VR VALUE)"
+        )
+    return r.vr, r.value
+
+
+def _decode_text_values(ds: Dataset) -> None:
+    """Convert every element of ds (and of its items) still as read, but pixel data.
+
+    Before (0008,0005) changes: text read in the old character set is then written in
+    the new one, instead of as the bytes read.
+    """
+    for tag in list(ds.keys()):
+        if tag >= 0x7FE00000:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                _decode_text_values(item)
+
+
+def _check_encodable(ds: Dataset, r: Replacement, text: str) -> None:
+    """Raise DicomPressorError when the character set of ds cannot hold a line's text."""
+    declared = ds.get("SpecificCharacterSet") or ""
+    terms = [declared] if isinstance(declared, str) else [str(t) for t in declared]
+    terms = [t.strip() for t in terms]
+    fix = "add the line (0008,0005)=ISO_IR 192 (UTF-8)"
+    if terms in ([""], ["ISO_IR 6"]):
+        raise DicomPressorError(
+            f"line {r.line}: {r.where} {one_line(text, limit=60)!r} is not ASCII and the "
+            f"file declares no (0008,0005) Specific Character Set: {fix}"
+        )
+    codec = pydicom.charset.python_encoding.get(terms[0])
+    if len(terms) > 1 or codec is None:
+        return  # ISO 2022 code extensions: pydicom switches between them as needed
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        raise DicomPressorError(
+            f"line {r.line}: {r.where} {one_line(text, limit=60)!r} cannot be written in "
+            f"the file's character set {terms[0]}: {fix}"
+        ) from None
+
+
+def _remove_private_block(ds: Dataset, creator: int) -> int:
+    """Remove every element of a private creator's block; return how many."""
+    group, block = creator >> 16, creator & 0xFF
+    tags = [t for t in ds._dict if t.group == group and t.element >> 8 == block]
+    for tag in tags:
+        del ds[tag]
+    return len(tags)
+
+
+def apply_replacements(ds: Dataset, replacements: Sequence[Replacement]) -> int:
+    """Apply params lines to ds in their order; return how many changed it.
+
+    SET inserts or replaces, MODIFY and BLANK change only an element ds has (BLANK keeps
+    its VR), REMOVE deletes one (a private creator with its block). Raises
+    DicomPressorError, naming the line, for what this dataset cannot take: a private
+    element inserted into a block without a creator, a value its element's own VR
+    refuses, text its character set cannot hold.
+    """
+    changed = 0
+    texts: list[tuple[Replacement, str]] = []
+    for r in replacements:
+        present = r.tag in ds
+        if r.mode == REMOVE:
+            if present:
+                del ds[r.tag]
+            removed = _remove_private_block(ds, r.tag) if _is_private_creator(r.tag) else 0
+            changed += bool(present or removed)
+            continue
+        if not present and r.mode in (MODIFY, BLANK):
+            continue
+        own = _own_vr(ds, r.tag) if present else None
+        if r.mode == BLANK:
+            vr = own or r.vr or (_tag_vrs(r.tag) or ("UN",))[0]
+            value = _value_from_text(vr, "")
+        else:
+            vr, value = _line_value(r, own)
+        creator = _creator_of(r.tag)
+        if not present and creator is not None and creator not in ds:
+            raise DicomPressorError(
+                f"line {r.line}: {r.where} is an element of the private block of "
+                f"{_tag_text(creator)}, which has no private creator in this file: set "
+                f"{_tag_text(creator)} (VR LO) on an earlier line"
+            )
+        if r.tag == 0x00080005:
+            _decode_text_values(ds)
+        ds[r.tag] = DataElement(r.tag, vr, value)
+        changed += 1
+        if isinstance(value, str) and not value.isascii():
+            texts.append((r, value))
+    for r, text in texts:
+        _check_encodable(ds, r, text)
+    return changed
+
+
+# ---- de-identification ----
 
 
 class UidMap:
@@ -5518,6 +6022,8 @@ class ProfileChoice:
     keep_device_identity: bool = False
     keep_institution_identity: bool = False
     clean_graphics: bool = False
+    # per file, not an option: -a's rectangles blacked out its burned-in text
+    clean_pixels: bool = False
 
     @classmethod
     def of(cls, options: Any) -> ProfileChoice:
@@ -5538,6 +6044,7 @@ class ProfileChoice:
         """
         chosen = [
             (True, DEID_BASIC),
+            (self.clean_pixels, DEID_CLEAN_PIXEL_DATA),
             (self.clean_graphics, DEID_CLEAN_GRAPHICS),
             (True, DEID_CLEAN_STRUCTURED_CONTENT),
             (self.keep_descriptions, DEID_CLEAN_DESCRIPTORS),
@@ -5669,12 +6176,6 @@ def deidentify_dataset(
     return job
 
 
-def apply_replacements(ds: Dataset, replacements: Sequence[Replacement]) -> None:
-    """Set each user replacement on ds (added with its VR when absent)."""
-    for r in replacements:
-        ds[r.tag] = DataElement(r.tag, r.vr, r.value)
-
-
 def mark_deidentified(ds: Dataset, choice: ProfileChoice) -> None:
     """Add the attributes that record a de-identification (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
     codes = choice.method_codes
@@ -5744,6 +6245,25 @@ def write_keeping_pixels(
     finally:
         ds._dict[Tag(0x7FE00010)] = pixels
     copy_span(handle, span)
+
+
+def write_edited(
+    ds: Dataset, path: Path, location: PixelLocation | None, output: OutputFile
+) -> Path:
+    """Write a dataset whose header was edited, keeping the source's pixel data as stored.
+
+    The File Meta follows the dataset (SOP class and instance, transfer syntax); an
+    instance without SOP Class or Instance UID is refused (its File Meta needs them).
+    """
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
+    if missing:
+        raise DicomPressorError(f"no {' and no '.join(missing)}: cannot write File Meta")
+    ds.file_meta = file_meta_for(ds, transfer_syntax_of(ds))
+    ds.preamble = b"\0" * 128
+    with output as handle:
+        write_keeping_pixels(handle, ds, path, location)
+    assert output.path is not None
+    return output.path
 
 
 # ---- de-identification: elements, sequences, overlays, private attributes ----
@@ -7109,12 +7629,8 @@ def new_series(params: str | None) -> NewSeries:
 
 
 def parse_new_instance_params(text: str) -> list[Replacement]:
-    """Parse --params (the lines anonymize takes); the pixels and the SOP identity are ours."""
-    try:
-        replacements = parse_params(text)
-    except DicomPressorError as exc:
-        message = exc.message.replace("invalid anonymize params", "invalid params")
-        raise DicomPressorError(message) from None
+    """Parse --params (anonymize's tag lines); the pixels and the SOP identity are ours."""
+    replacements = parse_tag_params(text)
     problems = [
         f"line {r.line}: {r.where} {keyword_of(r.tag)} is made from the pixels, not from --params"
         for r in replacements
@@ -8537,25 +9053,234 @@ def decompress(
 # ---- anonymize ----
 
 
+def black_fill(ds: Dataset) -> tuple[int, ...]:
+    """Return the stored value of each sample that a viewer shows as black (masks' fill).
+
+    Grey: the lowest value Bits Stored allows, so black through the modality LUT and any
+    window; the highest for MONOCHROME1, and the other way round where the modality LUT
+    falls (a negative Rescale Slope, a LUT whose last entry is below its first). RGB: 0;
+    YBR_FULL: Y 0 with Cb and Cr in the middle; PALETTE COLOR: the darkest entry's index.
+    """
+    bits = int(ds.BitsStored)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    low, high = (-(1 << bits - 1), (1 << bits - 1) - 1) if signed else (0, (1 << bits) - 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
+        middle = 0 if signed else 1 << bits - 1
+        return (low, middle, middle) if photometric.startswith("YBR") else (low, low, low)
+    if photometric == "PALETTE COLOR":
+        return (_darkest_palette_index(ds, low, high),)
+    transformation = ds
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+        transformation = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    slope = ds.get("RescaleSlope", transformation.get("RescaleSlope"))
+    falling = False
+    if slope not in (None, ""):
+        falling = float(slope) < 0
+    elif "ModalityLUTSequence" in ds:
+        table = list(ds.ModalityLUTSequence[0].get("LUTData", []) or [])
+        falling = len(table) > 1 and table[-1] < table[0]
+    return (high if (photometric == "MONOCHROME1") != falling else low,)
+
+
+def _darkest_palette_index(ds: Dataset, low: int, high: int) -> int:
+    """Return the index whose palette colour is darkest (sum of R, G, B), low if unknown."""
+    try:
+        descriptor = ds.RedPaletteColorLookupTableDescriptor
+        count, first = int(descriptor[0]) or 65536, int(descriptor[1])
+        indices = np.arange(max(low, first), min(high, first + count - 1) + 1)
+        dtype = np.uint8 if int(ds.BitsAllocated) == 8 else np.uint16
+        colours = pydicom.pixels.apply_color_lut(indices.astype(dtype), ds)
+        return int(indices[int(np.argmin(colours.astype(np.float64).sum(axis=-1)))])
+    except Exception:  # a palette pydicom cannot read: the lowest value, as for grey
+        return low
+
+
+def mask_boxes(
+    rectangles: Sequence[Rectangle], ds: Dataset, name: str
+) -> tuple[tuple[tuple[int, int, int, int], ...], list[str]]:
+    """Return the boxes of the rectangles for this image, clipped to it, and warnings.
+
+    r applies to every image, ri to single-frame and rv to multi-frame ones; a rectangle
+    wholly outside the image is said so and left out.
+    """
+    if not rectangles or "PixelData" not in ds:
+        return (), []
+    rows, columns, n_frames = int(ds.Rows), int(ds.Columns), number_of_frames(ds)
+    boxes, notes = [], []
+    for r in rectangles:
+        if not r.applies_to(n_frames):
+            continue
+        box = (min(r.left, columns), min(r.top, rows), min(r.right, columns), min(r.bottom, rows))
+        if box[0] >= box[2] or box[1] >= box[3]:
+            notes.append(
+                f"{name}: the rectangle of line {r.line} lies outside its {columns} x {rows} "
+                "pixels: nothing blacked out there"
+            )
+            continue
+        boxes.append(box)
+    return tuple(boxes), notes
+
+
+def _masked_syntax(source: UID, description: dict[str, Any], name: str) -> tuple[str, str]:
+    """Return the transfer syntax masked pixels go in (MASKED_SYNTAX) and the log's words.
+
+    A target whose encoder is missing, or does not take these pixels, gives Explicit VR
+    Little Endian and a warning text starting with "!".
+    """
+    if str(source) in NATIVE_LE_SYNTAXES:
+        return str(source), ""
+    if str(source) in VIDEO_SYNTAXES:
+        raise DicomPressorError(
+            f"{uid_name(source)} is a video stream: rectangles black out frames, and "
+            "writing every decoded frame uncompressed is not done here"
+        )
+    target = MASKED_SYNTAX.get(str(source))
+    if target is None:
+        return str(ExplicitVRLittleEndian), f"{uid_name(source)} is written as Explicit VR LE"
+    problem = _encoder_problem(target, description)
+    if problem is not None:
+        return str(ExplicitVRLittleEndian), (
+            f"!{name}: {problem}: its masked pixels are written as Explicit VR Little Endian, "
+            f"not {uid_name(UID(target))}"
+        )
+    if target == str(source):
+        return target, ""
+    why = "the lossless syntax of its family"
+    if str(source) in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"):
+        why = "JPEG again would lose more"
+    elif str(source) in ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"):
+        why = "there is no JPEG Lossless encoder here"
+    return target, f"{uid_name(source)} is written as {uid_name(UID(target))}: {why}"
+
+
+def _encoder_problem(syntax: str, description: dict[str, Any]) -> str | None:
+    """Return why frames of this description cannot be encoded losslessly in syntax."""
+    if syntax == CODECS["htj2k"].syntax:
+        if htj2k_encoder() is None:
+            return f"no encoder for {uid_name(UID(syntax))} (pip install 'imagecodecs>=2026.1')"
+        try:
+            check_htj2k_pixels(description)
+        except DicomPressorError as exc:
+            return exc.message
+        return None
+    if not pydicom.pixels.get_encoder(UID(syntax)).is_available:
+        return f"no encoder for {uid_name(UID(syntax))} (pip install {CODEC_PACKAGE[syntax]})"
+    rows, columns = description["rows"], description["columns"]
+    bits_stored, limit = description["bits_stored"], MAX_BITS_STORED.get(syntax)
+    if description["bits_allocated"] == 1:
+        return "1-bit pixels have no codec"
+    if limit is not None and bits_stored > limit:
+        return f"{bits_stored}-bit pixels are too deep for {uid_name(UID(syntax))}"
+    if syntax == CODECS["j2k"].syntax and min(rows, columns) < J2K_MIN_SIDE:
+        return f"{rows} x {columns} pixels is too small for JPEG 2000 (openjpeg)"
+    return None
+
+
+def write_masked(
+    output: OutputFile,
+    path: Path,
+    header: Dataset,
+    location: PixelLocation | None,
+    boxes: tuple[tuple[int, int, int, int], ...],
+    *,
+    jobs: int,
+) -> tuple[str, list[str]]:
+    """Write header with the boxes of every frame blacked out; return (log text, warnings).
+
+    The frames are decoded, filled with black_fill and encoded again losslessly
+    (_masked_syntax), in worker processes when jobs > 1; every pixel outside the boxes
+    keeps its value. header keeps its own pixel description; the output's Photometric
+    Interpretation is that of the decoded frames (YBR becomes RGB when decoded).
+    """
+    source = transfer_syntax_of(header)
+    check_pixel_description(header)
+    raw = not source.is_compressed  # native stays as stored (YBR stays YBR)
+    out = _transcoded_dataset(header, raw=raw)
+    description = pixel_description(out)
+    syntax, said = _masked_syntax(source, description, path.name)
+    method = LOSSY_METHODS.get(str(source))
+    if method is not None and syntax != str(source) and "LossyImageCompression" not in out:
+        # General Image (C.7.6.1.1.5): the loss stays on record in a lossless syntax
+        out.LossyImageCompression, out.LossyImageCompressionMethod = "01", method
+    warnings_ = [said[1:]] if said.startswith("!") else []
+    encode = syntax not in NATIVE_LE_SYNTAXES
+    n_frames, bits = number_of_frames(header), int(out.BitsAllocated)
+    fill = black_fill(out)
+    tasks = (
+        dataclasses.replace(
+            job,
+            boxes=boxes,
+            fill=fill,
+            target_syntax=syntax if encode else None,
+            target=description if encode else None,
+        )
+        for job in _frame_jobs(path, header, location, raw, out)
+    )
+    frames = (r[0] for r in iter_ordered(_frame_job, tasks, jobs, _no_progress, n_frames))
+    encoded = list(frames) if encode else []
+    with output as handle:
+        write_header(handle, out, UID(syntax))
+        if encode:
+            write_encapsulated_frames(
+                handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
+            )
+        else:
+            _write_native_pixels(handle, frames, out, n_frames, bits, syntax)
+    text = f"blacked out {len(boxes)} rectangle(s) in {n_frames} frame(s)"
+    if said and not said.startswith("!"):
+        text += f"; {said}"
+    return text, warnings_
+
+
+def _write_native_pixels(
+    handle: BinaryIO, frames: Iterable[bytes], out: Dataset, n_frames: int, bits: int, syntax: str
+) -> None:
+    """Write native frames as Pixel Data, in Implicit or Explicit VR Little Endian."""
+    if bits == 1:
+        data = pack_native_frames(list(frames), bits)
+        frames, frame_bytes, n_frames = [data], len(data), 1
+    else:
+        frame_bytes = expected_frame_bytes(out)
+    if syntax != ImplicitVRLittleEndian:
+        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
+        return
+    total = frame_bytes * n_frames
+    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
+    written = 0
+    for data in frames:
+        if len(data) != frame_bytes:
+            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
+        handle.write(data)
+        written += 1
+    if written != n_frames:
+        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
+    if total % 2:
+        handle.write(b"\0")
+
+
 def anonymize_file(
     path: Path,
     target: Path,
-    replacements: Sequence[Replacement],
+    params: AnonymizeParams,
     choice: ProfileChoice | None,
     uids: UidMap,
     *,
     replace: bool,
-) -> tuple[Path, list[str]]:
-    """Write the anonymized copy of path; return (the name it got, warnings).
+    jobs: int = 1,
+) -> tuple[Path, list[str], str]:
+    """Write the anonymized copy of path; return (the name it got, warnings, log text).
 
-    choice None is ``--profile none``: only the replacements are applied. replace
-    renames over target (``-A``, target is the input); otherwise target is never
-    overwritten (``_1``, ``_2``...).
+    choice None is ``--profile none``: only the params are applied. replace renames
+    over target (``-A``, target is the input); otherwise target is never overwritten
+    (``_1``, ``_2``...). Rectangles of the params that apply to the image are blacked out
+    in every frame (write_masked, with jobs workers for the frames); otherwise the pixel
+    data is copied as it is.
     """
     ds, location = read_header(path)
     check_integrity(ds, location)
-    warnings_: list[str] = []
-    if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
+    boxes, warnings_ = mask_boxes(params.rectangles, ds, path.name)
+    if not boxes and str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
         warnings_.append(
             f"{path.name}: (0028,0301) Burned In Annotation is YES: text burned into the "
             "pixels is not removed"
@@ -8578,18 +9303,19 @@ def anonymize_file(
             choice=choice,
             shift_days=shift_days,
         )
-        mark_deidentified(ds, choice)
-    apply_replacements(ds, replacements)
+        mark_deidentified(ds, dataclasses.replace(choice, clean_pixels=bool(boxes)))
+    if boxes:
+        ds.BurnedInAnnotation = "NO"  # General Image (C.7.6.1): the text is blacked out
+    apply_replacements(ds, params.replacements)
+    output = OutputFile(target, replace=replace)
+    if not boxes:
+        return write_edited(ds, path, location, output), warnings_, ""
     missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
         raise DicomPressorError(f"no {' and no '.join(missing)}: cannot write File Meta")
-    ds.file_meta = file_meta_for(ds, transfer_syntax_of(ds))
-    ds.preamble = b"\0" * 128
-    output = OutputFile(target, replace=replace)
-    with output as handle:
-        write_keeping_pixels(handle, ds, path, location)
+    text, said = write_masked(output, path, ds, location, boxes, jobs=jobs)
     assert output.path is not None
-    return output.path, warnings_
+    return output.path, warnings_ + said, text
 
 
 def _outside_outputs(options: Options, output_dir: Path | None) -> None:
@@ -8647,13 +9373,17 @@ def anonymize(
         (0012,0062) Patient Identity Removed is YES, (0012,0063) De-identification
         Method and (0012,0064) De-identification Method Code Sequence name the profile
         and options (CID 7050), (0028,0303) Longitudinal Temporal Information Modified
-        is REMOVED (UNMODIFIED with keep_dates, MODIFIED with shift_dates). The params
-        are applied last. Pixel data is never changed: a file with (0028,0301) Burned
-        In Annotation YES gives a warning. data["uids_replaced"] counts the UIDs
-        replaced per file, summed.
+        is REMOVED (UNMODIFIED with keep_dates, MODIFIED with shift_dates). The params'
+        tag lines are applied last. Their rectangles (r, ri, rv) are blacked out in
+        every frame of the images they apply to (black_fill), whose pixels are then
+        written losslessly (MASKED_SYNTAX; every pixel outside the boxes keeps its
+        value), with (0028,0301) Burned In Annotation NO and, with the profile, the Clean
+        Pixel Data Option (DCM 113101) among the method codes. Other pixel data is
+        copied as it is: a file with Burned In Annotation YES and no rectangle for it
+        gives a warning. data["uids_replaced"] counts the UIDs replaced per file, summed.
     """
     check_options(ACTIONS["anonymize"], options)
-    replacements = parse_params(options.params or "")
+    params = parse_anonymize_params(options.params or "")
     _outside_outputs(options, output_dir)
     choice = ProfileChoice.of(options) if options.profile == "basic" else None
     result = ActionResult()
@@ -8666,15 +9396,30 @@ def anonymize(
             result.warn(f"{key_path}: the key can be read by other users (chmod 600)")
     options = dataclasses.replace(options, uid_secret=secret)
     label = "basic profile" if choice is not None else "params only"
-    result.info(f"Anonymizing {len(inputs)} files ({label}, {len(replacements)} replacements)...")
+    counts = f"{len(params.replacements)} replacements"
+    if params.rectangles:
+        counts += f", {len(params.rectangles)} rectangles"
+    result.info(f"Anonymizing {len(inputs)} files ({label}, {counts})...")
     if choice is not None and choice.keep_descriptions:
         result.warn("descriptions are kept as they are: check them for identifying text")
-    tasks = [(path, output_dir, options, replacements, choice) for path in inputs]
+    # Masked multi-frame files run one at a time with every worker on their frames; the
+    # other files side by side (share_workers), as compression does.
+    single, multi = _by_frames(inputs) if params.rectangles else (list(range(len(inputs))), [])
+    outer, inner = share_workers(options.jobs, len(single))
+    each = dataclasses.replace(options, jobs=inner)
+    tasks = [(inputs[i], output_dir, each, params, choice) for i in single]
+    outcomes = itertools.chain(
+        iter_ordered(_anonymize_task, tasks, outer, progress, len(inputs), batch=8),
+        (_anonymize_task((inputs[i], output_dir, options, params, choice)) for i in multi),
+    )
+    by_input: dict[int, FileOutcome] = {}
+    for done, (index, outcome) in enumerate(zip([*single, *multi], outcomes, strict=True), 1):
+        if done > len(single):
+            progress(done, len(inputs))
+        by_input[index] = outcome
     replaced = 0
     mapped: dict[str, str] = {}
-    for outcome in iter_ordered(
-        _anonymize_task, tasks, options.jobs, progress, len(tasks), batch=8
-    ):
+    for _, outcome in sorted(by_input.items()):
         result.record(outcome)
         pairs = outcome.data or {}
         replaced += len(pairs)
@@ -8687,8 +9432,21 @@ def anonymize(
     return result
 
 
+def _by_frames(inputs: Sequence[Path]) -> tuple[list[int], list[int]]:
+    """Return the indices of the (single-frame or unreadable, multi-frame) inputs."""
+    single, multi = [], []
+    for index, path in enumerate(inputs):
+        try:
+            header, _ = read_header(path)
+        except DicomPressorError:
+            single.append(index)  # it fails in its task, named
+            continue
+        (multi if number_of_frames(header) > 1 else single).append(index)
+    return single, multi
+
+
 def _anonymize_task(
-    task: tuple[Path, Path | None, Options, list[Replacement], ProfileChoice | None],
+    task: tuple[Path, Path | None, Options, AnonymizeParams, ProfileChoice | None],
 ) -> FileOutcome:
     """Worker: anonymize one file (its data: the original -> new UIDs of the file)."""
     return guarded(_anonymize_one, *task, doing="anonymize")
@@ -8698,18 +9456,79 @@ def _anonymize_one(
     path: Path,
     output_dir: Path | None,
     options: Options,
-    replacements: list[Replacement],
+    params: AnonymizeParams,
     choice: ProfileChoice | None,
 ) -> FileOutcome:
     """Anonymize one file into its output (or over itself in place)."""
     target = output_path(path, output_dir, suffix=ANON_SUFFIX, in_place=options.in_place)
     uids = UidMap(options.uid_secret)
-    written, notes = anonymize_file(
-        path, target, replacements, choice, uids, replace=options.in_place
+    written, notes, masked = anonymize_file(
+        path, target, params, choice, uids, replace=options.in_place, jobs=options.jobs
     )
     shown = "replaced" if options.in_place else f"-> {written.name}"
-    message = f"Anonymized {path.name} {shown}"
+    message = f"Anonymized {path.name} {shown}" + (f" ({masked})" if masked else "")
     return FileOutcome(path, DONE, message, (written,), tuple(notes), uids.pairs())
+
+
+# ---- modify ----
+
+
+def modify(
+    inputs: Sequence[Path],
+    output_dir: Path | None,
+    options: Options,
+    *,
+    progress: ProgressFn = _no_progress,
+) -> ActionResult:
+    """Change, insert or remove elements as the params say (``-m`` / ``-M``).
+
+    Parameters
+    ----------
+    inputs
+        DICOM files; each is changed on its own.
+    output_dir
+        Folder for ``<stem>_mod.dcm``; None writes beside each input.
+    options
+        ``params`` (the params text: parse_modify_params), ``in_place`` (replace each
+        input atomically, ``-M``) and ``jobs``.
+
+    Returns
+    -------
+    ActionResult
+        One output per file, with the elements the lines name inserted, changed or
+        removed, in the lines' order (apply_replacements). The instance stays the same
+        instance: (0008,0018) SOP Instance UID is kept (a line may set it), and the File
+        Meta follows the dataset. Pixel data is copied as it is; the lines may not touch
+        group 0002, the pixel description or Pixel Data.
+    """
+    check_options(ACTIONS["modify"], options)
+    edits = parse_modify_params(options.params or "")
+    result = ActionResult()
+    result.info(f"Modifying {len(inputs)} files ({len(edits)} lines)...")
+    tasks = [(path, output_dir, options, edits) for path in inputs]
+    for outcome in iter_ordered(_modify_task, tasks, options.jobs, progress, len(tasks), batch=8):
+        result.record(outcome)
+    result.info("Done.")
+    return result
+
+
+def _modify_task(task: tuple[Path, Path | None, Options, list[Replacement]]) -> FileOutcome:
+    """Worker: modify one file."""
+    return guarded(_modify_one, *task, doing="modify")
+
+
+def _modify_one(
+    path: Path, output_dir: Path | None, options: Options, edits: list[Replacement]
+) -> FileOutcome:
+    """Write the modified copy of one file (or replace it atomically in place)."""
+    target = output_path(path, output_dir, suffix=MODIFY_SUFFIX, in_place=options.in_place)
+    ds, location = read_header(path)
+    check_integrity(ds, location)
+    changed = apply_replacements(ds, edits)
+    written = write_edited(ds, path, location, OutputFile(target, replace=options.in_place))
+    shown = "replaced" if options.in_place else f"-> {written.name}"
+    message = f"Modified {path.name} {shown} ({changed} of {len(edits)} lines changed it)"
+    return FileOutcome(path, DONE, message, (written,))
 
 
 # ---- headers ----
@@ -11252,7 +12071,10 @@ class ActionSpec:
     with ``metavar`` the flag takes a value that sets ``flag_value``: "params" (the flag
     names a params file whose text the action gets, as the API's ``params``) or an
     option (``-I png`` sets image_format). ``params`` says the action takes a params
-    text. ``copy_to_output_dir``: the outputs are written beside the inputs and copied to
+    text, ``parse_params`` is the parser that checks it (every line, before anything
+    runs: the CLI on reading the file, the API on the request), ``params_help`` and
+    ``params_example`` describe its lines (the web page, OpenAPI).
+    ``copy_to_output_dir``: the outputs are written beside the inputs and copied to
     --output-dir (merge); otherwise they are written there. ``data`` is the JSON schema
     of each property of the result's data. ``inputs`` says which files of a folder it
     reads (DICOM_INPUTS, IMAGE_INPUTS, VIDEO_INPUTS). The options it takes are the
@@ -11269,6 +12091,9 @@ class ActionSpec:
     metavar: str | None = None
     flag_value: str | None = None
     params: bool = False
+    parse_params: Callable[[str], Any] | None = None
+    params_help: str = ""
+    params_example: str = ""
     copy_to_output_dir: bool = False
     rule: Rule | None = None
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -11300,9 +12125,19 @@ def _anonymize_rule(options: Any, label: Label) -> str | None:
     for name in [*(f.name for f in dataclasses.fields(ProfileChoice)), "deid_key", "uid_map"]:
         if getattr(options, name, None) not in (None, False):
             return f"{label(OPTIONS[name])} is an option of the profile, not of {profile} none"
-    if not parse_params(options.params or ""):
+    params = parse_anonymize_params(options.params or "")
+    if not params.replacements and not params.rectangles:
         return f"{profile} none with no params would change nothing"
     return None
+
+
+def _modify_rule(options: Any, label: Label) -> str | None:
+    """-m needs at least one line (the lines are checked up front)."""
+    try:
+        edits = parse_modify_params(options.params or "")
+    except DicomPressorError as exc:
+        return exc.message
+    return None if edits else "modify params hold no line: nothing would change"
 
 
 def _new_instance_rule(options: Any, label: Label) -> str | None:
@@ -11315,6 +12150,31 @@ def _new_instance_rule(options: Any, label: Label) -> str | None:
 
 
 _COUNT = {"type": "integer", "minimum": 0}
+
+
+#: How the params of anonymize, modify and the new instances are written (page, OpenAPI).
+_TAG_LINES_HELP = (
+    "(GGGG,EEEE)=VALUE, Keyword=VALUE or GGGG EEEE VR VALUE sets an element (inserted "
+    "when absent); (GGGG,EEEE)=, Keyword= or GGGG EEEE alone empties one the file has"
+)
+
+
+_ANONYMIZE_HELP = (
+    f"Applied after the profile, one per line ('#' comments): {_TAG_LINES_HELP}; "
+    "r|ri|rv LEFT TOP RIGHT BOTTOM blacks out a box of every frame (r every image, ri "
+    "single-frame, rv multi-frame; right and bottom exclusive)"
+)
+
+
+_MODIFY_HELP = (
+    "One per line ('#' comments): i GGGG EEEE VR VALUE inserts or replaces; m GGGG EEEE "
+    "[VR] VALUE changes an element the file has; r GGGG EEEE removes; (GGGG,EEEE)=VALUE "
+    "or Keyword=VALUE sets (the dictionary's VR). A private element needs its creator "
+    "(gggg,00xx) in the file or on an earlier line"
+)
+
+
+_NEW_INSTANCE_HELP = f"Patient and study values, one per line: {_TAG_LINES_HELP}"
 
 
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
@@ -11374,14 +12234,33 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec(
             "anonymize",
             "-a",
-            "Anonymize (PS3.15 Basic Profile, then the params file's replacements)",
+            "Anonymize (PS3.15 Basic Profile, then the params file's replacements and rectangles)",
             anonymize,
             replace_flag="-A",
             metavar="PARAMS",
             flag_value="params",
             params=True,
+            parse_params=parse_anonymize_params,
+            params_help=_ANONYMIZE_HELP,
+            params_example="(0010,0010)=ANONYMOUS^PATIENT\n0010 0020 LO ANON001\n"
+            "0008 1030\nr 0 0 200 40",
             rule=_anonymize_rule,
             data={"uids_replaced": _COUNT},
+        ),
+        ActionSpec(
+            "modify",
+            "-m",
+            "Modify tags as the params file says (insert, modify, remove): <stem>_mod.dcm",
+            modify,
+            replace_flag="-M",
+            metavar="PARAMS",
+            flag_value="params",
+            params=True,
+            parse_params=parse_modify_params,
+            params_help=_MODIFY_HELP,
+            params_example="m 0008 0080 Some Hospital\ni 0008 1030 LO Follow-up\n"
+            "r 0010 1000\n(0020,0011)=7",
+            rule=_modify_rule,
         ),
         ActionSpec(
             "export_png",
@@ -11414,6 +12293,9 @@ ACTIONS: dict[str, ActionSpec] = {
             "<stem>.dcm each",
             image_to_dicom,
             params=True,
+            parse_params=parse_new_instance_params,
+            params_help=_NEW_INSTANCE_HELP,
+            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
             rule=_new_instance_rule,
             inputs=IMAGE_INPUTS,
         ),
@@ -11424,6 +12306,9 @@ ACTIONS: dict[str, ActionSpec] = {
             images_to_multiframe,
             takes=FOLDER,
             params=True,
+            parse_params=parse_new_instance_params,
+            params_help=_NEW_INSTANCE_HELP,
+            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
             rule=_new_instance_rule,
             inputs=IMAGE_INPUTS,
         ),
@@ -11434,6 +12319,9 @@ ACTIONS: dict[str, ActionSpec] = {
             "others decoded into Multi-frame True Color SC",
             video_to_dicom,
             params=True,
+            parse_params=parse_new_instance_params,
+            params_help=_NEW_INSTANCE_HELP,
+            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
             rule=_new_instance_rule,
             inputs=VIDEO_INPUTS,
         ),
@@ -12959,9 +13847,9 @@ def process_request(
     """Check a process request body and build the action's Options; 400 on any fault.
 
     The body is ``{"action": NAME, "params": TEXT, "options": {...}}``: params only for
-    an action that takes them (anonymize: checked line by line here, before anything
-    runs), options keyed by the option names of the action (OPTIONS), checked as the
-    command line checks them.
+    an action that takes them (checked line by line here by the action's parse_params,
+    before anything runs), options keyed by the option names of the action (OPTIONS),
+    checked as the command line checks them.
     """
     if not isinstance(payload, dict):
         raise HTTPError(400, 'the request body must be a JSON object like {"action": "merge"}')
@@ -12976,13 +13864,13 @@ def process_request(
     spec = ACTIONS[action]
     params = payload.get("params")
     if params is not None and not isinstance(params, str):
-        raise HTTPError(400, "params must be a string: (GGGG,EEEE)=VALUE lines")
+        raise HTTPError(400, "params must be a string: the lines of a params file")
     if params and not spec.params:
         takers = ", ".join(name for name, other in ACTIONS.items() if other.params)
         raise HTTPError(400, f"params is only for {takers}, not {action}")
-    if spec.params and params:
+    if params and spec.parse_params is not None:
         try:
-            parse_params(params)
+            spec.parse_params(params)
         except DicomPressorError as exc:
             raise HTTPError(400, f"bad params: {exc.message}") from exc
     raw = payload.get("options") or {}
@@ -13368,8 +14256,8 @@ def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
     if spec.params:
         properties["params"] = {
             "type": "string",
-            "description": "(GGGG,EEEE)=VALUE lines, one per line (also GGGG EEEE VR VALUE "
-            "and Keyword=VALUE; # comments)",
+            "description": spec.params_help,
+            "examples": [spec.params_example],
         }
     return {
         "type": "object",
@@ -13396,6 +14284,8 @@ def action_listing() -> dict[str, Any]:
                 "flag": spec.flag,
                 "summary": spec.summary,
                 "params": spec.params,
+                "params_help": spec.params_help,
+                "params_example": spec.params_example,
                 "options": options,
             }
         )
@@ -13592,12 +14482,14 @@ def api_schemas() -> dict[str, Any]:
     text, count = {"type": "string"}, {"type": "integer", "minimum": 0}
     action_entry = _object(
         {"name": {"type": "string", "enum": names}, "flag": text, "summary": text,
-         "params": {"type": "boolean"}, "options": {"type": "array", "items": {"type": "object"}}},
-        "name", "flag", "summary", "params", "options",
+         "params": {"type": "boolean"}, "params_help": text, "params_example": text,
+         "options": {"type": "array", "items": {"type": "object"}}},
+        "name", "flag", "summary", "params", "params_help", "params_example", "options",
     )  # fmt: skip
     process_request = _object(
         {"action": {"type": "string", "enum": names},
-         "params": {"type": "string", "description": "anonymize's params"},
+         "params": {"type": "string", "description": "the params text of an action that "
+                    "takes one (Process_<action>)"},
          "options": {"type": "object", "description": "the action's options (Process_<action>)"}},
         "action",
     )  # fmt: skip
@@ -13784,10 +14676,8 @@ WEB_PAGE = """<!doctype html>
   <span id="action-summary" class="muted"></span>
   <div id="opts"></div>
   <div id="params-box" class="hidden">
-    <div class="muted">Params (anonymize replacements; patient and study values of new
-      instances), one per line: (0010,0010)=ANONYMOUS^PATIENT</div>
-    <textarea id="params">(0010,0010)=ANONYMOUS^PATIENT
-(0010,0020)=ANON001</textarea>
+    <div id="params-help" class="muted"></div>
+    <textarea id="params"></textarea>
   </div>
   <p><button id="run" type="button">Run</button> <span id="run-state" class="muted"></span></p>
 </section>
@@ -14002,6 +14892,8 @@ function fillOptions() {
   const action = ACTIONS[$("action").value];
   if (!action) return;
   $("params-box").classList.toggle("hidden", !action.params);
+  $("params-help").textContent = action.params_help;
+  $("params").placeholder = action.params_example;
   $("action-summary").textContent = action.summary;
   const box = $("opts"); box.textContent = "";
   for (const option of action.options) {
@@ -15319,19 +16211,21 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(jobs=args.jobs, **values)
 
 
-def read_params_file(path: Path, *, check: bool = True) -> str:
-    """Read and check a params file; raise DicomPressorError naming it.
+def read_params_file(path: Path, parse: Callable[[str], Any] | None = None) -> str:
+    """Read a params file and check it with parse; raise DicomPressorError naming it.
 
-    Without check, the action's rule checks the text (--params of -w, -W, -v).
+    Without parse, the action's rule checks the text (--params of -w, -W, -v).
     """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DicomPressorError(f"{path}: {exc.strerror or exc}") from exc
-    if not check:
+    except UnicodeDecodeError as exc:
+        raise DicomPressorError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    if parse is None:
         return text
     try:
-        parse_params(text)  # every line checked before any file is touched
+        parse(text)  # every line checked before any file is touched
     except DicomPressorError as exc:
         raise DicomPressorError(f"{path}: {exc.message}") from exc
     return text
@@ -15354,9 +16248,9 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
         takers = ", ".join(s.flag for s in ACTIONS.values() if s.params and not s.flag_value)
         raise UsageError(f"{OPTIONS['params_file'].flag} is for {takers}, not {spec.flag}")
     if args.params_file is not None:
-        params = read_params_file(args.params_file, check=False)
+        params = read_params_file(args.params_file)
     if spec.flag_value == "params":
-        params = read_params_file(Path(args.action_value))
+        params = read_params_file(Path(args.action_value), spec.parse_params)
     elif spec.flag_value is not None:
         option = OPTIONS[spec.flag_value]
         values[option.name] = parse_option(option, args.action_value, lambda _: spec.flag)

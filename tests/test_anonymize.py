@@ -12,23 +12,32 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicompressor import (
+    BLANK,
+    SET,
     DicomPressorError,
     Options,
     ProfileChoice,
     Replacement,
     UidMap,
     anonymize,
+    apply_replacements,
     basic_profile,
     deidentify_dataset,
     encode_file,
     fast_dataset_bytes,
     file_meta_for,
     mark_deidentified,
-    parse_params,
+    parse_anonymize_params,
     profile_actions,
     read_header,
     transfer_syntax_of,
 )
+
+
+def parse_params(text: str) -> list[Replacement]:
+    """Return the tag lines of anonymize params (parse_anonymize_params)."""
+    return list(parse_anonymize_params(text).replacements)
+
 
 # Identifying values put into the generated series: each must vanish from the outputs.
 IDENTIFYING: dict[str, str] = {
@@ -129,25 +138,36 @@ def enrich_series(paths: list[Path]) -> tuple[list[Dataset], list[str]]:
 
 
 class TestParseParams:
-    """parse_params: the three line forms, comments, empty values and errors."""
+    """parse_anonymize_params: the line forms, comments, empty values and errors."""
 
-    def test_three_forms_comments_and_blank_lines(self):
+    def test_forms_comments_and_blank_lines(self):
         text = (
             "# a comment\n\n(0010,0010)=ANONYMOUS^PATIENT\n0010 0020 LO ID42\n"
             "PatientSex=O\n  (0008,1030) = \n0009 1001 LO private value\n"
         )
         assert parse_params(text) == [
-            Replacement(0x00100010, "PN", "ANONYMOUS^PATIENT", 3),
-            Replacement(0x00100020, "LO", "ID42", 4),
-            Replacement(0x00100040, "CS", "O", 5),
-            Replacement(0x00081030, "LO", None, 6),
-            Replacement(0x00091001, "LO", "private value", 7),
+            Replacement(0x00100010, "PN", "ANONYMOUS^PATIENT", 3, SET, "ANONYMOUS^PATIENT", False),
+            Replacement(0x00100020, "LO", "ID42", 4, SET, "ID42"),
+            Replacement(0x00100040, "CS", "O", 5, SET, "O", False),
+            Replacement(0x00081030, None, None, 6, BLANK, "", False),
+            Replacement(0x00091001, "LO", "private value", 7, SET, "private value"),
+        ]
+
+    def test_original_forms_blank_and_insert(self):
+        """The original's forms: GGGG EEEE and (GGGG,EEEE)= blank, GGGG EEEE VR VALUE sets."""
+        edits = parse_params("0010 0020\n0008 0090 PN\n(0010,0030)=\n0010 1000 LO X  Y\n")
+        assert [(e.tag, e.mode, e.value) for e in edits] == [
+            (0x00100020, BLANK, None),
+            (0x00080090, BLANK, None),
+            (0x00100030, BLANK, None),
+            (0x00101000, SET, "X  Y"),  # the value's own spacing kept
         ]
 
     def test_numbers_and_multiple_values(self):
-        assert parse_params("0028 0010 US 64\nImageType=DERIVED\\SECONDARY") == [
-            Replacement(0x00280010, "US", 64, 1),
-            Replacement(0x00080008, "CS", "DERIVED\\SECONDARY", 2),
+        edits = parse_params("0018 1310 US 64\\0\\0\\64\nImageType=DERIVED\\SECONDARY")
+        assert [(e.tag, e.vr, e.value) for e in edits] == [
+            (0x00181310, "US", [64, 0, 0, 64]),
+            (0x00080008, "CS", "DERIVED\\SECONDARY"),
         ]
 
     @pytest.mark.parametrize(
@@ -156,7 +176,8 @@ class TestParseParams:
             (
                 "PatientName=A\nnonsense line",
                 "invalid anonymize params: line 2: cannot read 'nonsense line': expected "
-                "(GGGG,EEEE)=VALUE, GGGG EEEE VR VALUE or Keyword=VALUE",
+                "(GGGG,EEEE)=VALUE, GGGG EEEE [VR VALUE], Keyword=VALUE, or r|ri|rv LEFT TOP "
+                "RIGHT BOTTOM",
             ),
             (
                 "PatientNam=X",
@@ -172,33 +193,130 @@ class TestParseParams:
                 "invalid anonymize params: line 1: (0010,0010) PatientName has VR PN, not DA",
             ),
             (
-                "0028 0010 US many",
-                "invalid anonymize params: line 1: (0028,0010) US: 'many' is not a US integer",
+                "0018 1310 US many",
+                "invalid anonymize params: line 1: (0018,1310) US: 'many' is not a US integer",
+            ),
+            (
+                "0020 0013 IS 1.5",
+                "invalid anonymize params: line 1: (0020,0013) IS: Invalid value for VR IS: '1.5'",
             ),
             (
                 "PatientName=A\nPatientName=B",
-                "invalid anonymize params: line 2: (0010,0010) is already set on line 1",
+                "invalid anonymize params: line 2: (0010,0010) is already on line 1",
+            ),
+            (
+                "0010 0010 ANON",
+                "invalid anonymize params: line 1: 'ANON' is not a VR: write GGGG EEEE VR "
+                "VALUE (or (GGGG,EEEE)=VALUE, whose VR is the dictionary's)",
+            ),
+            (
+                "0008 1030 Study Desc No VR",
+                "invalid anonymize params: line 1: 'Study' is not a VR: write GGGG EEEE VR "
+                "VALUE (or (GGGG,EEEE)=VALUE, whose VR is the dictionary's)",
             ),
             (
                 "(0002,0010)=1.2",
-                "invalid anonymize params: line 1: (0002,0010) cannot be set (file meta, "
-                "group length, item or pixel data)",
+                "invalid anonymize params: line 1: (0002,0010) TransferSyntaxUID is File Meta "
+                "Information (group 0002): it is made from the dataset when the file is "
+                "written",
+            ),
+            (
+                "(0028,0010)=64",
+                "invalid anonymize params: line 1: (0028,0010) Rows describes the pixel data, "
+                "which is kept as it is: not settable",
+            ),
+            (
+                "0028 0004 CS RGB",
+                "invalid anonymize params: line 1: (0028,0004) PhotometricInterpretation "
+                "describes the pixel data, which is kept as it is: not settable",
+            ),
+            (
+                "(7FE0,0010)=",
+                "invalid anonymize params: line 1: (7FE0,0010) PixelData is pixel data: "
+                "params never change it (anonymize blacks out boxes of it with r, ri and rv "
+                "lines)",
+            ),
+            (
+                "0009 0010",
+                "invalid anonymize params: line 1: (0009,0010) (private creator) cannot be "
+                "emptied: a block needs its creator's name",
+            ),
+            (
+                "0009 1001 LO x\n0009 0010 LO ACME",
+                "invalid anonymize params: line 1: (0009,1001) comes before line 2, which "
+                "sets its private creator (0009,0010): set the creator first",
             ),
         ],
     )
     def test_errors_name_the_line(self, text, message):
         with pytest.raises(DicomPressorError) as info:
-            parse_params(text)
+            parse_anonymize_params(text)
         assert info.value.message == message
 
     def test_every_bad_line_reported_at_once(self):
         with pytest.raises(DicomPressorError) as info:
-            parse_params("bad one\nPatientName=OK\nbad two")
-        assert "line 1:" in info.value.message and "line 3:" in info.value.message
+            parse_params("bad one\nPatientName=OK\nbad two\nr 1 2 3")
+        message = info.value.message
+        assert [m.split(":")[0] for m in message.split("; ")] == [
+            "invalid anonymize params",
+            "line 3",
+            "line 4",
+        ]
+        assert message.startswith("invalid anonymize params: line 1: cannot read 'bad one'")
 
     def test_bad_date_value(self):
         with pytest.raises(DicomPressorError, match=r"line 1: \(0008,0020\) DA"):
             parse_params("StudyDate=2021-13-45-bad")
+
+
+class TestApplyParams:
+    """apply_replacements on a dataset: blanking, inserting, private creators, text."""
+
+    @staticmethod
+    def _dataset() -> Dataset:
+        ds = Dataset()
+        ds.PatientName = "DOE^JANE"
+        ds.PatientID = "PID1"
+        ds.SmallestImagePixelValue = 5  # US or SS: read as US here
+        return ds
+
+    def test_blank_keeps_the_vr_and_ignores_absent_tags(self):
+        ds = self._dataset()
+        changed = apply_replacements(ds, parse_params("0010 0020\n(0010,0030)=\n0028 0106"))
+        assert changed == 2
+        assert ds["PatientID"].VR == "LO" and ds["PatientID"].is_empty
+        assert ds["SmallestImagePixelValue"].VR == "US"
+        assert ds["SmallestImagePixelValue"].is_empty
+        assert "PatientBirthDate" not in ds  # blanking an absent tag does nothing
+
+    def test_set_inserts_and_replaces(self):
+        ds = self._dataset()
+        apply_replacements(ds, parse_params("0010 0010 PN A^B\n0010 1010 AS 045Y\nPatientSex=O"))
+        assert (str(ds.PatientName), ds.PatientAge, ds.PatientSex) == ("A^B", "045Y", "O")
+
+    def test_private_element_needs_its_creator(self):
+        ds = self._dataset()
+        with pytest.raises(DicomPressorError) as info:
+            apply_replacements(ds, parse_params("0009 1001 LO secret"))
+        assert info.value.message == (
+            "line 1: (0009,1001) is an element of the private block of (0009,0010), which "
+            "has no private creator in this file: set (0009,0010) (VR LO) on an earlier line"
+        )
+        apply_replacements(ds, parse_params("0009 0010 LO ACME\n0009 1001 LO kept"))
+        assert ds[0x00091001].value == "kept"
+        assert ds.private_block(0x0009, "ACME")[0x01].value == "kept"
+
+    def test_text_the_character_set_cannot_hold(self):
+        ds = self._dataset()
+        with pytest.raises(DicomPressorError) as info:
+            apply_replacements(ds, parse_params("PatientName=Müller^Zoë"))
+        assert info.value.message == (
+            "line 1: (0010,0010) 'Müller^Zoë' is not ASCII and the file declares no "
+            "(0008,0005) Specific Character Set: add the line (0008,0005)=ISO_IR 192 (UTF-8)"
+        )
+        ds = self._dataset()
+        apply_replacements(ds, parse_params("PatientName=Müller^Zoë\n(0008,0005)=ISO_IR 192"))
+        assert str(ds.PatientName) == "Müller^Zoë"
 
 
 class TestBasicProfile:
@@ -345,7 +463,7 @@ class TestOptions:
         paths = make_series("s", n=2)
         text = (
             "(0010,0010)=ANONYMOUS^PATIENT\n0010 0020 LO SUBJ01\nStudyDescription=TRIAL\n"
-            "0009 1001 LO kept private\nAccessionNumber=\n"
+            "0009 0010 LO TRIAL SITE\n0009 1001 LO kept private\nAccessionNumber=\n"
         )
         result = anonymize(paths, tmp_path / "out", Options(params=text))
         out = pydicom.dcmread(result.outputs[0])

@@ -276,6 +276,8 @@ PIXEL_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 #: Actions that write DICOM, their flags, and the names of what a good input gives.
 WRITERS: dict[str, list[str]] = {
     "anonymize": ["-a", "{params}"],
+    "modify": ["-m", "{params}"],
+    "to_big_endian": ["-b"],
     "compress_lossless": ["-x", "--codec", "rle"],
     "compress_lossy": ["-z"],
     "merge": ["-j"],

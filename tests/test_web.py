@@ -378,6 +378,12 @@ def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
         assert (ratio.get_attribute("type"), ratio.get_attribute("min")) == ("number", "1")
         action.select_by_value("anonymize")
         assert driver.find_element(By.ID, "params-box").is_displayed()
+        for name in ("modify", "anonymize"):  # each action's own help and example
+            action.select_by_value(name)
+            spec = srv.ACTIONS[name]
+            assert driver.find_element(By.ID, "params-help").text == spec.params_help
+            placeholder = driver.find_element(By.ID, "params").get_attribute("placeholder")
+            assert placeholder == spec.params_example
         profile = Select(driver.find_element(By.CSS_SELECTOR, "[data-option=profile]"))
         assert [o.text for o in profile.options] == ["basic", "none"]
         assert profile.first_selected_option.text == "basic"
@@ -518,6 +524,10 @@ class TestActionList:
                 spec.flag,
                 spec.summary,
                 spec.params,
+            )
+            assert (entry["params_help"], entry["params_example"]) == (
+                spec.params_help,
+                spec.params_example,
             )
             names = [o["name"] for o in entry["options"]]
             assert names == [o.name for o in spec.options if o.api]
