@@ -652,7 +652,7 @@ CODECS: dict[str, Codec] = {
 J2K_LOSSY = "1.2.840.10008.1.2.4.91"
 
 
-LOSSY_SUFFIX = "_j2k"
+LOSSY_SUFFIX = "_jl"  # the original DicomPressor's name for -z outputs
 
 
 DECOMPRESSED_SUFFIX = "_unc"  # the original DicomPressor's name

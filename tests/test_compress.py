@@ -413,13 +413,13 @@ class TestLossless:
         code, out, err = run("-z", "-f", small)
         assert code == 1, out + err
         assert "jpegls" in out + err
-        assert not (tmp_path / "small_j2k.dcm").exists()
+        assert not (tmp_path / "small_jl.dcm").exists()
         for codec in ("jpegls", "rle"):
             code, out, err = run("-x", "--codec", codec, "-f", small)
             assert code == 0, out + err
             assert_same_pixels(small, tmp_path / f"small{CODEC_TARGETS[codec][1]}.dcm")
 
-    @pytest.mark.parametrize("flag,suffix", [("-x", "_jll"), ("-z", "_j2k"), ("-u", "_unc")])
+    @pytest.mark.parametrize("flag,suffix", [("-x", "_jll"), ("-z", "_jl"), ("-u", "_unc")])
     def test_output_dir_collisions_and_reruns(self, tmp_path: Path, flag: str, suffix: str):
         """Same file names in two folders: both outputs kept (_1); a rerun adds nothing."""
         root = tmp_path / "root"
@@ -628,7 +628,7 @@ def lossy_run(source: Path, folder: Path, *flags: str) -> tuple[Path, str]:
     code, out, err = run("-z", *flags, "-f", source)
     assert code == 0, out + err
     assert_log_format(out, err)
-    output = folder / f"{source.stem}_j2k.dcm"
+    output = folder / f"{source.stem}_jl.dcm"
     assert sorted(p.name for p in folder.iterdir()) == sorted([source.name, output.name])
     return output, err
 
@@ -974,7 +974,7 @@ ERROR_RUNS = {
     "X": (("-X",), "", False),
     "x_jpegls_jobs2": (("-x", "--codec", "jpegls", "--jobs", "2"), "_jls", False),
     "X_rle": (("-X", "--codec", "rle"), "", False),
-    "z": (("-z",), "_j2k", True),
+    "z": (("-z",), "_jl", True),
     "Z_jobs2": (("-Z", "--jobs", "2"), "", True),
     "u": (("-u",), "_unc", False),
     "U": (("-U",), "", False),
@@ -1059,7 +1059,7 @@ class TestErrors:
         cut = write_image(tmp_path / "cut.dcm", rows=64, cols=64, seed=3)
         cut.write_bytes(cut.read_bytes()[:-3000])
         hashes = {p.name: sha(p) for p in tmp_path.iterdir()}
-        for flag, suffix in (("-x", "_jll"), ("-u", None), ("-z", "_j2k")):
+        for flag, suffix in (("-x", "_jll"), ("-u", None), ("-z", "_jl")):
             code, out, err = run(flag, "-f", tmp_path, "--jobs", "1")
             assert code == 3, out + err
             if suffix is not None:  # -u leaves good.dcm alone: it is uncompressed
