@@ -1751,7 +1751,7 @@ class OptionSpec:
         return value
 
     @property
-    def also(self) -> str:
+    def other_spellings(self) -> str:
         """Say which other spellings a choice takes (`` (also jpeg, tif; upper or lower
         case)``), or nothing."""
         notes = [f"also {', '.join(self.aliases)}"] if self.aliases else []
@@ -2740,9 +2740,8 @@ def check_value(option: OptionSpec, value: Any, label: Label = cli_label) -> Non
         if option.kind != "choice":
             raise UsageError(f"{name} must be one of {choices}, not {_shown(value)}")
         noun = option.noun or option.name.replace("_", " ")
-        raise UsageError(
-            f"unknown {noun} {_shown(value)}: {name} takes one of {choices}{option.also}"
-        )
+        also = option.other_spellings
+        raise UsageError(f"unknown {noun} {_shown(value)}: {name} takes one of {choices}{also}")
     if option.kind == "window":
         width = float(value[1])
         if not width > 0:
@@ -13735,7 +13734,7 @@ def option_schema(option: OptionSpec) -> dict[str, Any]:
         }
     else:
         schema = {"type": "string"}
-    schema["description"] = option.help + option.also  # enum: the choices; also: aliases
+    schema["description"] = option.help + option.other_spellings  # enum: the choices only
     if option.default is not None:
         schema["default"] = option.default
     return schema
