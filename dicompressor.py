@@ -1488,24 +1488,23 @@ STRUCTURED_CONTENT_OPTIONS: dict[str, dict[str, str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class ImageFormat:
-    """An image format of ``-I``: its file suffix, its name in messages, the bits per
-    sample it holds (``--png-bits``) and whether it keeps every value."""
+    """An image format of ``-I``: its file suffix, its name in messages and the bits per
+    sample it holds (``--png-bits``)."""
 
     suffix: str
     name: str
     bits: tuple[int, ...]
-    lossless: bool
 
 
 #: Image formats of ``-I`` and ``-i``: PNG, JPEG (Pillow, quality JPEG_QUALITY), BMP,
 #: TIFF (Adobe Deflate, TIFF 6.0 Technical Note 2) and JPEG 2000 in a JP2 file
-#: (ISO/IEC 15444-1 Annex I; reversible 5-3 wavelet, so lossless).
+#: (ISO/IEC 15444-1 Annex I; reversible 5-3 wavelet). All but JPEG keep every value.
 IMAGE_FORMATS = {
-    "png": ImageFormat(".png", "PNG", (8, 16), lossless=True),
-    "jpg": ImageFormat(".jpg", "JPEG", (8,), lossless=False),
-    "bmp": ImageFormat(".bmp", "BMP", (8,), lossless=True),
-    "tiff": ImageFormat(".tiff", "TIFF", (8, 16), lossless=True),
-    "jp2": ImageFormat(".jp2", "JPEG 2000", (8, 16), lossless=True),
+    "png": ImageFormat(".png", "PNG", (8, 16)),
+    "jpg": ImageFormat(".jpg", "JPEG", (8,)),
+    "bmp": ImageFormat(".bmp", "BMP", (8,)),
+    "tiff": ImageFormat(".tiff", "TIFF", (8, 16)),
+    "jp2": ImageFormat(".jp2", "JPEG 2000", (8, 16)),
 }
 
 
@@ -15391,7 +15390,7 @@ class _ActionWithValue(argparse.Action):
     ``-e``): stores the action, the value, the (option, value) pairs it sets and the flag
     as given (messages name it)."""
 
-    def __init__(self, *args: Any, sets: tuple[tuple[str, Any], ...] = (), **kwargs: Any):
+    def __init__(self, *args: Any, sets: tuple[tuple[str, Any], ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sets = sets
 
