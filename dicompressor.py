@@ -11,6 +11,7 @@ Usage (see ``python3 dicompressor.py -h``)::
     python3 dicompressor.py -a params.txt -f /data           # anonymize, <stem>_anon.dcm
     python3 dicompressor.py -m changes.txt -f /data          # modify tags, <stem>_mod.dcm
     python3 dicompressor.py -I png -f /data                  # one PNG per frame
+    python3 dicompressor.py -i jpg -f /data                  # JPEG, patient and date drawn
     python3 dicompressor.py -E -f /data/series               # MP4 video
     python3 dicompressor.py -t -f /data [--format json]      # headers as text or JSON
     python3 dicompressor.py -d -F /data/cd                   # DICOMDIR
@@ -1550,8 +1551,43 @@ STRUCTURED_CONTENT_OPTIONS: dict[str, dict[str, str]] = {
 
 # ---- export tables ----
 
-#: Image formats of ``-I`` and the file suffix of each.
-IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
+
+@dataclasses.dataclass(frozen=True)
+class ImageFormat:
+    """An image format of ``-I``: its file suffix, its name in messages and the bits per
+    sample it holds (``--png-bits``)."""
+
+    suffix: str
+    name: str
+    bits: tuple[int, ...]
+
+
+#: Image formats of ``-I`` and ``-i``: PNG, JPEG (Pillow, quality JPEG_QUALITY), BMP,
+#: TIFF (Adobe Deflate, TIFF 6.0 Technical Note 2) and JPEG 2000 in a JP2 file
+#: (ISO/IEC 15444-1 Annex I; reversible 5-3 wavelet). All but JPEG keep every value.
+IMAGE_FORMATS = {
+    "png": ImageFormat(".png", "PNG", (8, 16)),
+    "jpg": ImageFormat(".jpg", "JPEG", (8,)),
+    "bmp": ImageFormat(".bmp", "BMP", (8,)),
+    "tiff": ImageFormat(".tiff", "TIFF", (8, 16)),
+    "jp2": ImageFormat(".jp2", "JPEG 2000", (8, 16)),
+}
+
+
+#: Other names of the image formats (the original DicomPressor's ``-I`` took them too).
+IMAGE_FORMAT_ALIASES = {"jpeg": "jpg", "tif": "tiff", "jpeg2000": "jp2"}
+
+
+#: What ``-i`` draws at the top left of each image and ``-e`` of each video frame (the
+#: original's choice), joined by " | ".
+IMAGE_ANNOTATION = ("PatientName", "PatientID", "StudyDate")
+VIDEO_ANNOTATION = ("PatientName", "PatientID")
+
+
+#: Annotation text size: the shorter side of the image over ANNOTATION_SCALE, at least
+#: ANNOTATION_MIN_PX pixels (Pillow's bundled font, no font file needed).
+ANNOTATION_SCALE = 32
+ANNOTATION_MIN_PX = 10
 
 
 #: Frame rate of ``-E`` when neither the file nor ``--fps`` gives one.
@@ -1728,7 +1764,10 @@ class OptionSpec:
     line's default where it differs from the library's (``--jobs``: the CPU count).
     ``exclusive`` names an argparse group of flags that exclude each other;
     ``conflicts`` names options that may not be given with this one. ``noun`` names a
-    choice's value in messages ("unknown header format 'xml'").
+    choice's value in messages ("unknown header format 'xml'"). A choice may take other
+    spellings: ``aliases`` maps each to its choice ("jpeg" to "jpg"), and with
+    ``ignore_case`` the case of a given value does not matter; ``Options`` and
+    ``parse_option`` hold the choice itself.
     """
 
     name: str
@@ -1753,6 +1792,8 @@ class OptionSpec:
     factor: int = 1
     cli_default: Any = None
     noun: str | None = None
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    ignore_case: bool = False
 
     @property
     def flag(self) -> str:
@@ -1762,6 +1803,27 @@ class OptionSpec:
             return self.short
         return "--" + self.name.replace("_", "-")
 
+    def canonical(self, value: Any) -> Any:
+        """Return the choice a given value names (through ``aliases``, in any case with
+        ``ignore_case``); any other value comes back as given, for the check to refuse."""
+        if not isinstance(value, str) or not (self.aliases or self.ignore_case):
+            return value
+        key = value.lower() if self.ignore_case else value
+        key = self.aliases.get(key, key)
+        for choice in self.choices:
+            if choice == key or (self.ignore_case and str(choice).lower() == key.lower()):
+                return choice
+        return value
+
+    @property
+    def other_spellings(self) -> str:
+        """Say which other spellings a choice takes (`` (also jpeg, tif; upper or lower
+        case)``), or nothing."""
+        notes = [f"also {', '.join(self.aliases)}"] if self.aliases else []
+        if self.ignore_case:
+            notes.append("upper or lower case")
+        return f" ({'; '.join(notes)})" if notes else ""
+
 
 #: Help groups of the command line, in the order --help shows them.
 OPTION_GROUPS = {
@@ -1770,7 +1832,7 @@ OPTION_GROUPS = {
     "merge": "merge (-j)",
     "compression": "compression (-x/-X, -z/-Z)",
     "anonymize": "anonymize (-a/-A PARAMS) and headers (-t)",
-    "exports": "exports (-I FORMAT, -E)",
+    "exports": "exports (-I/-i FORMAT, -E/-e)",
     "conversions": "conversions (-w/-W images, -v video)",
     "batch": "batch and watch",
     "server": "server (--serve)",
@@ -1854,14 +1916,19 @@ OPTIONS: dict[str, OptionSpec] = {
                    choices=HEADER_FORMATS, actions=("headers",), group="anonymize",
                    noun="header format"),
         # exports
-        OptionSpec("image_format", "choice", "image format (the value of -I)", default="png",
-                   choices=tuple(IMAGE_FORMATS), actions=("export_png",), cli=False,
-                   group="exports", noun="image format"),
+        OptionSpec("image_format", "choice", "image format: the value of -I and -i",
+                   default="png", choices=tuple(IMAGE_FORMATS), aliases=IMAGE_FORMAT_ALIASES,
+                   ignore_case=True, actions=("export_png",), cli=False, group="exports",
+                   noun="image format"),
+        OptionSpec("annotate", "flag", "draw PatientName | PatientID | StudyDate (videos: "
+                   "PatientName | PatientID) at the top left of every frame (the command "
+                   "line's -i and -e)", default=False, actions=("export_png", "export_video"),
+                   cli=False, group="exports"),
         OptionSpec("window", "window", "window centre and width instead of the file's",
                    actions=("export_png", "export_video"), metavar="C,W", group="exports"),
-        OptionSpec("png_bits", "integer", "16: modality values unwindowed in 16-bit PNG "
-                   "(default 8)", default=8, choices=(8, 16), actions=("export_png",),
-                   group="exports"),
+        OptionSpec("png_bits", "integer", "16: modality values unwindowed in 16-bit PNG, TIFF "
+                   "or JPEG 2000 (default 8)", default=8, choices=(8, 16),
+                   actions=("export_png",), group="exports"),
         OptionSpec("fps", "number", f"video frame rate when the file states none (default "
                    f"{DEFAULT_FPS:g})", above=0, actions=("export_video",), metavar="N",
                    group="exports"),
@@ -1952,6 +2019,14 @@ OPTIONS: dict[str, OptionSpec] = {
 }  # fmt: skip
 
 
+def _canonical_choices(options: Any) -> None:
+    """Hold the choice an alias or another case names (``image_format="JPEG"``: "jpg")."""
+    for option in OPTIONS.values():
+        if option.kind == "choice" and (option.aliases or option.ignore_case):
+            value = getattr(options, option.name, None)
+            object.__setattr__(options, option.name, option.canonical(value))
+
+
 def _options_class() -> type:
     """Build ``Options`` from OPTIONS: a field per ACTION and COMMON option, its default."""
     declared = [
@@ -1972,7 +2047,12 @@ def _options_class() -> type:
         # a whole-tree action (TREE): the folder it was given (-D puts DICOMDIR beside it)
         ("tree_root", Any, dataclasses.field(default=None)),
     ]
-    cls = dataclasses.make_dataclass("Options", [*declared, *internal], frozen=True)
+    cls = dataclasses.make_dataclass(
+        "Options",
+        [*declared, *internal],
+        frozen=True,
+        namespace={"__post_init__": _canonical_choices},
+    )
     cls.__module__ = __name__
     cls.__doc__ = (
         "Options of one run, shared by every action (built by the CLI or the API): one "
@@ -2710,7 +2790,7 @@ def parse_option(option: OptionSpec, raw: Any, label: Label = cli_label) -> Any:
     else:  # text, choice
         if not isinstance(raw, str):
             raise UsageError(f"{name} must be text, not {_shown(raw)}")
-        value = raw
+        value = option.canonical(raw)
     check_value(option, value, label)
     return value
 
@@ -2725,7 +2805,8 @@ def check_value(option: OptionSpec, value: Any, label: Label = cli_label) -> Non
         if option.kind != "choice":
             raise UsageError(f"{name} must be one of {choices}, not {_shown(value)}")
         noun = option.noun or option.name.replace("_", " ")
-        raise UsageError(f"unknown {noun} {_shown(value)}: {name} takes one of {choices}")
+        also = option.other_spellings
+        raise UsageError(f"unknown {noun} {_shown(value)}: {name} takes one of {choices}{also}")
     if option.kind == "window":
         width = float(value[1])
         if not width > 0:
@@ -9778,6 +9859,7 @@ class RenderSpec:
     palette_bits: int = 8
     colour_bits: int = 8  # BitsStored of RGB samples
     offset16: int = 0  # added to modality values in 16-bit output
+    annotation: tuple[str, ...] = ()  # values drawn at the top left (annotate_frame)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -9909,7 +9991,112 @@ def render_frame(frame: np.ndarray, spec: RenderSpec) -> np.ndarray:
     return np.rint(np.clip(display, 0.0, 255.0)).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=16)
+def annotation_font(size_px: int) -> Any:
+    """Return Pillow's bundled scalable font at size_px pixels (no font file is read)."""
+    from PIL import ImageFont
+
+    try:
+        font = ImageFont.load_default(size=size_px)
+    except TypeError:  # Pillow before 10.1: one bitmap size only
+        font = None
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise DicomPressorError(
+            "annotations need Pillow's scalable bundled font (Pillow 10.1 or later, with "
+            "FreeType): pip install -U pillow"
+        )
+    return font
+
+
+def fit_text(text: str, font: Any, width_px: float) -> str:
+    """Return text, or its longest start with "…" added that is at most width_px wide
+    ("" when not even "…" fits)."""
+    if font.getlength(text) <= width_px:
+        return text
+    low, high = 0, len(text)  # text[:low] + "…" fits, text[:high] + "…" does not
+    if font.getlength("…") > width_px:
+        return ""
+    while high - low > 1:
+        middle = (low + high) // 2
+        if font.getlength(text[:middle].rstrip() + "…") <= width_px:
+            low = middle
+        else:
+            high = middle
+    return text[:low].rstrip() + "…"
+
+
+def fit_fields(fields: Sequence[str], font: Any, width_px: float) -> str:
+    """Join fields with " | " in at most width_px: the first field (the patient's name)
+    is shortened first, so the others stay whole while they fit; else the line's end."""
+    text = " | ".join(fields)
+    if font.getlength(text) <= width_px or len(fields) < 2:
+        return fit_text(text, font, width_px)
+    rest = " | " + " | ".join(fields[1:])
+    first = fit_text(fields[0], font, width_px - font.getlength(rest))
+    return first + rest if first else fit_text(text, font, width_px)
+
+
+def annotate_frame(image: np.ndarray, fields: Sequence[str]) -> np.ndarray:
+    """Draw fields at the top left of an 8-bit grey or RGB frame, white on a black box.
+
+    The font is Pillow's bundled one at the shorter side over ANNOTATION_SCALE pixels,
+    at least ANNOTATION_MIN_PX; a line wider than the frame is shortened with "…"
+    (fit_fields). The box (a quarter of the font size from the edges, as much padding
+    around the text) stays inside the frame, and no pixel outside it changes.
+    """
+    from PIL import Image, ImageDraw
+
+    rows, columns = image.shape[:2]
+    size = max(ANNOTATION_MIN_PX, round(min(rows, columns) / ANNOTATION_SCALE))
+    font = annotation_font(size)
+    pad = max(1, round(size / 4))
+    fitted = fit_fields(fields, font, columns - 4 * pad)
+    if not fitted:
+        return image
+    ascent, descent = font.getmetrics()
+    width = min(columns - pad, 2 * pad + math.ceil(font.getlength(fitted)))
+    height = min(rows - pad, 2 * pad + ascent + descent)
+    if width <= 0 or height <= 0:
+        return image
+    mode = "L" if image.ndim == 2 else "RGB"
+    box = Image.new(mode, (width, height), 0)
+    ImageDraw.Draw(box).text(
+        (pad, pad), fitted, font=font, fill=255 if mode == "L" else (255,) * 3
+    )
+    canvas = Image.fromarray(image)
+    canvas.paste(box, (pad, pad))
+    return np.asarray(canvas)
+
+
 # ---- export: reading what a frame needs from the header ----
+
+
+def readable_name(value: str) -> str:
+    """Show a person name (PN) as "FAMILY, prefix given middle suffix": its first
+    non-empty component group (alphabetic, else ideographic or phonetic), PS3.5 6.2."""
+    group = next((g for g in value.split("=") if g.strip("^ ")), "")
+    parts = [p.strip() for p in group.split("^")] + [""] * 5
+    family, given, middle, prefix, suffix = parts[:5]
+    rest = " ".join(p for p in (prefix, given, middle, suffix) if p)
+    return f"{family}, {rest}" if family and rest else family or rest
+
+
+def annotation_fields(ds: Dataset, keywords: Sequence[str]) -> tuple[str, ...]:
+    """Return the values of keywords as annotate_frame shows them: person names readable
+    (readable_name), dates as YYYY-MM-DD, control characters as spaces, "-" for a value
+    that is missing or empty."""
+    shown = []
+    for keyword in keywords:
+        value = ds.get(keyword)
+        text = "" if value is None else str(value)
+        vr = ds[keyword].VR if keyword in ds else ""
+        if vr == "PN":
+            text = readable_name(text)
+        elif vr == "DA" and re.fullmatch(r"\d{8}", text.strip()):
+            text = f"{text[:4]}-{text[4:6]}-{text[6:8]}"
+        text = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split())
+        shown.append(text or "-")
+    return tuple(shown)
 
 
 def _macro(ds: Dataset, index: int, keyword: str) -> Dataset | None:
@@ -10146,12 +10333,137 @@ def png16_rgb_bytes(rgb: np.ndarray) -> bytes:
     )
 
 
+def tiff16_rgb_bytes(rgb: np.ndarray) -> bytes:
+    """Encode a (rows, columns, 3) uint16 array as a 16-bit RGB TIFF, one Adobe Deflate
+    strip (TIFF 6.0 baseline fields; Pillow cannot hold 16-bit colour)."""
+    rows, columns = rgb.shape[:2]
+    strip = zlib.compress(np.ascontiguousarray(rgb, dtype="<u2").tobytes(), 6)
+    bits_at, resolution_at, strip_at = 8, 14, 30  # after the 8-byte header
+    ifd_at = strip_at + len(strip) + len(strip) % 2  # IFDs start on a word boundary
+    short, long_, rational = 3, 4, 5
+    entries = [  # (tag, type, count, value or offset), in tag order
+        (256, long_, 1, columns),  # ImageWidth
+        (257, long_, 1, rows),  # ImageLength
+        (258, short, 3, bits_at),  # BitsPerSample 16, 16, 16
+        (259, short, 1, 8),  # Compression: Adobe Deflate
+        (262, short, 1, 2),  # PhotometricInterpretation: RGB
+        (273, long_, 1, strip_at),  # StripOffsets
+        (277, short, 1, 3),  # SamplesPerPixel
+        (278, long_, 1, rows),  # RowsPerStrip
+        (279, long_, 1, len(strip)),  # StripByteCounts
+        (282, rational, 1, resolution_at),  # XResolution 1/1
+        (283, rational, 1, resolution_at + 8),  # YResolution 1/1
+        (284, short, 1, 1),  # PlanarConfiguration: interleaved
+        (296, short, 1, 1),  # ResolutionUnit: none
+    ]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHLH2x" if kind == short and count == 1 else "<HHLL", tag, kind, count, v)
+        for tag, kind, count, v in entries
+    )
+    return b"".join(
+        (
+            struct.pack("<2sHL", b"II", 42, ifd_at),
+            struct.pack("<3H", 16, 16, 16),
+            struct.pack("<4L", 1, 1, 1, 1),
+            strip,
+            b"\0" * (len(strip) % 2),
+            ifd,
+            struct.pack("<L", 0),  # no next IFD
+        )
+    )
+
+
+def modality_note(image_format: str, offset16: int) -> str:
+    """Say how a 16-bit grey image's values give the modality values."""
+    return f"modality value = {IMAGE_FORMATS[image_format].name} value - {offset16}"
+
+
+def tiff_bytes(image: np.ndarray, offset16: int = 0) -> bytes:
+    """Encode a rendered frame as TIFF, Adobe Deflate: 8-bit grey or RGB, 16-bit grey
+    (its ImageDescription says the offset, as PNG's text does) or 16-bit RGB."""
+    from PIL import Image
+
+    if image.dtype == np.uint16 and image.ndim == 3:
+        return tiff16_rgb_bytes(image)
+    buffer = io.BytesIO()
+    info = {270: modality_note("tiff", offset16)} if image.dtype == np.uint16 else {}
+    Image.fromarray(image).save(
+        buffer, format="TIFF", compression="tiff_adobe_deflate", tiffinfo=info
+    )
+    return buffer.getvalue()
+
+
+def bmp_bytes(image: np.ndarray, offset16: int = 0) -> bytes:
+    """Encode a rendered 8-bit frame as BMP (grey: 8 bits with a grey palette; RGB: 24)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
+def jp2_bytes(image: np.ndarray, offset16: int = 0) -> bytes:
+    """Encode a rendered frame as a lossless JPEG 2000 JP2 file (reversible 5-3 wavelet).
+
+    Pillow encodes it (8-bit grey or RGB, 16-bit grey with a comment saying the offset);
+    16-bit RGB, which Pillow cannot hold, and any frame when Pillow has no JPEG 2000
+    goes through pylibjpeg-openjpeg's encoder, which needs 32 pixels on each side.
+    """
+    from PIL import Image, features
+
+    if (image.dtype == np.uint16 and image.ndim == 3) or not features.check("jpg_2000"):
+        return _openjpeg_jp2(image)
+    buffer = io.BytesIO()
+    extra = {"comment": modality_note("jp2", offset16)} if image.dtype == np.uint16 else {}
+    Image.fromarray(image).save(
+        buffer, format="JPEG2000", irreversible=False, mct=int(image.ndim == 3), **extra
+    )
+    return buffer.getvalue()
+
+
+def _openjpeg_jp2(image: np.ndarray) -> bytes:
+    """Encode a frame as a lossless JP2 file with pylibjpeg-openjpeg (see jp2_bytes)."""
+    rows, columns = image.shape[:2]
+    if min(rows, columns) < 32:
+        raise DicomPressorError(
+            f"JPEG 2000 of {'16-bit colour' if image.ndim == 3 else 'this frame'} goes "
+            f"through openjpeg, which needs at least 32 pixels on each side, not "
+            f"{columns} x {rows}: export it as png or tiff"
+        )
+    try:
+        from openjpeg.utils import encode_array
+    except ImportError as exc:
+        raise DicomPressorError(
+            "no JPEG 2000 encoder for this frame: pip install pylibjpeg-openjpeg"
+        ) from exc
+    return bytes(
+        encode_array(
+            np.ascontiguousarray(image),
+            bits_stored=8 * image.itemsize,
+            photometric_interpretation=1 if image.ndim == 3 else 2,  # sRGB, greyscale
+            codec_format=1,  # JP2
+        )
+    )
+
+
+#: The encoders of the image formats that encode_image does not write itself.
+IMAGE_ENCODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
+    "bmp": bmp_bytes,
+    "tiff": tiff_bytes,
+    "jp2": jp2_bytes,
+}
+
+
 def encode_image(image: np.ndarray, image_format: str, offset16: int = 0) -> bytes:
-    """Encode a rendered frame as PNG (8 or 16 bits) or JPEG."""
+    """Encode a rendered frame as PNG (8 or 16 bits), JPEG, or through IMAGE_ENCODERS
+    (BMP, TIFF, JPEG 2000)."""
     import io
 
     from PIL import Image, PngImagePlugin
 
+    encoder = IMAGE_ENCODERS.get(image_format)
+    if encoder is not None:
+        return encoder(image, offset16)
     if image.dtype == np.uint16 and image.ndim == 3:
         return png16_rgb_bytes(image)
     buffer = io.BytesIO()
@@ -10189,6 +10501,8 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
         image = render_frame(_decode_job(job), job.spec)
     except DicomPressorError as exc:
         raise DicomPressorError(f"frame {job.index + 1}: {exc.message}") from exc
+    if job.spec.annotation:
+        image = annotate_frame(image, job.spec.annotation)
     if job.target is None:
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -10267,10 +10581,12 @@ def _frame_jobs_of(
     image_format: str,
     frame_indices: Sequence[int] | None = None,
     voi: SharedVoi | None = None,
+    annotation: Sequence[str] = (),
 ) -> Iterator[RenderJob]:
     """Yield one RenderJob per frame of source; a problem becomes a job with an error.
 
-    voi, when given, is the VOI of every frame (SharedVoi).
+    voi, when given, is the VOI of every frame (SharedVoi); annotation names the
+    attributes whose values are drawn on every frame (annotation_fields).
     """
     path, ds = source.path, source.header
     indices = list(frame_indices) if frame_indices is not None else list(range(source.frames))
@@ -10280,6 +10596,9 @@ def _frame_jobs_of(
             yield RenderJob(str(path), i, RenderSpec("MONOCHROME2"), error=prepared.message)
         return
     specs, stored = prepared.data
+    if annotation:
+        fields = annotation_fields(ds, annotation)
+        specs = [dataclasses.replace(spec, annotation=fields) for spec in specs]
     syntax = str(transfer_syntax_of(ds))
     planar = int(ds.get("PlanarConfiguration", 0) or 0)
     description = pixel_description(ds, planar_configuration=planar)
@@ -10454,7 +10773,7 @@ def export_png(
     *,
     progress: ProgressFn = _no_progress,
 ) -> ActionResult:
-    """Export every frame as an 8-bit PNG (or JPEG with ``image_format`` "jpg", ``-I jpg``).
+    """Export every frame as an image: PNG, JPEG, BMP, TIFF or JPEG 2000 (IMAGE_FORMATS).
 
     Each grey frame goes through the Modality LUT (the frame's Pixel Value
     Transformation, (0028,3000) Modality LUT Sequence or (0028,1052)/(0028,1053) Rescale
@@ -10469,8 +10788,14 @@ def export_png(
     inverted, rounded to integers, plus an offset: minus the least value the file's
     BitsStored, Pixel Representation and rescale allow, or 0 when none can be negative
     (CT stored as 12-bit unsigned with intercept -1024: offset 1024, so the PNG holds the
-    stored values). The PNG's ``ModalityValueOffset`` text says it; values beyond
-    0..65535 are clipped. Colour frames are scaled to 0..65535 (8-bit x 257).
+    stored values). The PNG's ``ModalityValueOffset`` text says it (the TIFF's
+    ImageDescription, the JP2's comment); values beyond 0..65535 are clipped. Colour
+    frames are scaled to 0..65535 (8-bit x 257). PNG, BMP, TIFF and JPEG 2000 keep every
+    value, so they hold the same pixels.
+
+    With ``annotate`` (``-i``) (0010,0010) Patient's Name, (0010,0020) Patient ID and
+    (0008,0020) Study Date are drawn at the top left of every 8-bit image
+    (annotate_frame).
 
     Parameters
     ----------
@@ -10479,17 +10804,18 @@ def export_png(
     output_dir
         Folder for the images; None writes each beside its input.
     options
-        ``window`` (center, width), ``png_bits`` (8 or 16), ``image_format`` ("png" or
-        "jpg", JPEG at quality 92), ``jobs`` (frames render in that many worker processes).
+        ``window`` (center, width), ``png_bits`` (8 or 16: png, tiff, jp2 only),
+        ``image_format`` (png, jpg at quality 92, bmp, tiff, jp2), ``annotate`` (not with
+        16 bits), ``jobs`` (frames render in that many worker processes).
 
     Returns
     -------
     ActionResult
-        ``<stem>.png`` for a single frame, ``<stem>_frame0001.png``... for multi-frame
-        files; beside the input an existing image of that name is replaced, in
-        output_dir it is kept and the new one gets ``<stem>_1`` (as does a second input
-        with the same stem in one run). Inputs are never modified; a file that cannot
-        be decoded fails alone and leaves no image.
+        ``<stem>.png`` (.jpg, .bmp, .tiff, .jp2) for a single frame,
+        ``<stem>_frame0001.png``... for multi-frame files; beside the input an existing
+        image of that name is replaced, in output_dir it is kept and the new one gets
+        ``<stem>_1`` (as does a second input with the same stem in one run). Inputs are
+        never modified; a file that cannot be decoded fails alone and leaves no image.
     """
     check_options(ACTIONS["export_png"], options)
     image_format = options.image_format
@@ -10504,7 +10830,7 @@ def export_png(
         return result
     total = sum(s.frames for s in sources)
     result.info(f"Processing {len(sources)} files ({total} frames)...")
-    suffix = IMAGE_FORMATS[image_format]
+    suffix = IMAGE_FORMATS[image_format].suffix
     claimed: set[tuple[Path, str]] = set()
     plans: list[tuple[ExportSource, list[Path]]] = []
     input_set = {p.resolve() for p in inputs}
@@ -10523,10 +10849,14 @@ def export_png(
             raise DicomPressorError(f"an output name of {source.path.name} is an input's name")
         plans.append((source, targets))
 
+    annotation = IMAGE_ANNOTATION if options.annotate else ()
+
     def jobs() -> Iterator[RenderJob]:
         for source, targets in plans:
             voi = _file_voi(source, options)
-            yield from _frame_jobs_of(source, options, targets, image_format, voi=voi)
+            yield from _frame_jobs_of(
+                source, options, targets, image_format, voi=voi, annotation=annotation
+            )
 
     outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total)
     for source, targets in plans:
@@ -10642,12 +10972,17 @@ def _video_jobs(
     plan: VideoPlan, options: Options, voi: SharedVoi | None = None
 ) -> Iterator[RenderJob]:
     """Yield the render jobs of a video's frames, in order (RGB bytes, no file)."""
+    annotation = VIDEO_ANNOTATION if options.annotate else ()
     if plan.multi_frame:
         source = plan.parts[0][0]
-        yield from _frame_jobs_of(source, options, [None] * len(plan.parts), "", voi=voi)
+        yield from _frame_jobs_of(
+            source, options, [None] * len(plan.parts), "", voi=voi, annotation=annotation
+        )
         return
     for source, index in plan.parts:
-        yield from _frame_jobs_of(source, options, [None], "", [index], voi=voi)
+        yield from _frame_jobs_of(
+            source, options, [None], "", [index], voi=voi, annotation=annotation
+        )
 
 
 def _video_voi(plan: VideoPlan, options: Options) -> SharedVoi | None:
@@ -10767,6 +11102,7 @@ def _export_video_stream(path: Path, source: ExportSource, target: Path) -> File
     copied into MP4 by ffmpeg. An existing video of that name is replaced, as -E does.
     """
     assert source.location is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
     stream = video_stream_path(path, source.location, target.parent)
     try:
         with stream.open("rb") as handle:
@@ -10806,7 +11142,9 @@ def export_video(
     piped to ffmpeg as RGB; odd sizes are padded to even with black. A video has one VOI:
     ``--window``, else its first frame's window or VOI LUT, else the range of the
     modality values over all its frames (padding left out), so brightness changes
-    between frames stay visible.
+    between frames stay visible. A stored MPEG-4 stream is copied as it is, unless
+    ``annotate`` (``-e``) draws (0010,0010) Patient's Name and (0010,0020) Patient ID at
+    the top left of every frame: then it is decoded, drawn on and encoded again.
 
     Parameters
     ----------
@@ -10820,7 +11158,7 @@ def export_video(
         ``fps``: the frame rate when the file states none ((0018,1063) Frame Time as
         1000/FrameTime, (0018,1065) Frame Time Vector as 1000 over the mean of its values
         after the first, (0018,0040) Cine Rate, (0008,2144) Recommended Display Frame
-        Rate); default 10. ``window``, ``jobs``.
+        Rate); default 10. ``window``, ``annotate``, ``jobs``.
 
     Returns
     -------
@@ -10847,7 +11185,8 @@ def export_video(
     done = 0
     for plan in plans:
         source = plan.parts[0][0]
-        if plan.multi_frame and str(transfer_syntax_of(source.header)) in VIDEO_SYNTAXES:
+        stream = plan.multi_frame and str(transfer_syntax_of(source.header)) in VIDEO_SYNTAXES
+        if stream and not options.annotate:  # annotated: decoded, drawn on, encoded again
             result.record(
                 guarded(_export_video_stream, source.path, source, plan.target, doing="export")
             )
@@ -12063,11 +12402,26 @@ Rule = Callable[[Any, Label], "str | None"]
 
 
 @dataclasses.dataclass(frozen=True)
+class VariantFlag:
+    """Another command-line flag of an action: it runs the action with options set.
+
+    ``sets`` holds (option name, value) pairs, options of the action that the API gives
+    as they are (``-i png`` is ``-I png`` with annotate true; the API's export_png with
+    ``"annotate": true``). It takes a value as the action's flag does (``metavar``).
+    """
+
+    flag: str
+    summary: str
+    sets: tuple[tuple[str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ActionSpec:
     """One action: its API name, CLI flags, function, what it takes and gives, its rule.
 
     ``flag`` runs it writing new files; ``replace_flag`` (-X, -Z, -U, -A) replaces each
-    input atomically. A flag spelt ``--info`` takes an optional path instead of -f/-F;
+    input atomically; each of ``variants`` runs it with some options set (-i, -e). A flag
+    spelt ``--info`` takes an optional path instead of -f/-F;
     with ``metavar`` the flag takes a value that sets ``flag_value``: "params" (the flag
     names a params file whose text the action gets, as the API's ``params``) or an
     option (``-I png`` sets image_format). ``params`` says the action takes a params
@@ -12098,6 +12452,7 @@ class ActionSpec:
     rule: Rule | None = None
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     inputs: str = DICOM_INPUTS
+    variants: tuple[VariantFlag, ...] = ()
 
     @property
     def options(self) -> tuple[OptionSpec, ...]:
@@ -12111,9 +12466,22 @@ class ActionSpec:
 
 
 def _export_rule(options: Any, label: Label) -> str | None:
-    """16-bit output is PNG only."""
-    if options.png_bits == 16 and options.image_format != "png":
-        return f"{label(OPTIONS['png_bits'])} 16 needs PNG output (-I png), JPEG has 8 bits"
+    """16-bit output: formats that hold 16 bits, and no annotation (modality values)."""
+    if options.png_bits != 16:
+        return None
+    bits = label(OPTIONS["png_bits"])
+    chosen = IMAGE_FORMATS[options.image_format]
+    if 16 not in chosen.bits:
+        wide = [k for k, f in IMAGE_FORMATS.items() if 16 in f.bits]
+        return (
+            f"{bits} 16 needs {', '.join(wide[:-1])} or {wide[-1]} output: "
+            f"{chosen.name} holds 8 bits"
+        )
+    if options.annotate:
+        return (
+            f"{bits} 16 gives modality values, not a display image: annotations are drawn "
+            "on 8-bit images only"
+        )
     return None
 
 
@@ -12265,17 +12633,33 @@ ACTIONS: dict[str, ActionSpec] = {
         ActionSpec(
             "export_png",
             "-I",
-            "Export each frame as an image: -I png (or jpg), windowed as a viewer shows it",
+            "Export each frame as an image: -I png, jpg, bmp, tiff or jp2, windowed as a "
+            "viewer shows it",
             export_png,
             metavar="FORMAT",
             flag_value="image_format",
             rule=_export_rule,
+            variants=(
+                VariantFlag(
+                    "-i",
+                    "As -I, with PatientName | PatientID | StudyDate drawn at the top left "
+                    "of every image",
+                    (("annotate", True),),
+                ),
+            ),
         ),
         ActionSpec(
             "export_video",
             "-E",
             "Export a multi-frame file (or a folder's series) as MP4 video",
             export_video,
+            variants=(
+                VariantFlag(
+                    "-e",
+                    "As -E, with PatientName | PatientID drawn at the top left of every frame",
+                    (("annotate", True),),
+                ),
+            ),
         ),
         ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
         ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, takes=FOLDER),
@@ -12385,7 +12769,7 @@ ACTIONS: dict[str, ActionSpec] = {
 
 def unknown_option(spec: ActionSpec, shown: str, label: Label) -> str:
     """Say that an option is not one of the action's, and which it takes."""
-    taken = ", ".join(label(o) for o in spec.options if label is cli_label or o.api)
+    taken = ", ".join(label(o) for o in spec.options if (o.cli if label is cli_label else o.api))
     return f"unknown option {shown} for {spec.name}: it takes {taken or 'none'}"
 
 
@@ -14237,7 +14621,7 @@ def option_schema(option: OptionSpec) -> dict[str, Any]:
         }
     else:
         schema = {"type": "string"}
-    schema["description"] = option.help
+    schema["description"] = option.help + option.other_spellings  # enum: the choices only
     if option.default is not None:
         schema["default"] = option.default
     return schema
@@ -15894,7 +16278,13 @@ def run_server(
 
 
 class _ActionWithValue(argparse.Action):
-    """An action flag that takes a value (``-a PARAMS``): stores both."""
+    """An action flag that takes a value (``-a PARAMS``) or sets options (a VariantFlag,
+    ``-e``): stores the action, the value, the (option, value) pairs it sets and the flag
+    as given (messages name it)."""
+
+    def __init__(self, *args: Any, sets: tuple[tuple[str, Any], ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sets = sets
 
     def __call__(
         self,
@@ -15904,7 +16294,9 @@ class _ActionWithValue(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         namespace.action = self.const
-        namespace.action_value = values
+        namespace.action_value = values if self.nargs != 0 else None
+        namespace.action_sets = self.sets
+        namespace.action_flag = option_string
 
 
 def _add_option(container: Any, option: OptionSpec) -> None:
@@ -15936,15 +16328,21 @@ def _add_action_flags(container: Any) -> None:
                 spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
             )
             continue
-        flags = [(spec.flag, spec.name, spec.summary)]
+        flags = [(spec.flag, spec.name, spec.summary, ())]
         if spec.replace_flag:
             replace_help = f"as {spec.flag}, replacing each input atomically"
-            flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help))
-        for flag, const, help_text in flags:
+            flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help, ()))
+        flags += [(v.flag, spec.name, v.summary, v.sets) for v in spec.variants]
+        for flag, const, help_text, sets in flags:
             if spec.metavar:
                 container.add_argument(
                     flag, action=_ActionWithValue, const=const, metavar=spec.metavar,
-                    help=help_text,
+                    help=help_text, sets=sets,
+                )  # fmt: skip
+            elif sets:
+                container.add_argument(
+                    flag, dest="action", action=_ActionWithValue, nargs=0, const=const,
+                    help=help_text, sets=sets,
                 )  # fmt: skip
             else:
                 container.add_argument(
@@ -15972,7 +16370,7 @@ def build_parser() -> argparse.ArgumentParser:
                 exclusive[option.exclusive] = container.add_mutually_exclusive_group()
             container = exclusive[option.exclusive]
         _add_option(container, option)
-    parser.set_defaults(action=None, action_value=None)
+    parser.set_defaults(action=None, action_value=None, action_sets=(), action_flag=None)
     return parser
 
 
@@ -16013,6 +16411,11 @@ def _option_value_text(option: OptionSpec) -> str:
     return " ".join([option.kind, *bounds])
 
 
+def _cell(text: str) -> str:
+    """Escape the column separators in a README table cell."""
+    return text.replace("|", "\\|")
+
+
 def flag_table() -> str:
     """Return the README's tables of actions and options, made from the registries."""
     lines = [
@@ -16020,10 +16423,17 @@ def flag_table() -> str:
         "|---|---|---|---|---|",
     ]
     for spec in ACTIONS.values():
-        flag = f"`{spec.flag} {spec.metavar}`" if spec.metavar else f"`{spec.flag}`"
+        value = f" {spec.metavar}" if spec.metavar else ""
         replace = f"`{spec.replace_flag}`" if spec.replace_flag else ""
         taken = ", ".join(f"`{o.flag}`" for o in spec.options if o.cli)
-        lines.append(f"| {flag} | {replace} | `{spec.name}` | {spec.summary} | {taken} |")
+        lines.append(
+            f"| `{spec.flag}{value}` | {replace} | `{spec.name}` | {_cell(spec.summary)} "
+            f"| {taken} |"
+        )
+        for variant in spec.variants:
+            sets = ", ".join(f"`{name}: {json.dumps(v)}`" for name, v in variant.sets)
+            flag, what = f"`{variant.flag}{value}`", _cell(variant.summary)
+            lines.append(f"| {flag} |  | `{spec.name}` with {sets} | {what} | {taken} |")
     lines += [
         "",
         "| option | value | default | API (`options`) | what it does |",
@@ -16043,7 +16453,7 @@ def flag_table() -> str:
         )
         api = f"`{option.name}`" if option.scope == ACTION and option.api else ""
         lines.append(
-            f"| {flag} | {_option_value_text(option)} | {shown} | {api} | {option.help} |"
+            f"| {flag} | {_option_value_text(option)} | {shown} | {api} | {_cell(option.help)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -16253,7 +16663,9 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
         params = read_params_file(Path(args.action_value), spec.parse_params)
     elif spec.flag_value is not None:
         option = OPTIONS[spec.flag_value]
-        values[option.name] = parse_option(option, args.action_value, lambda _: spec.flag)
+        flag = args.action_flag or spec.flag  # -i names -i
+        values[option.name] = parse_option(option, args.action_value, lambda _: flag)
+    values.update(args.action_sets)  # a VariantFlag's options (-i, -e: annotate)
     return action_options(
         spec,
         values,

@@ -27,7 +27,7 @@ from dicompressor import Options, export_png, export_video, merge
 
 
 class Opts:
-    """Options with the fields the coordinator adds (window, png_bits, fps)."""
+    """Options with the fields the coordinator adds (window, png_bits, fps, annotate)."""
 
     def __init__(self, **values: object) -> None:
         base = Options(jobs=int(values.pop("jobs", 1)))  # type: ignore[call-overload]
@@ -38,6 +38,7 @@ class Opts:
         self.png_bits = values.pop("png_bits", 8)
         self.fps = values.pop("fps", None)
         self.image_format = values.pop("image_format", "png")
+        self.annotate = values.pop("annotate", False)
         assert not values, values
 
 
@@ -389,7 +390,7 @@ class TestExportPng:
     def test_bad_options(self, ct: list[Path], tmp_path: Path) -> None:
         from dicompressor import DicomPressorError
 
-        with pytest.raises(DicomPressorError, match="--png-bits 16 needs PNG"):
+        with pytest.raises(DicomPressorError, match="--png-bits 16 needs png, tiff or jp2"):
             export_png(ct, tmp_path, Opts(png_bits=16, image_format="jpg"))
         with pytest.raises(DicomPressorError, match="--window width must be positive"):
             export_png(ct, tmp_path, Opts(window=(40.0, 0.0)))
@@ -555,3 +556,401 @@ class TestSharedVoi:
         for k, image in enumerate(result.outputs):
             values = np.tile(np.arange(16) + 100 * k, (16, 1)).astype(np.float64)
             assert_close(png(image), linear(values, 100, 200))
+
+
+# ---- image formats (-I TYPE) ----
+
+
+#: Every spelling -I takes, and the suffix of what it writes.
+SPELLINGS = {
+    "png": ".png", "PNG": ".png", "jpg": ".jpg", "JPG": ".jpg", "jpeg": ".jpg", "Jpeg": ".jpg",
+    "bmp": ".bmp", "BMP": ".bmp", "tiff": ".tiff", "TIFF": ".tiff", "tif": ".tiff",
+    "TIF": ".tiff", "jp2": ".jp2", "JP2": ".jp2", "jpeg2000": ".jp2", "JPEG2000": ".jp2",
+}  # fmt: skip
+
+LOSSLESS = ("png", "bmp", "tiff", "jp2")
+
+FORMATS_MESSAGE = (
+    "takes one of png, jpg, bmp, tiff, jp2 (also jpeg, tif, jpeg2000; upper or lower case)"
+)
+
+
+def openjpeg_pixels(path: Path) -> np.ndarray:
+    """Decode a JP2 file with openjpeg (pylibjpeg-openjpeg), the second reader."""
+    import openjpeg
+
+    return np.asarray(openjpeg.decode(path.read_bytes()))
+
+
+def deep_colour(path: Path) -> np.ndarray:
+    """Read a 16-bit colour PNG or TIFF whole (Pillow reads them as 8 bits): libpng or
+    libtiff through imagecodecs."""
+    imagecodecs = pytest.importorskip("imagecodecs", reason="pip install imagecodecs")
+    decode = imagecodecs.png_decode if path.suffix == ".png" else imagecodecs.tiff_decode
+    return np.asarray(decode(path.read_bytes()))
+
+
+def cli(*args: str | Path) -> tuple[int, str]:
+    """Run main() in this process; return (exit code, stderr's last line)."""
+    from conftest import run_main
+
+    code, _, err = run_main(*args)
+    lines = err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+class TestImageFormats:
+    """-I png, jpg, bmp, tiff, jp2 (and jpeg, tif, jpeg2000) in any case."""
+
+    @pytest.mark.parametrize("spelling", list(SPELLINGS))
+    def test_every_spelling(self, spelling: str, ct: list[Path], tmp_path: Path) -> None:
+        reference = export_png(ct[:2], tmp_path / "ref", Opts()).outputs
+        out = tmp_path / "out"
+        code, line = cli("-I", spelling, "-F", ct[0].parent, "--output-dir", out, "--jobs", "1")
+        assert code == 0, line
+        suffix = SPELLINGS[spelling]
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}{suffix}" for p in ct)
+        for ref in reference:
+            path = out / f"{ref.stem}{suffix}"
+            with Image.open(path) as image:
+                assert image.size == (14, 20)
+                assert image.format == {".png": "PNG", ".jpg": "JPEG", ".bmp": "BMP"}.get(
+                    suffix, {".tiff": "TIFF", ".jp2": "JPEG2000"}.get(suffix)
+                )
+            got = png(path)
+            if suffix == ".jpg":
+                assert abs(got.astype(float).mean() - png(ref).mean()) < 4
+                continue
+            assert np.array_equal(got, png(ref)), spelling  # lossless: the PNG's values
+            if suffix == ".jp2":
+                assert path.read_bytes()[4:12] == b"jP  \r\n\x87\n"  # a JP2 file (signature)
+                assert np.array_equal(openjpeg_pixels(path), png(ref))
+
+    @pytest.mark.parametrize("image_format", LOSSLESS)
+    def test_colour_and_frames_as_the_png(self, image_format: str, tmp_path: Path) -> None:
+        colour, frames = sample("SC_rgb.dcm"), sample("emri_small.dcm")
+        reference = export_png([colour, frames], tmp_path / "ref", Opts(jobs=2)).outputs
+        result = export_png(
+            [colour, frames], tmp_path / "out", Opts(jobs=2, image_format=image_format)
+        )
+        suffix = SPELLINGS[image_format]
+        assert [p.name for p in result.outputs] == [p.stem + suffix for p in reference]
+        assert result.outputs[1].name == f"emri_small_frame0001{suffix}"
+        for ref, path in zip(reference, result.outputs, strict=True):
+            assert np.array_equal(png(path), png(ref)), path.name
+            if image_format == "jp2":
+                assert np.array_equal(openjpeg_pixels(path), png(ref)), path.name
+        with Image.open(result.outputs[0]) as image:
+            assert image.mode == "RGB"
+
+    def test_16_bits_grey_same_values(self, ct: list[Path], tmp_path: Path) -> None:
+        outputs = {
+            f: export_png(ct[:1], tmp_path / f, Opts(png_bits=16, image_format=f)).outputs[0]
+            for f in ("png", "tiff", "jp2")
+        }
+        want = stored_values(ct[0]) - 1024 + 3072  # modality values plus the offset
+        for image_format, path in outputs.items():
+            with Image.open(path) as image:
+                assert image.mode == "I;16", image_format
+                got = np.asarray(image).astype(np.int64)
+            assert np.array_equal(got, want), image_format
+        assert np.array_equal(openjpeg_pixels(outputs["jp2"]), want)
+        with Image.open(outputs["tiff"]) as image:
+            assert image.tag_v2[270] == "modality value = TIFF value - 3072"
+        assert b"modality value = JPEG 2000 value - 3072" in outputs["jp2"].read_bytes()
+
+    def test_16_bits_colour_same_values(self, tmp_path: Path) -> None:
+        path = sample("SC_rgb_16bit.dcm")
+        want = pydicom.dcmread(path).pixel_array  # 16 bits stored: the values themselves
+        assert want.dtype == np.uint16 and int(want.max()) > 255
+        got = {}
+        for image_format in ("png", "tiff", "jp2"):
+            options = Opts(png_bits=16, image_format=image_format)
+            [output] = export_png([path], tmp_path / image_format, options).outputs
+            with Image.open(output) as image:  # Pillow opens each
+                assert image.size == (100, 100)
+            got[image_format] = (
+                openjpeg_pixels(output) if image_format == "jp2" else deep_colour(output)
+            )
+        for image_format, values in got.items():
+            assert values.dtype == np.uint16, image_format
+            assert np.array_equal(values, want), image_format
+
+    def test_16_bits_colour_jp2_needs_32_pixels(self, tmp_path: Path) -> None:
+        path = sample("SC_rgb_small_odd.dcm")  # 3 x 3 RGB
+        result = export_png([path], tmp_path, Opts(png_bits=16, image_format="jp2"))
+        assert result.failures == [
+            (
+                path,
+                "JPEG 2000 of 16-bit colour goes through openjpeg, which needs at least 32 "
+                "pixels on each side, not 3 x 3: export it as png or tiff",
+            )
+        ]
+        assert list(tmp_path.iterdir()) == []
+
+    @pytest.mark.parametrize(("spelling", "name"), [("jpg", "JPEG"), ("BMP", "BMP")])
+    def test_16_bits_needs_a_wide_format(
+        self, spelling: str, name: str, ct: list[Path], tmp_path: Path
+    ) -> None:
+        code, line = cli("-I", spelling, "--png-bits", "16", "-f", ct[0])
+        assert (code, line) == (
+            2,
+            f"dicompressor: error: --png-bits 16 needs png, tiff or jp2 output: {name} holds "
+            "8 bits",
+        )
+        from dicompressor import HTTPError, process_request
+
+        with pytest.raises(HTTPError) as caught:
+            process_request(
+                {"action": "export_png", "options": {"image_format": spelling, "png_bits": 16}},
+                tmp_path,
+            )
+        assert caught.value.message == line.removeprefix("dicompressor: error: ").replace(
+            "--png-bits", "options.png_bits"
+        )
+
+    @pytest.mark.parametrize("flag", ["-I", "-i"])
+    @pytest.mark.parametrize("spelling", ["gif", "XYZ", "webp", "j2k"])
+    def test_unknown_type_is_refused(
+        self, flag: str, spelling: str, ct: list[Path], tmp_path: Path
+    ) -> None:
+        """The original wrote a JPEG for any other TYPE; here it is a usage error."""
+        code, line = cli(flag, spelling, "-F", ct[0].parent)
+        assert code == 2
+        assert line == f"dicompressor: error: unknown image format '{spelling}': {flag} " + (
+            FORMATS_MESSAGE
+        )
+        assert sorted(p.name for p in ct[0].parent.iterdir()) == sorted(p.name for p in ct)
+        from dicompressor import HTTPError, process_request
+
+        with pytest.raises(HTTPError) as caught:
+            process_request(
+                {"action": "export_png", "options": {"image_format": spelling}}, tmp_path
+            )
+        assert caught.value.status == 400
+        assert caught.value.message == (
+            f"unknown image format '{spelling}': options.image_format " + FORMATS_MESSAGE
+        )
+
+
+# ---- annotated exports (-i TYPE, -e) ----
+
+
+def changed_box(plain: np.ndarray, annotated: np.ndarray) -> tuple[int, int, int, int]:
+    """Return (top, left, bottom, right) of the pixels that differ, inclusive."""
+    assert plain.shape == annotated.shape
+    differs = plain != annotated
+    if differs.ndim == 3:
+        differs = differs.any(axis=2)
+    rows, columns = np.nonzero(differs)
+    assert rows.size, "the annotated image is the plain one"
+    return int(rows.min()), int(columns.min()), int(rows.max()), int(columns.max())
+
+
+def flat_slice(folder: Path, rows: int, cols: int, **kwargs: object) -> Path:
+    """One CT slice of 40 HU everywhere (window 40/400: grey 128)."""
+    [path] = synth.make_series(folder, n=1, rows=rows, cols=cols, **kwargs)
+    return rewrite(path, PixelData=np.full((rows, cols), 1024 + 40, "<i2").tobytes())
+
+
+class TestAnnotatedImages:
+    """-i: -I with PatientName | PatientID | StudyDate on a black box at the top left."""
+
+    def test_only_the_box_differs(self, tmp_path: Path) -> None:
+        paths = synth.make_series(tmp_path / "s", n=2, rows=96, cols=128)
+        plain = export_png(paths, tmp_path / "plain", Opts()).outputs
+        annotated = export_png(paths, tmp_path / "ann", Opts(annotate=True, jobs=2)).outputs
+        assert [p.name for p in annotated] == [p.name for p in plain]
+        for before, after in zip(plain, annotated, strict=True):
+            a, b = png(before), png(after)
+            top, left, bottom, right = changed_box(a, b)
+            size = 10  # the least font size: 96 / 32 is smaller
+            assert 1 <= top <= size // 2 and 1 <= left <= size // 2  # a margin, inside
+            assert bottom < 2 * size + 2 and right < 128 - 1  # one line, inside the width
+            outside = np.ones(a.shape, bool)
+            outside[top : bottom + 1, left : right + 1] = False
+            assert np.array_equal(a[outside], b[outside])  # -I's pixels everywhere else
+            box = b[top : bottom + 1, left : right + 1]
+            edges = [box[0], box[-1], box[:, 0], box[:, -1]]
+            assert all(np.all(edge == 0) for edge in edges)  # a black backing box
+            assert box.max() >= 240 and (box == 0).mean() > 0.5  # white text on it
+
+    def test_box_height_scales_with_the_image(self, tmp_path: Path) -> None:
+        heights = {}
+        for side in (320, 640):
+            path = flat_slice(tmp_path / str(side), side, side)
+            plain = export_png([path], tmp_path / f"p{side}", Opts()).outputs[0]
+            annotated = export_png([path], tmp_path / f"a{side}", Opts(annotate=True)).outputs[0]
+            top, left, bottom, right = changed_box(png(plain), png(annotated))
+            heights[side] = bottom - top + 1
+            assert top >= 1 and left >= 1 and bottom < side - 1 and right < side - 1
+        assert heights[320] >= 12  # legible: a 10-pixel font and its padding
+        assert 1.8 <= heights[640] / heights[320] <= 2.2, heights
+
+    def test_long_name_is_shortened_inside_the_image(self, tmp_path: Path) -> None:
+        name = "VERYLONGFAMILYNAME^JOHANNES^MARIA^DR^JR"
+        path = flat_slice(tmp_path / "s", 128, 160, patient=name)
+        plain = export_png([path], tmp_path / "p", Opts()).outputs[0]
+        annotated = export_png([path], tmp_path / "a", Opts(annotate=True)).outputs[0]
+        _, _, _, right = changed_box(png(plain), png(annotated))
+        assert 150 <= right < 160 - 1  # filled to the width, and no further
+
+    def test_colour_jpeg_and_every_frame(self, tmp_path: Path) -> None:
+        colour, frames = sample("SC_rgb.dcm"), sample("emri_small.dcm")
+        plain = export_png([colour, frames], tmp_path / "p", Opts(jobs=2)).outputs
+        annotated = export_png(
+            [colour, frames], tmp_path / "a", Opts(jobs=2, annotate=True)
+        ).outputs
+        assert len(annotated) == 11
+        for before, after in zip(plain, annotated, strict=True):  # every frame has it
+            a, b = png(before), png(after)
+            top, left, bottom, right = changed_box(a, b)
+            assert bottom < 24 and (top, left) <= (3, 3)
+            assert np.all(b[top, left : right + 1] == 0)
+        options = Options(image_format="JPEG", annotate=True, jobs=1)  # library callers too
+        jpegs = export_png([colour], tmp_path / "j", options)
+        plain_jpeg = export_png([colour], tmp_path / "pj", Opts(image_format="jpg"))
+        a, b = png(plain_jpeg.outputs[0]).astype(float), png(jpegs.outputs[0]).astype(float)
+        assert np.abs(a[:16, :60] - b[:16, :60]).mean() > 30  # the box is there
+        assert np.abs(a[32:] - b[32:]).mean() < 0.5  # JPEG blocks further down are not
+
+    def test_fields_shown_readably(self) -> None:
+        from dicompressor import annotation_fields
+
+        ds = Dataset()
+        ds.PatientName = "Doe^John^A^Dr^Jr"
+        ds.PatientID = "12\n34\x1b"
+        ds.StudyDate = "20240131"
+        assert annotation_fields(ds, ("PatientName", "PatientID", "StudyDate")) == (
+            "Doe, Dr John A Jr",
+            "12 34",
+            "2024-01-31",
+        )
+        ds.PatientName = "=山田^太郎"  # only the ideographic group
+        ds.StudyDate = ""
+        assert annotation_fields(ds, ("PatientName", "StudyDate", "AccessionNumber")) == (
+            "山田, 太郎",
+            "-",
+            "-",
+        )
+        ds.PatientName = "Doe"
+        assert annotation_fields(ds, ("PatientName",)) == ("Doe",)
+
+    def test_fit_keeps_id_and_date(self) -> None:
+        from dicompressor import annotation_font, fit_fields
+
+        font = annotation_font(12)
+        fields = ("Verylongfamilyname, Johannes Maria", "PID001", "2024-01-31")
+        whole = font.getlength(" | ".join(fields))
+        fitted = fit_fields(fields, font, whole - 40)
+        assert fitted.endswith("… | PID001 | 2024-01-31")
+        assert font.getlength(fitted) <= whole - 40
+        narrow = fit_fields(fields, font, font.getlength("PID001 | 20"))
+        assert narrow.endswith("…") and font.getlength(narrow) <= font.getlength("PID001 | 20")
+        assert fit_fields(fields, font, 2) == ""
+        assert fit_fields(fields, font, whole) == " | ".join(fields)
+
+    def test_no_font_file_is_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Pillow's bundled font, from memory: no font file is asked for by path."""
+        import inspect
+
+        from PIL import ImageFont
+
+        import dicompressor
+
+        asked: list[object] = []
+        real = ImageFont.truetype
+
+        def truetype(font: object = None, *args: object, **kwargs: object) -> object:
+            asked.append(font)
+            return real(font, *args, **kwargs)
+
+        monkeypatch.setattr(ImageFont, "truetype", truetype)
+        dicompressor.annotation_font.cache_clear()
+        try:
+            image = dicompressor.annotate_frame(np.full((64, 64), 128, np.uint8), ("DOE", "1"))
+        finally:
+            dicompressor.annotation_font.cache_clear()
+        assert (image == 0).any() and image.max() >= 240
+        assert asked and not any(isinstance(f, (str, os.PathLike)) for f in asked), asked
+        source = inspect.getsource(dicompressor)
+        assert ".ttf" not in source and "truetype(" not in source
+
+    def test_16_bits_are_refused(self, ct: list[Path], tmp_path: Path) -> None:
+        """16-bit output holds modality values: no text is drawn into them."""
+        code, line = cli("-i", "png", "--png-bits", "16", "-f", ct[0])
+        assert (code, line) == (
+            2,
+            "dicompressor: error: --png-bits 16 gives modality values, not a display image: "
+            "annotations are drawn on 8-bit images only",
+        )
+        from dicompressor import HTTPError, process_request
+
+        with pytest.raises(HTTPError) as caught:
+            process_request(
+                {"action": "export_png", "options": {"annotate": True, "png_bits": 16}},
+                tmp_path,
+            )
+        assert caught.value.message == (
+            "options.png_bits 16 gives modality values, not a display image: annotations are "
+            "drawn on 8-bit images only"
+        )
+
+    def test_cli_flag(self, tmp_path: Path) -> None:
+        path = flat_slice(tmp_path / "s", 64, 64)
+        code, line = cli("-i", "TIF", "-f", path, "--output-dir", tmp_path / "i", "--jobs", "1")
+        assert code == 0, line
+        code, line = cli("-I", "tif", "-f", path, "--output-dir", tmp_path / "I", "--jobs", "1")
+        assert code == 0, line
+        name = f"{path.stem}.tiff"
+        changed_box(png(tmp_path / "I" / name), png(tmp_path / "i" / name))
+
+
+class TestAnnotatedVideo:
+    """-e: -E with PatientName | PatientID on every frame."""
+
+    def test_top_left_differs_rest_close(self, tmp_path: Path) -> None:
+        paths = synth.make_series(tmp_path / "s", n=4, rows=96, cols=128)
+        ramp = np.tile(np.linspace(1024 - 160, 1024 + 240, 128).astype("<i2"), (96, 1))
+        for path in paths:  # a smooth picture, so H.264 keeps it close
+            rewrite(path, PixelData=ramp.tobytes())
+        plain = export_video(paths, tmp_path / "p", Opts()).outputs
+        annotated = export_video(paths, tmp_path / "a", Opts(annotate=True, jobs=2)).outputs
+        assert [p.name for p in annotated] == [p.name for p in plain] == ["DOE_JANE_series3.mp4"]
+        _, before = read_video(plain[0])
+        _, after = read_video(annotated[0])
+        assert len(after) == len(before) == 4
+        for a, b in zip(before, after, strict=True):
+            a, b = a.astype(float), b.astype(float)
+            assert np.abs(a[2:14, 2:60] - b[2:14, 2:60]).mean() > 40  # the box and its text
+            assert np.abs(a[32:] - b[32:]).mean() < 1.5  # the rest as -E has it
+
+    def test_stored_h264_is_decoded_and_drawn_on(self, tmp_path: Path) -> None:
+        """-E copies a stored H.264 stream; -e must decode it to draw, and encode again."""
+        from conftest import run_main
+
+        clip = tmp_path / "in" / "clip.mp4"
+        clip.parent.mkdir()
+        argv = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                "color=c=0x808080:size=128x96:rate=10", "-frames:v", "6", "-c:v", "libx264",
+                "-pix_fmt", "yuv420p", str(clip)]  # fmt: skip
+        import subprocess
+
+        subprocess.run(argv, check=True, capture_output=True)
+        params = tmp_path / "params.txt"
+        params.write_text("PatientName=DOE^JOHN\nPatientID=ID42\n")
+        assert run_main("-v", "-f", clip, "--params", params, "--quiet")[0] == 0
+        dicom = clip.with_suffix(".dcm")
+        for flag in ("-E", "-e"):
+            code, out, err = run_main(flag, "-f", dicom, "--output-dir", tmp_path / flag)
+            assert code == 0, out + err
+        copied, drawn = tmp_path / "-E" / "clip.mp4", tmp_path / "-e" / "clip.mp4"
+        _, source = read_video(clip)
+        _, before = read_video(copied)
+        _, after = read_video(drawn)
+        assert len(after) == len(before) == 6
+        assert all(np.array_equal(a, s) for a, s in zip(before, source, strict=True))  # copied
+        for a, b in zip(before, after, strict=True):
+            a, b = a.astype(float), b.astype(float)
+            assert np.abs(a[2:14, 2:60] - b[2:14, 2:60]).mean() > 40
+            assert np.abs(a[32:] - b[32:]).mean() < 1.5

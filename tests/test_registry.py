@@ -50,6 +50,12 @@ class TestDeclarations:
                 assert spec.params
             elif spec.flag_value is not None:
                 assert dp.OPTIONS[spec.flag_value] in spec.options
+            for variant in spec.variants:  # a variant flag sets options of its action
+                assert variant.sets
+                for name, value in variant.sets:
+                    option = dp.OPTIONS[name]
+                    assert option in spec.options and option.api, (variant.flag, name)
+                    dp.check_value(option, value)
             assert spec.takes in (dp.FILES, dp.FOLDER, dp.TREE)
             assert spec.result in (dp.WROTE, dp.RECORDS, dp.COUNTS)
 
@@ -67,6 +73,7 @@ class TestDeclarations:
         wanted = set()
         for spec in dp.ACTIONS.values():
             wanted |= {spec.flag, spec.replace_flag} - {None}
+            wanted |= {v.flag for v in spec.variants}
         for option in dp.OPTIONS.values():
             if option.cli:
                 wanted |= {option.short, option.flag} - {None}
@@ -146,7 +153,83 @@ class TestOneValidation:
     def test_flag_value_is_checked_as_its_option(self, tmp_path: Path) -> None:
         code, line = cli_error("-I", "gif", "-f", str(tmp_path))
         assert code == dp.EXIT_USAGE
-        assert line == "dicompressor: error: unknown image format 'gif': -I takes one of png, jpg"
+        assert line == (
+            "dicompressor: error: unknown image format 'gif': -I takes one of png, jpg, bmp, "
+            "tiff, jp2 (also jpeg, tif, jpeg2000; upper or lower case)"
+        )
+        message = api_error("export_png", {"image_format": "gif"}, tmp_path)
+        assert message == line.removeprefix("dicompressor: error: ").replace(
+            "-I takes", "options.image_format takes"
+        )
+
+    def test_variant_flag_sets_its_options(self) -> None:
+        args = dp.build_parser().parse_args(["-i", "TIF", "-f", "x"])
+        given = dp.cli_values(args)
+        options = dp.cli_options(dp.ACTIONS["export_png"], args, given)
+        assert (options.image_format, options.annotate) == ("tiff", True)
+        args = dp.build_parser().parse_args(["-e", "-f", "x"])
+        options = dp.cli_options(dp.ACTIONS["export_video"], args, dp.cli_values(args))
+        assert options.annotate is True
+        args = dp.build_parser().parse_args(["-E", "-f", "x"])
+        options = dp.cli_options(dp.ACTIONS["export_video"], args, dp.cli_values(args))
+        assert options.annotate is False
+
+
+class TestChoiceSpellings:
+    """A choice's aliases and case, declared in its OptionSpec, for every caller alike."""
+
+    OPTION = dp.OptionSpec(
+        "shade",
+        "choice",
+        "a colour",
+        choices=("red", "Blue"),
+        aliases={"crimson": "red"},
+        ignore_case=True,
+    )
+
+    @pytest.mark.parametrize(
+        ("given", "wanted"),
+        [("red", "red"), ("RED", "red"), ("Crimson", "red"), ("blue", "Blue"), ("BLUE", "Blue")],
+    )
+    def test_canonical(self, given: str, wanted: str) -> None:
+        assert self.OPTION.canonical(given) == wanted
+        assert dp.parse_option(self.OPTION, given) == wanted
+
+    def test_unknown_names_the_spellings(self) -> None:
+        with pytest.raises(dp.UsageError) as caught:
+            dp.parse_option(self.OPTION, "Green")
+        assert caught.value.message == (
+            "unknown shade 'Green': --shade takes one of red, Blue (also crimson; upper or "
+            "lower case)"
+        )
+
+    def test_without_aliases_case_matters(self) -> None:
+        option = dp.OPTIONS["format"]
+        assert not option.aliases and not option.ignore_case
+        with pytest.raises(dp.UsageError, match="unknown header format 'JSON'"):
+            dp.parse_option(option, "JSON")
+
+    @pytest.mark.parametrize(
+        ("given", "wanted"),
+        [("jpeg", "jpg"), ("JPG", "jpg"), ("Tif", "tiff"), ("JPEG2000", "jp2"), ("BMP", "bmp")],
+    )
+    def test_options_hold_the_choice(self, given: str, wanted: str, tmp_path: Path) -> None:
+        assert dp.Options(image_format=given).image_format == wanted  # library callers
+        assert dp.parse_option(dp.OPTIONS["image_format"], given) == wanted  # CLI
+        options = dp.action_options(  # the API: converted by parse_option, then checked
+            dp.ACTIONS["export_png"],
+            {"image_format": dp.parse_option(dp.OPTIONS["image_format"], given, dp.api_label)},
+            dp.api_label,
+        )
+        assert options.image_format == wanted
+
+    def test_openapi_names_the_spellings(self) -> None:
+        schemas = dp.openapi_document("http://127.0.0.1:8000")["components"]["schemas"]
+        options = schemas["Process_export_png"]["properties"]["options"]["properties"]
+        schema = options["image_format"]
+        assert schema["enum"] == ["png", "jpg", "bmp", "tiff", "jp2"]
+        assert schema["description"].endswith("(also jpeg, tif, jpeg2000; upper or lower case)")
+        assert options["annotate"]["type"] == "boolean"
 
     def test_server_options_reach_the_config(self) -> None:
         args = dp.build_parser().parse_args(

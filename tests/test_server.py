@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -391,6 +392,40 @@ class TestEndpoints:
         ).json()
         assert result["success"] and all(
             f["name"].endswith(".jpg") for f in result["output_files"]
+        )
+
+    def test_image_formats_and_annotation(self, api: Running, tmp_path: Path) -> None:
+        """-I's spellings and -i/-e's annotation, as the API's options."""
+        from PIL import Image
+
+        paths = synth.make_series(tmp_path / "s", n=3, rows=64, cols=64)
+        images = {}
+        for name, options in (
+            ("plain", {"image_format": "Tif"}),
+            ("annotated", {"image_format": "TIFF", "annotate": True}),
+        ):
+            sid = api.session()
+            api.upload(sid, paths)
+            result = api.process(sid, {"action": "export_png", "options": options}).json()
+            assert result["success"], result
+            assert sorted(f["name"] for f in result["output_files"]) == sorted(
+                p.stem + ".tiff" for p in paths
+            )
+            r = requests.get(
+                f"{api.url}/api/download/{sid}/{paths[0].stem}.tiff", headers=api.headers
+            )
+            with Image.open(io.BytesIO(r.content)) as image:
+                images[name] = np.asarray(image)
+        differs = np.nonzero(images["plain"] != images["annotated"])
+        assert differs[0].size and differs[0].max() < 24  # the text box at the top only
+        result = api.process(sid, {"action": "export_video", "options": {"annotate": True}})
+        assert result.json()["success"], result.text
+        assert [f["name"] for f in result.json()["output_files"]] == ["DOE_JANE_series3.mp4"]
+        r = api.process(sid, {"action": "export_png", "options": {"image_format": "gif"}})
+        assert r.status_code == 400
+        assert r.json()["error"] == (
+            "unknown image format 'gif': options.image_format takes one of png, jpg, bmp, "
+            "tiff, jp2 (also jpeg, tif, jpeg2000; upper or lower case)"
         )
 
     def test_merged_alias_ambiguous(self, api: Running, tmp_path: Path) -> None:

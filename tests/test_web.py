@@ -535,3 +535,8 @@ class TestActionList:
         assert (ratio["type"], ratio["minimum"]) == ("number", 1)
         bits = next(o for o in listed["export_png"]["options"] if o["name"] == "png_bits")
         assert (bits["enum"], bits["default"]) == ([8, 16], 8)
+        for name in ("export_png", "export_video"):  # -i and -e: a checkbox on the page
+            annotate = next(o for o in listed[name]["options"] if o["name"] == "annotate")
+            assert (annotate["kind"], annotate["default"]) == ("flag", False)
+        kinds = next(o for o in listed["export_png"]["options"] if o["name"] == "image_format")
+        assert kinds["enum"] == ["png", "jpg", "bmp", "tiff", "jp2"]
