@@ -35,6 +35,45 @@ KEY = "test-key-0123456789"
 RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
 
 
+#: The spec's "Full Examples / cURL" script as published; only API and KEY are replaced.
+DOCS_CURL_EXAMPLE = """\
+#!/bin/bash
+# DicomPressor API — Full merge example
+# Replace YOUR_KEY with your actual API key
+API="https://dicompressor.sitnov.work"
+KEY="YOUR_KEY"
+# Step 1: Create session
+echo "Creating session..."
+SESSION=$(curl -s -X POST -H "X-API-Key: $KEY" $API/api/session | jq -r .session_id)
+echo "Session: $SESSION"
+# Step 2: Upload all .dcm files from a folder
+echo "Uploading files..."
+for f in ./dicoms/*.dcm; do
+  curl -s -X POST \\
+    -H "X-API-Key: $KEY" \\
+    -F "files=@$f" \\
+    $API/api/upload/$SESSION > /dev/null
+done
+echo "Upload complete"
+# Step 3: Merge
+echo "Merging..."
+RESULT=$(curl -s -X POST \\
+  -H "X-API-Key: $KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{"action":"merge"}' \\
+  $API/api/process/$SESSION)
+echo "Success: $(echo $RESULT | jq .success)"
+# Step 4: Download each output file
+echo $RESULT | jq -r '.output_files[].name' | while read fname; do
+  echo "Downloading $fname..."
+  curl -s -H "X-API-Key: $KEY" \\
+    -o "$fname" \\
+    $API/api/download/$SESSION/$fname
+done
+echo "Done!"
+"""
+
+
 class Running:
     """A server running in a thread of the test process."""
 
@@ -191,44 +230,7 @@ class TestSpecExamples:
             pytest.skip("curl or jq not on PATH")
         work = tmp_path / "full"
         synth.make_series(work / "dicoms", n=6)
-        script = textwrap.dedent(
-            """\
-            #!/bin/bash
-            # DicomPressor API — Full merge example
-            # Replace YOUR_KEY with your actual API key
-            API="https://dicompressor.sitnov.work"
-            KEY="YOUR_KEY"
-            # Step 1: Create session
-            echo "Creating session..."
-            SESSION=$(curl -s -X POST -H "X-API-Key: $KEY" $API/api/session | jq -r .session_id)
-            echo "Session: $SESSION"
-            # Step 2: Upload all .dcm files from a folder
-            echo "Uploading files..."
-            for f in ./dicoms/*.dcm; do
-              curl -s -X POST \\
-                -H "X-API-Key: $KEY" \\
-                -F "files=@$f" \\
-                $API/api/upload/$SESSION > /dev/null
-            done
-            echo "Upload complete"
-            # Step 3: Merge
-            echo "Merging..."
-            RESULT=$(curl -s -X POST \\
-              -H "X-API-Key: $KEY" \\
-              -H "Content-Type: application/json" \\
-              -d '{"action":"merge"}' \\
-              $API/api/process/$SESSION)
-            echo "Success: $(echo $RESULT | jq .success)"
-            # Step 4: Download each output file
-            echo $RESULT | jq -r '.output_files[].name' | while read fname; do
-              echo "Downloading $fname..."
-              curl -s -H "X-API-Key: $KEY" \\
-                -o "$fname" \\
-                $API/api/download/$SESSION/$fname
-            done
-            echo "Done!"
-            """
-        )
+        script = DOCS_CURL_EXAMPLE
         script = script.replace(SPEC_API, api.url).replace("YOUR_KEY", api.key)
         proc = subprocess.run(
             ["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=120
@@ -1240,29 +1242,7 @@ def readme_server_command() -> str:
 class TestDocsCurlLoop:
     """The docs' "Full Examples" cURL script, one file per request, against the limits."""
 
-    SCRIPT = textwrap.dedent(
-        """\
-        API="https://dicompressor.sitnov.work"
-        KEY="YOUR_KEY"
-        echo "Creating session..."
-        SESSION=$(curl -s -X POST -H "X-API-Key: $KEY" $API/api/session | jq -r .session_id)
-        echo "Session: $SESSION"
-        echo "Uploading files..."
-        for f in ./dicoms/*.dcm; do
-          curl -s -X POST \\
-            -H "X-API-Key: $KEY" \\
-            -F "files=@$f" \\
-            $API/api/upload/$SESSION > /dev/null
-        done
-        echo "Upload complete"
-        RESULT=$(curl -s -X POST \\
-          -H "X-API-Key: $KEY" \\
-          -H "Content-Type: application/json" \\
-          -d '{"action":"merge"}' \\
-          $API/api/process/$SESSION)
-        echo "Success: $(echo $RESULT | jq .success)"
-        """
-    )
+    SCRIPT = DOCS_CURL_EXAMPLE
 
     def run_script(self, url: str, key: str, work: Path) -> str:
         script = self.SCRIPT.replace(SPEC_API, url).replace("YOUR_KEY", key)
