@@ -1088,6 +1088,66 @@ DICOMDIR_PLACEHOLDERS = {
 }
 
 
+#: The keys of the PATIENT, STUDY, SERIES and IMAGE records (PS3.3 F.5.1-F.5.4) that -d
+#: takes from a plain file's bytes, as pydicom's record creators take them from a
+#: dataset: record type -> (tag, VR, keyword, Type 1: a key the record cannot lack).
+#: A Type 1 key that is missing or empty gets its DICOMDIR_PLACEHOLDERS value; the others
+#: are written empty when the file lacks them.
+DIRECTORY_RECORD_KEYS: dict[str, tuple[tuple[int, str, str, bool], ...]] = {
+    "PATIENT": (
+        (0x00100010, "PN", "PatientName", False),
+        (0x00100020, "LO", "PatientID", True),
+    ),
+    "STUDY": (
+        (0x00080020, "DA", "StudyDate", True),
+        (0x00080030, "TM", "StudyTime", True),
+        (0x00200010, "SH", "StudyID", True),
+        (0x00081030, "LO", "StudyDescription", False),
+        (0x0020000D, "UI", "StudyInstanceUID", False),
+        (0x00080050, "SH", "AccessionNumber", False),
+    ),
+    "SERIES": (
+        (0x00080060, "CS", "Modality", True),
+        (0x0020000E, "UI", "SeriesInstanceUID", True),
+        (0x00200011, "IS", "SeriesNumber", True),
+    ),
+    "IMAGE": ((0x00200013, "IS", "InstanceNumber", True),),
+}
+
+
+#: SOP classes whose leaf record is IMAGE (PS3.3 F.5.24, pydicom's record type for
+#: them): -d builds their records from the file's bytes; any other class goes through
+#: pydicom's record creators (a test checks this table against pydicom's).
+DIRECTORY_IMAGE_SOP_CLASSES = frozenset(
+    """
+    1.2.840.10008.5.1.4.1.1.1 1.2.840.10008.5.1.4.1.1.1.1 1.2.840.10008.5.1.4.1.1.1.1.1
+    1.2.840.10008.5.1.4.1.1.1.2 1.2.840.10008.5.1.4.1.1.1.2.1 1.2.840.10008.5.1.4.1.1.1.3
+    1.2.840.10008.5.1.4.1.1.1.3.1 1.2.840.10008.5.1.4.1.1.2 1.2.840.10008.5.1.4.1.1.2.1
+    1.2.840.10008.5.1.4.1.1.2.2 1.2.840.10008.5.1.4.1.1.3.1 1.2.840.10008.5.1.4.1.1.4
+    1.2.840.10008.5.1.4.1.1.4.1 1.2.840.10008.5.1.4.1.1.4.3 1.2.840.10008.5.1.4.1.1.4.4
+    1.2.840.10008.5.1.4.1.1.6.1 1.2.840.10008.5.1.4.1.1.6.2 1.2.840.10008.5.1.4.1.1.7
+    1.2.840.10008.5.1.4.1.1.7.1 1.2.840.10008.5.1.4.1.1.7.2 1.2.840.10008.5.1.4.1.1.7.3
+    1.2.840.10008.5.1.4.1.1.7.4 1.2.840.10008.5.1.4.1.1.12.1 1.2.840.10008.5.1.4.1.1.12.1.1
+    1.2.840.10008.5.1.4.1.1.12.2 1.2.840.10008.5.1.4.1.1.12.2.1 1.2.840.10008.5.1.4.1.1.13.1.1
+    1.2.840.10008.5.1.4.1.1.13.1.3 1.2.840.10008.5.1.4.1.1.20 1.2.840.10008.5.1.4.1.1.77.1.1
+    1.2.840.10008.5.1.4.1.1.77.1.2 1.2.840.10008.5.1.4.1.1.77.1.4 1.2.840.10008.5.1.4.1.1.128
+    1.2.840.10008.5.1.4.1.1.128.1 1.2.840.10008.5.1.4.1.1.130 1.2.840.10008.5.1.4.1.1.481.1
+    """.split()  # noqa: SIM905
+)
+
+
+#: Modalities whose instances get another leaf record than IMAGE whatever their class.
+DIRECTORY_OTHER_LEAF_MODALITIES = frozenset({"RTINTENT", "RTSEGANN", "RTRAD", "PLAN"})
+
+
+#: pydicom's root: DICOMDIRs name pydicom as their implementation in the File Meta and
+#: take their File-set UID under its root, as they did when pydicom wrote them whole.
+PYDICOM_ROOT_UID = "1.2.826.0.1.3680043.8.498."
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+
+
 # ---- de-identification: the options, and what Table E.1-1 leaves out ----
 
 #: PS3.15 Table E.1-1 (2026d), the option columns: column -> action -> attributes (as in
@@ -2935,6 +2995,9 @@ KNOWN_VRS = TEXT_VRS | LONG_LENGTH_VRS | frozenset(NUMBER_FORMATS) | {"AT"}
 _SHORT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 
 
+RawSpan = tuple[int, str, int, int]  # tag, VR, value length, value offset
+
+
 _LONG_LENGTH = struct.Struct("<L")
 
 
@@ -3501,15 +3564,15 @@ def read_plain_header(path: Path) -> FileDataset | None:
     return ds
 
 
-def _plain_elements(
-    data: bytes, pos: int, *, meta: bool
-) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
-    """Parse elements for read_plain_header; return them (None: not plain) and the end.
+def plain_spans(data: bytes, pos: int, *, meta: bool) -> tuple[list[RawSpan] | None, int]:
+    """Find the elements of a plain header (read_plain_header) without pydicom.
 
-    meta parses group 0002 and stops before the next group; otherwise parsing runs to the
-    end of data or stops after the Pixel Data.
+    Return (tag, VR, length, value offset) of each element, or None when the header is
+    not plain, and where parsing stopped. meta parses group 0002 and stops before the
+    next group; otherwise parsing runs to the end of data or stops after the Pixel Data
+    (whose value may run past data when it is longer than DEFER_BYTES).
     """
-    out: dict[BaseTag, RawDataElement] = {}
+    out: list[RawSpan] = []
     last = 0x00020000 if meta else 0x00080000
     end = len(data)
     while pos < end:
@@ -3521,11 +3584,27 @@ def _plain_elements(
         last = tag + 1
         if length == 0xFFFFFFFF:
             return None, pos
-        key = BaseTag(tag)
         deferred = length > DEFER_BYTES and tag != 0x00080005  # as pydicom does
         if start + length > end and not (deferred and tag == 0x7FE00010):
             return None, pos
-        if deferred:
+        out.append((tag, vr, length, start))
+        pos = start + length
+        if tag == 0x7FE00010 and not meta:
+            break
+    return out, pos
+
+
+def _plain_elements(
+    data: bytes, pos: int, *, meta: bool
+) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
+    """Parse elements for read_plain_header; return them (None: not plain) and the end."""
+    spans, pos = plain_spans(data, pos, meta=meta)
+    if spans is None:
+        return None, pos
+    out: dict[BaseTag, RawDataElement] = {}
+    for tag, vr, length, start in spans:
+        key = BaseTag(tag)
+        if length > DEFER_BYTES and tag != 0x00080005:  # left on disk, as pydicom does
             value = None
         else:
             value = (
@@ -3534,9 +3613,6 @@ def _plain_elements(
                 else pydicom.dataelem.empty_value_for_VR(vr, raw=True)
             )
         out[key] = RawDataElement(key, vr, length, value, start, False, True)
-        pos = start + length
-        if tag == 0x7FE00010 and not meta:
-            break
     return out, pos
 
 
@@ -6587,25 +6663,198 @@ def header_json(ds: Dataset, *, incomplete: str | None = None) -> tuple[str, lis
 # ---- DICOMDIR ----
 
 
-def add_with_placeholders(fs: FileSet, path: Path) -> tuple[Any, list[str]]:
-    """Add an instance whose directory records lack Type 1 keys; return (it, the keys).
+@dataclasses.dataclass
+class DirectoryRecord:
+    """One directory record (PS3.3 F.3.2.2) without its two offsets and, in a leaf, its
+    Referenced File ID: those are set when the DICOMDIR is written (dicomdir_bytes).
 
-    The records are built from a copy of the header with the DICOMDIR_PLACEHOLDERS
-    value of each key a record creator finds missing or empty (as dcmmkdir's "invent"
-    option does); the file itself is referenced, or copied, unchanged.
+    ``key`` tells a record from its siblings, as pydicom's RecordNode.key does: the
+    Patient ID, the Study or Series Instance UID, a leaf's SOP Instance UID. ``elements``
+    holds each element encoded in Explicit VR Little Endian, by tag.
     """
-    from pydicom.fileset import RecordNode
 
-    ds = pydicom.dcmread(path)
-    _record_read_encoding(ds)  # pydicom stages a copy of the file: it must convert
+    kind: str
+    key: str
+    elements: dict[int, bytes]
+
+
+@dataclasses.dataclass
+class DirectoryEntry:
+    """One instance's directory records, highest level first, and the keys given
+    placeholder values (DICOMDIR_PLACEHOLDERS) because the instance lacks them."""
+
+    uid: str
+    records: list[DirectoryRecord]
+    filled: list[str]
+
+
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+def _plain_record_value(vr: str, raw: bytes) -> bytes | None:
+    """Return a text value as pydicom converts and writes it back (unpadded), or None.
+
+    Trailing padding goes (each VR's conversion strips it), an IS loses its leading
+    spaces too. Only printable ASCII is taken, and a backslash (several values) only in
+    CS: anything else gives None, and pydicom's own conversion decides.
+    """
+    value = raw.rstrip(b"\0 ")
+    if not _PRINTABLE.fullmatch(value) or (b"\\" in value and vr != "CS"):
+        return None
+    if vr == "IS" and value:
+        value = value.lstrip(b" ")
+        if not _INTEGER.fullmatch(value) or not -(2**31) <= int(value) < 2**31:
+            return None
+    return value
+
+
+def _plain_us(spans: dict[int, RawSpan], data: bytes, tag: int, default: int | None) -> int | None:
+    """Return a one-valued US element of a plain header (default when absent); -1: odd."""
+    span = spans.get(tag)
+    if span is None:
+        return default
+    _, vr, length, start = span
+    if vr != "US" or length != 2:
+        return -1
+    return int(struct.unpack_from("<H", data, start)[0])
+
+
+def _plain_integrity(spans: dict[int, RawSpan], data: bytes, text: Callable[..., Any]) -> bool:
+    """Tell whether check_integrity() and read_header()'s value checks pass a plain header.
+
+    Only the plain case is told here: one-valued US numbers, ASCII CS and UI, a
+    NumberOfFrames that is a number, native Pixel Data of the size they give. Anything
+    else gives False, and read_header() and check_integrity() say what is wrong.
+    """
+    for tag in (0x00280010, 0x00280011, 0x00280002, 0x00280006, 0x00280100, 0x00280101,
+                0x00280102, 0x00280103):  # fmt: skip
+        if _plain_us(spans, data, tag, 0) == -1:
+            return False
+    for tag, vr in ((0x00080016, "UI"), (0x00080018, "UI"), (0x0020000E, "UI"),
+                    (0x00080060, "CS"), (0x00280004, "CS")):  # fmt: skip
+        if tag in spans and text(tag, vr) is None:
+            return False
+    frames = 1
+    if 0x00280008 in spans:
+        value = text(0x00280008, "IS")
+        if not value:
+            return False
+        frames = max(1, int(value))
+    pixels = spans.get(0x7FE00010)
+    if pixels is None:
+        return True
+    rows = _plain_us(spans, data, 0x00280010, None)
+    columns = _plain_us(spans, data, 0x00280011, None)
+    samples = _plain_us(spans, data, 0x00280002, 1)
+    bits = _plain_us(spans, data, 0x00280100, None)
+    if not rows or not columns or not samples or bits not in (1, 8, 16, 32, 64):
+        return False
+    per_pixel = samples
+    if samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422":
+        per_pixel = 2
+    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
+    return pixels[2] in (expected, expected + expected % 2)
+
+
+def plain_directory_entry(path: Path) -> DirectoryEntry | None:
+    """Return the directory records of a plain image file, read from its bytes, or None.
+
+    The records are those pydicom's creators make (PATIENT, STUDY, SERIES, IMAGE with
+    DIRECTORY_RECORD_KEYS, the Specific Character Set when the file has one), value for
+    value, byte for byte. Plain means what read_plain_header takes (Explicit VR Little
+    Endian, native Pixel Data ending the file), a class in DIRECTORY_IMAGE_SOP_CLASSES,
+    the values printable ASCII in their dictionary VR, every check of directory_entry()
+    passed. Anything else gives None: pydicom then reads the file and says what is wrong.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(PLAIN_HEAD_BYTES)
+        if size < 132 or data[128:132] != b"DICM":
+            return None
+        meta, pos = plain_spans(data, 132, meta=True)
+        body, end = plain_spans(data, pos, meta=False) if meta is not None else (None, 0)
+    except (struct.error, OSError):
+        return None
+    if meta is None or body is None or end != size:
+        return None
+    spans = {span[0]: span for span in body}
+    for span in meta:
+        spans[span[0]] = span
+
+    def text(tag: int, vr: str) -> bytes | None:
+        span = spans.get(tag)
+        if span is None or span[1] != vr:
+            return None
+        return _plain_record_value(vr, data[span[3] : span[3] + span[2]])
+
+    syntax = text(0x00020010, "UI")
+    if syntax != EXPLICIT_VR_LE.encode() or not _plain_integrity(spans, data, text):
+        return None
+    uids = [text(tag, "UI") for tag in (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)]
+    modality = text(0x00080060, "CS") if 0x00080060 in spans else b""
+    if (
+        not all(uids)
+        or uids[0].decode() not in DIRECTORY_IMAGE_SOP_CLASSES  # type: ignore[union-attr]
+        or modality is None
+        or modality.decode() in DIRECTORY_OTHER_LEAF_MODALITIES
+        or 0x00420011 in spans  # Encapsulated Document: an ENCAP DOC record
+        or 0x300A0002 in spans  # RT Plan Label: an RT PLAN record
+    ):
+        return None
+    charset = None
+    if 0x00080005 in spans:
+        charset = text(0x00080005, "CS")
+        if charset is None:
+            return None
+    filled: list[str] = []
+    records = []
+    for kind, keys in DIRECTORY_RECORD_KEYS.items():
+        elements = {0x00041410: encode_element(0x00041410, "US", b"\xff\xff")}
+        elements[0x00041430] = encode_element(0x00041430, "CS", kind.encode())
+        if charset is not None:
+            elements[0x00080005] = encode_element(0x00080005, "CS", charset)
+        for tag, vr, keyword, required in keys:
+            value = text(tag, vr) if tag in spans else b""
+            if value is None:
+                return None
+            if required and not value:
+                value = DICOMDIR_PLACEHOLDERS[keyword].encode()
+                filled.append(keyword)
+            elements[tag] = encode_element(tag, vr, value)
+        records.append(DirectoryRecord(kind, "", elements))
+    assert uids[0] is not None and uids[1] is not None
+    leaf = records[-1].elements
+    leaf[0x00041510] = encode_element(0x00041510, "UI", uids[0])
+    leaf[0x00041511] = encode_element(0x00041511, "UI", uids[1])
+    leaf[0x00041512] = encode_element(0x00041512, "UI", syntax)
+    patient_id = text(0x00100020, "LO") if 0x00100020 in spans else b""
+    keys = [patient_id or DICOMDIR_PLACEHOLDERS["PatientID"].encode(), uids[2], uids[3], uids[1]]
+    for record, key in zip(records, keys, strict=True):
+        record.key = key.decode()  # type: ignore[union-attr]
+    return DirectoryEntry(uids[1].decode(), records, filled)
+
+
+def directory_records(ds: Dataset) -> tuple[list[Dataset], list[str]]:
+    """Return pydicom's directory records of an instance, highest level first (PS3.3 F.5),
+    and the keys given placeholders.
+
+    A record key PS3.3 F.5 makes Type 1 that the instance lacks or leaves empty gets its
+    DICOMDIR_PLACEHOLDERS value (as dcmmkdir's "invent" option does), in the records
+    only: the records are made from a copy of the header.
+    """
     probe = Dataset(dict(ds._dict))  # a new element dict: the file's dataset is kept
     probe.file_meta = ds.file_meta
     filled: list[str] = []
     while True:  # pydicom's own record creators (PS3.3 F.5) name the key they miss
         try:
-            records = list(fs._recordify(probe))
-            break
+            return list(_record_maker()._recordify(probe)), filled
         except ValueError as exc:
+            if "record creator" not in str(exc):
+                raise
             missing = [
                 k for k in DICOMDIR_PLACEHOLDERS if str(Tag(k)) in str(exc) and k not in filled
             ]
@@ -6613,14 +6862,51 @@ def add_with_placeholders(fs: FileSet, path: Path) -> tuple[Any, list[str]]:
                 raise
             setattr(probe, missing[0], DICOMDIR_PLACEHOLDERS[missing[0]])
             filled.append(missing[0])
-    node = None
-    for record in records:
-        child = RecordNode(record)
-        if node is not None:
-            child.parent = node
-        node = child
-    assert node is not None
-    return fs.add_custom(ds, node), filled
+
+
+@functools.cache
+def _record_maker() -> FileSet:
+    """Return the FileSet whose record creators directory_records() calls (it holds none)."""
+    return FileSet()
+
+
+def directory_record(record: Dataset) -> DirectoryRecord:
+    """Encode one of pydicom's directory records as pydicom's FileSet writes it."""
+    from pydicom.fileset import RecordNode
+
+    encoding = record.get("SpecificCharacterSet", pydicom.charset.default_encoding)
+    elements = {}
+    for tag in sorted(record.keys()):
+        if (tag.element == 0 and tag.group > 6) or tag in (0x00041400, 0x00041420, 0x00041500):
+            continue
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, False
+        pydicom.filewriter.write_data_element(buffer, record[tag], encoding)
+        elements[int(tag)] = buffer.getvalue()
+    key = RecordNode(copy.copy(record)).key
+    return DirectoryRecord(str(record.DirectoryRecordType), str(key), elements)
+
+
+def add_to_file_set(fs: FileSet, path: Path) -> None:
+    """Add a file to fs with the records directory_records() makes (a conformant copy).
+
+    pydicom stages a copy of the whole file, which it writes in the copy's layout.
+    """
+    from pydicom.fileset import RecordNode
+
+    ds = pydicom.dcmread(path)
+    _record_read_encoding(ds)  # pydicom stages a copy of the file: it must convert
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records, _ = directory_records(ds)
+        node = None
+        for record in records:
+            child = RecordNode(record)
+            if node is not None:
+                child.parent = node
+            node = child
+        assert node is not None
+        fs.add_custom(ds, node)
 
 
 def is_conformant_file_id(parts: Sequence[str]) -> bool:
@@ -6630,24 +6916,90 @@ def is_conformant_file_id(parts: Sequence[str]) -> bool:
     )
 
 
-def _write_dicomdir_in_place(fs: FileSet, file_ids: dict[str, list[str]], target: Path) -> None:
-    """Write fs's DICOMDIR to target with each instance's Referenced File ID set as given.
+def _pydicom_version() -> str:
+    """Return pydicom's version as its File Meta names it (``3.0.2``), without loading it."""
+    loaded = sys.modules.get("pydicom")
+    if loaded is not None:
+        return ".".join(loaded.__version_info__)
+    from importlib.metadata import version
 
-    pydicom writes a DICOMDIR only together with copies of the files in its own layout;
-    this does what its ``FileSet.copy()`` does for the DICOMDIR alone (set the records'
-    Referenced File ID, encode with recomputed offsets), leaving the files where they are.
+    match = re.match(r"(\d+\.\d+\.\d+)", version("pydicom"))
+    return match.group(1) if match else version("pydicom")
+
+
+def dicomdir_bytes(entries: Sequence[DirectoryEntry], file_ids: Mapping[str, list[str]]) -> bytes:
+    """Return a DICOMDIR (PS3.10 7.2, PS3.3 F.2) of the entries, as pydicom writes it.
+
+    Records hang under the first record with their key (the first instance of a SOP
+    Instance UID keeps its records); each leaf references ``file_ids[its UID]``. The File
+    Meta names pydicom (its implementation UID and version), the File-set UID is new
+    under pydicom's root, the File-set ID empty; records are items of defined length,
+    their offsets counted from the start of the file (PS3.3 F.3.2.1).
     """
-    saved = []
-    for instance in fs:
-        record = instance.node._record
-        saved.append((record, record.ReferencedFileID))
-        record.ReferencedFileID = file_ids[instance.SOPInstanceUID]
-    try:
-        with atomic_output(target) as handle:
-            fs._write_dicomdir(DicomFileLike(handle), copy_safe=True)
-    finally:
-        for record, value in saved:
-            record.ReferencedFileID = value
+    tree: dict[str, Any] = {}  # key -> (record, children): insertion order kept
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.uid in seen:
+            continue
+        seen.add(entry.uid)
+        level = tree
+        for record in entry.records:
+            level = level.setdefault(record.key, (record, {}))[1]
+    order: list[tuple[DirectoryRecord, DirectoryRecord | None, DirectoryRecord | None]] = []
+
+    def walk(level: dict[str, Any]) -> None:
+        nodes = list(level.values())
+        for index, (record, children) in enumerate(nodes):
+            after = nodes[index + 1][0] if index + 1 < len(nodes) else None
+            lower = next(iter(children.values()))[0] if children else None
+            order.append((record, after, lower))
+            walk(children)
+
+    walk(tree)
+    uid = f"{PYDICOM_ROOT_UID}{secrets.randbelow(10 ** (64 - len(PYDICOM_ROOT_UID)))}"[:64]
+    meta = b"".join(
+        [
+            encode_element(0x00020001, "OB", b"\x00\x01"),
+            encode_element(0x00020002, "UI", MEDIA_STORAGE_DIRECTORY.encode()),
+            encode_element(0x00020003, "UI", uid.encode()),
+            encode_element(0x00020010, "UI", EXPLICIT_VR_LE.encode()),
+            encode_element(0x00020012, "UI", f"{PYDICOM_ROOT_UID}1".encode()),
+            encode_element(0x00020013, "SH", f"PYDICOM {_pydicom_version()}".encode()),
+        ]
+    )
+    head = b"\0" * 128 + b"DICM" + encode_element(0x00020000, "UL", struct.pack("<L", len(meta)))
+    head += meta + encode_element(0x00041130, "CS", b"")
+    file_id = {}
+    offset = len(head) + 12 + 12 + 10 + 12  # the first item, after the root's elements
+    offsets: dict[int, int] = {}
+    for record, _, lower in order:
+        offsets[id(record)] = offset
+        if lower is None:
+            ids = "\\".join(file_ids[record.key])
+            file_id[id(record)] = encode_element(0x00041500, "CS", ids.encode())
+        size = sum(len(e) for e in record.elements.values()) + 24
+        offset += 8 + size + len(file_id.get(id(record), b""))
+    items = []
+    for record, after, lower in order:
+        elements = dict(record.elements)
+        for tag, other in ((0x00041400, after), (0x00041420, lower)):
+            value = offsets[id(other)] if other is not None else 0
+            elements[tag] = encode_element(tag, "UL", struct.pack("<L", value))
+        if id(record) in file_id:
+            elements[0x00041500] = file_id[id(record)]
+        body = b"".join(elements[tag] for tag in sorted(elements))
+        items.append(item_header(len(body)) + body)
+    roots = [offsets[id(record)] for record, _ in tree.values()]
+    first, last = (roots[0], roots[-1]) if roots else (0, 0)
+    return b"".join(
+        [
+            head,
+            encode_element(0x00041200, "UL", struct.pack("<L", first)),
+            encode_element(0x00041202, "UL", struct.pack("<L", last)),
+            encode_element(0x00041212, "US", b"\0\0"),
+            encode_element(0x00041220, "SQ", b"".join(items)),
+        ]
+    )
 
 
 # ---- byte order: bare datasets and re-encoding ----
@@ -8795,8 +9147,16 @@ def _dump_header(path: Path, output_dir: Path | None, suffix: str) -> FileOutcom
 # ---- DICOMDIR ----
 
 
-def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
-    """Add one file's records to fs; data: (its SOP Instance UID, keys given placeholders)."""
+def directory_entry(path: Path) -> FileOutcome:
+    """Read one file's directory records; data: its DirectoryEntry.
+
+    A plain file's records come from its bytes (plain_directory_entry); any other file
+    is read through pydicom, which says what it lacks.
+    """
+    entry = plain_directory_entry(path)
+    if entry is not None:
+        return FileOutcome(path, data=entry)
+    load_toolkit()
     header, location = read_header(path)
     for keyword in DICOMDIR_REQUIRED_UIDS:
         if not header.get(keyword):
@@ -8805,16 +9165,45 @@ def _dicomdir_entry(path: Path, fs: FileSet) -> FileOutcome:
                 f"cannot be put in a DICOMDIR: no {tag} {keyword} (its records need it, PS3.3 F.5)"
             )
     check_integrity(header, location)
-    filled: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            instance = fs.add(path)
-        except ValueError as exc:  # a Type 1 record key is missing or empty
-            if "record creator" not in str(exc):
-                raise
-            instance, filled = add_with_placeholders(fs, path)
-    return FileOutcome(path, data=(instance.SOPInstanceUID, filled))
+        records, filled = directory_records(pydicom.dcmread(path))  # values read whole
+        encoded = [directory_record(record) for record in records]
+    return FileOutcome(path, data=DirectoryEntry(str(header.SOPInstanceUID), encoded, filled))
+
+
+def directory_entries(
+    inputs: Sequence[Path], top: Path, result: ActionResult, progress: ProgressFn
+) -> tuple[list[tuple[DirectoryEntry, Path]], dict[str, list[str]], Counter[str]]:
+    """Read the records of every input, recording each outcome in result.
+
+    Return each entry with its file in input order (a repeated SOP Instance UID keeps
+    the first file's records), each UID's File ID relative to top (the last file's), and
+    how many files got a placeholder for each key.
+    """
+    entries: list[tuple[DirectoryEntry, Path]] = []
+    file_ids: dict[str, list[str]] = {}
+    invented: Counter[str] = Counter()
+    for index, path in enumerate(inputs, 1):
+        outcome = guarded(directory_entry, path, doing="be put in a DICOMDIR")
+        result.record(outcome)
+        if outcome.status == DONE:
+            entry = outcome.data
+            if entry.uid not in file_ids:
+                entries.append((entry, path))
+                invented.update(entry.filled)
+            file_ids[entry.uid] = list(path.relative_to(top).parts)
+        progress(index, len(inputs))
+    return entries, file_ids, invented
+
+
+def file_set_of(paths: Iterable[Path]) -> FileSet:
+    """Return a pydicom FileSet of the files, for a conformant copy (_dicomdir_copy)."""
+    load_toolkit()
+    fs = FileSet()
+    for path in paths:
+        add_to_file_set(fs, path)
+    return fs
 
 
 def dicomdir(
@@ -8851,17 +9240,7 @@ def dicomdir(
         raise DicomPressorError("no DICOM files to put in a DICOMDIR")
     root = Path(os.path.commonpath([str(p.parent) for p in inputs]))
     result = ActionResult()
-    fs = FileSet()
-    file_ids: dict[str, list[str]] = {}
-    invented: Counter[str] = Counter()
-    for index, path in enumerate(inputs, 1):
-        outcome = guarded(_dicomdir_entry, path, fs, doing="be put in a DICOMDIR")
-        result.record(outcome)
-        if outcome.status == DONE:
-            uid, filled = outcome.data
-            file_ids[uid] = list(path.relative_to(root).parts)
-            invented.update(filled)
-        progress(index, len(inputs))
+    entries, file_ids, invented = directory_entries(inputs, root, result, progress)
     if invented:
         keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
         result.warn(
@@ -8874,7 +9253,10 @@ def dicomdir(
     if in_place:
         target = root / "DICOMDIR"
         replaced = target.exists()
-        _write_dicomdir_in_place(fs, file_ids, target)
+        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
+        # one); a new one is not, as no new file beside untouched inputs is.
+        with OutputFile(target, replace=True, durable=replaced) as handle:
+            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
         result.outputs.append(target)
         result.info(
             f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {root.name}/ referencing "
@@ -8883,6 +9265,7 @@ def dicomdir(
     else:
         parent = output_folder(root, output_dir)
         parent.mkdir(parents=True, exist_ok=True)
+        fs = file_set_of(path for _, path in entries)
         staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
         staging.mkdir()
         try:
@@ -10624,6 +11007,7 @@ def _check_replaceable(target: Path, root: Path) -> None:
     """Refuse to replace a DICOMDIR that lists files outside root (another folder's)."""
     if not target.exists():
         return
+    load_toolkit()
     try:
         records = pydicom.dcmread(target).get("DirectoryRecordSequence", [])
         ids = [_as_list(r.get("ReferencedFileID")) for r in records if "ReferencedFileID" in r]
@@ -10698,17 +11082,7 @@ def dicomdir_parent(
         raise DicomPressorError(f"the files are not under {root}")
     top = root.parent
     result = ActionResult()
-    fs = FileSet()
-    file_ids: dict[str, list[str]] = {}
-    invented: Counter[str] = Counter()
-    for index, path in enumerate(inputs, 1):
-        outcome = guarded(_dicomdir_entry, path, fs, doing="be put in a DICOMDIR")
-        result.record(outcome)
-        if outcome.status == DONE:
-            uid, filled = outcome.data
-            file_ids[uid] = list(path.relative_to(top).parts)
-            invented.update(filled)
-        progress(index, len(inputs))
+    entries, file_ids, invented = directory_entries(inputs, top, result, progress)
     if invented:
         keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
         result.warn(
@@ -10721,13 +11095,17 @@ def dicomdir_parent(
         target = top / "DICOMDIR"
         _check_replaceable(target, root)
         replaced = target.exists()
-        _write_dicomdir_in_place(fs, file_ids, target)
+        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
+        # one); a new one is not, as no new file beside untouched inputs is.
+        with OutputFile(target, replace=True, durable=replaced) as handle:
+            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
         result.outputs.append(target)
         result.info(
             f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {top} referencing "
             f"{len(file_ids)} files in place under {root.name}/"
         )
     else:
+        fs = file_set_of(path for _, path in entries)
         copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
         result.outputs.append(copy_root / "DICOMDIR")
         result.outputs.extend(
@@ -11273,6 +11651,7 @@ class ActionSpec:
     rule: Rule | None = None
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     inputs: str = DICOM_INPUTS
+    light_start: Callable[[Any], bool] | None = None
 
     @property
     def options(self) -> tuple[OptionSpec, ...]:
@@ -11283,6 +11662,16 @@ class ActionSpec:
     def writes_files(self) -> bool:
         """Tell whether the action writes files (not only a report)."""
         return self.result == WROTE
+
+
+def _text_dump(options: Any) -> bool:
+    """A text header dump starts light: plain files are dumped from their bytes."""
+    return bool(options.format == "text")
+
+
+def _always(options: Any) -> bool:
+    """The action starts light whatever its options (a DICOMDIR of plain files)."""
+    return True
 
 
 def _export_rule(options: Any, label: Label) -> str | None:
@@ -11398,14 +11787,28 @@ ACTIONS: dict[str, ActionSpec] = {
             "Export a multi-frame file (or a folder's series) as MP4 video",
             export_video,
         ),
-        ActionSpec("headers", "-t", "Dump headers as <stem>.txt (or --format json)", headers),
-        ActionSpec("dicomdir", "-d", "Create a DICOMDIR for a folder", dicomdir, takes=FOLDER),
+        ActionSpec(
+            "headers",
+            "-t",
+            "Dump headers as <stem>.txt (or --format json)",
+            headers,
+            light_start=_text_dump,
+        ),
+        ActionSpec(
+            "dicomdir",
+            "-d",
+            "Create a DICOMDIR for a folder",
+            dicomdir,
+            takes=FOLDER,
+            light_start=_always,
+        ),
         ActionSpec(
             "dicomdir_parent",
             "-D",
             "Create a DICOMDIR in the parent folder of the given folder, for every file under it",
             dicomdir_parent,
             takes=TREE,
+            light_start=_always,
         ),
         ActionSpec(
             "image_to_dicom",
@@ -15391,8 +15794,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return EXIT_OK
     configure_logging(args)
-    if args.action != "headers" or args.format != "text" or args.dask:
-        load_toolkit()  # a text header dump loads it only for a file it hands to pydicom
+    if args.serve or args.make_sample is not None or args.dask:
+        load_toolkit()
     if args.serve:
         return run_server(server_config(args))
     if args.make_sample is not None:
@@ -15402,7 +15805,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         action, path, recursive = _resolve_request(args)
         spec = ACTIONS[action]
+        if spec.light_start is None:
+            load_toolkit()
         options = cli_options(spec, args, given)
+        if spec.light_start is not None and not spec.light_start(options):
+            load_toolkit()  # a light start loads it only for a file it hands to pydicom
     except UsageError as exc:
         return _usage_error(parser, exc.message)
     except DicomPressorError as exc:
