@@ -153,7 +153,7 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
@@ -646,6 +646,12 @@ DECOMPRESSED_SUFFIX = "_unc"  # the original DicomPressor's name
 
 
 DEFAULT_RATIO = 10.0
+
+
+#: Frames whose error -z measures (decoding them again) without --verify: this many of a
+#: multi-frame file, or single-frame files of a job, spread evenly, the first and the last
+#: among them. Each decode costs about a third of its encode.
+RMSE_SAMPLE_FRAMES = 8
 
 
 #: Value 1 of (0028,2114) Lossy Image Compression Method for JPEG 2000 (PS3.3 C.7.6.1.1.5).
@@ -1807,6 +1813,9 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("psnr", "number", "target PSNR in dB (instead of --ratio)", above=0,
                    actions=("compress_lossy",), conflicts=("ratio",), metavar="DB",
                    group="compression"),
+        OptionSpec("verify", "flag", "measure the RMSE of every frame, decoding each again "
+                   f"(default: of {RMSE_SAMPLE_FRAMES} frames spread over the job)",
+                   default=False, actions=("compress_lossy",), group="compression"),
         # anonymize and headers
         OptionSpec("profile", "choice", "basic: the PS3.15 Basic Application Level "
                    "Confidentiality Profile first (default); none: only the PARAMS "
@@ -3594,6 +3603,126 @@ def plain_spans(data: bytes, pos: int, *, meta: bool) -> tuple[list[RawSpan] | N
     return out, pos
 
 
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+def plain_value(vr: str, raw: bytes) -> bytes | None:
+    """Return a text value as pydicom converts and writes it back (unpadded), or None.
+
+    Trailing padding goes (each VR's conversion strips it), an IS loses its leading
+    spaces too. Only printable ASCII is taken, and a backslash (several values) only in
+    CS: anything else gives None, and pydicom's own conversion decides.
+    """
+    value = raw.rstrip(b"\0 ")
+    if not _PRINTABLE.fullmatch(value) or (b"\\" in value and vr != "CS"):
+        return None
+    if vr == "IS" and value:
+        value = value.lstrip(b" ")
+        if not _INTEGER.fullmatch(value) or not -(2**31) <= int(value) < 2**31:
+            return None
+    return value
+
+
+@dataclasses.dataclass
+class PlainHeader:
+    """The header of a plain file (read_plain_header's kind) as element spans of its
+    first bytes, read without pydicom: for work that needs a few values of many files."""
+
+    data: bytes
+    spans: dict[int, RawSpan]  # File Meta and dataset elements by tag
+
+    @classmethod
+    def read(cls, path: Path) -> PlainHeader | None:
+        """Read a file's plain header, or None when it is not plain (see plain_spans)."""
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                data = handle.read(PLAIN_HEAD_BYTES)
+            if size < 132 or data[128:132] != b"DICM":
+                return None
+            meta, pos = plain_spans(data, 132, meta=True)
+            body, end = plain_spans(data, pos, meta=False) if meta is not None else (None, 0)
+        except (struct.error, OSError):
+            return None
+        if meta is None or body is None or end != size:
+            return None
+        spans = {span[0]: span for span in body}
+        spans.update((span[0], span) for span in meta)
+        plain = cls(data, spans)
+        return plain if plain.text(0x00020010, "UI") == EXPLICIT_VR_LE.encode() else None
+
+    def text(self, tag: int, vr: str) -> bytes | None:
+        """Return a text element's value (plain_value), or None when it is absent, of
+        another VR, or not plain."""
+        span = self.spans.get(tag)
+        if span is None or span[1] != vr:
+            return None
+        return plain_value(vr, self.data[span[3] : span[3] + span[2]])
+
+    def number(self, tag: int, default: int | None) -> int | None:
+        """Return a one-valued US element (default when absent); -1 when it is not one."""
+        span = self.spans.get(tag)
+        if span is None:
+            return default
+        _, vr, length, start = span
+        if vr != "US" or length != 2:
+            return -1
+        return int(struct.unpack_from("<H", self.data, start)[0])
+
+    def frames(self) -> int:
+        """Return number_of_frames() of the header (checks_pass() must hold)."""
+        value = self.text(0x00280008, "IS") if 0x00280008 in self.spans else None
+        return max(1, int(value)) if value else 1
+
+    def checks_pass(self) -> bool:
+        """Tell whether read_header() and check_integrity() pass this header.
+
+        Only the plain case is told here: one-valued US numbers, ASCII CS and UI, a
+        NumberOfFrames that is a number, a SOP Class UID or Pixel Data, native Pixel
+        Data of the size they give. Anything else gives False: read_header() and
+        check_integrity() then say what is wrong, if anything is.
+        """
+        spans, text = self.spans, self.text
+        for tag in (0x00280010, 0x00280011, 0x00280002, 0x00280006, 0x00280100, 0x00280101,
+                    0x00280102, 0x00280103):  # fmt: skip
+            if self.number(tag, 0) == -1:
+                return False
+        for tag, vr in ((0x00080016, "UI"), (0x00080018, "UI"), (0x0020000E, "UI"),
+                        (0x00080060, "CS"), (0x00280004, "CS")):  # fmt: skip
+            if tag in spans and text(tag, vr) is None:
+                return False
+        if 0x00280008 in spans and not text(0x00280008, "IS"):
+            return False
+        pixels = spans.get(0x7FE00010)
+        if pixels is None:
+            return 0x00080016 in spans  # read_header: an image has one or the other
+        rows, columns = self.number(0x00280010, None), self.number(0x00280011, None)
+        samples, bits = self.number(0x00280002, 1), self.number(0x00280100, None)
+        if not rows or not columns or not samples or bits not in (1, 8, 16, 32, 64):
+            return False
+        per_pixel = samples
+        if samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422":
+            per_pixel = 2
+        expected = (rows * columns * per_pixel * self.frames() * bits + 7) // 8
+        return pixels[2] in (expected, expected + expected % 2)
+
+
+def frame_count(path: Path) -> int:
+    """Return number_of_frames() of a file read by read_header(), which raises as it does.
+
+    A plain header passing its checks is read from the file's bytes (PlainHeader),
+    several times faster: a job sorts hundreds of files by it before it starts.
+    """
+    plain = PlainHeader.read(path)
+    if plain is not None and plain.checks_pass():
+        return plain.frames()
+    header, _ = read_header(path)
+    return number_of_frames(header)
+
+
 def _plain_elements(
     data: bytes, pos: int, *, meta: bool
 ) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
@@ -4298,8 +4427,10 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
 
     Raw sequences already in Explicit VR Little Endian (merge's per-frame items) are
     copied as they are: pydicom would parse each one again to check its VRs, which
-    costs more than building them did.
+    costs more than building them did. The rest is what pydicom writes; in Explicit VR
+    Little Endian (the compressed syntaxes too) through write_explicit_dataset().
     """
+    syntax = UID(syntax)
     ds.file_meta = file_meta_for(ds, syntax)
     ds.preamble = b"\0" * 128
     cuts = [int(tag) for tag in list(ds.keys()) if _is_verbatim_sequence(ds.get_item(tag))]
@@ -4309,14 +4440,96 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
             segments[bisect.bisect(cuts, int(tag))][tag] = ds.get_item(tag)
     head = segments[0]
     head.file_meta, head.preamble = ds.file_meta, ds.preamble
-    pydicom.dcmwrite(handle, head, enforce_file_format=True)
-    encoding = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+    explicit = not syntax.is_implicit_VR and syntax.is_little_endian and not syntax.is_deflated
+    if any(tag >> 16 in (0x0000, 0x0002) or tag == 0x7FE00010 for tag in head._dict):
+        explicit = False  # dcmwrite refuses the first two; Pixel Data: its own rules
     stream = DicomFileLike(handle)
     stream.is_little_endian, stream.is_implicit_VR = True, False
+    if explicit:  # what dcmwrite(enforce_file_format=True) writes, as it writes it
+        meta = copy.deepcopy(head.file_meta)
+        for keyword, source in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):  # fmt: skip
+            value = head.get(source)
+            if meta.get(keyword) is None or (value and value != meta.get(keyword)):
+                setattr(meta, keyword, value)
+        handle.write(head.preamble + b"DICM")
+        pydicom.filewriter.write_file_meta_info(stream, meta, enforce_standard=True)
+        write_explicit_dataset(stream, head, pydicom.charset.default_encoding)
+    else:
+        pydicom.dcmwrite(handle, head, enforce_file_format=True)
+    encoding = ds.get("SpecificCharacterSet") or "ISO_IR 6"
     for tag, segment in zip(cuts, segments[1:], strict=True):
         raw = ds.get_item(tag)
         handle.write(encode_element(tag, "SQ", raw.value))
-        pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
+        if explicit:
+            write_explicit_dataset(stream, segment, encoding)
+        else:
+            pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
+
+
+def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding: Any) -> None:
+    """Write what pydicom's write_dataset(fp, dataset, parent_encoding) writes in Explicit
+    VR Little Endian, faster for elements pydicom converts before it writes them.
+
+    pydicom converts every element it did not read in this encoding and character set
+    (a dataset built from another's elements) and encodes the value again. An element
+    read from an Explicit VR Little Endian file comes out of that the same way in every
+    file that holds it, so each one is converted and encoded once per process
+    (_reencoded): a series shares most of its header.
+    """
+    if (
+        dataset.original_encoding == (False, True)
+        and dataset.original_character_set == dataset._character_set
+    ):
+        pydicom.filewriter.write_dataset(fp, dataset, parent_encoding)  # copied as read
+        return
+    dataset = pydicom.filewriter.correct_ambiguous_vr(dataset, True)
+    encoding = dataset.get("SpecificCharacterSet", parent_encoding)
+    written = encoding if isinstance(encoding, str) else tuple(encoding)
+    for tag in sorted(dataset.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group length (PS3.5 7.2), which pydicom does not write
+        item = dataset._dict[tag]
+        if (
+            isinstance(item, RawDataElement)
+            and not item.is_implicit_VR
+            and item.is_little_endian
+            and item.VR not in (None, "UN", "SQ")
+            and " or " not in item.VR
+            and item.value is not None
+            and len(item.value) <= REENCODED_MAX_BYTES
+        ):
+            charset = pydicom.charset.default_encoding
+            if tag != 0x00080005:  # as Dataset.__getitem__ chooses it
+                charset = dataset.original_character_set or dataset._character_set
+            read = charset if isinstance(charset, str) else tuple(charset)
+            fp.write(_reencoded(int(tag), item.VR, bytes(item.value), read, written))
+            continue
+        with pydicom.tag.tag_in_exception(tag):
+            pydicom.filewriter.write_data_element(fp, dataset[tag], encoding)
+
+
+#: Longest value write_explicit_dataset() keeps encoded for the next file.
+REENCODED_MAX_BYTES = 1024
+
+
+@functools.lru_cache(maxsize=8192)
+def _reencoded(
+    tag: int, vr: str, value: bytes, read: str | tuple[str, ...], written: str | tuple[str, ...]
+) -> bytes:
+    """Return an element read from Explicit VR Little Endian as pydicom writes it again:
+    converted with the read character set, encoded with the written one."""
+    raw = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+    elem = pydicom.dataelem.convert_raw_data_element(
+        raw, encoding=read if isinstance(read, str) else list(read)
+    )
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    with pydicom.tag.tag_in_exception(BaseTag(tag)):
+        pydicom.filewriter.write_data_element(
+            buffer, elem, written if isinstance(written, str) else list(written)
+        )
+    return buffer.getvalue()
 
 
 def _is_verbatim_sequence(item: Any) -> bool:
@@ -5198,6 +5411,7 @@ class FrameJob:
     target: dict[str, Any] | None = None
     ratio: float | None = None
     psnr: float | None = None
+    verify: bool = True  # a lossy encoding: decode it again to measure its error
 
 
 def decode_stored_frame(
@@ -5363,7 +5577,8 @@ def htj2k_encode(array: np.ndarray) -> bytes:
 def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     """Worker: decode a frame, encode it when asked; return (bytes, squared error, samples).
 
-    The error is measured by decoding the result again, for lossy encodings only.
+    The error is measured by decoding the result again, for lossy encodings with
+    ``verify`` only (else 0 samples).
     """
     array = decode_stored_frame(job.data, UID(job.source_syntax), job.source, raw=job.raw)
     if job.target_syntax is None or job.target is None:
@@ -5379,7 +5594,7 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
         if job.target_syntax == CODECS["htj2k"].syntax:
             return htj2k_encode(array), 0.0, 0
         encoded = pydicom.pixels.get_encoder(UID(job.target_syntax)).encode(array, **kwargs)
-        if job.ratio is None and job.psnr is None:
+        if (job.ratio is None and job.psnr is None) or not job.verify:
             return encoded, 0.0, 0
         import openjpeg  # the lossy path is JPEG 2000 only
 
@@ -6688,77 +6903,6 @@ class DirectoryEntry:
     filled: list[str]
 
 
-_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
-
-
-_INTEGER = re.compile(rb"[+-]?[0-9]+")
-
-
-def _plain_record_value(vr: str, raw: bytes) -> bytes | None:
-    """Return a text value as pydicom converts and writes it back (unpadded), or None.
-
-    Trailing padding goes (each VR's conversion strips it), an IS loses its leading
-    spaces too. Only printable ASCII is taken, and a backslash (several values) only in
-    CS: anything else gives None, and pydicom's own conversion decides.
-    """
-    value = raw.rstrip(b"\0 ")
-    if not _PRINTABLE.fullmatch(value) or (b"\\" in value and vr != "CS"):
-        return None
-    if vr == "IS" and value:
-        value = value.lstrip(b" ")
-        if not _INTEGER.fullmatch(value) or not -(2**31) <= int(value) < 2**31:
-            return None
-    return value
-
-
-def _plain_us(spans: dict[int, RawSpan], data: bytes, tag: int, default: int | None) -> int | None:
-    """Return a one-valued US element of a plain header (default when absent); -1: odd."""
-    span = spans.get(tag)
-    if span is None:
-        return default
-    _, vr, length, start = span
-    if vr != "US" or length != 2:
-        return -1
-    return int(struct.unpack_from("<H", data, start)[0])
-
-
-def _plain_integrity(spans: dict[int, RawSpan], data: bytes, text: Callable[..., Any]) -> bool:
-    """Tell whether check_integrity() and read_header()'s value checks pass a plain header.
-
-    Only the plain case is told here: one-valued US numbers, ASCII CS and UI, a
-    NumberOfFrames that is a number, native Pixel Data of the size they give. Anything
-    else gives False, and read_header() and check_integrity() say what is wrong.
-    """
-    for tag in (0x00280010, 0x00280011, 0x00280002, 0x00280006, 0x00280100, 0x00280101,
-                0x00280102, 0x00280103):  # fmt: skip
-        if _plain_us(spans, data, tag, 0) == -1:
-            return False
-    for tag, vr in ((0x00080016, "UI"), (0x00080018, "UI"), (0x0020000E, "UI"),
-                    (0x00080060, "CS"), (0x00280004, "CS")):  # fmt: skip
-        if tag in spans and text(tag, vr) is None:
-            return False
-    frames = 1
-    if 0x00280008 in spans:
-        value = text(0x00280008, "IS")
-        if not value:
-            return False
-        frames = max(1, int(value))
-    pixels = spans.get(0x7FE00010)
-    if pixels is None:
-        return True
-    rows = _plain_us(spans, data, 0x00280010, None)
-    columns = _plain_us(spans, data, 0x00280011, None)
-    samples = _plain_us(spans, data, 0x00280002, 1)
-    bits = _plain_us(spans, data, 0x00280100, None)
-    if not rows or not columns or not samples or bits not in (1, 8, 16, 32, 64):
-        return False
-    per_pixel = samples
-    if samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422":
-        per_pixel = 2
-    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
-    return pixels[2] in (expected, expected + expected % 2)
-
-
 def plain_directory_entry(path: Path) -> DirectoryEntry | None:
     """Return the directory records of a plain image file, read from its bytes, or None.
 
@@ -6769,31 +6913,10 @@ def plain_directory_entry(path: Path) -> DirectoryEntry | None:
     the values printable ASCII in their dictionary VR, every check of directory_entry()
     passed. Anything else gives None: pydicom then reads the file and says what is wrong.
     """
-    try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            data = handle.read(PLAIN_HEAD_BYTES)
-        if size < 132 or data[128:132] != b"DICM":
-            return None
-        meta, pos = plain_spans(data, 132, meta=True)
-        body, end = plain_spans(data, pos, meta=False) if meta is not None else (None, 0)
-    except (struct.error, OSError):
+    plain = PlainHeader.read(path)
+    if plain is None or not plain.checks_pass():
         return None
-    if meta is None or body is None or end != size:
-        return None
-    spans = {span[0]: span for span in body}
-    for span in meta:
-        spans[span[0]] = span
-
-    def text(tag: int, vr: str) -> bytes | None:
-        span = spans.get(tag)
-        if span is None or span[1] != vr:
-            return None
-        return _plain_record_value(vr, data[span[3] : span[3] + span[2]])
-
-    syntax = text(0x00020010, "UI")
-    if syntax != EXPLICIT_VR_LE.encode() or not _plain_integrity(spans, data, text):
-        return None
+    text, spans = plain.text, plain.spans
     uids = [text(tag, "UI") for tag in (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)]
     modality = text(0x00080060, "CS") if 0x00080060 in spans else b""
     if (
@@ -6830,7 +6953,7 @@ def plain_directory_entry(path: Path) -> DirectoryEntry | None:
     leaf = records[-1].elements
     leaf[0x00041510] = encode_element(0x00041510, "UI", uids[0])
     leaf[0x00041511] = encode_element(0x00041511, "UI", uids[1])
-    leaf[0x00041512] = encode_element(0x00041512, "UI", syntax)
+    leaf[0x00041512] = encode_element(0x00041512, "UI", EXPLICIT_VR_LE.encode())
     patient_id = text(0x00100020, "LO") if 0x00100020 in spans else b""
     keys = [patient_id or DICOMDIR_PLACEHOLDERS["PatientID"].encode(), uids[2], uids[3], uids[1]]
     for record, key in zip(records, keys, strict=True):
@@ -8675,12 +8798,14 @@ def transcode_file(
     output_dir: Path | None,
     options: Options,
     progress: ProgressFn,
+    measured: Collection[int] | None = None,
 ) -> FileOutcome:
     """Compress or decompress one file; a file already in the target syntax is left alone.
 
     Frames are read one by one, decoded and encoded in worker processes when
     ``options.jobs`` > 1, and written atomically (over the input itself with
-    ``in_place``).
+    ``in_place``). A lossy encoding measures the error of the frames in measured (None:
+    every frame); data is then (squared error, samples, frames measured, frames).
     """
     target = output_path(path, output_dir, suffix=mode.suffix, in_place=options.in_place)
     header, location = read_header(path)
@@ -8708,14 +8833,17 @@ def transcode_file(
         assert output.path is not None
         message = f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
         return FileOutcome(path, DONE, message, (output.path,))
-    encoded, message = _encode_frames(out, jobs, n_frames, mode, options, progress)
+    encoded, message, quality = _encode_frames(
+        out, jobs, n_frames, mode, options, progress, measured
+    )
     with output as handle:
         write_header(handle, out, mode.syntax)
         write_encapsulated_frames(
             handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
         )
     assert output.path is not None
-    return FileOutcome(path, DONE, f"{path.name} -> {output.path.name}: {message}", (output.path,))
+    line = f"{path.name} -> {output.path.name}: {message}"
+    return FileOutcome(path, DONE, line, (output.path,), data=quality)
 
 
 def _encode_frames(
@@ -8725,8 +8853,13 @@ def _encode_frames(
     mode: TranscodeMode,
     options: Options,
     progress: ProgressFn,
-) -> tuple[list[bytes], str]:
-    """Encode every frame for out (lossy attributes set on it); return (frames, log text)."""
+    measured: Collection[int] | None,
+) -> tuple[list[bytes], str, tuple[float, int, int, int] | None]:
+    """Encode every frame for out (lossy attributes set on it).
+
+    Return the frames, the log text and, for a lossy encoding, (squared error, samples,
+    frames measured, frames): the error of the frames in measured (None: every one).
+    """
     assert mode.syntax is not None
     description = pixel_description(out)
     problem = codec_refusal(mode.syntax, description)
@@ -8741,25 +8874,75 @@ def _encode_frames(
         ratio = max(1.0, mode.ratio * scale)
     tasks = (
         dataclasses.replace(
-            job, target_syntax=str(mode.syntax), target=description, ratio=ratio, psnr=mode.psnr
+            job,
+            target_syntax=str(mode.syntax),
+            target=description,
+            ratio=ratio,
+            psnr=mode.psnr,
+            verify=measured is None or index in measured,
         )
-        for job in jobs
+        for index, job in enumerate(jobs)
     )
     results = list(iter_ordered(_frame_job, tasks, options.jobs, progress, n_frames))
     encoded = [r[0] for r in results]
     achieved = expected_frame_bytes(out) * n_frames / max(1, sum(len(e) for e in encoded))
+    text = f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"
     if not mode.lossy:
-        return encoded, f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"
-    rmse = math.sqrt(sum(r[1] for r in results) / max(1, sum(r[2] for r in results)))
+        return encoded, text, None
     _mark_lossy(out, achieved)
-    return encoded, f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1, RMSE {rmse:.3f}"
+    squared, samples = sum(r[1] for r in results), sum(r[2] for r in results)
+    frames = sum(1 for r in results if r[2])
+    if frames:
+        text += f", RMSE {math.sqrt(squared / samples):.3f}"
+    if 0 < frames < n_frames:
+        numbers = ", ".join(str(i + 1) for i, r in enumerate(results) if r[2])
+        text += f" over {frames} of {n_frames} frames ({numbers})"
+    return encoded, text, (squared, samples, frames, n_frames)
 
 
-def _transcode_task(task: tuple[Path, TranscodeMode, Path | None, Options]) -> FileOutcome:
+def spread(count: int, wanted: int) -> list[int]:
+    """Return up to wanted indices of range(count), evenly spread, the first and the last."""
+    if count <= wanted:
+        return list(range(count))
+    if wanted <= 1:
+        return [0][:wanted]
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
+
+
+def quality_line(done: Sequence[FileOutcome]) -> str | None:
+    """Return the log line of the error of a lossy job's files (data of transcode_file).
+
+    None for fewer than two files (each file's own line says it). The frames measured
+    and where they are, when they are a sample: --verify measures every frame.
+    """
+    measured = [(o.path, o.data) for o in done if o.data is not None]
+    if len(measured) < 2:
+        return None
+    frames, total = sum(q[2] for _, q in measured), sum(q[3] for _, q in measured)
+    if not frames:
+        return (
+            f"RMSE not measured: none of the {total} frames compressed was among the "
+            "sampled ones (--verify measures every frame)"
+        )
+    rmse = math.sqrt(sum(q[0] for _, q in measured) / sum(q[1] for _, q in measured))
+    line = f"RMSE {rmse:.3f} over {frames} of {total} frames"
+    if frames == total:
+        return line
+    where = ", ".join(
+        path.name if q[3] == 1 else f"{path.name} ({q[2]} frames)" for path, q in measured if q[2]
+    )
+    return f"{line}, sampled: {where} (--verify measures every frame)"
+
+
+def _transcode_task(
+    task: tuple[Path, TranscodeMode, Path | None, Options, Collection[int] | None],
+) -> FileOutcome:
     """Worker: transcode one whole file."""
-    path, mode, output_dir, options = task
+    path, mode, output_dir, options, measured = task
     doing = "decompress" if mode.syntax is None else "compress"
-    return guarded(transcode_file, path, mode, output_dir, options, _no_progress, doing=doing)
+    return guarded(
+        transcode_file, path, mode, output_dir, options, _no_progress, measured, doing=doing
+    )
 
 
 def _transcode(
@@ -8772,31 +8955,41 @@ def _transcode(
     """Run one transcoding mode over files; failures are per file.
 
     Single-frame files are spread over worker processes one file each; the frames of a
-    multi-frame file are spread over the workers instead.
+    multi-frame file are spread over the workers instead. A lossy encoding measures the
+    error of RMSE_SAMPLE_FRAMES frames of each multi-frame file and of as many of the
+    single-frame files, spread evenly (every frame with ``verify``), and the log says which.
     """
     result = ActionResult()
     single, multi = [], []
     for path in inputs:
         try:
-            header, _ = read_header(path)
+            frames = frame_count(path)
         except DicomPressorError as exc:
             result.fail(path, exc.message)
             continue
-        (multi if number_of_frames(header) > 1 else single).append(path)
+        if frames > 1:
+            multi.append((path, frames))
+        else:
+            single.append(path)
     total = len(single) + len(multi)
+    every = not mode.lossy or options.verify
+    sampled = set(spread(len(single), RMSE_SAMPLE_FRAMES))
     outer, inner = share_workers(options.jobs, len(single))
     each = dataclasses.replace(options, jobs=inner)
-    outcomes = run_tasks(
-        _transcode_task,
-        [(p, mode, output_dir, each) for p in single],
-        outer,
-        lambda n, _: progress(n, total),
-    )
-    for done, path in enumerate(multi, len(single) + 1):
-        outcomes.append(_transcode_task((path, mode, output_dir, options)))
+    tasks = [
+        (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()))
+        for i, p in enumerate(single)
+    ]
+    outcomes = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
+    for done, (path, frames) in enumerate(multi, len(single) + 1):
+        measured = None if every else spread(frames, RMSE_SAMPLE_FRAMES)
+        outcomes.append(_transcode_task((path, mode, output_dir, options, measured)))
         progress(done, total)
     for outcome in outcomes:
         result.record(outcome)
+    quality = quality_line([o for o in outcomes if o.status == DONE]) if mode.lossy else None
+    if quality is not None:
+        result.info(quality)
     result.info("Done.")
     return result
 
@@ -8851,13 +9044,20 @@ def compress_lossy(
 ) -> ActionResult:
     """Compress with JPEG 2000 lossy at ``--ratio`` (default 10) or ``--psnr``.
 
+    Parameters
+    ----------
+    options
+        ``ratio`` or ``psnr``; ``verify``: decode every encoded frame again to measure
+        its error (by default RMSE_SAMPLE_FRAMES frames of the job are, spread evenly).
+
     Returns
     -------
     ActionResult
         One output per file, with (0028,2110) Lossy Image Compression "01", (0028,2112)
         the achieved ratio, (0028,2114) "ISO_15444_1", DERIVED as value 1 of (0008,0008)
         Image Type and a new (0008,0018) SOP Instance UID. The log gives the achieved
-        ratio and the RMSE of each file.
+        ratio of each file and the RMSE of the frames measured: of each file measured,
+        and of the whole job (which frames, when they are a sample).
     """
     check_options(ACTIONS["compress_lossy"], options)
     ratio = options.ratio if options.psnr is None else None
