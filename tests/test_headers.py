@@ -272,7 +272,7 @@ class TestLightStart:
             "-t", "-F", folder, "--output-dir", light, "--jobs", jobs, "--quiet"
         )
         assert code == 3  # partly failed: junk.dcm
-        assert with_pydicom == (jobs == "1")  # with 2 jobs, the workers loaded it
+        assert with_pydicom  # 8 dumps are too little work for worker processes
         inputs = sorted(p for p in folder.iterdir() if p.name != "junk.dcm")
         result = headers(inputs, full, Options())
         assert not result.failures
