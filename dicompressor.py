@@ -177,6 +177,11 @@ def load_toolkit() -> None:
     global ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid, validate_value
     if "validate_value" in globals():
         return
+    if __name__ == "__main__":  # the command line: our workers are processes, not threads
+        # OpenBLAS starts a thread per core when numpy loads, spinning for 50-100 ms on
+        # 2 cores; this tool does no linear algebra worth them (a library caller's own
+        # numpy is left as it is).
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy as np
 
     # pydicom's test-data module imports `requests` (about 70 ms, a third of pydicom's
@@ -4495,7 +4500,8 @@ def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding:
     ):
         pydicom.filewriter.write_dataset(fp, dataset, parent_encoding)  # copied as read
         return
-    dataset = pydicom.filewriter.correct_ambiguous_vr(dataset, True)
+    if _needs_vr_correction(dataset):
+        dataset = pydicom.filewriter.correct_ambiguous_vr(dataset, True)
     encoding = dataset.get("SpecificCharacterSet", parent_encoding)
     written = encoding if isinstance(encoding, str) else tuple(encoding)
     for tag in sorted(dataset.keys()):
@@ -4517,8 +4523,33 @@ def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding:
             read = charset if isinstance(charset, str) else tuple(charset)
             fp.write(_reencoded(int(tag), item.VR, bytes(item.value), read, written))
             continue
+        elem = dataset[tag]
+        fast = _fast_element_bytes(elem) if elem.VR == "SQ" else None
+        if fast is not None:  # a sequence of items only read (merge's, a file's own)
+            fp.write(fast)
+            continue
         with pydicom.tag.tag_in_exception(tag):
-            pydicom.filewriter.write_data_element(fp, dataset[tag], encoding)
+            pydicom.filewriter.write_data_element(fp, elem, encoding)
+
+
+def _needs_vr_correction(ds: Dataset) -> bool:
+    """Tell whether pydicom's correct_ambiguous_vr() may change anything in ds.
+
+    Elements read in explicit VR, sequences too, name their VR: only an element made
+    with an ambiguous one ("US or SS") or read in implicit VR may need it. Walking the
+    items of a merged file's 400 per-frame groups is all that correct_ambiguous_vr()
+    would do to it, in a fifth of a second.
+    """
+    for elem in ds._dict.values():
+        if isinstance(elem, RawDataElement):
+            if elem.is_implicit_VR or not elem.VR or " or " in elem.VR:
+                return True
+        elif elem.VR == "SQ":
+            if any(_needs_vr_correction(item) for item in elem.value or []):
+                return True
+        elif " or " in elem.VR:
+            return True
+    return False
 
 
 #: Longest value write_explicit_dataset() keeps encoded for the next file.
@@ -5293,20 +5324,42 @@ def stored_frames(
     """Yield each frame as stored in the file, or None when frames can't be cut out.
 
     Native little-endian and encapsulated pixel data are read frame by frame from their
-    offsets; big endian, deflated, bit-packed and subsampled YBR data are not. A video
-    stream (VIDEO_SYNTAXES) has no frames to cut: ffmpeg decodes them, and they come as
-    native RGB (video_frames; decode_stored_frame knows them).
+    offsets (stored_frame_spans); big endian, deflated, bit-packed and subsampled YBR
+    data are not. A video stream (VIDEO_SYNTAXES) has no frames to cut: ffmpeg decodes
+    them, and they come as native RGB (video_frames; decode_stored_frame knows them).
     """
+    if location is None or location.offset < 0:
+        return None
+    if str(transfer_syntax_of(header)) in VIDEO_SYNTAXES and location.encapsulated:
+        return video_frames(path, header, location)
+    spans = stored_frame_spans(path, header, location)
+    if spans is None:
+        return None
+    return (read_spans(path, frame) for frame in spans)
+
+
+def read_spans(path: Path, spans: Sequence[tuple[int, int]]) -> bytes:
+    """Read the (offset, length) spans of a file, joined (one frame as stored)."""
+    if len(spans) == 1:
+        return read_span(path, *spans[0])
+    return b"".join(read_span(path, offset, length) for offset, length in spans)
+
+
+def stored_frame_spans(
+    path: Path, header: Dataset, location: PixelLocation | None
+) -> list[list[tuple[int, int]]] | None:
+    """Return where each frame is stored in the file: its (offset, length) spans (the
+    fragments of an encapsulated frame), or None when frames can't be cut out (see
+    stored_frames; video streams neither)."""
     if location is None or location.offset < 0:
         return None
     syntax = transfer_syntax_of(header)
     if str(syntax) in VIDEO_SYNTAXES and location.encapsulated:
-        return video_frames(path, header, location)
+        return None
     n_frames = number_of_frames(header)
     if location.encapsulated:
         offsets, fragments = scan_fragments(path, location)
-        spans = frame_fragments(offsets, fragments, n_frames)
-        return (b"".join(read_span(path, s, n) for s, n in frame) for frame in spans)
+        return frame_fragments(offsets, fragments, n_frames)
     photometric = str(header.get("PhotometricInterpretation", ""))
     if (
         str(syntax) not in NATIVE_LE_SYNTAXES
@@ -5320,7 +5373,7 @@ def stored_frames(
             f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected "
             f"{size * n_frames} for {n_frames} frames"
         )
-    return (read_span(path, location.offset + i * size, size) for i in range(n_frames))
+    return [[(location.offset + i * size, size)] for i in range(n_frames)]
 
 
 def missing_codec_message(syntax: UID, exc: BaseException) -> str:
@@ -5412,7 +5465,8 @@ class FrameJob:
     """One frame to decode, and encode again unless target_syntax is None (picklable).
 
     ``data`` is the frame as stored: native bytes or the encoded codestream, so a worker
-    needs neither the file nor its header.
+    needs neither the file nor its header; or, when it is empty, ``spans`` says where in
+    ``stored_in`` the frame is, and the worker reads it (no copy through a pipe).
     """
 
     data: bytes
@@ -5424,6 +5478,17 @@ class FrameJob:
     ratio: float | None = None
     psnr: float | None = None
     verify: bool = True  # a lossy encoding: decode it again to measure its error
+    stored_in: str = ""
+    spans: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def stored(self) -> bytes:
+        """Return the frame as stored (read from its file when the job holds no data)."""
+        return (
+            self.data
+            if self.data or not self.spans
+            else read_spans(Path(self.stored_in), self.spans)
+        )
 
 
 def decode_stored_frame(
@@ -5592,7 +5657,7 @@ def _frame_job(job: FrameJob) -> tuple[bytes, float, int]:
     The error is measured by decoding the result again, for lossy encodings with
     ``verify`` only (else 0 samples).
     """
-    array = decode_stored_frame(job.data, UID(job.source_syntax), job.source, raw=job.raw)
+    array = decode_stored_frame(job.stored, UID(job.source_syntax), job.source, raw=job.raw)
     if job.target_syntax is None or job.target is None:
         return native_frame_bytes(array, int(job.source["bits_allocated"])), 0.0, 0
     kwargs = dict(job.target)
@@ -8802,15 +8867,31 @@ def _mark_lossy(out: Dataset, ratio: float) -> None:
     out.SOPInstanceUID = new_uid()
 
 
+#: Frames sent to a worker process at a time. Each round trip through the pool costs
+#: about a millisecond of system time here: one frame a trip took a fifth of the CPU
+#: of a JPEG-LS file (5 ms a frame), eight leave at most eight frames' work unshared at
+#: the end (half a second of lossless JPEG 2000, a twentieth of its 400 frames).
+FRAME_BATCH = 8
+
+
 def _frame_jobs(
     path: Path, header: Dataset, location: PixelLocation | None, raw: bool, out: Dataset
 ) -> Iterator[FrameJob]:
-    """Yield one FrameJob per frame (target fields left empty)."""
-    frames = stored_frames(path, header, location)
+    """Yield one FrameJob per frame (target fields left empty).
+
+    Frames stored where they can be cut out are read by the worker that takes them
+    (stored_frame_spans); others are decoded here and handed over.
+    """
+    syntax = str(transfer_syntax_of(header))
+    planar = int(header.get("PlanarConfiguration", 0) or 0)
+    source = pixel_description(header, planar_configuration=planar)
+    spans = stored_frame_spans(path, header, location)
+    if spans is not None:
+        for frame in spans:
+            yield FrameJob(b"", syntax, source, raw, stored_in=str(path), spans=tuple(frame))
+        return
+    frames = stored_frames(path, header, location)  # a video stream, decoded by ffmpeg
     if frames is not None:
-        syntax = str(transfer_syntax_of(header))
-        planar = int(header.get("PlanarConfiguration", 0) or 0)
-        source = pixel_description(header, planar_configuration=planar)
         for data in frames:
             yield FrameJob(data, syntax, source, raw)
         return
@@ -8853,7 +8934,12 @@ def transcode_file(
     # Over the input with in_place; otherwise never over another file (_1, _2).
     output = OutputFile(target, replace=options.in_place)
     if mode.syntax is None:
-        frames = (r[0] for r in iter_ordered(_frame_job, jobs, options.jobs, progress, n_frames))
+        frames = (
+            r[0]
+            for r in iter_ordered(
+                _frame_job, jobs, options.jobs, progress, n_frames, batch=FRAME_BATCH
+            )
+        )
         with output as handle:
             write_header(handle, out, ExplicitVRLittleEndian)
             if bits == 1:
@@ -8914,7 +9000,9 @@ def _encode_frames(
         )
         for index, job in enumerate(jobs)
     )
-    results = list(iter_ordered(_frame_job, tasks, options.jobs, progress, n_frames))
+    results = list(
+        iter_ordered(_frame_job, tasks, options.jobs, progress, n_frames, batch=FRAME_BATCH)
+    )
     encoded = [r[0] for r in results]
     achieved = expected_frame_bytes(out) * n_frames / max(1, sum(len(e) for e in encoded))
     text = f"{uid_name(mode.syntax)}, ratio {achieved:.2f}:1"

