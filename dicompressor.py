@@ -3727,19 +3727,6 @@ class PlainHeader:
         return pixels[2] in (expected, expected + expected % 2)
 
 
-def frame_count(path: Path) -> int:
-    """Return number_of_frames() of a file read by read_header(), which raises as it does.
-
-    A plain header passing its checks is read from the file's bytes (PlainHeader),
-    several times faster: a job sorts hundreds of files by it before it starts.
-    """
-    plain = PlainHeader.read(path)
-    if plain is not None and plain.checks_pass():
-        return plain.frames()
-    header, _ = read_header(path)
-    return number_of_frames(header)
-
-
 def _plain_elements(
     data: bytes, pos: int, *, meta: bool
 ) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
@@ -4463,14 +4450,14 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
     stream = DicomFileLike(handle)
     stream.is_little_endian, stream.is_implicit_VR = True, False
     if explicit:  # what dcmwrite(enforce_file_format=True) writes, as it writes it
-        meta = copy.deepcopy(head.file_meta)
-        for keyword, source in (("MediaStorageSOPClassUID", "SOPClassUID"),
-                                ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):  # fmt: skip
-            value = head.get(source)
-            if meta.get(keyword) is None or (value and value != meta.get(keyword)):
-                setattr(meta, keyword, value)
         handle.write(head.preamble + b"DICM")
-        pydicom.filewriter.write_file_meta_info(stream, meta, enforce_standard=True)
+        meta = file_meta_bytes(head.file_meta)  # file_meta_for: in step with the dataset
+        if meta is not None:
+            handle.write(meta)
+        else:
+            pydicom.filewriter.write_file_meta_info(
+                stream, copy.deepcopy(head.file_meta), enforce_standard=True
+            )
         write_explicit_dataset(stream, head, pydicom.charset.default_encoding)
     else:
         pydicom.dcmwrite(handle, head, enforce_file_format=True)
@@ -4482,6 +4469,29 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
             write_explicit_dataset(stream, segment, encoding)
         else:
             pydicom.filewriter.write_dataset(stream, segment, parent_encoding=encoding)
+
+
+def file_meta_bytes(meta: FileMetaDataset) -> bytes | None:
+    """Return a File Meta group as pydicom's write_file_meta_info(enforce_standard=True)
+    writes it (a File Meta Information Version added when missing, its group length
+    first), or None when pydicom must write it (values other than ASCII text, or a Type 1
+    element missing: pydicom says which)."""
+    if any(not meta.get(k) for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                                     "TransferSyntaxUID", "ImplementationClassUID")):  # fmt: skip
+        return None
+    parts = {}
+    for tag in list(meta.keys()):
+        if int(tag) != 0x00020000:
+            encoded = _fast_element_bytes(meta[tag])
+            if encoded is None:
+                return None
+            parts[int(tag)] = encoded
+    if not meta.get("FileMetaInformationVersion"):
+        parts[0x00020001] = encode_element(0x00020001, "OB", b"\x00\x01")
+    if "ImplementationVersionName" not in meta:
+        return None  # pydicom names itself there
+    body = b"".join(parts[tag] for tag in sorted(parts))
+    return encode_element(0x00020000, "UL", struct.pack("<L", len(body))) + body
 
 
 def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding: Any) -> None:
@@ -4504,6 +4514,7 @@ def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding:
         dataset = pydicom.filewriter.correct_ambiguous_vr(dataset, True)
     encoding = dataset.get("SpecificCharacterSet", parent_encoding)
     written = encoding if isinstance(encoding, str) else tuple(encoding)
+    read: str | tuple[str, ...] | None = None
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # retired group length (PS3.5 7.2), which pydicom does not write
@@ -4517,11 +4528,11 @@ def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding:
             and item.value is not None
             and len(item.value) <= REENCODED_MAX_BYTES
         ):
-            charset = pydicom.charset.default_encoding
-            if tag != 0x00080005:  # as Dataset.__getitem__ chooses it
+            if read is None:  # as Dataset.__getitem__ chooses it, once
                 charset = dataset.original_character_set or dataset._character_set
-            read = charset if isinstance(charset, str) else tuple(charset)
-            fp.write(_reencoded(int(tag), item.VR, bytes(item.value), read, written))
+                read = charset if isinstance(charset, str) else tuple(charset)
+            used = pydicom.charset.default_encoding if tag == 0x00080005 else read
+            fp.write(_reencoded(int(tag), item.VR, bytes(item.value), used, written))
             continue
         elem = dataset[tag]
         fast = _fast_element_bytes(elem) if elem.VR == "SQ" else None
@@ -8911,16 +8922,18 @@ def transcode_file(
     options: Options,
     progress: ProgressFn,
     measured: Collection[int] | None = None,
+    read: tuple[Dataset, PixelLocation | None] | None = None,
 ) -> FileOutcome:
     """Compress or decompress one file; a file already in the target syntax is left alone.
 
     Frames are read one by one, decoded and encoded in worker processes when
     ``options.jobs`` > 1, and written atomically (over the input itself with
     ``in_place``). A lossy encoding measures the error of the frames in measured (None:
-    every frame); data is then (squared error, samples, frames measured, frames).
+    every frame); data is then (squared error, samples, frames measured, frames). read:
+    read_header(path), when the caller has read it.
     """
     target = output_path(path, output_dir, suffix=mode.suffix, in_place=options.in_place)
-    header, location = read_header(path)
+    header, location = read if read is not None else read_header(path)
     reason = _skip_reason(path, header, mode, target)
     if reason is not None:  # nothing to do is done
         return FileOutcome(path, DONE, f"{path.name}: left alone, {reason}")
@@ -9053,14 +9066,38 @@ def quality_line(done: Sequence[FileOutcome]) -> str | None:
     return f"{line}, sampled: {where} (--verify measures every frame)"
 
 
+#: FileOutcome.data of a file _transcode_task could not read the header of.
+NOT_READ = "not read"
+
+
 def _transcode_task(
-    task: tuple[Path, TranscodeMode, Path | None, Options, Collection[int] | None],
-) -> FileOutcome:
-    """Worker: transcode one whole file."""
-    path, mode, output_dir, options, measured = task
+    task: tuple[Path, TranscodeMode, Path | None, Options, Collection[int] | None, bool],
+) -> FileOutcome | int:
+    """Worker: transcode one whole file; its header is read once, here.
+
+    A header that cannot be read fails the file with read_header's message (data
+    NOT_READ). Unless whole is true, a multi-frame file is left to the caller, which
+    gives its frames every worker: its frame count comes back instead of an outcome.
+    """
+    path, mode, output_dir, options, measured, whole = task
+    try:
+        header = read_header(path)
+    except DicomPressorError as exc:
+        return FileOutcome(path, FAILED, exc.message, data=NOT_READ)
+    frames = number_of_frames(header[0])
+    if frames > 1 and not whole:
+        return frames
     doing = "decompress" if mode.syntax is None else "compress"
     return guarded(
-        transcode_file, path, mode, output_dir, options, _no_progress, measured, doing=doing
+        transcode_file,
+        path,
+        mode,
+        output_dir,
+        options,
+        _no_progress,
+        measured,
+        header,
+        doing=doing,
     )
 
 
@@ -9079,32 +9116,25 @@ def _transcode(
     single-frame files, spread evenly (every frame with ``verify``), and the log says which.
     """
     result = ActionResult()
-    single, multi = [], []
-    for path in inputs:
-        try:
-            frames = frame_count(path)
-        except DicomPressorError as exc:
-            result.fail(path, exc.message)
-            continue
-        if frames > 1:
-            multi.append((path, frames))
-        else:
-            single.append(path)
-    total = len(single) + len(multi)
+    total = len(inputs)
     every = not mode.lossy or options.verify
-    sampled = set(spread(len(single), RMSE_SAMPLE_FRAMES))
-    outer, inner = share_workers(options.jobs, len(single))
+    sampled = set(spread(total, RMSE_SAMPLE_FRAMES))
+    outer, inner = share_workers(options.jobs, total)
     each = dataclasses.replace(options, jobs=inner)
     tasks = [
-        (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()))
-        for i, p in enumerate(single)
+        (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()), False)
+        for i, p in enumerate(inputs)
     ]
-    outcomes = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
-    for done, (path, frames) in enumerate(multi, len(single) + 1):
+    first = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
+    unread = [o for o in first if isinstance(o, FileOutcome) and o.data == NOT_READ]
+    outcomes = [o for o in first if isinstance(o, FileOutcome) and o.data != NOT_READ]
+    multi = [(path, o) for path, o in zip(inputs, first, strict=True) if isinstance(o, int)]
+    for path, frames in multi:
         measured = None if every else spread(frames, RMSE_SAMPLE_FRAMES)
-        outcomes.append(_transcode_task((path, mode, output_dir, options, measured)))
-        progress(done, total)
-    for outcome in outcomes:
+        outcome = _transcode_task((path, mode, output_dir, options, measured, True))
+        assert isinstance(outcome, FileOutcome)
+        outcomes.append(outcome)
+    for outcome in [*unread, *outcomes]:
         result.record(outcome)
     quality = quality_line([o for o in outcomes if o.status == DONE]) if mode.lossy else None
     if quality is not None:

@@ -1200,3 +1200,26 @@ class TestFrameJobs:
                 frame = read(source).pixel_array[index]
                 assert job.stored == frame.astype("<u2").tobytes()
         assert len(jobs) == 5
+
+
+class TestJobOrder:
+    """Each file's header is read once, by the worker that transcodes it; the log is as
+    it was: files that cannot be read first, then the single-frame files, then the
+    multi-frame ones (whose frames get every worker)."""
+
+    @pytest.mark.parametrize("jobs", ["1", "2"])
+    def test_unreadable_single_and_multi_frame_files(self, tmp_path: Path, jobs: str) -> None:
+        folder = tmp_path / "in"
+        multi = write_image(folder / "a_multi.dcm", rows=40, cols=36, frames=3)
+        single = [write_image(folder / f"b{i}.dcm", seed=i) for i in range(3)]
+        (folder / "c_junk.dcm").write_bytes(b"not a DICOM file at all" * 10)
+        code, out, err = run("-x", "-F", folder, "--output-dir", tmp_path / "o", "--jobs", jobs)
+        assert code == 3, out + err
+        lines = [ln for ln in err.splitlines() if ln.startswith(("[INFO]", "[ERROR]"))]
+        assert lines[0] == (
+            f"[ERROR] {folder / 'c_junk.dcm'}: not a DICOM file (no DICM prefix or File Meta)"
+        )
+        names = [ln.split(" ")[1] for ln in lines[1:5]]
+        assert names == ["b0.dcm", "b1.dcm", "b2.dcm", "a_multi.dcm"], lines
+        for source in [multi, *single]:
+            assert_same_pixels(source, tmp_path / "o" / f"{source.stem}_jll.dcm")
