@@ -10449,7 +10449,7 @@ def export_png(
             voi = _file_voi(source, options)
             yield from _frame_jobs_of(source, options, targets, image_format, voi=voi)
 
-    outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total)
+    outcomes = iter_ordered(_render_job, jobs(), options.jobs, progress, total, batch=FRAME_BATCH)
     for source, targets in plans:
         temps: list[str] = []
         error = None
