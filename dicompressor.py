@@ -4384,9 +4384,13 @@ def encode_file(ds: Dataset) -> bytes:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
     buffer.write(b"\0" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(
-        DicomFileLike(buffer), ds.file_meta, enforce_standard=True
-    )
+    meta = file_meta_bytes(ds.file_meta)
+    if meta is not None:
+        buffer.write(meta)
+    else:
+        pydicom.filewriter.write_file_meta_info(
+            DicomFileLike(buffer), ds.file_meta, enforce_standard=True
+        )
     buffer.write(body)
     return buffer.getvalue()
 
