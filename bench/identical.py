@@ -9,9 +9,10 @@ Usage::
 
 A refactoring must not change what the tool writes. This runs every action of the
 command line (merge, split, the three lossless codecs, lossy, decompress, anonymize in its
-profiles, PNG 8/16-bit and JPEG, MP4, DICOMDIR, text and JSON headers, info, summary, and
-in-place replacement) with the old and the new script on identical copies of a generated
-series, then compares what each run wrote, file by file:
+profiles, PNG 8/16-bit and JPEG, MP4, DICOMDIR as a copy, in place and in the parent
+folder, text and JSON headers, info, summary, and in-place replacement) with the old and
+the new script on identical copies of a generated series, then compares what each run
+wrote, file by file:
 
 * DICOM files are compared element by element, File Meta included, with the UIDs that a
   run makes (under DicomPressor's root, or replaced by anonymize's keyed hash) mapped to
@@ -54,7 +55,8 @@ PARAMS = "(0010,0010)=ANON^PATIENT\n(0010,0020)=ANON001\nPatientBirthDate=190001
 
 #: name -> (input set, arguments after the script; {in} is the input path, {params} the
 #: params file). Input sets: "series" (single-frame slices), "merged" (one multi-frame
-#: file), "j2k" (the slices in JPEG 2000 lossless).
+#: file), "j2k" (the slices in JPEG 2000 lossless), "cd" (the slices under conformant
+#: File IDs, IM000123: a DICOMDIR references them in place).
 CASES: dict[str, tuple[str, list[str]]] = {
     "merge": ("series", ["-j", "-F", "{in}"]),
     "merge-output-dir": ("series", ["-j", "-F", "{in}", "--output-dir", "{out}"]),
@@ -78,6 +80,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "video": ("merged", ["-E", "-f", "{in}"]),
     "video-series": ("series", ["-E", "--fps", "5", "-F", "{in}"]),
     "dicomdir": ("series", ["-d", "-F", "{in}"]),
+    "dicomdir-in-place": ("cd", ["-d", "-F", "{in}"]),
+    "dicomdir-parent": ("cd", ["-D", "-f", "{in}"]),
     "headers": ("series", ["-t", "-F", "{in}"]),
     "headers-json": ("merged", ["-t", "--format", "json", "-f", "{in}"]),
     "info": ("merged", ["--info", "{in}"]),
@@ -215,7 +219,11 @@ def make_inputs(work: Path, old: Path, slices: int, size: int) -> dict[str, Path
     j2k.mkdir()
     code, _ = run(old, ["-x", "-F", str(series), "--output-dir", str(j2k)], work)
     assert code == 0, "cannot make the JPEG 2000 inputs"
-    return {"series": series, "merged": merged, "j2k": j2k}
+    cd = work / "inputs" / "CD"
+    cd.mkdir()
+    for path in series.glob("*.dcm"):
+        shutil.copy2(path, cd / path.stem.upper())
+    return {"series": series, "merged": merged, "j2k": j2k, "cd": cd}
 
 
 def run_case(

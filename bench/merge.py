@@ -58,7 +58,10 @@ DEFAULT_SCRIPT = REPO / "dicompressor.py"
 RESULTS_DIR = BENCH_DIR / "results"
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-RSS_TARGET_MB = 150.0
+RSS_TARGET_MB = 100.0  # issue 21: at 1,200 slices (and at 400)
+#: wall <= this x dcmulti's: issue 21's 0.9x at 1,200 slices; at other counts the earlier
+#: 2x (at 400 slices the start-up alone, Python and imports, is 0.9x dcmulti's merge).
+WALL_RATIO_TARGETS = {1200: 0.9}
 WALL_RATIO_TARGET = 2.0
 MB = 1024 * 1024  # "MB" in this benchmark is MiB, as ru_maxrss (KiB) / 1024
 
@@ -240,6 +243,7 @@ class Sample:
     wall_s: float
     peak_rss_mb: float
     returncode: int
+    cpu_s: float = 0.0  # user + system time of the child and the children it waited for
 
 
 @dataclass
@@ -256,6 +260,11 @@ class Result:
     def wall_s(self) -> float:
         """Median wall time over the runs."""
         return statistics.median(s.wall_s for s in self.samples)
+
+    @property
+    def cpu_s(self) -> float:
+        """Median CPU time (user + system) over the runs."""
+        return statistics.median(s.cpu_s for s in self.samples)
 
     @property
     def peak_rss_mb(self) -> float:
@@ -305,8 +314,9 @@ if pid == 0:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
+cpu = usage.ru_utime + usage.ru_stime
 with open(report, "w") as f:
-    f.write(f"{wall!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+    f.write(f"{wall!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {cpu!r}")
 """
 
 
@@ -328,10 +338,22 @@ def measure(argv: list[str], log: Path) -> Sample:
             stdin=subprocess.DEVNULL,
             check=True,
         )
-    wall, maxrss, code = report.read_text().split()
+    wall, maxrss, code, cpu = report.read_text().split()
     # Linux reports ru_maxrss in KiB, macOS in bytes.
     rss_bytes = int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
-    return Sample(round(float(wall), 4), round(rss_bytes / MB, 1), int(code))
+    return Sample(round(float(wall), 4), round(rss_bytes / MB, 1), int(code), round(float(cpu), 3))
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``load 1.23 1.10 0.98`` (or ``load ?``).
+
+    On a shared machine other work slows every contender; benches print this at start
+    and end, and the CPU-time column is the figure that load disturbs least.
+    """
+    try:
+        return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load ?"
 
 
 def frames_in(path: Path) -> int:
@@ -354,48 +376,54 @@ def clean_folder(folder: Path, keep: set[str]) -> list[Path]:
     return removed
 
 
-def run_contender(contender: Contender, folder: Path, n: int, repeat: int, log: Path) -> Result:
-    """Run one contender repeat times on folder, verifying each output."""
-    result = Result(contender.name, n)
+def run_once(contender: Contender, folder: Path, result: Result, log: Path) -> None:
+    """Run one contender once on folder, verify the output, add the run to result."""
+    n, i = result.slices, len(result.samples)
     originals = {p.name for p in folder.iterdir()}
-    for i in range(repeat):
-        with log.open("a") as sink:
-            sink.write(
-                f"\n==== {contender.name} n={n} run {i + 1}: {' '.join(contender.argv[:6])}"
-                f"{' ...' if len(contender.argv) > 6 else ''}\n"
-            )
-        if contender.output is not None:
-            contender.output.unlink(missing_ok=True)
-        flush_disk()  # so no run pays for writing back the previous run's output
-        sample = measure(contender.argv, log)
-        result.samples.append(sample)
-        if contender.output is not None:
-            outputs = [contender.output] if contender.output.exists() else []
-            clean_folder(folder, originals)
-        else:
-            outputs = [p for p in folder.iterdir() if p.name not in originals]
-        try:
-            named_ok = bool(outputs) and (
-                contender.output is not None or outputs[0].name.endswith("_multiframe.dcm")
-            )
-            verified = (
-                sample.returncode == 0
-                and len(outputs) == 1
-                and named_ok
-                and frames_in(outputs[0]) == n
-            )
-        except Exception as exc:  # a broken output is a failed check, not a crash
-            verified = False
-            result.note = f"{type(exc).__name__}: {exc}"
-        if not verified and not result.note:
-            names = ", ".join(p.name for p in outputs) or "none"
-            result.note = f"run {i + 1}: exit {sample.returncode}, outputs: {names}"
-        result.verified = verified if result.verified in (None, True) else False
-        if contender.output is None:
-            clean_folder(folder, originals)
-        else:
-            contender.output.unlink(missing_ok=True)
-    return result
+    with log.open("a") as sink:
+        sink.write(
+            f"\n==== {contender.name} n={n} run {i + 1}: {' '.join(contender.argv[:6])}"
+            f"{' ...' if len(contender.argv) > 6 else ''}\n"
+        )
+    if contender.output is not None:
+        contender.output.unlink(missing_ok=True)
+    flush_disk()  # so no run pays for writing back the previous run's output
+    sample = measure(contender.argv, log)
+    result.samples.append(sample)
+    if contender.output is not None:
+        outputs = [contender.output] if contender.output.exists() else []
+        clean_folder(folder, originals)
+    else:
+        outputs = [p for p in folder.iterdir() if p.name not in originals]
+    try:
+        named_ok = bool(outputs) and (
+            contender.output is not None or outputs[0].name.endswith("_multiframe.dcm")
+        )
+        verified = sample.returncode == 0 and len(outputs) == 1 and named_ok
+        verified = verified and frames_in(outputs[0]) == n
+    except Exception as exc:  # a broken output is a failed check, not a crash
+        verified = False
+        result.note = f"{type(exc).__name__}: {exc}"
+    if not verified and not result.note:
+        names = ", ".join(p.name for p in outputs) or "none"
+        result.note = f"run {i + 1}: exit {sample.returncode}, outputs: {names}"
+    result.verified = verified if result.verified in (None, True) else False
+    if contender.output is None:
+        clean_folder(folder, originals)
+    else:
+        contender.output.unlink(missing_ok=True)
+
+
+def run_rounds(
+    contenders: list[Contender], folder: Path, n: int, repeat: int, log: Path
+) -> list[Result]:
+    """Run every contender once per round, repeat rounds: each one's runs alternate
+    with the others', so a change of load on a shared machine hits all of them alike."""
+    results = [Result(c.name, n) for c in contenders]
+    for _ in range(repeat):
+        for contender, result in zip(contenders, results, strict=True):
+            run_once(contender, folder, result, log)
+    return results
 
 
 def script_labels(scripts: list[Path]) -> dict[str, Path]:
@@ -473,9 +501,9 @@ def report(results: list[Result]) -> tuple[list[str], list[dict[str, object]]]:
     """Format the table and the target checks; return the lines and the checks as dicts."""
     width = max([len(r.contender) for r in results] + [15])
     lines = [
-        f"{'contender':<{width}} {'slices':>6} {'wall s':>8} {'peak RSS MB':>12}  "
+        f"{'contender':<{width}} {'slices':>6} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12}  "
         f"{'runs':>4}  {'check':<5}  wall/dcmulti",
-        "-" * (width + 57),
+        "-" * (width + 65),
     ]
     by_key = {(r.contender, r.slices): r for r in results}
     for r in results:
@@ -483,8 +511,8 @@ def report(results: list[Result]) -> tuple[list[str], list[dict[str, object]]]:
         ratio = f"{r.wall_s / ref.wall_s:.2f}x" if ref and ref.wall_s > 0 else "-"
         check = "ok" if r.ok else "BAD"
         lines.append(
-            f"{r.contender:<{width}} {r.slices:>6} {r.wall_s:>8.3f} {r.peak_rss_mb:>12.1f}  "
-            f"{len(r.samples):>4}  {check:<5}  {ratio}"
+            f"{r.contender:<{width}} {r.slices:>6} {r.wall_s:>8.3f} {r.cpu_s:>7.2f} "
+            f"{r.peak_rss_mb:>12.1f}  {len(r.samples):>4}  {check:<5}  {ratio}"
         )
         if r.note:
             lines.append(f"    note: {r.note}")
@@ -508,17 +536,18 @@ def report(results: list[Result]) -> tuple[list[str], list[dict[str, object]]]:
             f"{r.peak_rss_mb:.1f} MB <= {RSS_TARGET_MB:g} MB{failed}"
         )
         ref = by_key.get(("dcmulti", r.slices))
+        limit = WALL_RATIO_TARGETS.get(r.slices, WALL_RATIO_TARGET)
         if ref is None:
             lines.append(
-                f"  SKIP  n={r.slices:<5} {r.contender} wall <= {WALL_RATIO_TARGET:g}x dcmulti "
+                f"  SKIP  n={r.slices:<5} {r.contender} wall <= {limit:g}x dcmulti "
                 "(dcmulti not run)"
             )
             continue
         ratio = r.wall_s / ref.wall_s if ref.wall_s > 0 else float("inf")
-        wall_ok = r.ok and ref.ok and ratio <= WALL_RATIO_TARGET
+        wall_ok = r.ok and ref.ok and ratio <= limit
         checks.append(
             {
-                "target": f"{r.contender} wall <= {WALL_RATIO_TARGET:g}x dcmulti",
+                "target": f"{r.contender} wall <= {limit:g}x dcmulti",
                 "slices": r.slices,
                 "value": round(ratio, 3),
                 "pass": wall_ok,
@@ -526,7 +555,7 @@ def report(results: list[Result]) -> tuple[list[str], list[dict[str, object]]]:
         )
         lines.append(
             f"  {verdict(wall_ok)}  n={r.slices:<5} {r.contender} wall {r.wall_s:.3f} s "
-            f"= {ratio:.2f}x dcmulti ({ref.wall_s:.3f} s) <= {WALL_RATIO_TARGET:g}x{failed}"
+            f"= {ratio:.2f}x dcmulti ({ref.wall_s:.3f} s) <= {limit:g}x{failed}"
         )
     return lines, checks
 
@@ -602,9 +631,11 @@ def print_start_cost(script: Path, results: list[Result], log: Path, repeat: int
     )
     for r in results:
         if r.contender.startswith("dcmulti") and r.wall_s > 0:
+            limit = WALL_RATIO_TARGETS.get(r.slices, WALL_RATIO_TARGET)
             print(
                 f"  n={r.slices}: {start / r.wall_s:.2f}x dcmulti's whole merge "
-                f"({r.wall_s:.3f} s); left for merging within 2x: {2 * r.wall_s - start:.3f} s"
+                f"({r.wall_s:.3f} s); left for merging within {limit:g}x: "
+                f"{limit * r.wall_s - start:.3f} s"
             )
 
 
@@ -629,6 +660,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["dicompressor", "pydicom-naive", "dcmulti"],
         help="run only these contenders (dicompressor: every --script)",
     )
+    add_script_option(parser)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile one dicompressor merge of the main series",
+    )
+    add_work_options(parser, "the generated series")
+    return parser.parse_args(argv)
+
+
+def add_script_option(parser: argparse.ArgumentParser) -> None:
+    """Add --script, taken by every timing bench: the versions of the tool to measure."""
     parser.add_argument(
         "--script",
         type=Path,
@@ -637,13 +680,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a dicompressor.py to measure (default: the repo's); repeat it "
         "to compare versions, e.g. one from `git show REV:dicompressor.py`",
     )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="also cProfile one dicompressor merge of the main series",
-    )
-    add_work_options(parser, "the generated series")
-    return parser.parse_args(argv)
 
 
 def add_work_options(parser: argparse.ArgumentParser, what: str = "the work folder") -> None:
@@ -724,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "children.log"
     results: list[Result] = []
     profile: list[str] = []
-    print(f"work folder: {work}  (child output in {log.name})")
+    print(f"work folder: {work}  (child output in {log.name}); {load_average()}")
     scripts = snapshot_scripts(sources, work)
     first_script = next(iter(scripts.values()))
     for label, source in sources.items():
@@ -744,15 +780,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"generated {n} slices of {args.size}x{args.size} ({size_mb:.0f} MB) "
                 f"in {time.perf_counter() - start:.1f} s (not measured)"
             )
-            for contender in contenders_for(folder, paths, work, scripts, dcmulti):
-                if args.only and contender.name.split(":")[0] not in args.only:
-                    continue
-                result = run_contender(contender, folder, n, args.repeat, log)
+            chosen = [
+                c
+                for c in contenders_for(folder, paths, work, scripts, dcmulti)
+                if not args.only or c.name.split(":")[0] in args.only
+            ]
+            for result in run_rounds(chosen, folder, n, args.repeat, log):
                 results.append(result)
                 walls = ", ".join(f"{s.wall_s:.2f}" for s in result.samples)
                 print(
-                    f"  {contender.name:<15} n={n:<5} wall [{walls}] s, "
-                    f"peak RSS {result.peak_rss_mb:.1f} MB"
+                    f"  {result.contender:<15} n={n:<5} wall [{walls}] s, "
+                    f"CPU {result.cpu_s:.2f} s, peak RSS {result.peak_rss_mb:.1f} MB"
                     f"{'' if result.ok else '  (FAILED: ' + result.note + ')'}"
                 )
             if args.profile and n == counts[0]:
@@ -760,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(folder)
         lines, checks = report(results)
-        print()
+        print(f"\n{load_average()} (after the runs)")
         print("\n".join(lines))
         print_start_cost(first_script, results, log, args.repeat)
         if profile:

@@ -67,6 +67,31 @@ def run_main(*args: str | Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+LIGHT_RUN = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print("EXIT", code, "pydicom" in sys.modules, "numpy" in sys.modules)
+"""
+
+
+def light_run(*args: str | Path) -> tuple[int, bool, bool]:
+    """Run ``python3 dicompressor.py ARGS``; return (exit code, pydicom loaded, numpy loaded)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_RUN, str(SCRIPT), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "EXIT", proc.stdout + proc.stderr
+    return int(last[1]), last[2] == "True", last[3] == "True"
+
+
 def merge_folder(folder: Path, *extra: str | Path) -> list[Path]:
     """Merge a folder (no recursion) in process, assert success, return the new outputs."""
     before = set(folder.glob("*_multiframe*.dcm"))

@@ -725,6 +725,57 @@ class TestLossy:
             rmse, rel=0.01, abs=0.002
         )
 
+    @pytest.mark.parametrize("verify", [False, True])
+    def test_rmse_of_sampled_files(self, tmp_path: Path, verify: bool) -> None:
+        """Without --verify, 8 files spread over the job are measured, and the log says
+        which; with it, every file. The frames are encoded alike either way."""
+        folder = tmp_path / "in"
+        sources = [
+            write_image(folder / f"im{i:02d}.dcm", rows=48, cols=40, seed=i) for i in range(12)
+        ]
+        flags = ["--verify"] if verify else []
+        code, out, err = run("-z", "--ratio", "6", "-F", folder, "--output-dir", tmp_path / "o",
+                             *flags)  # fmt: skip
+        assert code == 0, out + err
+        assert_log_format(out, err)
+        sampled = [sources[i] for i in (0, 2, 3, 5, 6, 8, 9, 11)]  # spread(12, 8)
+        measured = sources if verify else sampled
+        squared = 0.0
+        for source in sources:
+            output = tmp_path / "o" / f"{source.stem}_jl.dcm"
+            [line] = file_line(err, source, "INFO")
+            rmse, _ = measured_error(source, output)
+            if source in measured:
+                assert logged_ratio_rmse(err, source)[1] == pytest.approx(rmse, abs=0.002)
+                squared += rmse**2 * 48 * 40
+            else:
+                assert "RMSE" not in line
+                assert line.endswith(":1"), line
+        pooled = math.sqrt(squared / (len(measured) * 48 * 40))
+        [summary] = [ln for ln in err.splitlines() if ln.startswith("[INFO] RMSE ")]
+        where = ", ".join(p.name for p in sampled)
+        tail = "" if verify else f", sampled: {where} (--verify measures every frame)"
+        assert summary == f"[INFO] RMSE {pooled:.3f} over {len(measured)} of 12 frames{tail}"
+
+    @pytest.mark.parametrize("verify", [False, True])
+    def test_rmse_of_sampled_frames(self, tmp_path: Path, verify: bool) -> None:
+        source = write_image(tmp_path / "src" / "mf.dcm", rows=40, cols=36, frames=10)
+        flags = ("--ratio", "5", "--verify") if verify else ("--ratio", "5")
+        output, err = lossy_run(source, tmp_path / "run", *flags)
+        [line] = file_line(err, tmp_path / "run" / "mf.dcm", "INFO")
+        ref = read(source).pixel_array.astype(np.float64)
+        got = read(output).pixel_array.astype(np.float64)
+        frames = range(10) if verify else [0, 1, 3, 4, 5, 6, 8, 9]  # spread(10, 8)
+        rmse = math.sqrt(float(np.mean((got[frames] - ref[frames]) ** 2)))
+        if verify:
+            assert line.endswith(f", RMSE {rmse:.3f}"), line
+        else:
+            assert line.endswith(f", RMSE {rmse:.3f} over 8 of 10 frames (1, 2, 4, 5, 6, 7, 9, "
+                                 "10)"), line  # fmt: skip
+        assert "[INFO] RMSE " not in err  # one file: its own line says it
+        other, _ = lossy_run(source, tmp_path / "other", *flags[:2])
+        assert encoded_frames(read(other)) == encoded_frames(read(output))
+
     def test_replace_lossy(self, ct_file: Path, tmp_path: Path) -> None:
         source = Path(shutil.copy(ct_file, tmp_path))
         uid = read(source).SOPInstanceUID
@@ -1078,3 +1129,97 @@ class TestErrors:
 def measured_error_arrays(a: np.ndarray, b: np.ndarray) -> float:
     """Return the RMSE between two arrays."""
     return math.sqrt(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+# ---- the header writer ----
+
+
+class TestHeaderWriter:
+    """write_header() writes the bytes pydicom writes, faster for elements it re-encodes."""
+
+    def test_same_bytes_as_pydicom_on_every_bundled_file(self) -> None:
+        import io
+
+        import dicompressor as dp
+
+        compared = 0
+        for _ in range(2):  # the second pass takes the re-encoded elements from the cache
+            for path in bundled_files():
+                for syntax in (UID(EVRLE), UID(J2K_LOSSY)):
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            header, _ = dp.read_header(path, check_values=False, image=False)
+                            ds = dp._transcoded_dataset(header, raw=True)
+                            fresh = Dataset()  # what write_header wrote before: a copy
+                            tags = ds.keys()  # tags, not elements: raw values stay unread
+                            for tag in tags:
+                                fresh[tag] = ds.get_item(tag)
+                            fresh.file_meta = dp.file_meta_for(ds, syntax)
+                            fresh.preamble = b"\0" * 128
+                            reference = io.BytesIO()
+                            pydicom.dcmwrite(reference, fresh, enforce_file_format=True)
+                    except Exception:  # files pydicom itself cannot read or write back
+                        continue
+                    written = io.BytesIO()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        # read again: pydicom's writer changed elements the copy shares
+                        header, _ = dp.read_header(path, check_values=False, image=False)
+                        dp.write_header(written, dp._transcoded_dataset(header, raw=True), syntax)
+                    assert written.getvalue() == reference.getvalue(), (path.name, syntax)
+                    compared += 1
+        assert compared > 100
+        assert dp._reencoded.cache_info().hits > 1000
+
+
+class TestFrameJobs:
+    """Frames a worker can read itself are sent as where they are, not as their bytes."""
+
+    @pytest.mark.parametrize("syntax", [EVRLE, J2K_LOSSLESS])
+    def test_frames_read_by_the_worker(self, tmp_path: Path, syntax: str) -> None:
+        import pickle
+
+        import dicompressor as dp
+
+        source = write_image(tmp_path / "mf.dcm", rows=40, cols=36, frames=5)
+        if syntax != EVRLE:
+            code, out, err = run("-x", "-f", source, "--output-dir", tmp_path / "j2k")
+            assert code == 0, out + err
+            source = tmp_path / "j2k" / "mf_jll.dcm"
+        header, location = dp.read_header(source)
+        out = dp._transcoded_dataset(header, raw=True)
+        jobs = list(dp._frame_jobs(source, header, location, True, out))
+        expected = encoded_frames(read(source)) if syntax != EVRLE else None
+        for index, job in enumerate(jobs):
+            assert job.data == b"" and job.stored_in == str(source) and job.spans
+            assert len(pickle.dumps(job)) < 1000  # the frame is not in the job
+            if expected is not None:
+                assert job.stored == expected[index]
+            else:
+                frame = read(source).pixel_array[index]
+                assert job.stored == frame.astype("<u2").tobytes()
+        assert len(jobs) == 5
+
+
+class TestJobOrder:
+    """Each file's header is read once, by the worker that transcodes it; the log is as
+    it was: files that cannot be read first, then the single-frame files, then the
+    multi-frame ones (whose frames get every worker)."""
+
+    @pytest.mark.parametrize("jobs", ["1", "2"])
+    def test_unreadable_single_and_multi_frame_files(self, tmp_path: Path, jobs: str) -> None:
+        folder = tmp_path / "in"
+        multi = write_image(folder / "a_multi.dcm", rows=40, cols=36, frames=3)
+        single = [write_image(folder / f"b{i}.dcm", seed=i) for i in range(3)]
+        (folder / "c_junk.dcm").write_bytes(b"not a DICOM file at all" * 10)
+        code, out, err = run("-x", "-F", folder, "--output-dir", tmp_path / "o", "--jobs", jobs)
+        assert code == 3, out + err
+        lines = [ln for ln in err.splitlines() if ln.startswith(("[INFO]", "[ERROR]"))]
+        assert lines[0] == (
+            f"[ERROR] {folder / 'c_junk.dcm'}: not a DICOM file (no DICM prefix or File Meta)"
+        )
+        names = [ln.split(" ")[1] for ln in lines[1:5]]
+        assert names == ["b0.dcm", "b1.dcm", "b2.dcm", "a_multi.dcm"], lines
+        for source in [multi, *single]:
+            assert_same_pixels(source, tmp_path / "o" / f"{source.stem}_jll.dcm")

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, hash_files, tool_exit_code
+from conftest import dciodvfy_errors, hash_files, light_run, tool_exit_code
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import FileSet
+from pydicom.uid import generate_uid
 
-from dicompressor import Options, dicomdir
+from dicompressor import (
+    DICOMDIR_PLACEHOLDERS,
+    DIRECTORY_IMAGE_SOP_CLASSES,
+    Options,
+    dicomdir,
+)
 
 
 def conformant_names(paths: list[Path]) -> list[Path]:
@@ -163,3 +174,134 @@ class TestOddFiles:
             )
         ]
         assert len(instances_found(result.outputs[0])) == 1
+
+
+# ---- the records, as pydicom's FileSet made them before -d built them itself ----
+
+
+def pydicom_dicomdir(paths: list[Path], root: Path) -> Dataset:
+    """Return the DICOMDIR pydicom's FileSet writes of paths, referencing them in place.
+
+    This is how -d made it until issue 21: each file read whole and added to a FileSet
+    (Type 1 keys it lacks given their placeholders), the records written with the File
+    IDs of the files where they are.
+    """
+    fs = FileSet()
+    ids: dict[str, list[str]] = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword, value in DICOMDIR_PLACEHOLDERS.items():
+            if keyword not in ds or ds[keyword].VM == 0:
+                setattr(ds, keyword, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs.add(ds)
+        ids[ds.SOPInstanceUID] = list(path.relative_to(root).parts)
+    for instance in fs:
+        instance.node._record.ReferencedFileID = ids[instance.SOPInstanceUID]
+    buffer = DicomBytesIO()
+    fs._write_dicomdir(buffer, copy_safe=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def records_of(ds: Dataset) -> list[list[tuple[int, str, str]]]:
+    """Return every record's elements as (tag, VR, value), offsets counted from the first
+    record (the File-set UID, which is new each time, may differ in length)."""
+    first = ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity
+    out = [[(0, "UL", str(ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity - first))]]
+    for record in ds.DirectoryRecordSequence:
+        elements = []
+        for elem in record:
+            value = elem.value
+            if elem.tag in (0x00041400, 0x00041420) and value:
+                value -= first
+            elements.append((int(elem.tag), elem.VR, str(value)))
+        out.append(elements)
+    return out
+
+
+def odd_copy(source: Path, target: Path, **values: Any) -> Path:
+    """Write a copy of source with other values (None: removed) and a new SOP Instance UID."""
+    ds = pydicom.dcmread(source)
+    for keyword, value in values.items():
+        if value is None:
+            del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    if "SOPInstanceUID" not in values:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odd values on purpose
+        ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+class TestRecords:
+    """-d builds the records from the header values: every key and value as before."""
+
+    @pytest.mark.filterwarnings("ignore:.*1.5")  # an IS value that is no integer, on purpose
+    def test_records_equal_pydicoms(self, make_series, testdata):
+        paths = conformant_names(make_series("CD", n=3))
+        folder, first = paths[0].parent, paths[0]
+        paths += [
+            odd_copy(first, folder / "PADDED", PatientID="  ID7 \0", PatientName="A^B^^^ ",
+                     SeriesNumber=" +007 ", StudyDescription="HEAD  "),
+            odd_copy(first, folder / "ANON", StudyID=None, StudyDate="", StudyTime=None,
+                     Modality="", InstanceNumber="", PatientID=None, AccessionNumber=None),
+            odd_copy(first, folder / "CHARSET", SpecificCharacterSet=["", "ISO 2022 IR 100"],
+                     PatientName="Gr\u00fcn^Anna"),
+            odd_copy(first, folder / "BACKSL", StudyDescription="A\\B", SeriesNumber="1.5"),
+            odd_copy(first, folder / "DUP", PatientID="OTHER",
+                     SOPInstanceUID=pydicom.dcmread(first).SOPInstanceUID),
+        ]  # fmt: skip
+        for name in ("JPEG2000.dcm", "rtdose.dcm", "MR_small.dcm"):  # the RT Dose: another leaf
+            paths.append(odd_copy(testdata(name), folder / name.split(".")[0].upper()[:8]))
+        before = hash_files(paths)
+        result = dicomdir(paths, None, Options())
+        assert not result.failures
+        target = folder / "DICOMDIR"
+        assert result.outputs == [target]
+        assert any(
+            "placeholder values for keys the files lack: InstanceNumber (2 files), Modality "
+            "(1 files), PatientID (1 files), StudyDate (1 files), StudyID (1 files), StudyTime "
+            "(1 files)" in line
+            for line in result.log
+        )
+        assert records_of(pydicom.dcmread(target)) == records_of(pydicom_dicomdir(paths, folder))
+        assert hash_files(paths) == before
+        assert dciodvfy_errors(target) == []
+        assert tool_exit_code("dcmftest", target) == 0
+        assert tool_exit_code("dcmdump", target) == 0
+        uids = {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+        assert len(uids) == len(paths) - 1  # DUP repeats the first file's UID
+        assert instances_found(target) == uids
+
+    def test_plain_files_need_no_toolkit(self, make_series):
+        paths = conformant_names(make_series("CD", n=3))
+        folder = paths[0].parent
+        code, with_pydicom, with_numpy = light_run("-d", "-F", folder, "--quiet")
+        assert (code, with_pydicom, with_numpy) == (0, False, False)
+        light = pydicom.dcmread(folder / "DICOMDIR")
+        assert records_of(light) == records_of(pydicom_dicomdir(paths, folder))
+        assert light.file_meta.ImplementationVersionName == f"PYDICOM {pydicom.__version__}"
+
+    def test_other_files_load_it(self, make_series, testdata):
+        paths = conformant_names(make_series("CD", n=2))
+        folder = paths[0].parent
+        paths.append(testdata("JPEG2000.dcm").rename(folder / "J2K"))
+        code, with_pydicom, _ = light_run("-d", "-F", folder, "--quiet")
+        assert (code, with_pydicom) == (0, True)
+        assert records_of(pydicom.dcmread(folder / "DICOMDIR")) == records_of(
+            pydicom_dicomdir(paths, folder)
+        )
+
+    def test_image_classes_are_pydicoms(self):
+        from pydicom.fileset import _four_level_record_type, _single_level_record_type
+
+        for uid in DIRECTORY_IMAGE_SOP_CLASSES:
+            ds = Dataset()
+            ds.SOPClassUID, ds.Modality = uid, "OT"
+            assert (_single_level_record_type(ds), _four_level_record_type(ds)) == (
+                "PATIENT",
+                "IMAGE",
+            ), uid

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import SCRIPT, bundled_files, hash_files, merge_folder
+from conftest import bundled_files, hash_files, light_run, merge_folder
 from pydicom.dataset import Dataset
 
 from dicompressor import DicomPressorError, Options, _show_raw, _show_value, headers
@@ -207,31 +205,6 @@ class TestJson:
             headers(make_series("s", n=1), None, Options(format="xml"))
 
 
-LIGHT_RUN = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-print("EXIT", code, "pydicom" in sys.modules, "numpy" in sys.modules)
-"""
-
-
-def light_run(*args: str | Path) -> tuple[int, bool, bool]:
-    """Run ``python3 dicompressor.py ARGS``; return (exit code, pydicom loaded, numpy loaded)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", LIGHT_RUN, str(SCRIPT), *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
-    last = proc.stdout.strip().splitlines()[-1].split()
-    assert last[0] == "EXIT", proc.stdout + proc.stderr
-    return int(last[1]), last[2] == "True", last[3] == "True"
-
-
 def dumps(folder: Path) -> dict[str, str]:
     """Return the text of every dump in a folder, by name."""
     return {p.name: p.read_text() for p in sorted(folder.iterdir())}
@@ -299,7 +272,7 @@ class TestLightStart:
             "-t", "-F", folder, "--output-dir", light, "--jobs", jobs, "--quiet"
         )
         assert code == 3  # partly failed: junk.dcm
-        assert with_pydicom == (jobs == "1")  # with 2 jobs, the workers loaded it
+        assert with_pydicom  # 8 dumps are too little work for worker processes
         inputs = sorted(p for p in folder.iterdir() if p.name != "junk.dcm")
         result = headers(inputs, full, Options())
         assert not result.failures

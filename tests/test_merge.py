@@ -724,6 +724,17 @@ class TestPlainHeaderReader:
             taken += 1
         assert taken >= 10, taken  # the fast reader is really used
 
+    def test_slices_share_their_equal_elements(self, make_series):
+        """The same element of two slices is one object (a merge holds every header)."""
+        from dicompressor import read_plain_header
+
+        a, b = (read_plain_header(p) for p in make_series("s", n=2))
+        assert a is not None and b is not None
+        assert a._dict[0x00080060] is b._dict[0x00080060]  # Modality
+        assert a._dict[0x00080018] is not b._dict[0x00080018]  # SOP Instance UID
+        assert a._dict[0x00080018].value != b._dict[0x00080018].value
+        assert a.preamble == b.preamble == bytes(128)
+
     @pytest.mark.parametrize(
         "damage",
         ["truncated", "trailing", "disorder", "implicit", "bad_vr", "big_header"],

@@ -359,3 +359,10 @@ class TestShareWorkers:
 
     def test_cluster(self) -> None:
         assert dp.share_workers(4, 10, cluster=True) == (10, 1)
+
+    def test_little_work_runs_in_this_process(self) -> None:
+        half_ms = 0.0005  # a text header dump
+        assert dp.share_workers(2, 400, task_s=half_ms) == (1, 1)
+        assert dp.share_workers(2, int(dp.POOL_MIN_WORK_S / half_ms) + 1, task_s=half_ms) == (2, 1)
+        assert dp.share_workers(8, 1, task_s=1.0) == (1, 8)
+        assert dp.share_workers(2, 400, task_s=0.0005, cluster=True) == (400, 1)
