@@ -1,21 +1,24 @@
-"""Shared fixtures and helpers: generated series, the CLI in a subprocess, validators."""
+"""Shared fixtures and helpers: generated series, the CLI in a subprocess, validators, servers."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
@@ -140,6 +143,98 @@ def tool_exit_code(name: str, path: Path) -> int:
     """Run a reader (dcmdump, gdcminfo) on a file and return its exit code (skip if absent)."""
     proc = subprocess.run([_tool(name), str(path)], capture_output=True, timeout=60)
     return proc.returncode
+
+
+# ---- the HTTP API ----
+
+KEY = "test-key-0123456789"
+#: Limits high enough for tests that send many requests.
+RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
+
+
+class Running:
+    """A server running in a thread of the test process."""
+
+    def __init__(self, server: dicompressor.ApiServer, key: str) -> None:
+        self.server = server
+        self.url = server.url
+        self.key = key
+        self.headers = {"X-API-Key": key}
+        self.state = server.state
+        self.data_dir = server.state.config.data_dir
+
+    def session(self) -> str:
+        """Create a session and return its id."""
+        r = requests.post(f"{self.url}/api/session", headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["session_id"]
+
+    def upload(self, sid: str, paths: list[Path], **kw: Any) -> requests.Response:
+        """Upload files in one request."""
+        handles = [p.open("rb") for p in paths]
+        try:
+            files = [("files", (p.name, h)) for p, h in zip(paths, handles, strict=True)]
+            return requests.post(
+                f"{self.url}/api/upload/{sid}", headers=self.headers, files=files, timeout=60, **kw
+            )
+        finally:
+            for h in handles:
+                h.close()
+
+    def process(self, sid: str, body: Any) -> requests.Response:
+        """Run an action."""
+        return requests.post(
+            f"{self.url}/api/process/{sid}", headers=self.headers, json=body, timeout=120
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Return a factory starting a server on 127.0.0.1 port 0 in a thread."""
+    started: list[dicompressor.ApiServer] = []
+
+    def start(**overrides: Any) -> Running:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        config = dicompressor.ServerConfig(host="127.0.0.1", port=0, **overrides)
+        server = dicompressor.make_server(config, [KEY])
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return Running(server, KEY)
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def part_head(name: str, boundary: str = "xyz") -> bytes:
+    """Return the opening of one multipart ``files`` part."""
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
+    ).encode()
+
+
+def server_process(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Start a server in a subprocess with a generated key; return (process, url, key)."""
+    config = f"ServerConfig(port=0, data_dir=Path({str(data_dir)!r}){''.join(extra)})"
+    code = (
+        "import sys; from pathlib import Path; from dicompressor import *; "
+        f"sys.exit(run_server({config}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DICOMPRESSOR_API_KEYS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    second = proc.stdout.readline()
+    url = first.split(" on ", 1)[1].split(" ", 1)[0]
+    assert second.startswith("API key (generated, shown only now): ")
+    return proc, url, second.rsplit(" ", 1)[1].strip()
 
 
 # ---- reading results ----

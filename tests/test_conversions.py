@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import synth
-from conftest import dciodvfy_errors, run_main, tool_exit_code
+from conftest import RELAXED, Running, dciodvfy_errors, run_main, tool_exit_code
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
@@ -28,7 +28,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from test_server import RELAXED, Running, start_server  # noqa: F401 (a fixture)
 
 import dicompressor as dp
 
@@ -918,7 +917,7 @@ def test_registry_has_the_original_flags() -> None:
     assert '"name": "video_to_dicom"' in listing and '"name": "modality"' in listing
 
 
-def test_over_http(start_server, tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+def test_over_http(start_server, tmp_path: Path) -> None:
     """The API finds a session's images for -w (its inputs are images, not DICOM)."""
     api: Running = start_server(**RELAXED)
     Image.fromarray(rgb(1)).save(tmp_path / "a.png")

@@ -14,12 +14,11 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import ROOT, dciodvfy_errors, merge_one, run_main
+from conftest import RELAXED, ROOT, Running, dciodvfy_errors, merge_one, run_main
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from test_server import RELAXED, Running, start_server  # noqa: F401 (a fixture)
 
 import dicompressor as dp
 
@@ -512,7 +511,7 @@ class TestFrontEnds:
         )
         assert [p.name for p in source.parent.iterdir()] == ["a.dcm"]
 
-    def test_over_http(self, start_server, tmp_path: Path) -> None:  # noqa: F811
+    def test_over_http(self, start_server, tmp_path: Path) -> None:
         api: Running = start_server(**RELAXED)
         source = native_file(tmp_path / "a.dcm", np.full((32, 32), 200), bits_stored=8)
         sid = api.session()

@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -25,14 +24,11 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import ROOT
+from conftest import RELAXED, ROOT, Running, part_head, server_process
 
 import dicompressor as srv
 
 SPEC_API = "https://dicompressor.sitnov.work"
-KEY = "test-key-0123456789"
-#: Limits high enough for tests that send many requests.
-RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
 
 
 #: The spec's "Full Examples / cURL" script as published; only API and KEY are replaced.
@@ -74,60 +70,6 @@ echo "Done!"
 """
 
 
-class Running:
-    """A server running in a thread of the test process."""
-
-    def __init__(self, server: srv.ApiServer, key: str) -> None:
-        self.server = server
-        self.url = server.url
-        self.key = key
-        self.headers = {"X-API-Key": key}
-        self.state = server.state
-        self.data_dir = server.state.config.data_dir
-
-    def session(self) -> str:
-        """Create a session and return its id."""
-        r = requests.post(f"{self.url}/api/session", headers=self.headers, timeout=30)
-        assert r.status_code == 200, r.text
-        return r.json()["session_id"]
-
-    def upload(self, sid: str, paths: list[Path], **kw: Any) -> requests.Response:
-        """Upload files in one request."""
-        handles = [p.open("rb") for p in paths]
-        try:
-            files = [("files", (p.name, h)) for p, h in zip(paths, handles, strict=True)]
-            return requests.post(
-                f"{self.url}/api/upload/{sid}", headers=self.headers, files=files, timeout=60, **kw
-            )
-        finally:
-            for h in handles:
-                h.close()
-
-    def process(self, sid: str, body: Any) -> requests.Response:
-        """Run an action."""
-        return requests.post(
-            f"{self.url}/api/process/{sid}", headers=self.headers, json=body, timeout=120
-        )
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Return a factory starting a server on 127.0.0.1 port 0 in a thread."""
-    started: list[srv.ApiServer] = []
-
-    def start(**overrides: Any) -> Running:
-        overrides.setdefault("data_dir", tmp_path / "data")
-        config = srv.ServerConfig(host="127.0.0.1", port=0, **overrides)
-        server = srv.make_server(config, [KEY])
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return Running(server, KEY)
-
-    yield start
-    for server in started:
-        server.close()
-
-
 @pytest.fixture
 def api(start_server: Callable[..., Running]) -> Running:
     """A server with relaxed rate limits."""
@@ -156,13 +98,6 @@ def raw_request(
     data = response.read()
     conn.close()
     return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-
-
-def part_head(name: str, boundary: str = "xyz") -> bytes:
-    """Return the opening of one multipart ``files`` part."""
-    return (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
-    ).encode()
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -819,30 +754,6 @@ class TestSessions:
         config = srv.ServerConfig(host="0.0.0.0", port=0, data_dir=tmp_path / "d")
         assert srv.run_server(config, environ={}) == 2
         assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
-
-
-def server_process(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
-    """Start a server in a subprocess with a generated key; return (process, url, key)."""
-    config = f"ServerConfig(port=0, data_dir=Path({str(data_dir)!r}){''.join(extra)})"
-    code = (
-        "import sys; from pathlib import Path; from dicompressor import *; "
-        f"sys.exit(run_server({config}))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "DICOMPRESSOR_API_KEYS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    second = proc.stdout.readline()
-    url = first.split(" on ", 1)[1].split(" ", 1)[0]
-    assert second.startswith("API key (generated, shown only now): ")
-    return proc, url, second.rsplit(" ", 1)[1].strip()
 
 
 class TestScale:

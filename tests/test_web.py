@@ -13,7 +13,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pydicom
 import pytest
 import requests
-from test_server import KEY, RELAXED, Running, srv, synth
+import synth
+from conftest import KEY, RELAXED, Running
+
+import dicompressor as srv
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
