@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import bundled_files, run_cli, synth
+from conftest import bundled_files, pydicom_file, run_cli, synth
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -485,9 +485,7 @@ class TestLossless:
     ) -> None:
         """Refused before encoding, in plain words (HTJ2K's encoder would take them and
         write what openjpeg cannot read back)."""
-        source = get_testdata_file(name, download=False)
-        if source is None:
-            pytest.skip(f"pydicom test file {name} is not installed")
+        source = pydicom_file(name)
         if "htj2k" in flags:
             skip_without_encoder("htj2k")
         path = tmp_path / name

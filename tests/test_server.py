@@ -24,7 +24,7 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import RELAXED, ROOT, Running, part_head, server_process
+from conftest import RELAXED, ROOT, Running, need_tool, part_head, pydicom_file, server_process
 
 import dicompressor as srv
 
@@ -110,9 +110,7 @@ def files_under(folder: Path) -> list[Path]:
 
 class TestSpecExamples:
     def test_curl_quick_start(self, api: Running, tmp_path: Path) -> None:
-        curl = shutil.which("curl")
-        if curl is None:
-            pytest.skip("curl not on PATH")
+        need_tool("curl")
         work = tmp_path / "qs"
         work.mkdir()
         series = sorted(synth.make_series(tmp_path / "qs_src", n=2))
@@ -161,8 +159,8 @@ class TestSpecExamples:
         assert (work / "merged.dcm").stat().st_size == output["size"]
 
     def test_curl_full_example(self, api: Running, tmp_path: Path) -> None:
-        if shutil.which("curl") is None or shutil.which("jq") is None:
-            pytest.skip("curl or jq not on PATH")
+        need_tool("curl")
+        need_tool("jq")
         work = tmp_path / "full"
         synth.make_series(work / "dicoms", n=6)
         script = DOCS_CURL_EXAMPLE
@@ -594,15 +592,8 @@ class TestServerStderr:
     """Job processes keep pydicom's warnings and their own log out of the server's stderr."""
 
     def test_odd_files_leave_stderr_clean(self, api: Running, tmp_path: Path, capfd) -> None:
-        from pydicom.data import get_testdata_file
-
         names = ["SC_rgb_jpeg.dcm", "badVR.dcm", "CT_small.dcm", "MR_truncated.dcm"]
-        paths = []
-        for name in names:
-            source = get_testdata_file(name, download=False)
-            if source is None:
-                pytest.skip(f"pydicom test file {name} is not installed")
-            paths.append(Path(shutil.copy(source, tmp_path / name)))
+        paths = [Path(shutil.copy(pydicom_file(name), tmp_path / name)) for name in names]
         sid = api.session()
         assert api.upload(sid, paths).status_code == 200
         capfd.readouterr()
@@ -1071,9 +1062,7 @@ class TestRangesAndValidators:
     def test_curl_resumes_a_broken_download(
         self, api: Running, blob: tuple[str, str, bytes], tmp_path: Path
     ) -> None:
-        curl = shutil.which("curl")
-        if curl is None:
-            pytest.skip("curl not on PATH")
+        curl = need_tool("curl")
         sid, name, data = blob
         url = f"{api.url}/api/download/{sid}/{name}"
         target = tmp_path / "resumed.dcm"
@@ -1175,8 +1164,8 @@ class TestDocsCurlLoop:
     def test_readme_command_lets_the_script_run(
         self, start_server: Callable[..., Running], tmp_path: Path
     ) -> None:
-        if shutil.which("curl") is None or shutil.which("jq") is None:
-            pytest.skip("curl or jq not on PATH")
+        need_tool("curl")
+        need_tool("jq")
         synth.make_series(tmp_path / "dicoms", n=40)  # more than 30 requests a minute
         # the documented defaults (30 a minute; the clock stands still here): the session
         # and 29 uploads pass, the rest and the merge get 429, hidden by the script

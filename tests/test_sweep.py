@@ -26,7 +26,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import ROOT, SCRIPT
+from conftest import ROOT, SCRIPT, pydicom_file
 
 ARTIFACTS = ROOT / "test-artifacts"
 #: Wall-clock limit of one action's run over the whole corpus (a hang fails the test).
@@ -92,10 +92,8 @@ class Run:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, int]]:
     """Every sweep file in a job folder of its own; returns (root, params, sizes)."""
-    from pydicom.data import get_testdata_file
 
-    if get_testdata_file("gdcm-US-ALOKA-16.dcm", download=False) is None:
-        pytest.skip("pydicom-data is not installed: pip install -r requirements-dev.txt")
+    pydicom_file("gdcm-US-ALOKA-16.dcm")  # pydicom-data's: fails if it is not installed
     work = tmp_path_factory.mktemp("sweep")
     root = work / "corpus"
     sizes = {}
