@@ -59,6 +59,22 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> tuple[int, str, str]:
     return proc.returncode, _decode(proc.stdout), _decode(proc.stderr)
 
 
+def run_limited(
+    command: list[str], timeout_s: float, cwd: Path | None = None
+) -> tuple[int | None, str, str, float]:
+    """Run a command with pipes under a time limit; return (exit code, None when it ran out
+    of time, stdout, stderr, seconds taken)."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=cwd
+        )
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, out, err = None, exc.stdout or b"", exc.stderr or b""
+    return code, _decode(out), _decode(err), time.monotonic() - started
+
+
 def _decode(data: bytes) -> str:
     """Decode captured output as UTF-8 without touching line endings."""
     return data.decode("utf-8", errors="replace")
