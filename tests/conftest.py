@@ -75,6 +75,23 @@ def run_limited(
     return code, _decode(out), _decode(err), time.monotonic() - started
 
 
+def run_without_imagecodecs(
+    shim_root: Path, *args: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """Run dicompressor.py where ``import imagecodecs`` fails (a package made in shim_root)."""
+    shim = shim_root / "imagecodecs"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(shim_root)},
+    )
+
+
 def _decode(data: bytes) -> str:
     """Decode captured output as UTF-8 without touching line endings."""
     return data.decode("utf-8", errors="replace")
