@@ -114,17 +114,9 @@ def write_inputs(folder: Path, generated_only: bool) -> dict[str, list[str]]:
         return plants
     for index, source in enumerate(test_files()):
         name = f"t{index:03d}_{source.name}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(source)
-                if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-                    continue
-                plants[name] = planted.plant_copy(ds)
-                ds.save_as(inputs / name)
-        except Exception:  # files pydicom cannot read or write back as they are
-            plants.pop(name, None)
-            (inputs / name).unlink(missing_ok=True)
+        values = planted.plant_file(source, inputs / name, ("SOPInstanceUID", "SOPClassUID"))
+        if values is not None:
+            plants[name] = values
     return plants
 
 
