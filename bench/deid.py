@@ -30,7 +30,8 @@ are left out when missing. For each contender the table shows: planted identifie
 (pairs of a file and a value found in its output bytes, of those in the input), original
 UIDs left (the same for the input's non-standard UIDs), files without an output,
 dciodvfy errors summed over the inputs and over the outputs, the files whose output has
-more errors than its input, and the wall time. Results go to ``bench/results/deid-*.json``.
+more errors than its input, and the wall time. Results go to ``bench/results/deid-*.json``
+(unless ``--no-json``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH_DIR))
 
 import anonymize as anon_bench  # noqa: E402  (its throw-away certificate for gdcmanon)
+import merge as mb  # noqa: E402  (bench/merge.py: the work folder options)
 import planted  # noqa: E402
 
 import dicompressor as dp  # noqa: E402
@@ -75,8 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generated-only", action="store_true")
     parser.add_argument("--peers-python", type=Path, default=Path(sys.executable))
-    parser.add_argument("--tmpdir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    mb.add_work_options(parser)
     return parser.parse_args(argv)
 
 
@@ -114,17 +114,9 @@ def write_inputs(folder: Path, generated_only: bool) -> dict[str, list[str]]:
         return plants
     for index, source in enumerate(test_files()):
         name = f"t{index:03d}_{source.name}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(source)
-                if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-                    continue
-                plants[name] = planted.plant_copy(ds)
-                ds.save_as(inputs / name)
-        except Exception:  # files pydicom cannot read or write back as they are
-            plants.pop(name, None)
-            (inputs / name).unlink(missing_ok=True)
+        values = planted.plant_file(source, inputs / name, ("SOPInstanceUID", "SOPClassUID"))
+        if values is not None:
+            plants[name] = values
     return plants
 
 
@@ -207,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     """Generate, run, check, print, save."""
     args = parse_args(argv)
     warnings.simplefilter("ignore")  # pydicom's notes on the test files' odd values
-    work = Path(tempfile.mkdtemp(prefix="dicompressor-deid-", dir=args.tmpdir))
+    work = mb.make_work("dicompressor-deid-", args.tmpdir)
     try:
         plants = write_inputs(work, args.generated_only)
         inputs = work / "in"
@@ -246,12 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 "worse": worse, "wall_s": round(wall_s, 2),
             })  # fmt: skip
         print_table(rows, len(names), planted_pairs, uid_pairs)
-        save(rows, names, planted_pairs, uid_pairs)
+        if not args.no_json:
+            save(rows, names, planted_pairs, uid_pairs)
     finally:
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        mb.remove_work(work, args.keep)
     return 0
 
 

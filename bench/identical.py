@@ -217,6 +217,7 @@ def make_inputs(work: Path, old: Path, slices: int, size: int) -> dict[str, Path
     merged_dir = work / "inputs" / "merged"
     merged_dir.mkdir()
     code, _ = run(old, ["-j", "-F", str(series), "--output-dir", str(merged_dir)], work)
+    assert code == 0, f"cannot make the merged input: the merge exited {code}"
     for leftover in series.glob("*_multiframe*.dcm"):
         leftover.unlink()
     (merged,) = merged_dir.glob("*.dcm")

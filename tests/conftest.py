@@ -1,21 +1,26 @@
-"""Shared fixtures and helpers: generated series, the CLI in a subprocess, validators."""
+"""Shared fixtures and helpers: generated series, the CLI in a subprocess, validators, servers."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
@@ -52,6 +57,39 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> tuple[int, str, str]:
         stdin=subprocess.DEVNULL,
     )
     return proc.returncode, _decode(proc.stdout), _decode(proc.stderr)
+
+
+def run_limited(
+    command: list[str], timeout_s: float, cwd: Path | None = None
+) -> tuple[int | None, str, str, float]:
+    """Run a command with pipes under a time limit; return (exit code, None when it ran out
+    of time, stdout, stderr, seconds taken)."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=cwd
+        )
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, out, err = None, exc.stdout or b"", exc.stderr or b""
+    return code, _decode(out), _decode(err), time.monotonic() - started
+
+
+def run_without_imagecodecs(
+    shim_root: Path, *args: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """Run dicompressor.py where ``import imagecodecs`` fails (a package made in shim_root)."""
+    shim = shim_root / "imagecodecs"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(shim_root)},
+    )
 
 
 def _decode(data: bytes) -> str:
@@ -119,27 +157,151 @@ def split_file(path: Path, *extra: str | Path) -> list[Path]:
 # ---- validators ----
 
 
-def _tool(name: str) -> str:
-    """Return the path of a validator, or skip the test naming what is missing."""
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not on PATH (install dicom3tools / dcmtk / gdcm to run this check)")
-    return found
+#: CI (.ci/run) sets DICOMPRESSOR_STRICT=1: what it installs must be there, so a test that
+#: needs a missing tool fails instead of skipping.
+STRICT = os.environ.get("DICOMPRESSOR_STRICT") == "1"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test for something not installed; fail it under DICOMPRESSOR_STRICT=1."""
+    if STRICT:
+        pytest.fail(f"{reason} (DICOMPRESSOR_STRICT=1: .ci/run installs it)")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_tool(*names: str) -> str:
+    """Return the path of the first of names on PATH, else skip (fail when strict)."""
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    missing(f"{' or '.join(names)} not on PATH")
+
+
+def need_module(name: str, package: str) -> ModuleType:
+    """Import a module of requirements-dev.txt, else skip (fail when strict)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} cannot be imported: pip install {package}")
+
+
+def pydicom_file(name: str) -> Path:
+    """Return one of pydicom's or pydicom-data's files (both required), never downloaded."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path is not None, (
+        f"{name} is in neither pydicom nor pydicom-data: pip install -r requirements-dev.txt"
+    )
+    return Path(path)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    """Return the lines of ``dciodvfy`` output that start with "Error" (skip if absent)."""
+    """Return the lines of ``dciodvfy`` output that start with "Error" (see need_tool)."""
     proc = subprocess.run(
-        [_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60
+        [need_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
 
 
 def tool_exit_code(name: str, path: Path) -> int:
-    """Run a reader (dcmdump, gdcminfo) on a file and return its exit code (skip if absent)."""
-    proc = subprocess.run([_tool(name), str(path)], capture_output=True, timeout=60)
+    """Run a reader (dcmdump, gdcminfo) on a file and return its exit code (see need_tool)."""
+    proc = subprocess.run([need_tool(name), str(path)], capture_output=True, timeout=60)
     return proc.returncode
+
+
+# ---- the HTTP API ----
+
+KEY = "test-key-0123456789"
+#: Limits high enough for tests that send many requests.
+RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
+
+
+class Running:
+    """A server running in a thread of the test process."""
+
+    def __init__(self, server: dicompressor.ApiServer, key: str) -> None:
+        self.server = server
+        self.url = server.url
+        self.key = key
+        self.headers = {"X-API-Key": key}
+        self.state = server.state
+        self.data_dir = server.state.config.data_dir
+
+    def session(self) -> str:
+        """Create a session and return its id."""
+        r = requests.post(f"{self.url}/api/session", headers=self.headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["session_id"]
+
+    def upload(self, sid: str, paths: list[Path], **kw: Any) -> requests.Response:
+        """Upload files in one request."""
+        handles = [p.open("rb") for p in paths]
+        try:
+            files = [("files", (p.name, h)) for p, h in zip(paths, handles, strict=True)]
+            return requests.post(
+                f"{self.url}/api/upload/{sid}", headers=self.headers, files=files, timeout=60, **kw
+            )
+        finally:
+            for h in handles:
+                h.close()
+
+    def process(self, sid: str, body: Any) -> requests.Response:
+        """Run an action."""
+        return requests.post(
+            f"{self.url}/api/process/{sid}", headers=self.headers, json=body, timeout=120
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Return a factory starting a server on 127.0.0.1 port 0 in a thread."""
+    started: list[dicompressor.ApiServer] = []
+
+    def start(**overrides: Any) -> Running:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        config = dicompressor.ServerConfig(host="127.0.0.1", port=0, **overrides)
+        server = dicompressor.make_server(config, [KEY])
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return Running(server, KEY)
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def part_head(name: str, boundary: str = "xyz") -> bytes:
+    """Return the opening of one multipart ``files`` part."""
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
+    ).encode()
+
+
+def server_process(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Start a server in a subprocess with a generated key; return (process, url, key)."""
+    config = f"ServerConfig(port=0, data_dir=Path({str(data_dir)!r}){''.join(extra)})"
+    code = (
+        "import sys; from pathlib import Path; from dicompressor import *; "
+        f"sys.exit(run_server({config}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DICOMPRESSOR_API_KEYS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    second = proc.stdout.readline()
+    url = first.split(" on ", 1)[1].split(" ", 1)[0]
+    assert second.startswith("API key (generated, shown only now): ")
+    return proc, url, second.rsplit(" ", 1)[1].strip()
 
 
 # ---- reading results ----
@@ -240,16 +402,12 @@ def bundled_files(pattern: str = "*.dcm") -> list[Path]:
 
 @pytest.fixture
 def testdata(tmp_path: Path) -> Callable[[str], Path]:
-    """Return a loader copying one of pydicom's bundled files into tmp_path (skip if absent)."""
-    from pydicom.data import get_testdata_file
+    """Return a loader copying one of pydicom's or pydicom-data's files into tmp_path."""
 
     def load(name: str) -> Path:
-        path = get_testdata_file(name, download=False)
-        if path is None:
-            pytest.skip(f"pydicom test file {name} is not installed (download=False)")
         target = tmp_path / "testdata" / name
         target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(path, target)
+        shutil.copyfile(pydicom_file(name), target)
         return target
 
     return load

@@ -11,6 +11,7 @@ observers); it returns the paths, the planted values and the original UIDs.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +369,20 @@ def plant_copy(ds: Dataset) -> list[str]:
     ds.OtherPatientIDsSequence = [other]
     ds.private_block(0x0029, "PLANTED", create=True).add_new(0x01, "LO", COPY_VALUES[4])
     return list(COPY_VALUES)
+
+
+def plant_file(source: Path, target: Path, required: tuple[str, ...]) -> list[str] | None:
+    """Write source to target with identifiers planted (plant_copy); return them, or None
+    when it lacks one of the required keywords or pydicom cannot read or write it back."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(source)
+            if any(keyword not in ds for keyword in required):
+                return None
+            values = plant_copy(ds)
+            ds.save_as(target)
+    except Exception:  # files pydicom cannot read or write back as they are
+        target.unlink(missing_ok=True)
+        return None
+    return values

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ROOT
+from conftest import ROOT, need_module
 from hypothesis import HealthCheck, given, settings
 
 import dicompressor as srv
 
-schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
+schemathesis = need_module("schemathesis", "schemathesis")
 
 KEY = "fuzz-key-0123456789"
 MAX_EXAMPLES = 100

@@ -22,6 +22,7 @@ import pytest
 import synth
 from conftest import (
     SCRIPT,
+    STRICT,
     dciodvfy_errors,
     dicompressor,
     run_cli,
@@ -1011,7 +1012,7 @@ class TestCrashSafety:
             unknown = [p for p in problems if not KNOWN.match(p)]
             assert unknown == [], f"trial {trial} (seed {seed}, delay {delay:.3f}):\n{out}"
             known += [f"trial {trial}: {p}" for p in problems]
-            if not sampled and shutil.which("dciodvfy"):
+            if not sampled and (STRICT or shutil.which("dciodvfy")):
                 assert dciodvfy_errors(merged(jobs[trial % 6])[0]) == []
                 sampled = True
         assert not known, known

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import bundled_files, run_cli, synth
+from conftest import bundled_files, pydicom_file, run_cli, run_without_imagecodecs, synth
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
@@ -485,9 +485,7 @@ class TestLossless:
     ) -> None:
         """Refused before encoding, in plain words (HTJ2K's encoder would take them and
         write what openjpeg cannot read back)."""
-        source = get_testdata_file(name, download=False)
-        if source is None:
-            pytest.skip(f"pydicom test file {name} is not installed")
+        source = pydicom_file(name)
         if "htj2k" in flags:
             skip_without_encoder("htj2k")
         path = tmp_path / name
@@ -539,22 +537,8 @@ class TestLossless:
 
     def test_htj2k_without_imagecodecs(self, tmp_path: Path) -> None:
         """With imagecodecs hidden, --codec htj2k fails in one line naming the package."""
-        import subprocess
-        import sys
-
-        shim = tmp_path / "shim" / "imagecodecs"
-        shim.mkdir(parents=True)
-        (shim / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
         source = write_image(tmp_path / "data" / "img.dcm")
-        env = {**os.environ, "PYTHONPATH": str(shim.parent)}
-        script = Path(__file__).resolve().parents[1] / "dicompressor.py"
-        proc = subprocess.run(
-            [sys.executable, str(script), "-x", "--codec", "htj2k", "-f", str(source)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        proc = run_without_imagecodecs(tmp_path / "shim", "-x", "--codec", "htj2k", "-f", source)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         text = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
         assert len(text) == 1, text

@@ -13,8 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import synth
-from conftest import hash_files, run_cli, run_main
-from test_server import RELAXED, Running, start_server  # noqa: F401
+from conftest import RELAXED, Running, hash_files, run_cli, run_main
 
 import dicompressor
 from dicompressor import INCOMPLETE_MARK, Options, check_integrity, read_header, walk_file
@@ -212,7 +211,7 @@ class TestInfo:
 class TestApi:
     """The API's headers and info actions run the same functions."""
 
-    def test_headers_and_info(self, start_server, tmp_path: Path) -> None:  # noqa: F811
+    def test_headers_and_info(self, start_server, tmp_path: Path) -> None:
         api: Running = start_server(**RELAXED)
         good, bad, message = damaged_folder(tmp_path / "s", "garbled Rows header")
         sid = api.session()

@@ -18,8 +18,8 @@ import numpy as np
 import pydicom
 import pytest
 import synth
+from conftest import need_module, pydicom_file
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -40,14 +40,6 @@ class Opts:
         self.image_format = values.pop("image_format", "png")
         self.annotate = values.pop("annotate", False)
         assert not values, values
-
-
-def sample(name: str) -> Path:
-    """A pydicom sample file, never downloaded."""
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"{name} not bundled with this pydicom")
-    return Path(path)
 
 
 def png(path: Path) -> np.ndarray:
@@ -159,7 +151,7 @@ class TestExportPng:
     def test_deflated_file(self, tmp_path: Path) -> None:
         """A Deflated Explicit VR file exports as its inflated copy does."""
         deflated = tmp_path / "dfl.dcm"
-        deflated.write_bytes(sample("image_dfl.dcm").read_bytes())
+        deflated.write_bytes(pydicom_file("image_dfl.dcm").read_bytes())
         ds = pydicom.dcmread(deflated)
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
@@ -176,7 +168,7 @@ class TestExportPng:
             assert_close(png(out / f"{path.stem}.png"), want)
 
     def test_mr_sample_signed_window(self, tmp_path: Path) -> None:
-        path = sample("MR_small.dcm")
+        path = pydicom_file("MR_small.dcm")
         export_png([path], tmp_path, Opts())
         want = linear(stored_values(path).astype(float), 600, 1600)
         got = png(tmp_path / "MR_small.png")
@@ -184,7 +176,7 @@ class TestExportPng:
         assert_close(got, want)
 
     def test_ct_sample_range_without_window_ignores_padding(self, tmp_path: Path) -> None:
-        source = sample("CT_small.dcm")
+        source = pydicom_file("CT_small.dcm")
         path = tmp_path / "ct.dcm"
         ds = pydicom.dcmread(source)
         arr = ds.pixel_array.copy()
@@ -255,7 +247,7 @@ class TestExportPng:
         assert_close(png(tmp_path / f"{path.stem}.png"), want)
 
     def test_rgb_sample_exact(self, tmp_path: Path) -> None:
-        path = sample("examples_rgb_color.dcm")
+        path = pydicom_file("examples_rgb_color.dcm")
         export_png([path], tmp_path, Opts())
         ds = pydicom.dcmread(path)
         want = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns, 3)
@@ -265,7 +257,7 @@ class TestExportPng:
         assert_close(png(tmp_path / "examples_rgb_color.png"), want.astype(float))
 
     def test_ybr_full_422_jpeg_to_rgb(self, tmp_path: Path) -> None:
-        path = sample("examples_ybr_color.dcm")
+        path = pydicom_file("examples_ybr_color.dcm")
         result = export_png([path], tmp_path, Opts(jobs=2))
         assert len(result.outputs) == 30
         for index in (0, 17, 29):
@@ -278,7 +270,7 @@ class TestExportPng:
             assert_close(got, np.clip(rgb, 0, 255))
 
     def test_palette_colour(self, tmp_path: Path) -> None:
-        path = sample("examples_palette.dcm")
+        path = pydicom_file("examples_palette.dcm")
         export_png([path], tmp_path, Opts())
         ds = pydicom.dcmread(path)
         stored = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns)
@@ -295,7 +287,7 @@ class TestExportPng:
     def test_segmented_palette(self, tmp_path: Path, name: str) -> None:
         """Segmented tables (0028,1221-1223), little and big endian (pydicom-data's files),
         against pydicom's rendering of the original dataset."""
-        path = sample(name)
+        path = pydicom_file(name)
         result = export_png([path], tmp_path, Opts())
         assert not result.failures, result.failures
         ds = pydicom.dcmread(path)
@@ -308,7 +300,7 @@ class TestExportPng:
         assert len(frames) == 1 and abs(frames[0].mean() - (want * 255 / 65535).mean()) < 3
 
     def test_palette_colour_without_its_palette_fails_in_words(self, tmp_path: Path) -> None:
-        ds = pydicom.dcmread(sample("examples_palette.dcm"))
+        ds = pydicom.dcmread(pydicom_file("examples_palette.dcm"))
         for keyword in [k for k in ds.dir() if "PaletteColorLookupTable" in k]:
             delattr(ds, keyword)
         path = tmp_path / "in" / "no_palette.dcm"
@@ -373,7 +365,7 @@ class TestExportPng:
 
     def test_undecodable_file_fails_alone(self, ct: list[Path], tmp_path: Path) -> None:
         bad = tmp_path / "ct" / "bad.dcm"
-        ds = pydicom.dcmread(sample("examples_ybr_color.dcm"))
+        ds = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
         ds.PixelData = ds.PixelData[:2000] + b"\x00" * 64 + ds.PixelData[-2000:]
         ds.save_as(bad, enforce_file_format=True)
         garbage = tmp_path / "ct" / "garbage.dcm"
@@ -410,7 +402,7 @@ def read_video(path: Path) -> tuple[dict, list[np.ndarray]]:
 
 class TestExportVideo:
     def test_multiframe_ybr_frame_rate_from_frame_time(self, tmp_path: Path) -> None:
-        path = sample("examples_ybr_color.dcm")
+        path = pydicom_file("examples_ybr_color.dcm")
         result = export_video([path], tmp_path, Opts(jobs=2))
         assert result.outputs == [tmp_path / "examples_ybr_color.mp4"]
         meta, frames = read_video(result.outputs[0])
@@ -585,7 +577,7 @@ def openjpeg_pixels(path: Path) -> np.ndarray:
 def deep_colour(path: Path) -> np.ndarray:
     """Read a 16-bit colour PNG or TIFF whole (Pillow reads them as 8 bits): libpng or
     libtiff through imagecodecs."""
-    imagecodecs = pytest.importorskip("imagecodecs", reason="pip install imagecodecs")
+    imagecodecs = need_module("imagecodecs", "imagecodecs")
     decode = imagecodecs.png_decode if path.suffix == ".png" else imagecodecs.tiff_decode
     return np.asarray(decode(path.read_bytes()))
 
@@ -628,7 +620,7 @@ class TestImageFormats:
 
     @pytest.mark.parametrize("image_format", LOSSLESS)
     def test_colour_and_frames_as_the_png(self, image_format: str, tmp_path: Path) -> None:
-        colour, frames = sample("SC_rgb.dcm"), sample("emri_small.dcm")
+        colour, frames = pydicom_file("SC_rgb.dcm"), pydicom_file("emri_small.dcm")
         reference = export_png([colour, frames], tmp_path / "ref", Opts(jobs=2)).outputs
         result = export_png(
             [colour, frames], tmp_path / "out", Opts(jobs=2, image_format=image_format)
@@ -660,7 +652,7 @@ class TestImageFormats:
         assert b"modality value = JPEG 2000 value - 3072" in outputs["jp2"].read_bytes()
 
     def test_16_bits_colour_same_values(self, tmp_path: Path) -> None:
-        path = sample("SC_rgb_16bit.dcm")
+        path = pydicom_file("SC_rgb_16bit.dcm")
         want = pydicom.dcmread(path).pixel_array  # 16 bits stored: the values themselves
         assert want.dtype == np.uint16 and int(want.max()) > 255
         got = {}
@@ -677,7 +669,7 @@ class TestImageFormats:
             assert np.array_equal(values, want), image_format
 
     def test_16_bits_colour_jp2_needs_32_pixels(self, tmp_path: Path) -> None:
-        path = sample("SC_rgb_small_odd.dcm")  # 3 x 3 RGB
+        path = pydicom_file("SC_rgb_small_odd.dcm")  # 3 x 3 RGB
         result = export_png([path], tmp_path, Opts(png_bits=16, image_format="jp2"))
         assert result.failures == [
             (
@@ -796,7 +788,7 @@ class TestAnnotatedImages:
         assert 150 <= right < 160 - 1  # filled to the width, and no further
 
     def test_colour_jpeg_and_every_frame(self, tmp_path: Path) -> None:
-        colour, frames = sample("SC_rgb.dcm"), sample("emri_small.dcm")
+        colour, frames = pydicom_file("SC_rgb.dcm"), pydicom_file("emri_small.dcm")
         plain = export_png([colour, frames], tmp_path / "p", Opts(jobs=2)).outputs
         annotated = export_png(
             [colour, frames], tmp_path / "a", Opts(jobs=2, annotate=True)

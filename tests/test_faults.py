@@ -19,8 +19,7 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import SCRIPT, run_main, sha256_tree
-from test_server import RELAXED, Running, part_head, server_process, start_server  # noqa: F401
+from conftest import RELAXED, SCRIPT, Running, part_head, run_main, server_process, sha256_tree
 
 # ---- the disk fills up during an output write ----
 
@@ -249,7 +248,7 @@ def normal_client(api: Running, paths: list[Path]) -> float:
 
 
 @pytest.fixture
-def api(start_server: Callable[..., Running]) -> Running:  # noqa: F811
+def api(start_server: Callable[..., Running]) -> Running:
     return start_server(max_sessions=200, request_timeout_s=3, **RELAXED)
 
 

@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import pydicom
 import pytest
 import synth
-from conftest import ROOT, SCRIPT, run_main
+from conftest import ROOT, SCRIPT, run_limited, run_main
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
@@ -352,26 +351,8 @@ def run_action(action: str, corpus: Path, work: Path, params: Path) -> Run:
     command = [sys.executable, str(SCRIPT), "-f", str(root), *args, "--jobs", "1"]
     if action not in ("info", "summary"):
         command.append("--skip-if-done")
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            timeout=RUN_LIMIT_S,
-            stdin=subprocess.DEVNULL,
-            cwd=work,
-        )
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = None, exc.stdout or b"", exc.stderr or b""
-    return Run(
-        action,
-        code,
-        out.decode("utf-8", "replace"),
-        err.decode("utf-8", "replace"),
-        time.monotonic() - start,
-        root,
-    )
+    code, out, err, seconds = run_limited(command, RUN_LIMIT_S, cwd=work)
+    return Run(action, code, out, err, seconds, root)
 
 
 def _marked_incomplete(dump: Path) -> bool:

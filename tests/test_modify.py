@@ -10,9 +10,8 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import dciodvfy_errors, run_main
+from conftest import RELAXED, Running, dciodvfy_errors, run_main
 from pydicom.dataset import Dataset
-from test_server import RELAXED, Running, start_server  # noqa: F401 (a fixture)
 
 import dicompressor as dp
 from dicompressor import MODIFY, REMOVE, SET, Replacement, parse_modify_params
@@ -430,7 +429,7 @@ class TestRegistryAndApi:
             dp.process_request({"action": "modify", "params": ""}, tmp_path)
         assert info.value.message == "modify params hold no line: nothing would change"
 
-    def test_over_http(self, start_server, tmp_path: Path) -> None:  # noqa: F811
+    def test_over_http(self, start_server, tmp_path: Path) -> None:
         api: Running = start_server(**RELAXED)
         paths = series(tmp_path)
         sid = api.session()

@@ -23,11 +23,11 @@ from pathlib import Path
 import pydicom
 import pytest
 import synth
-from conftest import ROOT, SCRIPT, hash_files
+from conftest import ROOT, SCRIPT, hash_files, need_module
 
 import dicompressor
 
-distributed = pytest.importorskip("distributed")
+distributed = need_module("distributed", "distributed")
 
 MARKER = dicompressor.DONE_MARKER
 LOCK = dicompressor.LOCK_FILE

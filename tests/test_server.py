@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -25,14 +24,11 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import ROOT
+from conftest import RELAXED, ROOT, Running, need_tool, part_head, pydicom_file, server_process
 
 import dicompressor as srv
 
 SPEC_API = "https://dicompressor.sitnov.work"
-KEY = "test-key-0123456789"
-#: Limits high enough for tests that send many requests.
-RELAXED = {"rate_limit_per_min": 100_000, "session_rate_limit_per_min": 100_000}
 
 
 #: The spec's "Full Examples / cURL" script as published; only API and KEY are replaced.
@@ -74,60 +70,6 @@ echo "Done!"
 """
 
 
-class Running:
-    """A server running in a thread of the test process."""
-
-    def __init__(self, server: srv.ApiServer, key: str) -> None:
-        self.server = server
-        self.url = server.url
-        self.key = key
-        self.headers = {"X-API-Key": key}
-        self.state = server.state
-        self.data_dir = server.state.config.data_dir
-
-    def session(self) -> str:
-        """Create a session and return its id."""
-        r = requests.post(f"{self.url}/api/session", headers=self.headers, timeout=30)
-        assert r.status_code == 200, r.text
-        return r.json()["session_id"]
-
-    def upload(self, sid: str, paths: list[Path], **kw: Any) -> requests.Response:
-        """Upload files in one request."""
-        handles = [p.open("rb") for p in paths]
-        try:
-            files = [("files", (p.name, h)) for p, h in zip(paths, handles, strict=True)]
-            return requests.post(
-                f"{self.url}/api/upload/{sid}", headers=self.headers, files=files, timeout=60, **kw
-            )
-        finally:
-            for h in handles:
-                h.close()
-
-    def process(self, sid: str, body: Any) -> requests.Response:
-        """Run an action."""
-        return requests.post(
-            f"{self.url}/api/process/{sid}", headers=self.headers, json=body, timeout=120
-        )
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Return a factory starting a server on 127.0.0.1 port 0 in a thread."""
-    started: list[srv.ApiServer] = []
-
-    def start(**overrides: Any) -> Running:
-        overrides.setdefault("data_dir", tmp_path / "data")
-        config = srv.ServerConfig(host="127.0.0.1", port=0, **overrides)
-        server = srv.make_server(config, [KEY])
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return Running(server, KEY)
-
-    yield start
-    for server in started:
-        server.close()
-
-
 @pytest.fixture
 def api(start_server: Callable[..., Running]) -> Running:
     """A server with relaxed rate limits."""
@@ -158,13 +100,6 @@ def raw_request(
     return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
-def part_head(name: str, boundary: str = "xyz") -> bytes:
-    """Return the opening of one multipart ``files`` part."""
-    return (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
-    ).encode()
-
-
 def files_under(folder: Path) -> list[Path]:
     """Every file under folder, hidden ones included."""
     return sorted(p for p in folder.rglob("*") if p.is_file())
@@ -175,9 +110,7 @@ def files_under(folder: Path) -> list[Path]:
 
 class TestSpecExamples:
     def test_curl_quick_start(self, api: Running, tmp_path: Path) -> None:
-        curl = shutil.which("curl")
-        if curl is None:
-            pytest.skip("curl not on PATH")
+        need_tool("curl")
         work = tmp_path / "qs"
         work.mkdir()
         series = sorted(synth.make_series(tmp_path / "qs_src", n=2))
@@ -226,8 +159,8 @@ class TestSpecExamples:
         assert (work / "merged.dcm").stat().st_size == output["size"]
 
     def test_curl_full_example(self, api: Running, tmp_path: Path) -> None:
-        if shutil.which("curl") is None or shutil.which("jq") is None:
-            pytest.skip("curl or jq not on PATH")
+        need_tool("curl")
+        need_tool("jq")
         work = tmp_path / "full"
         synth.make_series(work / "dicoms", n=6)
         script = DOCS_CURL_EXAMPLE
@@ -539,7 +472,11 @@ class TestErrors:
         sid = api.session()
         assert api.upload(sid, dicoms[:4]).status_code == 200
         r = api.upload(sid, dicoms[4:])
-        assert r.status_code == 413 and "too many files" in r.json()["error"]
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": f"too many files: session {sid} holds 4 file(s) and this upload adds 2 "
+            "or more, past the limit of 5 per session"
+        }
         assert len(files_under(api.data_dir / sid / "input")) == 4
 
     def test_429_with_retry_after(self, start_server: Callable[..., Running]) -> None:
@@ -655,15 +592,8 @@ class TestServerStderr:
     """Job processes keep pydicom's warnings and their own log out of the server's stderr."""
 
     def test_odd_files_leave_stderr_clean(self, api: Running, tmp_path: Path, capfd) -> None:
-        from pydicom.data import get_testdata_file
-
         names = ["SC_rgb_jpeg.dcm", "badVR.dcm", "CT_small.dcm", "MR_truncated.dcm"]
-        paths = []
-        for name in names:
-            source = get_testdata_file(name, download=False)
-            if source is None:
-                pytest.skip(f"pydicom test file {name} is not installed")
-            paths.append(Path(shutil.copy(source, tmp_path / name)))
+        paths = [Path(shutil.copy(pydicom_file(name), tmp_path / name)) for name in names]
         sid = api.session()
         assert api.upload(sid, paths).status_code == 200
         capfd.readouterr()
@@ -815,30 +745,6 @@ class TestSessions:
         config = srv.ServerConfig(host="0.0.0.0", port=0, data_dir=tmp_path / "d")
         assert srv.run_server(config, environ={}) == 2
         assert "refusing to serve on 0.0.0.0 without an API key" in capsys.readouterr().err
-
-
-def server_process(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
-    """Start a server in a subprocess with a generated key; return (process, url, key)."""
-    config = f"ServerConfig(port=0, data_dir=Path({str(data_dir)!r}){''.join(extra)})"
-    code = (
-        "import sys; from pathlib import Path; from dicompressor import *; "
-        f"sys.exit(run_server({config}))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "DICOMPRESSOR_API_KEYS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    second = proc.stdout.readline()
-    url = first.split(" on ", 1)[1].split(" ", 1)[0]
-    assert second.startswith("API key (generated, shown only now): ")
-    return proc, url, second.rsplit(" ", 1)[1].strip()
 
 
 class TestScale:
@@ -1156,9 +1062,7 @@ class TestRangesAndValidators:
     def test_curl_resumes_a_broken_download(
         self, api: Running, blob: tuple[str, str, bytes], tmp_path: Path
     ) -> None:
-        curl = shutil.which("curl")
-        if curl is None:
-            pytest.skip("curl not on PATH")
+        curl = need_tool("curl")
         sid, name, data = blob
         url = f"{api.url}/api/download/{sid}/{name}"
         target = tmp_path / "resumed.dcm"
@@ -1260,8 +1164,8 @@ class TestDocsCurlLoop:
     def test_readme_command_lets_the_script_run(
         self, start_server: Callable[..., Running], tmp_path: Path
     ) -> None:
-        if shutil.which("curl") is None or shutil.which("jq") is None:
-            pytest.skip("curl or jq not on PATH")
+        need_tool("curl")
+        need_tool("jq")
         synth.make_series(tmp_path / "dicoms", n=40)  # more than 30 requests a minute
         # the documented defaults (30 a minute; the clock stands still here): the session
         # and 29 uploads pass, the rest and the merge get 429, hidden by the script
@@ -1502,16 +1406,3 @@ class TestSmallThings:
             assert r.json()["error"] == (
                 'no action given: send {"action": NAME} with one of ' + ", ".join(srv.ACTIONS)
             )
-
-    def test_too_many_files_counts_what_the_session_holds(
-        self, start_server: Callable[..., Running], dicoms: list[Path]
-    ) -> None:
-        api = start_server(max_files=5, **RELAXED)
-        sid = api.session()
-        assert api.upload(sid, dicoms[:4]).status_code == 200
-        r = api.upload(sid, dicoms[4:])
-        assert r.status_code == 413
-        assert r.json() == {
-            "error": f"too many files: session {sid} holds 4 file(s) and this upload adds 2 "
-            "or more, past the limit of 5 per session"
-        }

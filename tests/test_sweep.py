@@ -16,9 +16,7 @@ import concurrent.futures
 import json
 import re
 import shutil
-import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import ROOT, SCRIPT
+from conftest import ROOT, SCRIPT, pydicom_file, run_limited
 
 ARTIFACTS = ROOT / "test-artifacts"
 #: Wall-clock limit of one action's run over the whole corpus (a hang fails the test).
@@ -92,10 +90,8 @@ class Run:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, int]]:
     """Every sweep file in a job folder of its own; returns (root, params, sizes)."""
-    from pydicom.data import get_testdata_file
 
-    if get_testdata_file("gdcm-US-ALOKA-16.dcm", download=False) is None:
-        pytest.skip("pydicom-data is not installed: pip install -r requirements-dev.txt")
+    pydicom_file("gdcm-US-ALOKA-16.dcm")  # pydicom-data's: fails if it is not installed
     work = tmp_path_factory.mktemp("sweep")
     root = work / "corpus"
     sizes = {}
@@ -121,23 +117,8 @@ def run_action(action: str, corpus: tuple[Path, Path, dict[str, int]], work: Pat
     inputs = sorted(p for p in target.rglob("*") if p.is_file())
     args = [a.replace("{params}", str(params)) for a in flags]
     command = [sys.executable, str(SCRIPT), "-f", str(target), *args, "--jobs", "1"]
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            command, capture_output=True, timeout=RUN_LIMIT_S, stdin=subprocess.DEVNULL
-        )
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = None, exc.stdout or b"", exc.stderr or b""
-    return Run(
-        action,
-        target,
-        inputs,
-        code,
-        out.decode("utf-8", "replace"),
-        err.decode("utf-8", "replace"),
-        time.monotonic() - started,
-    )
+    code, out, err, seconds = run_limited(command, RUN_LIMIT_S)
+    return Run(action, target, inputs, code, out, err, seconds)
 
 
 @pytest.fixture(scope="module")

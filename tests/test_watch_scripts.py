@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import synth
-from conftest import ROOT, wait_for
+from conftest import ROOT, need_module, wait_for
 
 SH = ROOT / "dicompressor-watch.sh"
 PS1 = ROOT / "dicompressor-watch.ps1"
@@ -264,10 +264,8 @@ def test_wrappers_take_the_same_parameters():
 
 def test_ps1_parses_as_powershell():
     """PowerShell itself cannot be installed here: its tree-sitter grammar checks the syntax."""
-    tree_sitter = pytest.importorskip("tree_sitter", reason="pip install tree-sitter")
-    grammar = pytest.importorskip(
-        "tree_sitter_powershell", reason="pip install tree-sitter-powershell"
-    )
+    tree_sitter = need_module("tree_sitter", "tree-sitter")
+    grammar = need_module("tree_sitter_powershell", "tree-sitter-powershell")
     parser = tree_sitter.Parser(tree_sitter.Language(grammar.language()))
     tree = parser.parse(PS1.read_bytes())
     assert not tree.root_node.has_error, "dicompressor-watch.ps1 has a syntax error"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pydicom
 import pytest
 import requests
-from test_server import KEY, RELAXED, Running, srv, synth
+import synth
+from conftest import KEY, RELAXED, Running, need_tool
+
+import dicompressor as srv
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -322,19 +324,18 @@ class TestPage:
             assert used in page
 
 
-def _chromium() -> tuple[str, str] | None:
-    """Return (browser, driver) paths when Chromium and ChromeDriver are installed."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
+@pytest.fixture
+def chromium() -> tuple[str, str]:
+    """The (browser, driver) paths of Chromium and ChromeDriver (see need_tool)."""
+    return need_tool("chromium", "chromium-browser"), need_tool("chromedriver")
 
 
-def chrome(tmp_path: Path) -> Any:
+def chrome(tmp_path: Path, chromium: tuple[str, str]) -> Any:
     """Start headless Chromium through ChromeDriver (a fresh profile in tmp_path)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    browser, driver_path = _chromium()  # type: ignore[misc]
+    browser, driver_path = chromium
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in (
@@ -354,15 +355,16 @@ def chrome(tmp_path: Path) -> Any:
     return driver
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium and chromium-driver not installed")
-def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
+def test_browser_merge_and_download(
+    web: Running, tmp_path: Path, chromium: tuple[str, str]
+) -> None:
     """Open the page, enter the key, upload a series, merge, download the result."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     paths = synth.make_series(tmp_path / "series", n=6)
-    driver = chrome(tmp_path)
+    driver = chrome(tmp_path, chromium)
     try:
         driver.get(web.url + "/")
         driver.find_element(By.ID, "key").send_keys(KEY)
@@ -413,8 +415,9 @@ def test_browser_merge_and_download(web: Running, tmp_path: Path) -> None:
     assert (ARTIFACTS / "web-page-merge.png").stat().st_size > 1000
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium and chromium-driver not installed")
-def test_browser_waits_out_429_keeps_under_limits_new_session(tmp_path: Path) -> None:
+def test_browser_waits_out_429_keeps_under_limits_new_session(
+    tmp_path: Path, chromium: tuple[str, str]
+) -> None:
     """The page: 429 waited out mid-upload, batches under the server's limits, the
     session's remaining time, "New session", and a zip upload (items 5, 6, 7)."""
     import re
@@ -445,7 +448,7 @@ def test_browser_waits_out_429_keeps_under_limits_new_session(tmp_path: Path) ->
     while requests.get(f"{web.url}/api/files/x", headers=web.headers).status_code != 429:
         pass  # the bucket is empty
     now[0] += 2  # two requests' worth: the session and the first batch
-    driver = chrome(tmp_path)
+    driver = chrome(tmp_path, chromium)
     wait = WebDriverWait(driver, 60)
     text = lambda element: driver.find_element(By.ID, element).text  # noqa: E731
     try:
