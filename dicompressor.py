@@ -15524,8 +15524,10 @@ _PROCESS_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProcessRequest"}}},
 }
-#: Errors of every request on a session's path.
-_SESSION_ERRORS = (401, 404, 429)
+#: Errors of every request that needs a key (Route.auth).
+_AUTH_ERRORS = (401, 429)
+#: Errors of every request on a session's path, beyond _AUTH_ERRORS.
+_SESSION_ERRORS = (404,)
 #: OpenAPI's description of the path parameters.
 PATH_PARAMETERS = {
     "session_id": "Session UUID from POST /api/session",
@@ -15540,10 +15542,10 @@ class Route:
 
     ``path`` is OpenAPI's form (``/api/view/{session_id}/{name}``); a trailing slash also
     matches without it. ``ok`` holds the OpenAPI responses of success, ``errors`` the
-    error statuses it answers, ``body`` its request body; ``auth`` says it needs a key,
-    ``token`` that a view token for its one file (``?token=``) does too, ``cors`` that its
-    answers, errors included, carry the CORS headers (a viewer on another site can then
-    show why it failed).
+    error statuses it answers (auth adds 401 and 429), ``body`` its request body; ``auth``
+    says it needs a key, ``token`` that a view token for its one file (``?token=``) does
+    too, ``cors`` that its answers, errors included, carry the CORS headers (a viewer on
+    another site can then show why it failed).
     """
 
     method: str
@@ -15594,7 +15596,7 @@ class Route:
             operation["parameters"] = parameters
         if self.body is not None:
             operation["requestBody"] = self.body
-        errors = sorted({*self.errors, *_ANY_REQUEST_ERRORS})
+        errors = sorted({*self.errors, *_ANY_REQUEST_ERRORS, *(_AUTH_ERRORS if self.auth else ())})
         operation["responses"] = {**self.ok, **_error_responses(*errors)}
         return operation
 
@@ -15616,7 +15618,7 @@ ROUTES = (
           "The actions with their options (the web page's form)",
           {"200": _json_response("Every action", "ActionList")}, auth=False),
     Route("POST", "/api/session", "create_session", "Create a session",
-          {"200": _json_response("The new session", "Session")}, (401, 429, 503)),
+          {"200": _json_response("The new session", "Session")}, (503,)),
     Route("DELETE", "/api/session/{session_id}", "delete_session",
           "Delete a session and its files",
           {"200": _json_response("Deleted", "Deleted")}, (*_SESSION_ERRORS, 409)),
