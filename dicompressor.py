@@ -15350,17 +15350,13 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         "zip archive",
         401: "Invalid or missing API key (or view token)",
         404: "Unknown session or file",
-        405: "Method not allowed on this path",
         409: "The session is busy with another process call",
         413: "Upload too large (zip archives count unpacked), or too many files in the session",
-        414: "Request line longer than 65536 bytes",
         416: "Range not satisfiable (see Content-Range: bytes */size)",
         429: "Rate limit exceeded (see Retry-After)",
         431: "A header line longer than 65536 bytes, or more than 100 header fields",
-        501: "A method this API does not implement on any path (PUT, PATCH...)",
         503: "Maximum number of sessions reached",
         504: "Processing exceeded the time limit",
-        505: "HTTP version not supported (use HTTP/1.1)",
     }
     out: dict[str, Any] = {}
     for code in codes:
@@ -15499,12 +15495,14 @@ _ANY_REQUEST_ERRORS = (431,)
 #: Errors answered before a request is routed (so no operation owns them); OpenAPI lists
 #: them under components/responses, and the info says so.
 _UNROUTED_ERRORS = {
-    "MalformedRequest": "400: a malformed request line",
-    "RequestLineTooLong": "414: a request line longer than 65536 bytes",
-    "HeaderFieldsTooLarge": "431: a header line longer than 65536 bytes or more than 100 "
-    "header fields",
-    "MethodNotImplemented": "501: a method this API implements on no path (PUT, PATCH...)",
-    "HTTPVersionNotSupported": "505: an HTTP version other than 1.x",
+    "MalformedRequest": (400, "a malformed request line"),
+    "RequestLineTooLong": (414, "a request line longer than 65536 bytes"),
+    "HeaderFieldsTooLarge": (
+        431,
+        "a header line longer than 65536 bytes or more than 100 header fields",
+    ),
+    "MethodNotImplemented": (501, "a method this API implements on no path (PUT, PATCH...)"),
+    "HTTPVersionNotSupported": (505, "an HTTP version other than 1.x"),
 }
 _MULTIPART_FILES = {
     "required": True,
@@ -15747,6 +15745,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = route.operation()
     error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    *first, last = (f"{code} for {what}" for code, what in _UNROUTED_ERRORS.values())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -15757,12 +15756,9 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "document needs an API key, in the X-API-Key header or the api_key query "
             "parameter; download and view also open with the view token of a file's "
             'view_url or download_url. Every error is JSON {"error": ...}, also those '
-            "answered before a request reaches an endpoint (components/responses): a "
-            "malformed request line (400), a request line over 65536 bytes (414), a "
-            "header line over 65536 bytes or more than 100 header fields (431), a method "
-            "the API implements on no path, such as PUT or PATCH (501; a known path with "
-            "another of its methods is 405 with Allow), and an HTTP version other than "
-            "1.x (505).",
+            f"answered before a request reaches an endpoint (components/responses): "
+            f"{', '.join(first)}, and {last}. A method the API has, on a path without it, "
+            "is 405 with Allow.",
         },
         "servers": [{"url": server_url}],
         "paths": paths,
@@ -15779,8 +15775,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 },
             },
             "responses": {
-                name: {"description": why, "content": error_body}
-                for name, why in _UNROUTED_ERRORS.items()
+                name: {"description": f"{code}: {what}", "content": error_body}
+                for name, (code, what) in _UNROUTED_ERRORS.items()
             },
             "schemas": api_schemas(),
         },
