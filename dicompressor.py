@@ -14469,6 +14469,8 @@ API_KEYS_ENV = "DICOMPRESSOR_API_KEYS"
 
 
 API_KEY_HEADER = "X-API-Key"
+#: The query parameter that may carry the key instead of the header.
+API_KEY_PARAM = "api_key"
 
 
 SESSION_FILE = "session.json"
@@ -14744,7 +14746,7 @@ def unkeyed_file_urls(values: Sequence[str]) -> list[str]:
             if not re.search(r"/api/(view|download)/", parts.path):
                 continue
             query = parse_qs(parts.query)
-            if VIEW_TOKEN_PARAM not in query and "api_key" not in query:
+            if VIEW_TOKEN_PARAM not in query and API_KEY_PARAM not in query:
                 found.append(url.strip())
     return found
 
@@ -15753,19 +15755,19 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "version": __version__,
             "description": "Upload, process (merge, split, compress, anonymize, export...) "
             "and download DICOM files. Every /api/ endpoint but health, actions and this "
-            "document needs an API key, in the X-API-Key header or the api_key query "
-            "parameter; download and view also open with the view token of a file's "
-            'view_url or download_url. Every error is JSON {"error": ...}, also those '
-            f"answered before a request reaches an endpoint (components/responses): "
-            f"{', '.join(first)}, and {last}. A method the API has, on a path without it, "
-            "is 405 with Allow.",
+            f"document needs an API key, in the {API_KEY_HEADER} header or the "
+            f"{API_KEY_PARAM} query parameter; download and view also open with the view "
+            "token of a file's view_url or download_url. Every error is JSON "
+            '{"error": ...}, also those answered before a request reaches an endpoint '
+            f"(components/responses): {', '.join(first)}, and {last}. A method the API has, "
+            "on a path without it, is 405 with Allow.",
         },
         "servers": [{"url": server_url}],
         "paths": paths,
         "components": {
             "securitySchemes": {
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
-                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": API_KEY_PARAM},
                 "ViewToken": {
                     "type": "apiKey",
                     "in": "query",
@@ -16410,7 +16412,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Count the request against the rate limit; 401 without a key (or a view token)."""
         self.state.throttle(self.client_address[0])
         query = parse_qs(query_text, errors="replace")
-        key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
+        key = self.headers.get(API_KEY_HEADER) or (query.get(API_KEY_PARAM) or [None])[0]
         if self.state.key_ok(key):
             return
         token = (query.get(VIEW_TOKEN_PARAM) or [None])[0]
@@ -16428,7 +16430,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         raise HTTPError(
             401,
             f"invalid or missing API key: send it in the {API_KEY_HEADER} header or as "
-            f"?api_key={also}",
+            f"?{API_KEY_PARAM}={also}",
         )
 
     def _body_reader(self, limit_bytes: int) -> BodyReader:
