@@ -13557,10 +13557,34 @@ ACTIONS: dict[str, ActionSpec] = {
 }
 
 
+def _offered(option: OptionSpec, label: Label) -> bool:
+    """Say whether label's interface lets its user name the option: a flag (cli_label) or
+    a process request's options key (api_label)."""
+    return option.cli if label is cli_label else option.api
+
+
 def unknown_option(spec: ActionSpec, shown: str, label: Label) -> str:
     """Say that an option is not one of the action's, and which it takes."""
-    taken = ", ".join(label(o) for o in spec.options if (o.cli if label is cli_label else o.api))
+    taken = ", ".join(label(o) for o in spec.options if _offered(o, label))
     return f"unknown option {shown} for {spec.name}: it takes {taken or 'none'}"
+
+
+def action_option(
+    spec: ActionSpec, name: str, label: Label, shown: str | None = None
+) -> OptionSpec:
+    """Return the option called name if spec takes it from label's interface.
+
+    Else raise UsageError naming it shown (default: its flag on the command line, the
+    name quoted elsewhere). The command line takes every option of the action: its
+    action flags also set options that have no flag (-i: annotate).
+    """
+    option = OPTIONS.get(name)
+    cli = label is cli_label
+    if option is None or option not in spec.options or not (cli or option.api):
+        if shown is None:
+            shown = option.flag if option is not None and cli else repr(name)
+        raise UsageError(unknown_option(spec, shown, label))
+    return option
 
 
 def check_options(spec: ActionSpec, options: Any, label: Label = cli_label) -> None:
@@ -13589,10 +13613,7 @@ def action_options(spec: ActionSpec, given: Mapping[str, Any], label: Label, **c
     does not take is refused (UsageError). common holds the COMMON and internal fields.
     """
     for name in given:
-        option = OPTIONS.get(name)
-        if option is None or option not in spec.options or not (label is cli_label or option.api):
-            shown = option.flag if option is not None and label is cli_label else repr(name)
-            raise UsageError(unknown_option(spec, shown, label))
+        action_option(spec, name, label)
     options = Options(**given, **common)
     check_options(spec, options, label)
     return options
@@ -15056,9 +15077,7 @@ def process_request(
         given = {}
         for key, value in raw.items():
             name = str(key).replace("-", "_")
-            option = OPTIONS.get(name)
-            if option is None or option not in spec.options or not option.api:
-                raise UsageError(unknown_option(spec, repr(key), api_label))
+            option = action_option(spec, name, api_label, repr(key))
             given[name] = parse_option(option, value, api_label)
         options = action_options(
             spec,
@@ -17440,8 +17459,8 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
     """
     for name in given:
         option = OPTIONS[name]
-        if option.scope == ACTION and option not in spec.options:
-            raise UsageError(unknown_option(spec, option.flag, cli_label))
+        if option.scope == ACTION:
+            action_option(spec, name, cli_label)
         if option.scope == SERVER:
             raise UsageError(f"{option.flag} is a setting of --serve")
     values = {o.name: getattr(args, o.name) for o in spec.options if o.name in given}
