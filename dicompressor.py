@@ -16253,8 +16253,6 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     if match and match[1]:
         first = int(match[1])
         last = min(int(match[2]), size - 1) if match[2] else size - 1
-        if match[2] and int(match[2]) < first:
-            last = -1
     elif match and match[2] and int(match[2]) > 0:
         first, last = max(0, size - int(match[2])), size - 1
     if 0 <= first <= last:
