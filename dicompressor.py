@@ -16597,20 +16597,31 @@ class ApiHandler(BaseHTTPRequestHandler):
         """``GET /api/actions``: the actions and their options, from the registry."""
         self._send_json(200, action_listing())
 
-    def route_index_page(self) -> None:
-        """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
-        body = WEB_PAGE.encode("utf-8")
+    def _send_html(
+        self, status: int, text: str, csp: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send an HTML page under a Content-Security-Policy."""
+        body = text.encode("utf-8")
         self._start(
-            200,
+            status,
             {
                 "Content-Type": "text/html; charset=utf-8",
                 "Content-Length": str(len(body)),
                 "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": csp,
+                **(headers or {}),
             },
             body,
+        )
+
+    def route_index_page(self) -> None:
+        """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
+        self._send_html(
+            200,
+            WEB_PAGE,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            {"X-Content-Type-Options": "nosniff"},
         )
 
     def route_openapi(self) -> None:
@@ -16625,17 +16636,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         page saying to use the file's view_url instead.
         """
         query = urlsplit(self.path).query
-        for inner in unkeyed_file_urls(parse_qs(query).get("urls", [])):
-            body = VOLVIEW_NO_TOKEN_PAGE.format(url=html.escape(inner)).encode("utf-8")
-            self._start(
+        unkeyed = unkeyed_file_urls(parse_qs(query).get("urls", []))
+        if unkeyed:
+            self._send_html(
                 400,
-                {
-                    "Content-Type": "text/html; charset=utf-8",
-                    "Content-Length": str(len(body)),
-                    "Cache-Control": "no-store",
-                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-                },
-                body,
+                VOLVIEW_NO_TOKEN_PAGE.format(url=html.escape(unkeyed[0])),
+                "default-src 'none'; style-src 'unsafe-inline'",
             )
             return
         target = self.state.config.volview_url.rstrip("/") + "/" + (f"?{query}" if query else "")
