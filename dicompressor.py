@@ -17149,20 +17149,16 @@ def _add_action_flags(container: Any) -> None:
             flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help, ()))
         flags += [(v.flag, spec.name, v.summary, v.sets) for v in spec.variants]
         for flag, const, help_text, sets in flags:
-            if spec.metavar:
-                container.add_argument(
-                    flag, action=_ActionWithValue, const=const, metavar=spec.metavar,
-                    help=help_text, sets=sets,
-                )  # fmt: skip
-            elif sets:
-                container.add_argument(
-                    flag, dest="action", action=_ActionWithValue, nargs=0, const=const,
-                    help=help_text, sets=sets,
-                )  # fmt: skip
-            else:
-                container.add_argument(
-                    flag, dest="action", action="store_const", const=const, help=help_text
-                )
+            container.add_argument(
+                flag,
+                dest=None if spec.metavar else "action",  # -a PARAMS: argparse's own dest
+                action=_ActionWithValue,
+                nargs=None if spec.metavar else 0,
+                const=const,
+                metavar=spec.metavar,
+                help=help_text,
+                sets=sets,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
