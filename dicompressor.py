@@ -16950,7 +16950,7 @@ def process_response(
         if produced in by_path:
             names.append(by_path[produced])
         elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
-            names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
+            names.extend(n for p, n in by_path.items() if produced in p.parents)
     files = {n: listing[n] for n in dict.fromkeys(names)}
     warnings_ = [
         {**w, "output": by_path.get(Path(w["output"]).resolve(), Path(w["output"]).name)}
