@@ -15893,8 +15893,8 @@ const BATCH = 50;          // files per upload request at most (the docs' fast b
 const PART_BYTES = 1024;   // room for each file's multipart header
 const MAX_WAITS = 30;      // 429s one request waits out before it gives up
 const $ = (id) => document.getElementById(id);
-let session = null, sessionTtl = 3600, created = 0, held = 0, clock = null;
-let limits = {max_upload_bytes: 500 * 1048576, max_files: 2000};
+let session = null, sessionTtl = null, created = 0, held = 0, clock = null;
+let limits = {};  // session_ttl_s and the limits: GET /api/health, read before a session
 
 function say(text, cls) {
   const line = document.createElement("div");
