@@ -15269,7 +15269,7 @@ class BodyReader:
 
 #: Compression methods a zip entry may use: those every zip tool writes. bzip2 and LZMA
 #: are refused because their decompressors cannot bound the memory one read takes.
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
 
 def is_zip_name(name: str) -> bool:
@@ -16335,9 +16335,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Parse the header; once it is in, the header deadline no longer applies."""
         ok = super().parse_request()
         self._headers_read = ok
-        deadline = getattr(self, "_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        self._deadline.cancel()
         return ok
 
     # -- plumbing
@@ -16563,8 +16561,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         LOG.info(
             "%s %s %s %s",
             self.client_address[0],
-            getattr(self, "_method", self.command),
-            getattr(self, "_url_path", "-"),
+            self._method,
+            self._url_path,
             code,
         )
 
