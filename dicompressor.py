@@ -15436,13 +15436,18 @@ def option_schema(option: OptionSpec) -> dict[str, Any]:
     return schema
 
 
+def api_option_schemas(spec: ActionSpec) -> dict[str, dict[str, Any]]:
+    """Return the schema of each option a process request for spec may give, by name."""
+    return {o.name: option_schema(o) for o in spec.options if o.api}
+
+
 def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
     """Return the schema of a process request for one action: its options and params."""
     properties: dict[str, Any] = {
         "action": {"const": spec.name},
         "options": {
             "type": "object",
-            "properties": {o.name: option_schema(o) for o in spec.options if o.api},
+            "properties": api_option_schemas(spec),
             "additionalProperties": False,
         },
     }
@@ -15460,17 +15465,18 @@ def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def action_listing() -> dict[str, Any]:
-    """Return ``GET /api/actions``: every action with its flag, summary and options."""
+    """Return ``GET /api/actions``: every action with its flag, summary and options.
+
+    Made once from the registries: every call returns the same object, not to be changed.
+    """
     actions = []
     for spec in ACTIONS.values():
-        options = []
-        for option in spec.options:
-            if not option.api:
-                continue
-            entry: dict[str, Any] = {"name": option.name, "kind": option.kind}
-            entry.update(option_schema(option))
-            options.append(entry)
+        options = [
+            {"name": name, "kind": OPTIONS[name].kind, **schema}
+            for name, schema in api_option_schemas(spec).items()
+        ]
         actions.append(
             {
                 "name": spec.name,
@@ -15672,8 +15678,12 @@ def _list_of(schema: str) -> dict[str, Any]:
     return {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}
 
 
+@functools.cache
 def api_schemas() -> dict[str, Any]:
-    """Return the component schemas of the API's JSON bodies (per action: its request)."""
+    """Return the component schemas of the API's JSON bodies (per action: its request).
+
+    Made once from the registries: every call returns the same object, not to be changed.
+    """
     names = list(ACTIONS)
     per_action = {f"Process_{name}": action_request_schema(s) for name, s in ACTIONS.items()}
     text, count = {"type": "string"}, {"type": "integer", "minimum": 0}
