@@ -17148,8 +17148,9 @@ def _add_action_flags(container: Any) -> None:
         if spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]
             metavar = "FILE" if spec.takes == FILES else "DIR"
             container.add_argument(
-                spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
-            )
+                spec.flag, dest=spec.name, nargs="?", const=True, metavar=metavar,
+                help=spec.summary,
+            )  # fmt: skip
             continue
         flags = [(spec.flag, spec.name, spec.summary, ())]
         if spec.replace_flag:
@@ -17314,14 +17315,16 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
     action = args.action.removesuffix(REPLACE_SUFFIX) if args.action else None
     path: Path | None = args.f if args.f is not None else args.F
     recursive = args.F is None
-    for name in ("info", "summary"):
-        value = getattr(args, name)
+    for spec in ACTIONS.values():
+        if not spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]: _add_action_flags
+            continue
+        value = getattr(args, spec.name)
         if value is None:
             continue
-        action = name
+        action = spec.name
         if value is not True:
             if path is not None:
-                raise UsageError(f"--{name} takes a path or -f/-F, not both")
+                raise UsageError(f"{spec.flag} takes a path or -f/-F, not both")
             path = Path(value)
     if action is None:
         flags = ", ".join(spec.flag for spec in ACTIONS.values())
