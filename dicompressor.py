@@ -16458,13 +16458,18 @@ class ApiHandler(BaseHTTPRequestHandler):
             f"?{API_KEY_PARAM}={also}",
         )
 
+    def _framing(self) -> tuple[bool, str]:
+        """Return how the request body is framed: chunked, and Content-Length as sent."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        return chunked, self.headers.get("Content-Length", "0")
+
     def _body_reader(self, limit_bytes: int) -> BodyReader:
         """Open the request body: 413 from Content-Length before reading any of it."""
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        chunked, length_text = self._framing()
         length = None
         if not chunked:
             try:
-                length = int(self.headers.get("Content-Length", "0"))
+                length = int(length_text)
                 if length < 0:
                     raise ValueError
             except ValueError:
@@ -16493,8 +16498,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             if not self._body.done:
                 self.close_connection = True
             return
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        length = self.headers.get("Content-Length", "0").strip() or "0"
+        chunked, length = self._framing()
+        length = length.strip() or "0"
         if not chunked and length == "0":
             return
         if chunked or self._expect_100 or not length.isdigit() or int(length) > DRAIN_LIMIT_BYTES:
