@@ -13557,10 +13557,34 @@ ACTIONS: dict[str, ActionSpec] = {
 }
 
 
+def _offered(option: OptionSpec, label: Label) -> bool:
+    """Say whether label's interface lets its user name the option: a flag (cli_label) or
+    a process request's options key (api_label)."""
+    return option.cli if label is cli_label else option.api
+
+
 def unknown_option(spec: ActionSpec, shown: str, label: Label) -> str:
     """Say that an option is not one of the action's, and which it takes."""
-    taken = ", ".join(label(o) for o in spec.options if (o.cli if label is cli_label else o.api))
+    taken = ", ".join(label(o) for o in spec.options if _offered(o, label))
     return f"unknown option {shown} for {spec.name}: it takes {taken or 'none'}"
+
+
+def action_option(
+    spec: ActionSpec, name: str, label: Label, shown: str | None = None
+) -> OptionSpec:
+    """Return the option called name if spec takes it from label's interface.
+
+    Else raise UsageError naming it shown (default: its flag on the command line, the
+    name quoted elsewhere). The command line takes every option of the action: its
+    action flags also set options that have no flag (-i: annotate).
+    """
+    option = OPTIONS.get(name)
+    cli = label is cli_label
+    if option is None or option not in spec.options or not (cli or option.api):
+        if shown is None:
+            shown = option.flag if option is not None and cli else repr(name)
+        raise UsageError(unknown_option(spec, shown, label))
+    return option
 
 
 def check_options(spec: ActionSpec, options: Any, label: Label = cli_label) -> None:
@@ -13589,10 +13613,7 @@ def action_options(spec: ActionSpec, given: Mapping[str, Any], label: Label, **c
     does not take is refused (UsageError). common holds the COMMON and internal fields.
     """
     for name in given:
-        option = OPTIONS.get(name)
-        if option is None or option not in spec.options or not (label is cli_label or option.api):
-            shown = option.flag if option is not None and label is cli_label else repr(name)
-            raise UsageError(unknown_option(spec, shown, label))
+        action_option(spec, name, label)
     options = Options(**given, **common)
     check_options(spec, options, label)
     return options
@@ -14469,6 +14490,8 @@ API_KEYS_ENV = "DICOMPRESSOR_API_KEYS"
 
 
 API_KEY_HEADER = "X-API-Key"
+#: The query parameter that may carry the key instead of the header.
+API_KEY_PARAM = "api_key"
 
 
 SESSION_FILE = "session.json"
@@ -14744,7 +14767,7 @@ def unkeyed_file_urls(values: Sequence[str]) -> list[str]:
             if not re.search(r"/api/(view|download)/", parts.path):
                 continue
             query = parse_qs(parts.query)
-            if VIEW_TOKEN_PARAM not in query and "api_key" not in query:
+            if VIEW_TOKEN_PARAM not in query and API_KEY_PARAM not in query:
                 found.append(url.strip())
     return found
 
@@ -15054,9 +15077,7 @@ def process_request(
         given = {}
         for key, value in raw.items():
             name = str(key).replace("-", "_")
-            option = OPTIONS.get(name)
-            if option is None or option not in spec.options or not option.api:
-                raise UsageError(unknown_option(spec, repr(key), api_label))
+            option = action_option(spec, name, api_label, repr(key))
             given[name] = parse_option(option, value, api_label)
         options = action_options(
             spec,
@@ -15248,7 +15269,7 @@ class BodyReader:
 
 #: Compression methods a zip entry may use: those every zip tool writes. bzip2 and LZMA
 #: are refused because their decompressors cannot bound the memory one read takes.
-ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
 
 def is_zip_name(name: str) -> bool:
@@ -15350,17 +15371,13 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         "zip archive",
         401: "Invalid or missing API key (or view token)",
         404: "Unknown session or file",
-        405: "Method not allowed on this path",
         409: "The session is busy with another process call",
         413: "Upload too large (zip archives count unpacked), or too many files in the session",
-        414: "Request line longer than 65536 bytes",
         416: "Range not satisfiable (see Content-Range: bytes */size)",
         429: "Rate limit exceeded (see Retry-After)",
         431: "A header line longer than 65536 bytes, or more than 100 header fields",
-        501: "A method this API does not implement on any path (PUT, PATCH...)",
         503: "Maximum number of sessions reached",
         504: "Processing exceeded the time limit",
-        505: "HTTP version not supported (use HTTP/1.1)",
     }
     out: dict[str, Any] = {}
     for code in codes:
@@ -15419,13 +15436,18 @@ def option_schema(option: OptionSpec) -> dict[str, Any]:
     return schema
 
 
+def api_option_schemas(spec: ActionSpec) -> dict[str, dict[str, Any]]:
+    """Return the schema of each option a process request for spec may give, by name."""
+    return {o.name: option_schema(o) for o in spec.options if o.api}
+
+
 def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
     """Return the schema of a process request for one action: its options and params."""
     properties: dict[str, Any] = {
         "action": {"const": spec.name},
         "options": {
             "type": "object",
-            "properties": {o.name: option_schema(o) for o in spec.options if o.api},
+            "properties": api_option_schemas(spec),
             "additionalProperties": False,
         },
     }
@@ -15443,17 +15465,18 @@ def action_request_schema(spec: ActionSpec) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def action_listing() -> dict[str, Any]:
-    """Return ``GET /api/actions``: every action with its flag, summary and options."""
+    """Return ``GET /api/actions``: every action with its flag, summary and options.
+
+    Made once from the registries: every call returns the same object, not to be changed.
+    """
     actions = []
     for spec in ACTIONS.values():
-        options = []
-        for option in spec.options:
-            if not option.api:
-                continue
-            entry: dict[str, Any] = {"name": option.name, "kind": option.kind}
-            entry.update(option_schema(option))
-            options.append(entry)
+        options = [
+            {"name": name, "kind": OPTIONS[name].kind, **schema}
+            for name, schema in api_option_schemas(spec).items()
+        ]
         actions.append(
             {
                 "name": spec.name,
@@ -15499,12 +15522,14 @@ _ANY_REQUEST_ERRORS = (431,)
 #: Errors answered before a request is routed (so no operation owns them); OpenAPI lists
 #: them under components/responses, and the info says so.
 _UNROUTED_ERRORS = {
-    "MalformedRequest": "400: a malformed request line",
-    "RequestLineTooLong": "414: a request line longer than 65536 bytes",
-    "HeaderFieldsTooLarge": "431: a header line longer than 65536 bytes or more than 100 "
-    "header fields",
-    "MethodNotImplemented": "501: a method this API implements on no path (PUT, PATCH...)",
-    "HTTPVersionNotSupported": "505: an HTTP version other than 1.x",
+    "MalformedRequest": (400, "a malformed request line"),
+    "RequestLineTooLong": (414, "a request line longer than 65536 bytes"),
+    "HeaderFieldsTooLarge": (
+        431,
+        "a header line longer than 65536 bytes or more than 100 header fields",
+    ),
+    "MethodNotImplemented": (501, "a method this API implements on no path (PUT, PATCH...)"),
+    "HTTPVersionNotSupported": (505, "an HTTP version other than 1.x"),
 }
 _MULTIPART_FILES = {
     "required": True,
@@ -15524,8 +15549,10 @@ _PROCESS_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProcessRequest"}}},
 }
-#: Errors of every request on a session's path.
-_SESSION_ERRORS = (401, 404, 429)
+#: Errors of every request that needs a key (Route.auth).
+_AUTH_ERRORS = (401, 429)
+#: Errors of every request on a session's path, beyond _AUTH_ERRORS.
+_SESSION_ERRORS = (404,)
 #: OpenAPI's description of the path parameters.
 PATH_PARAMETERS = {
     "session_id": "Session UUID from POST /api/session",
@@ -15540,10 +15567,10 @@ class Route:
 
     ``path`` is OpenAPI's form (``/api/view/{session_id}/{name}``); a trailing slash also
     matches without it. ``ok`` holds the OpenAPI responses of success, ``errors`` the
-    error statuses it answers, ``body`` its request body; ``auth`` says it needs a key,
-    ``token`` that a view token for its one file (``?token=``) does too, ``cors`` that its
-    answers, errors included, carry the CORS headers (a viewer on another site can then
-    show why it failed).
+    error statuses it answers (auth adds 401 and 429), ``body`` its request body; ``auth``
+    says it needs a key, ``token`` that a view token for its one file (``?token=``) does
+    too, ``cors`` that its answers, errors included, carry the CORS headers (a viewer on
+    another site can then show why it failed).
     """
 
     method: str
@@ -15594,7 +15621,7 @@ class Route:
             operation["parameters"] = parameters
         if self.body is not None:
             operation["requestBody"] = self.body
-        errors = sorted({*self.errors, *_ANY_REQUEST_ERRORS})
+        errors = sorted({*self.errors, *_ANY_REQUEST_ERRORS, *(_AUTH_ERRORS if self.auth else ())})
         operation["responses"] = {**self.ok, **_error_responses(*errors)}
         return operation
 
@@ -15616,7 +15643,7 @@ ROUTES = (
           "The actions with their options (the web page's form)",
           {"200": _json_response("Every action", "ActionList")}, auth=False),
     Route("POST", "/api/session", "create_session", "Create a session",
-          {"200": _json_response("The new session", "Session")}, (401, 429, 503)),
+          {"200": _json_response("The new session", "Session")}, (503,)),
     Route("DELETE", "/api/session/{session_id}", "delete_session",
           "Delete a session and its files",
           {"200": _json_response("Deleted", "Deleted")}, (*_SESSION_ERRORS, 409)),
@@ -15651,8 +15678,12 @@ def _list_of(schema: str) -> dict[str, Any]:
     return {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}
 
 
+@functools.cache
 def api_schemas() -> dict[str, Any]:
-    """Return the component schemas of the API's JSON bodies (per action: its request)."""
+    """Return the component schemas of the API's JSON bodies (per action: its request).
+
+    Made once from the registries: every call returns the same object, not to be changed.
+    """
     names = list(ACTIONS)
     per_action = {f"Process_{name}": action_request_schema(s) for name, s in ACTIONS.items()}
     text, count = {"type": "string"}, {"type": "integer", "minimum": 0}
@@ -15745,6 +15776,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = route.operation()
     error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    *first, last = (f"{code} for {what}" for code, what in _UNROUTED_ERRORS.values())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -15752,22 +15784,19 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             "version": __version__,
             "description": "Upload, process (merge, split, compress, anonymize, export...) "
             "and download DICOM files. Every /api/ endpoint but health, actions and this "
-            "document needs an API key, in the X-API-Key header or the api_key query "
-            "parameter; download and view also open with the view token of a file's "
-            'view_url or download_url. Every error is JSON {"error": ...}, also those '
-            "answered before a request reaches an endpoint (components/responses): a "
-            "malformed request line (400), a request line over 65536 bytes (414), a "
-            "header line over 65536 bytes or more than 100 header fields (431), a method "
-            "the API implements on no path, such as PUT or PATCH (501; a known path with "
-            "another of its methods is 405 with Allow), and an HTTP version other than "
-            "1.x (505).",
+            f"document needs an API key, in the {API_KEY_HEADER} header or the "
+            f"{API_KEY_PARAM} query parameter; download and view also open with the view "
+            "token of a file's view_url or download_url. Every error is JSON "
+            '{"error": ...}, also those answered before a request reaches an endpoint '
+            f"(components/responses): {', '.join(first)}, and {last}. A method the API has, "
+            "on a path without it, is 405 with Allow.",
         },
         "servers": [{"url": server_url}],
         "paths": paths,
         "components": {
             "securitySchemes": {
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
-                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": API_KEY_PARAM},
                 "ViewToken": {
                     "type": "apiKey",
                     "in": "query",
@@ -15777,8 +15806,8 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                 },
             },
             "responses": {
-                name: {"description": why, "content": error_body}
-                for name, why in _UNROUTED_ERRORS.items()
+                name: {"description": f"{code}: {what}", "content": error_body}
+                for name, (code, what) in _UNROUTED_ERRORS.items()
             },
             "schemas": api_schemas(),
         },
@@ -15874,8 +15903,8 @@ const BATCH = 50;          // files per upload request at most (the docs' fast b
 const PART_BYTES = 1024;   // room for each file's multipart header
 const MAX_WAITS = 30;      // 429s one request waits out before it gives up
 const $ = (id) => document.getElementById(id);
-let session = null, sessionTtl = 3600, created = 0, held = 0, clock = null;
-let limits = {max_upload_bytes: 500 * 1048576, max_files: 2000};
+let session = null, sessionTtl = null, created = 0, held = 0, clock = null;
+let limits = {};  // session_ttl_s and the limits: GET /api/health, read before a session
 
 function say(text, cls) {
   const line = document.createElement("div");
@@ -16234,8 +16263,6 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     if match and match[1]:
         first = int(match[1])
         last = min(int(match[2]), size - 1) if match[2] else size - 1
-        if match[2] and int(match[2]) < first:
-            last = -1
     elif match and match[2] and int(match[2]) > 0:
         first, last = max(0, size - int(match[2])), size - 1
     if 0 <= first <= last:
@@ -16318,9 +16345,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Parse the header; once it is in, the header deadline no longer applies."""
         ok = super().parse_request()
         self._headers_read = ok
-        deadline = getattr(self, "_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        self._deadline.cancel()
         return ok
 
     # -- plumbing
@@ -16412,7 +16437,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         """Count the request against the rate limit; 401 without a key (or a view token)."""
         self.state.throttle(self.client_address[0])
         query = parse_qs(query_text, errors="replace")
-        key = self.headers.get(API_KEY_HEADER) or (query.get("api_key") or [None])[0]
+        key = self.headers.get(API_KEY_HEADER) or (query.get(API_KEY_PARAM) or [None])[0]
         if self.state.key_ok(key):
             return
         token = (query.get(VIEW_TOKEN_PARAM) or [None])[0]
@@ -16430,16 +16455,21 @@ class ApiHandler(BaseHTTPRequestHandler):
         raise HTTPError(
             401,
             f"invalid or missing API key: send it in the {API_KEY_HEADER} header or as "
-            f"?api_key={also}",
+            f"?{API_KEY_PARAM}={also}",
         )
+
+    def _framing(self) -> tuple[bool, str]:
+        """Return how the request body is framed: chunked, and Content-Length as sent."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        return chunked, self.headers.get("Content-Length", "0")
 
     def _body_reader(self, limit_bytes: int) -> BodyReader:
         """Open the request body: 413 from Content-Length before reading any of it."""
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        chunked, length_text = self._framing()
         length = None
         if not chunked:
             try:
-                length = int(self.headers.get("Content-Length", "0"))
+                length = int(length_text)
                 if length < 0:
                     raise ValueError
             except ValueError:
@@ -16468,8 +16498,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             if not self._body.done:
                 self.close_connection = True
             return
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        length = self.headers.get("Content-Length", "0").strip() or "0"
+        chunked, length = self._framing()
+        length = length.strip() or "0"
         if not chunked and length == "0":
             return
         if chunked or self._expect_100 or not length.isdigit() or int(length) > DRAIN_LIMIT_BYTES:
@@ -16546,8 +16576,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         LOG.info(
             "%s %s %s %s",
             self.client_address[0],
-            getattr(self, "_method", self.command),
-            getattr(self, "_url_path", "-"),
+            self._method,
+            self._url_path,
             code,
         )
 
@@ -16580,20 +16610,31 @@ class ApiHandler(BaseHTTPRequestHandler):
         """``GET /api/actions``: the actions and their options, from the registry."""
         self._send_json(200, action_listing())
 
-    def route_index_page(self) -> None:
-        """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
-        body = WEB_PAGE.encode("utf-8")
+    def _send_html(
+        self, status: int, text: str, csp: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send an HTML page under a Content-Security-Policy."""
+        body = text.encode("utf-8")
         self._start(
-            200,
+            status,
             {
                 "Content-Type": "text/html; charset=utf-8",
                 "Content-Length": str(len(body)),
                 "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": csp,
+                **(headers or {}),
             },
             body,
+        )
+
+    def route_index_page(self) -> None:
+        """``GET /``: the web page (plain HTML, CSS and JavaScript; no external assets)."""
+        self._send_html(
+            200,
+            WEB_PAGE,
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            {"X-Content-Type-Options": "nosniff"},
         )
 
     def route_openapi(self) -> None:
@@ -16608,17 +16649,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         page saying to use the file's view_url instead.
         """
         query = urlsplit(self.path).query
-        for inner in unkeyed_file_urls(parse_qs(query).get("urls", [])):
-            body = VOLVIEW_NO_TOKEN_PAGE.format(url=html.escape(inner)).encode("utf-8")
-            self._start(
+        unkeyed = unkeyed_file_urls(parse_qs(query).get("urls", []))
+        if unkeyed:
+            self._send_html(
                 400,
-                {
-                    "Content-Type": "text/html; charset=utf-8",
-                    "Content-Length": str(len(body)),
-                    "Cache-Control": "no-store",
-                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-                },
-                body,
+                VOLVIEW_NO_TOKEN_PAGE.format(url=html.escape(unkeyed[0])),
+                "default-src 'none'; style-src 'unsafe-inline'",
             )
             return
         target = self.state.config.volview_url.rstrip("/") + "/" + (f"?{query}" if query else "")
@@ -16927,7 +16963,7 @@ def process_response(
         if produced in by_path:
             names.append(by_path[produced])
         elif produced.is_dir():  # a folder of results (split, DICOMDIR copies)
-            names.extend(n for n, p in listing.items() if produced in p.resolve().parents)
+            names.extend(n for p, n in by_path.items() if produced in p.parents)
     files = {n: listing[n] for n in dict.fromkeys(names)}
     warnings_ = [
         {**w, "output": by_path.get(Path(w["output"]).resolve(), Path(w["output"]).name)}
@@ -17117,8 +17153,9 @@ def _add_action_flags(container: Any) -> None:
         if spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]
             metavar = "FILE" if spec.takes == FILES else "DIR"
             container.add_argument(
-                spec.flag, nargs="?", const=True, metavar=metavar, help=spec.summary
-            )
+                spec.flag, dest=spec.name, nargs="?", const=True, metavar=metavar,
+                help=spec.summary,
+            )  # fmt: skip
             continue
         flags = [(spec.flag, spec.name, spec.summary, ())]
         if spec.replace_flag:
@@ -17126,20 +17163,16 @@ def _add_action_flags(container: Any) -> None:
             flags.append((spec.replace_flag, f"{spec.name}{REPLACE_SUFFIX}", replace_help, ()))
         flags += [(v.flag, spec.name, v.summary, v.sets) for v in spec.variants]
         for flag, const, help_text, sets in flags:
-            if spec.metavar:
-                container.add_argument(
-                    flag, action=_ActionWithValue, const=const, metavar=spec.metavar,
-                    help=help_text, sets=sets,
-                )  # fmt: skip
-            elif sets:
-                container.add_argument(
-                    flag, dest="action", action=_ActionWithValue, nargs=0, const=const,
-                    help=help_text, sets=sets,
-                )  # fmt: skip
-            else:
-                container.add_argument(
-                    flag, dest="action", action="store_const", const=const, help=help_text
-                )
+            container.add_argument(
+                flag,
+                dest=None if spec.metavar else "action",  # -a PARAMS: argparse's own dest
+                action=_ActionWithValue,
+                nargs=None if spec.metavar else 0,
+                const=const,
+                metavar=spec.metavar,
+                help=help_text,
+                sets=sets,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17287,14 +17320,16 @@ def _resolve_request(args: argparse.Namespace) -> tuple[str, Path, bool]:
     action = args.action.removesuffix(REPLACE_SUFFIX) if args.action else None
     path: Path | None = args.f if args.f is not None else args.F
     recursive = args.F is None
-    for name in ("info", "summary"):
-        value = getattr(args, name)
+    for spec in ACTIONS.values():
+        if not spec.flag.startswith("--"):  # --info [FILE], --summary [DIR]: _add_action_flags
+            continue
+        value = getattr(args, spec.name)
         if value is None:
             continue
-        action = name
+        action = spec.name
         if value is not True:
             if path is not None:
-                raise UsageError(f"--{name} takes a path or -f/-F, not both")
+                raise UsageError(f"{spec.flag} takes a path or -f/-F, not both")
             path = Path(value)
     if action is None:
         flags = ", ".join(spec.flag for spec in ACTIONS.values())
@@ -17440,8 +17475,8 @@ def cli_options(spec: ActionSpec, args: argparse.Namespace, given: Sequence[str]
     """
     for name in given:
         option = OPTIONS[name]
-        if option.scope == ACTION and option not in spec.options:
-            raise UsageError(unknown_option(spec, option.flag, cli_label))
+        if option.scope == ACTION:
+            action_option(spec, name, cli_label)
         if option.scope == SERVER:
             raise UsageError(f"{option.flag} is a setting of --serve")
     values = {o.name: getattr(args, o.name) for o in spec.options if o.name in given}
