@@ -966,15 +966,16 @@ def basic_profile() -> Mapping[int, str]:
     return types.MappingProxyType(actions)
 
 
+@functools.cache
+def tags_of(keywords: tuple[str, ...] | frozenset[str]) -> frozenset[int] | tuple[int, ...]:
+    """Return the tags of dictionary keywords: a tuple in their order, or a frozenset."""
+    tags = (int(Tag(keyword)) for keyword in keywords)
+    return frozenset(tags) if isinstance(keywords, frozenset) else tuple(tags)
+
+
 def table_tags(names: str) -> list[int]:
     """Return the tags of a table's attributes: keywords, or tags as 8 hex digits."""
-    tags = []
-    for name in names.split():
-        tag = int(name, 16) if name[0].isdigit() else tag_for_keyword(name)
-        if tag is None:
-            raise ValueError(f"table keyword {name!r} is not in pydicom's dictionary")
-        tags.append(tag)
-    return tags
+    return list(tags_of(tuple(names.split())))
 
 
 #: Descriptors that the Clean Descriptors Option (PS3.15 Table E.1-1, column "Clean Desc.
@@ -2923,13 +2924,6 @@ def check_conflicts(given: Iterable[str], label: Label = cli_label) -> None:
 # ==== 5. DICOM helpers ====
 
 # ---- reading: dictionaries, files, headers ----
-
-
-@functools.cache
-def tags_of(keywords: tuple[str, ...] | frozenset[str]) -> frozenset[int] | tuple[int, ...]:
-    """Return the tags of dictionary keywords: a tuple in their order, or a frozenset."""
-    tags = (int(Tag(keyword)) for keyword in keywords)
-    return frozenset(tags) if isinstance(keywords, frozenset) else tuple(tags)
 
 
 @functools.cache
