@@ -1000,42 +1000,24 @@ CLEAN_DESCRIPTORS = frozenset(
 )
 
 
-#: PS3.16 CID 7050 De-identification Method (scheme DCM): profile and options.
-DEID_BASIC = ("113100", "Basic Application Confidentiality Profile")
-
-
-#: Recorded where -a's rectangles (r, ri, rv) blacked out burned-in text (PS3.15 E.3.1).
-DEID_CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
-
-
-DEID_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
-
-
-DEID_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
-
-
-DEID_RETAIN_UIDS = ("113110", "Retain UIDs Option")
-
-
-DEID_CLEAN_GRAPHICS = ("113103", "Clean Graphics Option")
-
-
-DEID_CLEAN_STRUCTURED_CONTENT = ("113104", "Clean Structured Content Option")
-
-
-DEID_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
-
-
-DEID_PATIENT_CHARACTERISTICS = ("113108", "Retain Patient Characteristics Option")
-
-
-DEID_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
-
-
-DEID_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
-
-
-DEID_INSTITUTION_IDENTITY = ("113112", "Retain Institution Identity Option")
+#: PS3.16 CID 7050 De-identification Method (scheme DCM): the profile and its options, in
+#: code order, each with the ProfileChoice field that applies it (None: always applied).
+#: Clean Pixel Data is recorded where -a's rectangles (r, ri, rv) blacked out burned-in
+#: text (PS3.15 E.3.1); Clean Structured Content (E.3.4): SR content keeps its tree.
+DEID_METHODS: tuple[tuple[str | None, tuple[str, str]], ...] = (
+    (None, ("113100", "Basic Application Confidentiality Profile")),
+    ("clean_pixels", ("113101", "Clean Pixel Data Option")),
+    ("clean_graphics", ("113103", "Clean Graphics Option")),
+    (None, ("113104", "Clean Structured Content Option")),
+    ("keep_descriptions", ("113105", "Clean Descriptors Option")),
+    ("keep_dates", ("113106", "Retain Longitudinal Temporal Information Full Dates Option")),
+    ("shift_dates", ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")),
+    ("keep_patient_characteristics", ("113108", "Retain Patient Characteristics Option")),
+    ("keep_device_identity", ("113109", "Retain Device Identity Option")),
+    ("keep_uids", ("113110", "Retain UIDs Option")),
+    ("keep_safe_private", ("113111", "Retain Safe Private Option")),
+    ("keep_institution_identity", ("113112", "Retain Institution Identity Option")),
+)
 
 
 #: Dummy values for the D action, by VR; they are valid values that identify nobody.
@@ -6526,21 +6508,7 @@ class ProfileChoice:
 
         Clean Structured Content (E.3.4) is always applied: SR content keeps its tree.
         """
-        chosen = [
-            (True, DEID_BASIC),
-            (self.clean_pixels, DEID_CLEAN_PIXEL_DATA),
-            (self.clean_graphics, DEID_CLEAN_GRAPHICS),
-            (True, DEID_CLEAN_STRUCTURED_CONTENT),
-            (self.keep_descriptions, DEID_CLEAN_DESCRIPTORS),
-            (self.keep_dates, DEID_RETAIN_FULL_DATES),
-            (self.shift_dates, DEID_MODIFIED_DATES),
-            (self.keep_patient_characteristics, DEID_PATIENT_CHARACTERISTICS),
-            (self.keep_device_identity, DEID_DEVICE_IDENTITY),
-            (self.keep_uids, DEID_RETAIN_UIDS),
-            (self.keep_safe_private, DEID_SAFE_PRIVATE),
-            (self.keep_institution_identity, DEID_INSTITUTION_IDENTITY),
-        ]
-        return [code for used, code in chosen if used]
+        return [code for field, code in DEID_METHODS if field is None or getattr(self, field)]
 
 
 #: How each choice changes Table E.1-1: (choice, option column, {row action: action}).
