@@ -2361,17 +2361,6 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
-def new_temp_file(target: Path) -> tuple[int, Path]:
-    """Create a new temp file beside target (temp_path); return (its descriptor, its path).
-
-    Its mode is 0666 less the umask, as open() gives every other output (mkstemp's 0600
-    would stay on an image or video renamed to its final name).
-    """
-    tmp = temp_path(target)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    return os.open(tmp, flags, 0o666), tmp
-
-
 def pid_alive(pid: int) -> bool:
     """Tell whether a process with this id runs on this machine."""
     try:
@@ -11240,13 +11229,14 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return FileOutcome(path, data=np.ascontiguousarray(image, dtype=np.uint8).tobytes())
     data = encode_image(image, job.image_format, job.spec.offset16)
-    fd, tmp = new_temp_file(Path(job.target))
+    tmp = temp_path(Path(job.target))
+    handle = tmp.open("xb")  # mode 0666 less the umask, as OutputFile's
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             handle.write(data)  # not synced, like other new outputs (see OutputFile)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     return FileOutcome(path, data=str(tmp))
 
@@ -11646,8 +11636,8 @@ def write_video(target: Path, frames: Iterator[bytes], width: int, height: int, 
     """
     exe = ffmpeg_executable()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = new_temp_file(target)
-    os.close(fd)
+    tmp = temp_path(target)
+    tmp.open("xb").close()  # the name taken, mode 0666 less the umask, as OutputFile's
     log = tmp.with_suffix(".log")
     argv = [
         exe, "-y", "-hide_banner", "-loglevel", "error",
