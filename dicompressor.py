@@ -593,12 +593,6 @@ NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
-#: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
-LOSSY_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
-)
-
-
 #: (0028,2114) Lossy Image Compression Method of the always-lossy syntaxes (PS3.3
 #: C.7.6.1.1.5.1).
 LOSSY_METHODS = {
@@ -606,6 +600,10 @@ LOSSY_METHODS = {
     "1.2.840.10008.1.2.4.51": "ISO_10918_1",
     "1.2.840.10008.1.2.4.81": "ISO_14495_1",
 }
+
+
+#: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
+LOSSY_SYNTAXES = frozenset(LOSSY_METHODS)
 
 
 #: pip package per compressed transfer syntax, for "missing codec" errors.
