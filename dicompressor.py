@@ -307,9 +307,8 @@ INPUT_NOUNS = {DICOM_INPUTS: "DICOM files", IMAGE_INPUTS: "image files", VIDEO_I
 NON_DICOM_SUFFIXES = (
     frozenset(
         """
-        .txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi
-        .mov .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg
-        .yaml .yml .lock .tmp .part
+        .txt .json .xml .csv .tsv .md .log .gif .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm
+        .py .sh .ps1 .exe .bat .ini .cfg .yaml .yml .lock .tmp .part
         """.split()  # noqa: SIM905
     )
     | IMAGE_ENDINGS
