@@ -1973,10 +1973,10 @@ OPTIONS: dict[str, OptionSpec] = {
                    default="png", choices=tuple(IMAGE_FORMATS), aliases=IMAGE_FORMAT_ALIASES,
                    ignore_case=True, actions=("export_png",), cli=False, group="exports",
                    noun="image format"),
-        OptionSpec("annotate", "flag", "draw PatientName | PatientID | StudyDate (videos: "
-                   "PatientName | PatientID) at the top left of every frame (the command "
-                   "line's -i and -e)", default=False, actions=("export_png", "export_video"),
-                   cli=False, group="exports"),
+        OptionSpec("annotate", "flag", f"draw {' | '.join(IMAGE_ANNOTATION)} (videos: "
+                   f"{' | '.join(VIDEO_ANNOTATION)}) at the top left of every frame (the "
+                   "command line's -i and -e)", default=False,
+                   actions=("export_png", "export_video"), cli=False, group="exports"),
         OptionSpec("window", "window", "window centre and width instead of the file's",
                    actions=("export_png", "export_video"), metavar="C,W", group="exports"),
         OptionSpec("png_bits", "integer", "16: modality values unwindowed in 16-bit PNG, TIFF "
@@ -2062,7 +2062,8 @@ OPTIONS: dict[str, OptionSpec] = {
         # output
         OptionSpec("json", "flag", "print results as JSON", scope=RUN, default=False,
                    group="output"),
-        OptionSpec("log_file", "path", "also log to FILE (rotated at 10 MB)", scope=RUN,
+        OptionSpec("log_file", "path",
+                   f"also log to FILE (rotated at {LOG_FILE_MAX_BYTES >> 20} MB)", scope=RUN,
                    metavar="FILE", group="output"),
         OptionSpec("verbose", "flag", "log more detail", scope=RUN, default=False,
                    exclusive="loudness", group="output"),
