@@ -2769,7 +2769,7 @@ def _shown(raw: Any) -> str:
     return repr(raw) if isinstance(raw, str) else json.dumps(raw, default=str)
 
 
-def parse_shard(text: str, label: str = "--shard") -> tuple[int, int]:
+def parse_shard(text: str, label: str) -> tuple[int, int]:
     """Parse ``I/N`` (0 <= I < N); raise UsageError naming what is wrong."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
