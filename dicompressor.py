@@ -156,7 +156,7 @@ import uuid
 import warnings
 import zipfile
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -2659,7 +2659,6 @@ def iter_ordered(
             yield function(task)
             progress(index, total)
         return
-    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
     batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
@@ -2739,13 +2738,6 @@ def share_workers(
     if tasks <= 1 or workers == 1:
         return 1, workers
     return min(workers, tasks), 1
-
-
-def run_tasks(
-    function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
-) -> list[Any]:
-    """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
-    return list(iter_ordered(function, tasks, jobs, progress, len(tasks)))
 
 
 # ---- option values: one check for the CLI, the API and library callers ----
@@ -9701,7 +9693,9 @@ def _transcode(
         (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()), False)
         for i, p in enumerate(inputs)
     ]
-    first = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
+    first = list(
+        iter_ordered(_transcode_task, tasks, outer, lambda n, _: progress(n, total), total)
+    )
     unread = [o for o in first if isinstance(o, FileOutcome) and o.data == NOT_READ]
     outcomes = [o for o in first if isinstance(o, FileOutcome) and o.data != NOT_READ]
     multi = [(path, o) for path, o in zip(inputs, first, strict=True) if isinstance(o, int)]
