@@ -3662,19 +3662,16 @@ def read_plain_header(path: Path) -> FileDataset | None:
     PLAIN_HEAD_BYTES. Anything else (other syntaxes, undefined lengths, disorder,
     truncation, trailing elements) gives None, and pydicom reads the file.
     """
+    head = _plain_head(path)
+    if head is None:
+        return None
+    data, meta_spans, body_spans = head
     try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            data = handle.read(PLAIN_HEAD_BYTES)
-        if size < 132 or data[128:132] != b"DICM":
-            return None
-        meta, pos = _plain_elements(data, 132, meta=True)
-        syntax = meta.get(0x00020010) if meta is not None else None
+        meta = _plain_elements(data, meta_spans)
+        syntax = meta.get(0x00020010)
         if syntax is None or (syntax.value or b"").rstrip(b"\0 ") != EXPLICIT_VR_LE.encode():
             return None
-        body, end = _plain_elements(data, pos, meta=False)
-        if body is None or end != size:
-            return None
+        body = _plain_elements(data, body_spans)
         charset = body.get(0x00080005)
         encoding = (
             pydicom.charset.convert_encodings(
@@ -3691,6 +3688,29 @@ def read_plain_header(path: Path) -> FileDataset | None:
     ds = FileDataset(str(path), dataset, preamble, FileMetaDataset(meta), False, True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
+
+
+def _plain_head(path: Path) -> tuple[bytes, list[RawSpan], list[RawSpan]] | None:
+    """Read a file's first PLAIN_HEAD_BYTES and the spans of its plain header.
+
+    Return (those bytes, the File Meta's spans, the dataset's spans), or None when the
+    file is not plain (see read_plain_header); the caller checks the transfer syntax.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(PLAIN_HEAD_BYTES)
+        if size < 132 or data[128:132] != b"DICM":
+            return None
+        meta, pos = plain_spans(data, 132, meta=True)
+        if meta is None:
+            return None
+        body, end = plain_spans(data, pos, meta=False)
+    except (struct.error, OSError):
+        return None
+    if body is None or end != size:
+        return None
+    return data, meta, body
 
 
 def plain_spans(data: bytes, pos: int, *, meta: bool) -> tuple[list[RawSpan] | None, int]:
@@ -3757,18 +3777,10 @@ class PlainHeader:
     @classmethod
     def read(cls, path: Path) -> PlainHeader | None:
         """Read a file's plain header, or None when it is not plain (see plain_spans)."""
-        try:
-            with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                data = handle.read(PLAIN_HEAD_BYTES)
-            if size < 132 or data[128:132] != b"DICM":
-                return None
-            meta, pos = plain_spans(data, 132, meta=True)
-            body, end = plain_spans(data, pos, meta=False) if meta is not None else (None, 0)
-        except (struct.error, OSError):
+        head = _plain_head(path)
+        if head is None:
             return None
-        if meta is None or body is None or end != size:
-            return None
+        data, meta, body = head
         spans = {span[0]: span for span in body}
         spans.update((span[0], span) for span in meta)
         plain = cls(data, spans)
@@ -3830,13 +3842,8 @@ class PlainHeader:
         return pixels[2] in (expected, expected + expected % 2)
 
 
-def _plain_elements(
-    data: bytes, pos: int, *, meta: bool
-) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
-    """Parse elements for read_plain_header; return them (None: not plain) and the end."""
-    spans, pos = plain_spans(data, pos, meta=meta)
-    if spans is None:
-        return None, pos
+def _plain_elements(data: bytes, spans: list[RawSpan]) -> dict[BaseTag, RawDataElement]:
+    """Return the raw elements of spans of data (plain_spans), for read_plain_header."""
     out: dict[BaseTag, RawDataElement] = {}
     for tag, vr, length, start in spans:
         if length > DEFER_BYTES and tag != 0x00080005:  # left on disk, as pydicom does
@@ -3852,7 +3859,7 @@ def _plain_elements(
         else:
             elem = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
         out[elem.tag] = elem
-    return out, pos
+    return out
 
 
 _ZERO_PREAMBLE = bytes(128)
