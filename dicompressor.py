@@ -4516,14 +4516,7 @@ def encode_file(ds: Dataset) -> bytes:
     if body is None:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
-    buffer.write(b"\0" * 128 + b"DICM")
-    meta = file_meta_bytes(ds.file_meta)
-    if meta is not None:
-        buffer.write(meta)
-    else:
-        pydicom.filewriter.write_file_meta_info(
-            DicomFileLike(buffer), ds.file_meta, enforce_standard=True
-        )
+    write_file_start(buffer, ds.file_meta)
     buffer.write(body)
     return buffer.getvalue()
 
@@ -4587,14 +4580,7 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
     stream = DicomFileLike(handle)
     stream.is_little_endian, stream.is_implicit_VR = True, False
     if explicit:  # what dcmwrite(enforce_file_format=True) writes, as it writes it
-        handle.write(head.preamble + b"DICM")
-        meta = file_meta_bytes(head.file_meta)  # file_meta_for: in step with the dataset
-        if meta is not None:
-            handle.write(meta)
-        else:
-            pydicom.filewriter.write_file_meta_info(
-                stream, copy.deepcopy(head.file_meta), enforce_standard=True
-            )
+        write_file_start(handle, head.file_meta, copy_meta=True)  # preamble: zeros
         write_explicit_dataset(stream, head, pydicom.charset.default_encoding)
     else:
         pydicom.dcmwrite(handle, head, enforce_file_format=True)
@@ -4629,6 +4615,22 @@ def file_meta_bytes(meta: FileMetaDataset) -> bytes | None:
         return None  # pydicom names itself there
     body = b"".join(parts[tag] for tag in sorted(parts))
     return encode_element(0x00020000, "UL", struct.pack("<L", len(body))) + body
+
+
+def write_file_start(handle: BinaryIO, meta: FileMetaDataset, *, copy_meta: bool = False) -> None:
+    """Write a zero preamble, ``DICM`` and the File Meta as dcmwrite(enforce_file_format=True)
+    does (file_meta_bytes, else pydicom, which adds its missing elements to meta unless
+    copy_meta has it write a copy)."""
+    handle.write(b"\0" * 128 + b"DICM")
+    encoded = file_meta_bytes(meta)
+    if encoded is not None:
+        handle.write(encoded)
+    else:
+        pydicom.filewriter.write_file_meta_info(
+            DicomFileLike(handle),
+            copy.deepcopy(meta) if copy_meta else meta,
+            enforce_standard=True,
+        )
 
 
 def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding: Any) -> None:
@@ -7929,10 +7931,7 @@ def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> byt
 def part10_bytes(ds: Dataset, body: bytes, syntax: UID) -> bytes:
     """Return a whole Part 10 file: preamble, ``DICM``, File Meta for ds (PS3.10 7.1), body."""
     buffer = io.BytesIO()
-    buffer.write(b"\0" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(
-        DicomFileLike(buffer), file_meta_for(ds, syntax), enforce_standard=True
-    )
+    write_file_start(buffer, file_meta_for(ds, syntax))
     buffer.write(body)
     return buffer.getvalue()
 
