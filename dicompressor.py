@@ -3835,10 +3835,8 @@ class PlainHeader:
         samples, bits = self.number(0x00280002, 1), self.number(0x00280100, None)
         if not rows or not columns or not samples or bits not in (1, 8, 16, 32, 64):
             return False
-        per_pixel = samples
-        if samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422":
-            per_pixel = 2
-        expected = (rows * columns * per_pixel * self.frames() * bits + 7) // 8
+        ybr_422 = samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422"
+        expected = native_pixel_bytes(rows, columns, samples, bits, self.frames(), ybr_422)
         return pixels[2] in (expected, expected + expected % 2)
 
 
@@ -3946,16 +3944,26 @@ def check_integrity(ds: Dataset, location: PixelLocation | None) -> None:
         )
     frames = number_of_frames(ds)
     rows, columns, samples = factors["Rows"], factors["Columns"], factors["SamplesPerPixel"]
-    per_pixel = samples
-    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        per_pixel = 2  # two luminance values share one pair of chrominance values
-    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
+    ybr_422 = samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422"
+    expected = native_pixel_bytes(rows, columns, samples, bits, frames, ybr_422)
     if location.length not in (expected, expected + expected % 2):
         raise DicomPressorError(
             f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected {expected}: "
             f"Rows {rows} x Columns {columns} x {samples} sample(s) x {bits} bits x "
-            f"{frames} frame(s)" + (" (YBR_FULL_422)" if per_pixel != samples else "")
+            f"{frames} frame(s)" + (" (YBR_FULL_422)" if ybr_422 else "")
         )
+
+
+def native_pixel_bytes(
+    rows: int, columns: int, samples: int, bits: int, frames: int, ybr_422: bool
+) -> int:
+    """Return the bytes of native Pixel Data, before its padding to an even length.
+
+    Bits are packed when Bits Allocated is 1; ybr_422 (3 samples in YBR_FULL_422): two
+    luminance values share one pair of chrominance values, two values a pixel.
+    """
+    per_pixel = 2 if ybr_422 else samples
+    return (rows * columns * per_pixel * frames * bits + 7) // 8
 
 
 # ---- reading: values ----
