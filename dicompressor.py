@@ -7987,7 +7987,6 @@ def walk_dataset(
     """
     order = "<" if little else ">"
     last = -1
-    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
 
     def items_in(implicit_items: bool, little_items: bool) -> Callable[..., int]:
         def content(start: int, stop: int, undefined: bool) -> int:
@@ -8012,7 +8011,7 @@ def walk_dataset(
             start = pos + 8
         else:
             raw_vr = bytes(data[pos + 4 : pos + 6])
-            if raw_vr not in known:
+            if raw_vr not in _VR_OF_BYTES:
                 raise ValueError(f"no VR at offset {pos + 4} ({_tag_text(tag)})")
             vr = raw_vr.decode("ascii")
             if vr in LONG_LENGTH_VRS:
@@ -8078,13 +8077,12 @@ def bare_encoding(data: bytes) -> tuple[bool, bool]:
     """
     if len(data) < 8:
         raise DicomPressorError(f"not a DICOM dataset: {len(data)} bytes")
-    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
     problems = []
     for little in (True, False):
         (group,) = struct.unpack_from("<H" if little else ">H", data, 0)
         if group != 0x0008:
             continue
-        for implicit in (False, True) if data[4:6] in known else (True,):
+        for implicit in (False, True) if data[4:6] in _VR_OF_BYTES else (True,):
             try:
                 walk_dataset(data, 0, len(data), implicit=implicit, little=little)
             except (ValueError, struct.error) as exc:
