@@ -6567,7 +6567,7 @@ def _vr_of(ds: Dataset, tag: BaseTag) -> str:
     vr = getattr(item, "VR", None)
     if vr:
         return str(vr)
-    return dictionary_VR(tag).split(" or ")[0] if dictionary_has_tag(tag) else "UN"
+    return _dictionary_vr(tag)
 
 
 def _new_uids(value: Any, uids: UidMap, *, all_uids: bool) -> Any:
