@@ -4427,9 +4427,20 @@ def element_bytes(elem: DataElement) -> bytes:
     fast = _fast_element_bytes(elem)
     if fast is not None:
         return fast
+    return pydicom_element_bytes(elem)
+
+
+def pydicom_element_bytes(
+    elem: DataElement,
+    encodings: str | list[str] | None = None,
+    *,
+    implicit: bool = False,
+    little: bool = True,
+) -> bytes:
+    """Encode one element with pydicom's writer (Explicit VR Little Endian by default)."""
     buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    pydicom.filewriter.write_data_element(buffer, elem)
+    buffer.is_little_endian, buffer.is_implicit_VR = little, implicit
+    pydicom.filewriter.write_data_element(buffer, elem, encodings)
     return buffer.getvalue()
 
 
@@ -4724,13 +4735,8 @@ def _reencoded(
     elem = pydicom.dataelem.convert_raw_data_element(
         raw, encoding=read if isinstance(read, str) else list(read)
     )
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
     with pydicom.tag.tag_in_exception(BaseTag(tag)):
-        pydicom.filewriter.write_data_element(
-            buffer, elem, written if isinstance(written, str) else list(written)
-        )
-    return buffer.getvalue()
+        return pydicom_element_bytes(elem, written if isinstance(written, str) else list(written))
 
 
 def _is_verbatim_sequence(item: Any) -> bool:
@@ -7698,10 +7704,7 @@ def directory_record(record: Dataset) -> DirectoryRecord:
     for tag in sorted(record.keys()):
         if (tag.element == 0 and tag.group > 6) or tag in (0x00041400, 0x00041420, 0x00041500):
             continue
-        buffer = DicomBytesIO()
-        buffer.is_little_endian, buffer.is_implicit_VR = True, False
-        pydicom.filewriter.write_data_element(buffer, record[tag], encoding)
-        elements[int(tag)] = buffer.getvalue()
+        elements[int(tag)] = pydicom_element_bytes(record[tag], encoding)
     key = RecordNode(copy.copy(record)).key
     return DirectoryRecord(str(record.DirectoryRecordType), str(key), elements)
 
@@ -7908,11 +7911,8 @@ def recode_dataset(
 
 def _converted_value_bytes(elem: DataElement, vr: str, little: bool) -> bytes:
     """Encode the value of an element pydicom converted already, in the target order."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = little, True
     elem = DataElement(elem.tag, vr, elem.value)
-    pydicom.filewriter.write_data_element(buffer, elem)
-    return buffer.getvalue()[8:]
+    return pydicom_element_bytes(elem, implicit=True, little=little)[8:]
 
 
 def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> bytes:
