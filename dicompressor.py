@@ -4388,9 +4388,9 @@ def _first_value(*values: Any) -> Any:
     return None
 
 
-def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
-    """Return an item (or delimiter) header of encapsulated pixel data."""
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+def item_header(length: int, tag: int = 0xFFFEE000, little: bool = True) -> bytes:
+    """Return an item (or delimiter) header: always tag and 4-byte length (PS3.5 7.5)."""
+    return struct.pack("<HHL" if little else ">HHL", tag >> 16, tag & 0xFFFF, length)
 
 
 def encode_element(tag: int, vr: str, value: bytes) -> bytes:
@@ -7847,11 +7847,6 @@ def encoded_header(tag: int, vr: str, length: int, *, implicit: bool, little: bo
     return struct.pack(f"{order}HH2sH", group, element, vr.encode("ascii"), length)
 
 
-def _item_tag(tag: int, length: int, little: bool) -> bytes:
-    """Return an item or delimiter header (always tag and 4-byte length, PS3.5 7.5)."""
-    return struct.pack("<HHL" if little else ">HHL", tag >> 16, tag & 0xFFFF, length)
-
-
 def _stored_vr(ds: Dataset, tag: int, item: Any, little: bool) -> str:
     """Return the VR an element is written with: as read (explicit), else the dictionary's.
 
@@ -7924,15 +7919,15 @@ def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> byt
             child, implicit=implicit, little=little, source_little=source_little
         )
         if getattr(child, "is_undefined_length_sequence_item", False):
-            body.append(_item_tag(0xFFFEE000, 0xFFFFFFFF, little) + content)
-            body.append(_item_tag(0xFFFEE00D, 0, little))
+            body.append(item_header(0xFFFFFFFF, 0xFFFEE000, little=little) + content)
+            body.append(item_header(0, 0xFFFEE00D, little=little))
         else:
-            body.append(_item_tag(0xFFFEE000, len(content), little) + content)
+            body.append(item_header(len(content), 0xFFFEE000, little=little) + content)
     value = b"".join(body)
     tag = int(elem.tag)
     if elem.is_undefined_length:
         head = encoded_header(tag, "SQ", 0xFFFFFFFF, implicit=implicit, little=little)
-        return head + value + _item_tag(0xFFFEE0DD, 0, little)
+        return head + value + item_header(0, 0xFFFEE0DD, little=little)
     return encoded_header(tag, "SQ", len(value), implicit=implicit, little=little) + value
 
 
