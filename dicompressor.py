@@ -7495,7 +7495,7 @@ def _raw_dump_lines(elements: list[RawElement], depth: int) -> Iterator[str]:
                 yield f"{indent}  Item {number}"
                 yield from _raw_dump_lines(item, depth + 2)
             continue
-        if (vr in BINARY_VRS and length > BULK_DATA_THRESHOLD) or _bulk_by_tag(tag):
+        if value is None:  # bulk data (_raw_elements)
             yield f"{head}: <bulk data elided: {length} bytes>"
             continue
         shown = _show_raw_value(vr, bytes(value))
