@@ -3149,7 +3149,8 @@ def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, 
 
 
 #: Transfer syntaxes whose dataset is encoded otherwise than Explicit VR Little Endian
-#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file).
+#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file) and
+#: ENCODING_SYNTAX.
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 
@@ -4157,11 +4158,6 @@ class Slice:
     syntax: UID
     #: stack_key(), once computed
     stack: tuple[Any, ...] | None = None
-
-    @property
-    def sop_instance_uid(self) -> str:
-        """The source SOP Instance UID."""
-        return str(self.header.get("SOPInstanceUID", ""))
 
 
 def make_slice(path: Path, ds: Dataset, location: PixelLocation | None) -> Slice:
@@ -8056,9 +8052,9 @@ def walk_sequence_items(data: bytes, pos: int, end: int, *, implicit: bool, litt
 
 #: (VR implicit, little endian) of each native syntax, and the syntax of each encoding.
 ENCODING_SYNTAX = {
-    (True, True): "1.2.840.10008.1.2",
+    (True, True): IMPLICIT_VR_LE,
     (False, True): EXPLICIT_VR_LE,
-    (False, False): "1.2.840.10008.1.2.2",
+    (False, False): BIG_ENDIAN_SYNTAX,
 }
 
 
