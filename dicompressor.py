@@ -6153,6 +6153,14 @@ def _rectangle(number: int, kind: str, rest: str) -> Rectangle:
     return Rectangle(kind, left, top, right, bottom, number)
 
 
+def _keyword_tag(keyword: str) -> int:
+    """Return the tag of a keyword of a params line; ValueError when it names none."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword!r} is not a DICOM keyword")
+    return tag
+
+
 def _anonymize_line(
     number: int, line: str, *, rectangles: bool = True, pixels: bool = True
 ) -> Replacement | Rectangle:
@@ -6178,10 +6186,7 @@ def _anonymize_line(
                 "whose VR is the dictionary's)"
             )
     elif match := _KEYWORD_LINE.fullmatch(line):
-        found = tag_for_keyword(match[1])
-        if found is None:
-            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
-        tag, vr_token, text = found, None, match[2].strip()
+        tag, vr_token, text = _keyword_tag(match[1]), None, match[2].strip()
     else:
         shapes = "(GGGG,EEEE)=VALUE, GGGG EEEE [VR VALUE], Keyword=VALUE"
         shapes += ", or r|ri|rv LEFT TOP RIGHT BOTTOM" if rectangles else ""
@@ -6201,10 +6206,7 @@ def _modify_line(number: int, line: str) -> Replacement:
     if match := _TAG_LINE.fullmatch(line):
         return edit(int(match[1] + match[2], 16), None, match[3].strip(), SET)
     if match := _KEYWORD_LINE.fullmatch(line):
-        tag = tag_for_keyword(match[1])
-        if tag is None:
-            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
-        return edit(tag, None, match[2].strip(), SET)
+        return edit(_keyword_tag(match[1]), None, match[2].strip(), SET)
     match = _MODIFY_LINE.fullmatch(line)
     if match is None:
         if (rectangle := _RECTANGLE_LINE.fullmatch(line)) and rectangle[1].lower() == "r":
@@ -6800,8 +6802,7 @@ def _apply(
     if code == "X":
         del ds[tag]
     elif code == "Z":
-        empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
-        ds[tag] = DataElement(tag, vr, empty)
+        ds[tag] = DataElement(tag, vr, _value_from_text(vr, ""))
     elif vr == "SQ":  # D, U, K, C and G keep a sequence and clean what it holds
         if code in ("D", "G") or (mode == "dummy" and int(tag) not in job.actions):
             inner = "dummy"  # (a sequence an option keeps is cleaned as one, not dummied)
@@ -8116,8 +8117,7 @@ class ImagePixels:
 
     def frame_bytes(self) -> bytes:
         """Return the pixels as one native little-endian frame (PS3.5 8.1.1)."""
-        dtype = np.dtype("<u2") if self.bits == 16 else np.dtype(np.uint8)
-        return np.ascontiguousarray(self.array, dtype=dtype).tobytes()
+        return native_frame_bytes(self.array, self.bits)
 
 
 def named(path: Path, notes: Iterable[str]) -> tuple[str, ...]:
