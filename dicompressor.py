@@ -156,7 +156,7 @@ import uuid
 import warnings
 import zipfile
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -307,9 +307,8 @@ INPUT_NOUNS = {DICOM_INPUTS: "DICOM files", IMAGE_INPUTS: "image files", VIDEO_I
 NON_DICOM_SUFFIXES = (
     frozenset(
         """
-        .txt .json .xml .csv .tsv .md .log .png .jpg .jpeg .gif .bmp .tif .tiff .mp4 .avi
-        .mov .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm .py .sh .ps1 .exe .bat .ini .cfg
-        .yaml .yml .lock .tmp .part
+        .txt .json .xml .csv .tsv .md .log .gif .pdf .zip .gz .tgz .bz2 .xz .7z .html .htm
+        .py .sh .ps1 .exe .bat .ini .cfg .yaml .yml .lock .tmp .part
         """.split()  # noqa: SIM905
     )
     | IMAGE_ENDINGS
@@ -593,12 +592,6 @@ NATIVE_LE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
-#: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
-LOSSY_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
-)
-
-
 #: (0028,2114) Lossy Image Compression Method of the always-lossy syntaxes (PS3.3
 #: C.7.6.1.1.5.1).
 LOSSY_METHODS = {
@@ -606,6 +599,10 @@ LOSSY_METHODS = {
     "1.2.840.10008.1.2.4.51": "ISO_10918_1",
     "1.2.840.10008.1.2.4.81": "ISO_14495_1",
 }
+
+
+#: Transfer syntaxes that are always lossy (PS3.5 Table A-1; JPEG 2000 may be either).
+LOSSY_SYNTAXES = frozenset(LOSSY_METHODS)
 
 
 #: pip package per compressed transfer syntax, for "missing codec" errors.
@@ -966,15 +963,16 @@ def basic_profile() -> Mapping[int, str]:
     return types.MappingProxyType(actions)
 
 
+@functools.cache
+def tags_of(keywords: tuple[str, ...] | frozenset[str]) -> frozenset[int] | tuple[int, ...]:
+    """Return the tags of dictionary keywords: a tuple in their order, or a frozenset."""
+    tags = (int(Tag(keyword)) for keyword in keywords)
+    return frozenset(tags) if isinstance(keywords, frozenset) else tuple(tags)
+
+
 def table_tags(names: str) -> list[int]:
     """Return the tags of a table's attributes: keywords, or tags as 8 hex digits."""
-    tags = []
-    for name in names.split():
-        tag = int(name, 16) if name[0].isdigit() else tag_for_keyword(name)
-        if tag is None:
-            raise ValueError(f"table keyword {name!r} is not in pydicom's dictionary")
-        tags.append(tag)
-    return tags
+    return list(tags_of(tuple(names.split())))
 
 
 #: Descriptors that the Clean Descriptors Option (PS3.15 Table E.1-1, column "Clean Desc.
@@ -999,42 +997,24 @@ CLEAN_DESCRIPTORS = frozenset(
 )
 
 
-#: PS3.16 CID 7050 De-identification Method (scheme DCM): profile and options.
-DEID_BASIC = ("113100", "Basic Application Confidentiality Profile")
-
-
-#: Recorded where -a's rectangles (r, ri, rv) blacked out burned-in text (PS3.15 E.3.1).
-DEID_CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
-
-
-DEID_CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
-
-
-DEID_RETAIN_FULL_DATES = ("113106", "Retain Longitudinal Temporal Information Full Dates Option")
-
-
-DEID_RETAIN_UIDS = ("113110", "Retain UIDs Option")
-
-
-DEID_CLEAN_GRAPHICS = ("113103", "Clean Graphics Option")
-
-
-DEID_CLEAN_STRUCTURED_CONTENT = ("113104", "Clean Structured Content Option")
-
-
-DEID_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
-
-
-DEID_PATIENT_CHARACTERISTICS = ("113108", "Retain Patient Characteristics Option")
-
-
-DEID_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
-
-
-DEID_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
-
-
-DEID_INSTITUTION_IDENTITY = ("113112", "Retain Institution Identity Option")
+#: PS3.16 CID 7050 De-identification Method (scheme DCM): the profile and its options, in
+#: code order, each with the ProfileChoice field that applies it (None: always applied).
+#: Clean Pixel Data is recorded where -a's rectangles (r, ri, rv) blacked out burned-in
+#: text (PS3.15 E.3.1); Clean Structured Content (E.3.4): SR content keeps its tree.
+DEID_METHODS: tuple[tuple[str | None, tuple[str, str]], ...] = (
+    (None, ("113100", "Basic Application Confidentiality Profile")),
+    ("clean_pixels", ("113101", "Clean Pixel Data Option")),
+    ("clean_graphics", ("113103", "Clean Graphics Option")),
+    (None, ("113104", "Clean Structured Content Option")),
+    ("keep_descriptions", ("113105", "Clean Descriptors Option")),
+    ("keep_dates", ("113106", "Retain Longitudinal Temporal Information Full Dates Option")),
+    ("shift_dates", ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")),
+    ("keep_patient_characteristics", ("113108", "Retain Patient Characteristics Option")),
+    ("keep_device_identity", ("113109", "Retain Device Identity Option")),
+    ("keep_uids", ("113110", "Retain UIDs Option")),
+    ("keep_safe_private", ("113111", "Retain Safe Private Option")),
+    ("keep_institution_identity", ("113112", "Retain Institution Identity Option")),
+)
 
 
 #: Dummy values for the D action, by VR; they are valid values that identify nobody.
@@ -1993,10 +1973,10 @@ OPTIONS: dict[str, OptionSpec] = {
                    default="png", choices=tuple(IMAGE_FORMATS), aliases=IMAGE_FORMAT_ALIASES,
                    ignore_case=True, actions=("export_png",), cli=False, group="exports",
                    noun="image format"),
-        OptionSpec("annotate", "flag", "draw PatientName | PatientID | StudyDate (videos: "
-                   "PatientName | PatientID) at the top left of every frame (the command "
-                   "line's -i and -e)", default=False, actions=("export_png", "export_video"),
-                   cli=False, group="exports"),
+        OptionSpec("annotate", "flag", f"draw {' | '.join(IMAGE_ANNOTATION)} (videos: "
+                   f"{' | '.join(VIDEO_ANNOTATION)}) at the top left of every frame (the "
+                   "command line's -i and -e)", default=False,
+                   actions=("export_png", "export_video"), cli=False, group="exports"),
         OptionSpec("window", "window", "window centre and width instead of the file's",
                    actions=("export_png", "export_video"), metavar="C,W", group="exports"),
         OptionSpec("png_bits", "integer", "16: modality values unwindowed in 16-bit PNG, TIFF "
@@ -2082,7 +2062,8 @@ OPTIONS: dict[str, OptionSpec] = {
         # output
         OptionSpec("json", "flag", "print results as JSON", scope=RUN, default=False,
                    group="output"),
-        OptionSpec("log_file", "path", "also log to FILE (rotated at 10 MB)", scope=RUN,
+        OptionSpec("log_file", "path",
+                   f"also log to FILE (rotated at {LOG_FILE_MAX_BYTES >> 20} MB)", scope=RUN,
                    metavar="FILE", group="output"),
         OptionSpec("verbose", "flag", "log more detail", scope=RUN, default=False,
                    exclusive="loudness", group="output"),
@@ -2376,17 +2357,6 @@ def temp_path(target: Path) -> Path:
     ``.<name>.<pid>.<random>.part``: clean_stale_temp removes those whose process died.
     """
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-
-
-def new_temp_file(target: Path) -> tuple[int, Path]:
-    """Create a new temp file beside target (temp_path); return (its descriptor, its path).
-
-    Its mode is 0666 less the umask, as open() gives every other output (mkstemp's 0600
-    would stay on an image or video renamed to its final name).
-    """
-    tmp = temp_path(target)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    return os.open(tmp, flags, 0o666), tmp
 
 
 def pid_alive(pid: int) -> bool:
@@ -2689,7 +2659,6 @@ def iter_ordered(
             yield function(task)
             progress(index, total)
         return
-    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
     batch = max(1, min(batch, math.ceil(total / (2 * jobs))))  # keep every worker busy
@@ -2771,13 +2740,6 @@ def share_workers(
     return min(workers, tasks), 1
 
 
-def run_tasks(
-    function: Callable[[Any], Any], tasks: list[Any], jobs: int, progress: ProgressFn
-) -> list[Any]:
-    """Run tasks in order, in worker processes when jobs > 1; results keep task order."""
-    return list(iter_ordered(function, tasks, jobs, progress, len(tasks)))
-
-
 # ---- option values: one check for the CLI, the API and library callers ----
 
 
@@ -2799,7 +2761,7 @@ def _shown(raw: Any) -> str:
     return repr(raw) if isinstance(raw, str) else json.dumps(raw, default=str)
 
 
-def parse_shard(text: str, label: str = "--shard") -> tuple[int, int]:
+def parse_shard(text: str, label: str) -> tuple[int, int]:
     """Parse ``I/N`` (0 <= I < N); raise UsageError naming what is wrong."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
@@ -2923,13 +2885,6 @@ def check_conflicts(given: Iterable[str], label: Label = cli_label) -> None:
 # ==== 5. DICOM helpers ====
 
 # ---- reading: dictionaries, files, headers ----
-
-
-@functools.cache
-def tags_of(keywords: tuple[str, ...] | frozenset[str]) -> frozenset[int] | tuple[int, ...]:
-    """Return the tags of dictionary keywords: a tuple in their order, or a frozenset."""
-    tags = (int(Tag(keyword)) for keyword in keywords)
-    return frozenset(tags) if isinstance(keywords, frozenset) else tuple(tags)
 
 
 @functools.cache
@@ -3194,7 +3149,8 @@ def explicit_element_header(data: Any, pos: int) -> tuple[int, str | None, int, 
 
 
 #: Transfer syntaxes whose dataset is encoded otherwise than Explicit VR Little Endian
-#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file).
+#: (PS3.5 A.1, A.3), for the walk over a file's element headers (walk_file) and
+#: ENCODING_SYNTAX.
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 
@@ -3707,19 +3663,16 @@ def read_plain_header(path: Path) -> FileDataset | None:
     PLAIN_HEAD_BYTES. Anything else (other syntaxes, undefined lengths, disorder,
     truncation, trailing elements) gives None, and pydicom reads the file.
     """
+    head = _plain_head(path)
+    if head is None:
+        return None
+    data, meta_spans, body_spans = head
     try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            data = handle.read(PLAIN_HEAD_BYTES)
-        if size < 132 or data[128:132] != b"DICM":
-            return None
-        meta, pos = _plain_elements(data, 132, meta=True)
-        syntax = meta.get(0x00020010) if meta is not None else None
+        meta = _plain_elements(data, meta_spans)
+        syntax = meta.get(0x00020010)
         if syntax is None or (syntax.value or b"").rstrip(b"\0 ") != EXPLICIT_VR_LE.encode():
             return None
-        body, end = _plain_elements(data, pos, meta=False)
-        if body is None or end != size:
-            return None
+        body = _plain_elements(data, body_spans)
         charset = body.get(0x00080005)
         encoding = (
             pydicom.charset.convert_encodings(
@@ -3736,6 +3689,29 @@ def read_plain_header(path: Path) -> FileDataset | None:
     ds = FileDataset(str(path), dataset, preamble, FileMetaDataset(meta), False, True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
+
+
+def _plain_head(path: Path) -> tuple[bytes, list[RawSpan], list[RawSpan]] | None:
+    """Read a file's first PLAIN_HEAD_BYTES and the spans of its plain header.
+
+    Return (those bytes, the File Meta's spans, the dataset's spans), or None when the
+    file is not plain (see read_plain_header); the caller checks the transfer syntax.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(PLAIN_HEAD_BYTES)
+        if size < 132 or data[128:132] != b"DICM":
+            return None
+        meta, pos = plain_spans(data, 132, meta=True)
+        if meta is None:
+            return None
+        body, end = plain_spans(data, pos, meta=False)
+    except (struct.error, OSError):
+        return None
+    if body is None or end != size:
+        return None
+    return data, meta, body
 
 
 def plain_spans(data: bytes, pos: int, *, meta: bool) -> tuple[list[RawSpan] | None, int]:
@@ -3802,18 +3778,10 @@ class PlainHeader:
     @classmethod
     def read(cls, path: Path) -> PlainHeader | None:
         """Read a file's plain header, or None when it is not plain (see plain_spans)."""
-        try:
-            with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                data = handle.read(PLAIN_HEAD_BYTES)
-            if size < 132 or data[128:132] != b"DICM":
-                return None
-            meta, pos = plain_spans(data, 132, meta=True)
-            body, end = plain_spans(data, pos, meta=False) if meta is not None else (None, 0)
-        except (struct.error, OSError):
+        head = _plain_head(path)
+        if head is None:
             return None
-        if meta is None or body is None or end != size:
-            return None
+        data, meta, body = head
         spans = {span[0]: span for span in body}
         spans.update((span[0], span) for span in meta)
         plain = cls(data, spans)
@@ -3868,20 +3836,13 @@ class PlainHeader:
         samples, bits = self.number(0x00280002, 1), self.number(0x00280100, None)
         if not rows or not columns or not samples or bits not in (1, 8, 16, 32, 64):
             return False
-        per_pixel = samples
-        if samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422":
-            per_pixel = 2
-        expected = (rows * columns * per_pixel * self.frames() * bits + 7) // 8
+        ybr_422 = samples == 3 and text(0x00280004, "CS") == b"YBR_FULL_422"
+        expected = native_pixel_bytes(rows, columns, samples, bits, self.frames(), ybr_422)
         return pixels[2] in (expected, expected + expected % 2)
 
 
-def _plain_elements(
-    data: bytes, pos: int, *, meta: bool
-) -> tuple[dict[BaseTag, RawDataElement] | None, int]:
-    """Parse elements for read_plain_header; return them (None: not plain) and the end."""
-    spans, pos = plain_spans(data, pos, meta=meta)
-    if spans is None:
-        return None, pos
+def _plain_elements(data: bytes, spans: list[RawSpan]) -> dict[BaseTag, RawDataElement]:
+    """Return the raw elements of spans of data (plain_spans), for read_plain_header."""
     out: dict[BaseTag, RawDataElement] = {}
     for tag, vr, length, start in spans:
         if length > DEFER_BYTES and tag != 0x00080005:  # left on disk, as pydicom does
@@ -3897,7 +3858,7 @@ def _plain_elements(
         else:
             elem = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
         out[elem.tag] = elem
-    return out, pos
+    return out
 
 
 _ZERO_PREAMBLE = bytes(128)
@@ -3984,16 +3945,26 @@ def check_integrity(ds: Dataset, location: PixelLocation | None) -> None:
         )
     frames = number_of_frames(ds)
     rows, columns, samples = factors["Rows"], factors["Columns"], factors["SamplesPerPixel"]
-    per_pixel = samples
-    if samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        per_pixel = 2  # two luminance values share one pair of chrominance values
-    expected = (rows * columns * per_pixel * frames * bits + 7) // 8
+    ybr_422 = samples == 3 and str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422"
+    expected = native_pixel_bytes(rows, columns, samples, bits, frames, ybr_422)
     if location.length not in (expected, expected + expected % 2):
         raise DicomPressorError(
             f"(7FE0,0010) Pixel Data holds {location.length} bytes, expected {expected}: "
             f"Rows {rows} x Columns {columns} x {samples} sample(s) x {bits} bits x "
-            f"{frames} frame(s)" + (" (YBR_FULL_422)" if per_pixel != samples else "")
+            f"{frames} frame(s)" + (" (YBR_FULL_422)" if ybr_422 else "")
         )
+
+
+def native_pixel_bytes(
+    rows: int, columns: int, samples: int, bits: int, frames: int, ybr_422: bool
+) -> int:
+    """Return the bytes of native Pixel Data, before its padding to an even length.
+
+    Bits are packed when Bits Allocated is 1; ybr_422 (3 samples in YBR_FULL_422): two
+    luminance values share one pair of chrominance values, two values a pixel.
+    """
+    per_pixel = 2 if ybr_422 else samples
+    return (rows * columns * per_pixel * frames * bits + 7) // 8
 
 
 # ---- reading: values ----
@@ -4187,11 +4158,6 @@ class Slice:
     syntax: UID
     #: stack_key(), once computed
     stack: tuple[Any, ...] | None = None
-
-    @property
-    def sop_instance_uid(self) -> str:
-        """The source SOP Instance UID."""
-        return str(self.header.get("SOPInstanceUID", ""))
 
 
 def make_slice(path: Path, ds: Dataset, location: PixelLocation | None) -> Slice:
@@ -4418,9 +4384,9 @@ def _first_value(*values: Any) -> Any:
     return None
 
 
-def item_header(length: int, tag: int = 0xFFFEE000) -> bytes:
-    """Return an item (or delimiter) header of encapsulated pixel data."""
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, length)
+def item_header(length: int, tag: int = 0xFFFEE000, little: bool = True) -> bytes:
+    """Return an item (or delimiter) header: always tag and 4-byte length (PS3.5 7.5)."""
+    return struct.pack("<HHL" if little else ">HHL", tag >> 16, tag & 0xFFFF, length)
 
 
 def encode_element(tag: int, vr: str, value: bytes) -> bytes:
@@ -4457,9 +4423,20 @@ def element_bytes(elem: DataElement) -> bytes:
     fast = _fast_element_bytes(elem)
     if fast is not None:
         return fast
+    return pydicom_element_bytes(elem)
+
+
+def pydicom_element_bytes(
+    elem: DataElement,
+    encodings: str | list[str] | None = None,
+    *,
+    implicit: bool = False,
+    little: bool = True,
+) -> bytes:
+    """Encode one element with pydicom's writer (Explicit VR Little Endian by default)."""
     buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    pydicom.filewriter.write_data_element(buffer, elem)
+    buffer.is_little_endian, buffer.is_implicit_VR = little, implicit
+    pydicom.filewriter.write_data_element(buffer, elem, encodings)
     return buffer.getvalue()
 
 
@@ -4554,14 +4531,7 @@ def encode_file(ds: Dataset) -> bytes:
     if body is None:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
-    buffer.write(b"\0" * 128 + b"DICM")
-    meta = file_meta_bytes(ds.file_meta)
-    if meta is not None:
-        buffer.write(meta)
-    else:
-        pydicom.filewriter.write_file_meta_info(
-            DicomFileLike(buffer), ds.file_meta, enforce_standard=True
-        )
+    write_file_start(buffer, ds.file_meta)
     buffer.write(body)
     return buffer.getvalue()
 
@@ -4625,14 +4595,7 @@ def write_header(handle: BinaryIO, ds: Dataset, syntax: UID) -> None:
     stream = DicomFileLike(handle)
     stream.is_little_endian, stream.is_implicit_VR = True, False
     if explicit:  # what dcmwrite(enforce_file_format=True) writes, as it writes it
-        handle.write(head.preamble + b"DICM")
-        meta = file_meta_bytes(head.file_meta)  # file_meta_for: in step with the dataset
-        if meta is not None:
-            handle.write(meta)
-        else:
-            pydicom.filewriter.write_file_meta_info(
-                stream, copy.deepcopy(head.file_meta), enforce_standard=True
-            )
+        write_file_start(handle, head.file_meta, copy_meta=True)  # preamble: zeros
         write_explicit_dataset(stream, head, pydicom.charset.default_encoding)
     else:
         pydicom.dcmwrite(handle, head, enforce_file_format=True)
@@ -4667,6 +4630,22 @@ def file_meta_bytes(meta: FileMetaDataset) -> bytes | None:
         return None  # pydicom names itself there
     body = b"".join(parts[tag] for tag in sorted(parts))
     return encode_element(0x00020000, "UL", struct.pack("<L", len(body))) + body
+
+
+def write_file_start(handle: BinaryIO, meta: FileMetaDataset, *, copy_meta: bool = False) -> None:
+    """Write a zero preamble, ``DICM`` and the File Meta as dcmwrite(enforce_file_format=True)
+    does (file_meta_bytes, else pydicom, which adds its missing elements to meta unless
+    copy_meta has it write a copy)."""
+    handle.write(b"\0" * 128 + b"DICM")
+    encoded = file_meta_bytes(meta)
+    if encoded is not None:
+        handle.write(encoded)
+    else:
+        pydicom.filewriter.write_file_meta_info(
+            DicomFileLike(handle),
+            copy.deepcopy(meta) if copy_meta else meta,
+            enforce_standard=True,
+        )
 
 
 def write_explicit_dataset(fp: DicomFileLike, dataset: Dataset, parent_encoding: Any) -> None:
@@ -4752,13 +4731,8 @@ def _reencoded(
     elem = pydicom.dataelem.convert_raw_data_element(
         raw, encoding=read if isinstance(read, str) else list(read)
     )
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
     with pydicom.tag.tag_in_exception(BaseTag(tag)):
-        pydicom.filewriter.write_data_element(
-            buffer, elem, written if isinstance(written, str) else list(written)
-        )
-    return buffer.getvalue()
+        return pydicom_element_bytes(elem, written if isinstance(written, str) else list(written))
 
 
 def _is_verbatim_sequence(item: Any) -> bool:
@@ -6179,6 +6153,14 @@ def _rectangle(number: int, kind: str, rest: str) -> Rectangle:
     return Rectangle(kind, left, top, right, bottom, number)
 
 
+def _keyword_tag(keyword: str) -> int:
+    """Return the tag of a keyword of a params line; ValueError when it names none."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword!r} is not a DICOM keyword")
+    return tag
+
+
 def _anonymize_line(
     number: int, line: str, *, rectangles: bool = True, pixels: bool = True
 ) -> Replacement | Rectangle:
@@ -6204,10 +6186,7 @@ def _anonymize_line(
                 "whose VR is the dictionary's)"
             )
     elif match := _KEYWORD_LINE.fullmatch(line):
-        found = tag_for_keyword(match[1])
-        if found is None:
-            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
-        tag, vr_token, text = found, None, match[2].strip()
+        tag, vr_token, text = _keyword_tag(match[1]), None, match[2].strip()
     else:
         shapes = "(GGGG,EEEE)=VALUE, GGGG EEEE [VR VALUE], Keyword=VALUE"
         shapes += ", or r|ri|rv LEFT TOP RIGHT BOTTOM" if rectangles else ""
@@ -6227,10 +6206,7 @@ def _modify_line(number: int, line: str) -> Replacement:
     if match := _TAG_LINE.fullmatch(line):
         return edit(int(match[1] + match[2], 16), None, match[3].strip(), SET)
     if match := _KEYWORD_LINE.fullmatch(line):
-        tag = tag_for_keyword(match[1])
-        if tag is None:
-            raise ValueError(f"{match[1]!r} is not a DICOM keyword")
-        return edit(tag, None, match[2].strip(), SET)
+        return edit(_keyword_tag(match[1]), None, match[2].strip(), SET)
     match = _MODIFY_LINE.fullmatch(line)
     if match is None:
         if (rectangle := _RECTANGLE_LINE.fullmatch(line)) and rectangle[1].lower() == "r":
@@ -6532,21 +6508,7 @@ class ProfileChoice:
 
         Clean Structured Content (E.3.4) is always applied: SR content keeps its tree.
         """
-        chosen = [
-            (True, DEID_BASIC),
-            (self.clean_pixels, DEID_CLEAN_PIXEL_DATA),
-            (self.clean_graphics, DEID_CLEAN_GRAPHICS),
-            (True, DEID_CLEAN_STRUCTURED_CONTENT),
-            (self.keep_descriptions, DEID_CLEAN_DESCRIPTORS),
-            (self.keep_dates, DEID_RETAIN_FULL_DATES),
-            (self.shift_dates, DEID_MODIFIED_DATES),
-            (self.keep_patient_characteristics, DEID_PATIENT_CHARACTERISTICS),
-            (self.keep_device_identity, DEID_DEVICE_IDENTITY),
-            (self.keep_uids, DEID_RETAIN_UIDS),
-            (self.keep_safe_private, DEID_SAFE_PRIVATE),
-            (self.keep_institution_identity, DEID_INSTITUTION_IDENTITY),
-        ]
-        return [code for used, code in chosen if used]
+        return [code for field, code in DEID_METHODS if field is None or getattr(self, field)]
 
 
 #: How each choice changes Table E.1-1: (choice, option column, {row action: action}).
@@ -6609,7 +6571,7 @@ def _vr_of(ds: Dataset, tag: BaseTag) -> str:
     vr = getattr(item, "VR", None)
     if vr:
         return str(vr)
-    return dictionary_VR(tag).split(" or ")[0] if dictionary_has_tag(tag) else "UN"
+    return _dictionary_vr(tag)
 
 
 def _new_uids(value: Any, uids: UidMap, *, all_uids: bool) -> Any:
@@ -6840,8 +6802,7 @@ def _apply(
     if code == "X":
         del ds[tag]
     elif code == "Z":
-        empty: Any = [] if vr == "SQ" else (b"" if vr in BINARY_VRS else None)
-        ds[tag] = DataElement(tag, vr, empty)
+        ds[tag] = DataElement(tag, vr, _value_from_text(vr, ""))
     elif vr == "SQ":  # D, U, K, C and G keep a sequence and clean what it holds
         if code in ("D", "G") or (mode == "dummy" and int(tag) not in job.actions):
             inner = "dummy"  # (a sequence an option keeps is cleaned as one, not dummied)
@@ -7531,7 +7492,7 @@ def _raw_dump_lines(elements: list[RawElement], depth: int) -> Iterator[str]:
                 yield f"{indent}  Item {number}"
                 yield from _raw_dump_lines(item, depth + 2)
             continue
-        if (vr in BINARY_VRS and length > BULK_DATA_THRESHOLD) or _bulk_by_tag(tag):
+        if value is None:  # bulk data (_raw_elements)
             yield f"{head}: <bulk data elided: {length} bytes>"
             continue
         shown = _show_raw_value(vr, bytes(value))
@@ -7740,10 +7701,7 @@ def directory_record(record: Dataset) -> DirectoryRecord:
     for tag in sorted(record.keys()):
         if (tag.element == 0 and tag.group > 6) or tag in (0x00041400, 0x00041420, 0x00041500):
             continue
-        buffer = DicomBytesIO()
-        buffer.is_little_endian, buffer.is_implicit_VR = True, False
-        pydicom.filewriter.write_data_element(buffer, record[tag], encoding)
-        elements[int(tag)] = buffer.getvalue()
+        elements[int(tag)] = pydicom_element_bytes(record[tag], encoding)
     key = RecordNode(copy.copy(record)).key
     return DirectoryRecord(str(record.DirectoryRecordType), str(key), elements)
 
@@ -7886,11 +7844,6 @@ def encoded_header(tag: int, vr: str, length: int, *, implicit: bool, little: bo
     return struct.pack(f"{order}HH2sH", group, element, vr.encode("ascii"), length)
 
 
-def _item_tag(tag: int, length: int, little: bool) -> bytes:
-    """Return an item or delimiter header (always tag and 4-byte length, PS3.5 7.5)."""
-    return struct.pack("<HHL" if little else ">HHL", tag >> 16, tag & 0xFFFF, length)
-
-
 def _stored_vr(ds: Dataset, tag: int, item: Any, little: bool) -> str:
     """Return the VR an element is written with: as read (explicit), else the dictionary's.
 
@@ -7950,11 +7903,8 @@ def recode_dataset(
 
 def _converted_value_bytes(elem: DataElement, vr: str, little: bool) -> bytes:
     """Encode the value of an element pydicom converted already, in the target order."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = little, True
     elem = DataElement(elem.tag, vr, elem.value)
-    pydicom.filewriter.write_data_element(buffer, elem)
-    return buffer.getvalue()[8:]
+    return pydicom_element_bytes(elem, implicit=True, little=little)[8:]
 
 
 def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> bytes:
@@ -7966,25 +7916,22 @@ def _recoded_sequence(elem: DataElement, *, implicit: bool, little: bool) -> byt
             child, implicit=implicit, little=little, source_little=source_little
         )
         if getattr(child, "is_undefined_length_sequence_item", False):
-            body.append(_item_tag(0xFFFEE000, 0xFFFFFFFF, little) + content)
-            body.append(_item_tag(0xFFFEE00D, 0, little))
+            body.append(item_header(0xFFFFFFFF, 0xFFFEE000, little=little) + content)
+            body.append(item_header(0, 0xFFFEE00D, little=little))
         else:
-            body.append(_item_tag(0xFFFEE000, len(content), little) + content)
+            body.append(item_header(len(content), 0xFFFEE000, little=little) + content)
     value = b"".join(body)
     tag = int(elem.tag)
     if elem.is_undefined_length:
         head = encoded_header(tag, "SQ", 0xFFFFFFFF, implicit=implicit, little=little)
-        return head + value + _item_tag(0xFFFEE0DD, 0, little)
+        return head + value + item_header(0, 0xFFFEE0DD, little=little)
     return encoded_header(tag, "SQ", len(value), implicit=implicit, little=little) + value
 
 
 def part10_bytes(ds: Dataset, body: bytes, syntax: UID) -> bytes:
     """Return a whole Part 10 file: preamble, ``DICM``, File Meta for ds (PS3.10 7.1), body."""
     buffer = io.BytesIO()
-    buffer.write(b"\0" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(
-        DicomFileLike(buffer), file_meta_for(ds, syntax), enforce_standard=True
-    )
+    write_file_start(buffer, file_meta_for(ds, syntax))
     buffer.write(body)
     return buffer.getvalue()
 
@@ -8032,7 +7979,6 @@ def walk_dataset(
     """
     order = "<" if little else ">"
     last = -1
-    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
 
     def items_in(implicit_items: bool, little_items: bool) -> Callable[..., int]:
         def content(start: int, stop: int, undefined: bool) -> int:
@@ -8057,7 +8003,7 @@ def walk_dataset(
             start = pos + 8
         else:
             raw_vr = bytes(data[pos + 4 : pos + 6])
-            if raw_vr not in known:
+            if raw_vr not in _VR_OF_BYTES:
                 raise ValueError(f"no VR at offset {pos + 4} ({_tag_text(tag)})")
             vr = raw_vr.decode("ascii")
             if vr in LONG_LENGTH_VRS:
@@ -8107,9 +8053,9 @@ def walk_sequence_items(data: bytes, pos: int, end: int, *, implicit: bool, litt
 
 #: (VR implicit, little endian) of each native syntax, and the syntax of each encoding.
 ENCODING_SYNTAX = {
-    (True, True): "1.2.840.10008.1.2",
+    (True, True): IMPLICIT_VR_LE,
     (False, True): EXPLICIT_VR_LE,
-    (False, False): "1.2.840.10008.1.2.2",
+    (False, False): BIG_ENDIAN_SYNTAX,
 }
 
 
@@ -8123,13 +8069,12 @@ def bare_encoding(data: bytes) -> tuple[bool, bool]:
     """
     if len(data) < 8:
         raise DicomPressorError(f"not a DICOM dataset: {len(data)} bytes")
-    known = {vr.encode("ascii") for vr in KNOWN_VRS | {"UN"}}
     problems = []
     for little in (True, False):
         (group,) = struct.unpack_from("<H" if little else ">H", data, 0)
         if group != 0x0008:
             continue
-        for implicit in (False, True) if data[4:6] in known else (True,):
+        for implicit in (False, True) if data[4:6] in _VR_OF_BYTES else (True,):
             try:
                 walk_dataset(data, 0, len(data), implicit=implicit, little=little)
             except (ValueError, struct.error) as exc:
@@ -8172,8 +8117,7 @@ class ImagePixels:
 
     def frame_bytes(self) -> bytes:
         """Return the pixels as one native little-endian frame (PS3.5 8.1.1)."""
-        dtype = np.dtype("<u2") if self.bits == 16 else np.dtype(np.uint8)
-        return np.ascontiguousarray(self.array, dtype=dtype).tobytes()
+        return native_frame_bytes(self.array, self.bits)
 
 
 def named(path: Path, notes: Iterable[str]) -> tuple[str, ...]:
@@ -9752,7 +9696,9 @@ def _transcode(
         (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()), False)
         for i, p in enumerate(inputs)
     ]
-    first = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
+    first = list(
+        iter_ordered(_transcode_task, tasks, outer, lambda n, _: progress(n, total), total)
+    )
     unread = [o for o in first if isinstance(o, FileOutcome) and o.data == NOT_READ]
     outcomes = [o for o in first if isinstance(o, FileOutcome) and o.data != NOT_READ]
     multi = [(path, o) for path, o in zip(inputs, first, strict=True) if isinstance(o, int)]
@@ -11278,13 +11224,14 @@ def _render_frame(path: Path, job: RenderJob) -> FileOutcome:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return FileOutcome(path, data=np.ascontiguousarray(image, dtype=np.uint8).tobytes())
     data = encode_image(image, job.image_format, job.spec.offset16)
-    fd, tmp = new_temp_file(Path(job.target))
+    tmp = temp_path(Path(job.target))
+    handle = tmp.open("xb")  # mode 0666 less the umask, as OutputFile's
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with handle:
             handle.write(data)  # not synced, like other new outputs (see OutputFile)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     return FileOutcome(path, data=str(tmp))
 
@@ -11684,8 +11631,8 @@ def write_video(target: Path, frames: Iterator[bytes], width: int, height: int, 
     """
     exe = ffmpeg_executable()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = new_temp_file(target)
-    os.close(fd)
+    tmp = temp_path(target)
+    tmp.open("xb").close()  # the name taken, mode 0666 less the umask, as OutputFile's
     log = tmp.with_suffix(".log")
     argv = [
         exe, "-y", "-hide_banner", "-loglevel", "error",
