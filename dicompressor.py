@@ -8992,17 +8992,25 @@ class MergeWarning(TypedDict):
     message: str
 
 
-def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[MergeWarning]:
+def _series_label(series_uid: str) -> str:
+    """Name a series in messages: by its UID, or as slices without one."""
+    return f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+
+
+def merge_warnings(
+    plan: MergePlan, series_uid: str, target: Path, spacing: list[SpacingIssue]
+) -> list[MergeWarning]:
     """Say what readers will get wrong in a merged file: slices not evenly spaced (gaps,
     uneven steps, duplicates) and frames whose rescale differs from the first's.
 
-    ``slices`` names the source slices concerned: both sides of each irregular step, or
-    the frames whose Rescale Slope/Intercept is not the first frame's.
+    ``spacing`` is spacing_issues() of the plan's distances. ``slices`` names the source
+    slices concerned: both sides of each irregular step, or the frames whose Rescale
+    Slope/Intercept is not the first frame's.
     """
     names = [s.path.name for s in plan.order.slices]
     found: list[tuple[str, str, list[str]]] = []
     if plan.order.by_position:
-        for issue in spacing_issues(plan.order.distances):
+        for issue in spacing:
             steps = sorted({i for step in issue.steps for i in (step, step + 1)})
             found.append((issue.kind, issue.note, [names[i] for i in steps]))
     per_frame = plan.dataset.get("PerFrameFunctionalGroupsSequence") or []
@@ -9019,7 +9027,7 @@ def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[Merge
             f"frames differ from the first; slopes {slopes[0]:g} to {slopes[-1]:g})"
         )
         found.append((RESCALE_DIFFERS, note, differ))
-    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    series = _series_label(series_uid)
     return [
         MergeWarning(
             kind=kind,
@@ -9048,9 +9056,10 @@ def _merge_stack(
     target = write_merged(plan, output_folder(first, output_dir) / name)
     kind = uid_name(plan.dataset.SOPClassUID)
     message = f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})"
-    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
-    found = merge_warnings(plan, series_uid, target)
-    spacing = {i.note for i in spacing_issues(plan.order.distances)}
+    series = _series_label(series_uid)
+    issues = spacing_issues(plan.order.distances)
+    found = merge_warnings(plan, series_uid, target, issues)
+    spacing = {i.note for i in issues}
     notes = [f"{series}: {note}" for note in plan.order.notes if note not in spacing]
     notes.extend(w["message"] for w in found)
     return FileOutcome(first, DONE, message, (target,), tuple(notes), found)
@@ -9121,7 +9130,7 @@ def merge(
     per_series_seen: Counter[str] = Counter()
     for series_uid, members in stacks:
         per_series_seen[series_uid] += 1
-        series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+        series = _series_label(series_uid)
         number = (per_series_seen[series_uid], per_series_count[series_uid])
         outcome = guarded(
             _merge_stack, members[0].path, members, series_uid, number, output_dir, doing=""
