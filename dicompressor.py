@@ -12395,9 +12395,7 @@ def _decompressed_copy(path: Path, folder: Path, options: Options) -> Path:
     return outcome.outputs[0]
 
 
-def _bare_file(
-    path: Path, output_dir: Path | None, options: Options, progress: ProgressFn
-) -> FileOutcome:
+def _bare_file(path: Path, output_dir: Path | None, options: Options) -> FileOutcome:
     """Write the dataset of a Part 10 file without preamble and meta (see to_bare_dataset)."""
     header, location = read_header(path)
     check_integrity(header, location)
@@ -12449,7 +12447,7 @@ def to_bare_dataset(
     return _each_file(
         inputs,
         progress,
-        lambda path: _bare_file(path, output_dir, options, _no_progress),
+        lambda path: _bare_file(path, output_dir, options),
         "write a bare dataset",
     )
 
