@@ -9806,16 +9806,13 @@ def compress_lossless(
     """
     check_options(ACTIONS["compress_lossless"], options)
     codec = CODECS[options.codec]
-    if codec.name == "htj2k":  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
-        if htj2k_encoder() is None:
-            raise DicomPressorError(
-                f"no encoder for {uid_name(codec.syntax)}: pip install 'imagecodecs>=2026.1' "
-                "(Python 3.11 or later)"
-            )
-    elif not pydicom.pixels.get_encoder(codec.syntax).is_available:
-        raise DicomPressorError(
-            f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
+    if not codec_available(codec):  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
+        package = (
+            "'imagecodecs>=2026.1' (Python 3.11 or later)"
+            if codec.name == "htj2k"
+            else codec.package
         )
+        raise DicomPressorError(f"no encoder for {uid_name(codec.syntax)}: pip install {package}")
     mode = TranscodeMode("compress_lossless", codec.syntax, codec.suffix)
     return _transcode(inputs, mode, output_dir, options, progress)
 
