@@ -13325,6 +13325,16 @@ _MODIFY_HELP = (
 _NEW_INSTANCE_HELP = f"Patient and study values, one per line: {_TAG_LINES_HELP}"
 
 
+#: The params of the actions that make new instances (-w, -W, -v), spread into each spec.
+_NEW_INSTANCE_PARAMS: dict[str, Any] = {
+    "params": True,
+    "parse_params": parse_new_instance_params,
+    "params_help": _NEW_INSTANCE_HELP,
+    "params_example": "PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
+    "rule": _new_instance_rule,
+}
+
+
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 
 
@@ -13470,11 +13480,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert images (PNG, JPEG, BMP, TIFF, JPEG 2000) to Secondary Capture, one "
             "<stem>.dcm each",
             image_to_dicom,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=IMAGE_INPUTS,
         ),
         ActionSpec(
@@ -13483,11 +13489,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert a folder's images to one multi-frame Secondary Capture, multiframe.dcm",
             images_to_multiframe,
             takes=FOLDER,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=IMAGE_INPUTS,
         ),
         ActionSpec(
@@ -13496,11 +13498,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert videos to DICOM: H.264 copied as Video Photographic (or Endoscopic), "
             "others decoded into Multi-frame True Color SC",
             video_to_dicom,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=VIDEO_INPUTS,
         ),
         ActionSpec(
