@@ -9449,6 +9449,16 @@ def _made_from(output: Path, source: Dataset) -> bool:
     )
 
 
+def _earlier_output(target: Path, ds: Dataset) -> Path | None:
+    """Return target, target_1, ... when one is ds's earlier output (_made_from), else None."""
+    n = 0
+    while (candidate := numbered(target, n)).exists():
+        if _made_from(candidate, ds):
+            return candidate
+        n += 1
+    return None
+
+
 def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> str | None:
     """Return why a file is left alone, or None when it must be transcoded."""
     syntax = transfer_syntax_of(ds)
@@ -9456,12 +9466,8 @@ def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> 
         return "already uncompressed (Explicit VR Little Endian)"
     if mode.syntax is not None and syntax == mode.syntax:
         return f"already {uid_name(syntax)}"
-    if target != path:
-        n = 0  # target, target_1, ...: one of them may be this file's earlier output
-        while (candidate := numbered(target, n)).exists():
-            if _made_from(candidate, ds):
-                return f"{candidate.name} exists already"
-            n += 1
+    if target != path and (earlier := _earlier_output(target, ds)) is not None:
+        return f"{earlier.name} exists already"
     if "PixelData" not in ds:
         reason = no_pixels_reason(ds)
         if reason is None:  # an image without its pixels: damaged
@@ -12384,11 +12390,16 @@ def meta_end(data: bytes) -> int:
     return pos
 
 
-def _decompressed_copy(path: Path, folder: Path, options: Options) -> Path:
-    """Decompress a file to Explicit VR Little Endian in folder (as -u does); return it."""
+def _decompressed_copy(
+    path: Path, folder: Path, options: Options, read: tuple[Dataset, PixelLocation | None]
+) -> Path:
+    """Decompress a file to Explicit VR Little Endian in folder (as -u does); return it.
+
+    read: read_header(path).
+    """
     mode = TranscodeMode("decompress", None, "")
     each = dataclasses.replace(options, in_place=False)
-    outcome = transcode_file(path, mode, folder, each, _no_progress)
+    outcome = transcode_file(path, mode, folder, each, _no_progress, None, read)
     return outcome.outputs[0]
 
 
@@ -12404,7 +12415,8 @@ def _bare_file(path: Path, output_dir: Path | None, options: Options) -> FileOut
         body = data[meta_end(data) :]  # byte for byte
     elif syntax.is_encapsulated:
         with tempfile.TemporaryDirectory(prefix=".dicompressor-", dir=target.parent) as tmp:
-            native = pydicom.dcmread(_decompressed_copy(path, Path(tmp), options))
+            copy = _decompressed_copy(path, Path(tmp), options, (header, location))
+            native = pydicom.dcmread(copy)
         body = recode_dataset(native, implicit=True, little=True)
         notes.append(f"{uid_name(syntax)} decompressed: a bare dataset holds native pixels")
     else:
@@ -12468,13 +12480,10 @@ def _byte_order_file(
                 "pixels; decompress first (-u, or -l for Little Endian)"
             )
         mode = TranscodeMode("to_little_endian", None, LE_SUFFIX)
-        return transcode_file(path, mode, output_dir, options, _no_progress)
-    if target != path:
-        n = 0  # an earlier output of this same instance: nothing to do
-        while (candidate := numbered(target, n)).exists():
-            if _made_from(candidate, header):
-                return FileOutcome(path, DONE, f"{path.name}: left alone, {candidate.name} exists")
-            n += 1
+        read = (header, location)
+        return transcode_file(path, mode, output_dir, options, _no_progress, None, read)
+    if target != path and (earlier := _earlier_output(target, header)) is not None:
+        return FileOutcome(path, DONE, f"{path.name}: left alone, {earlier.name} exists")
     ds = pydicom.dcmread(path)
     body = recode_dataset(ds, implicit=False, little=little)
     output = OutputFile(target, replace=options.in_place)
