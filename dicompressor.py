@@ -9557,6 +9557,45 @@ def _frame_jobs(
         yield FrameJob(pack_native_frames([data], bits), str(ExplicitVRLittleEndian), native, True)
 
 
+def _write_native_pixels(
+    handle: BinaryIO, frames: Iterable[bytes], out: Dataset, n_frames: int, bits: int, syntax: str
+) -> None:
+    """Write native frames as Pixel Data, in Implicit or Explicit VR Little Endian."""
+    if bits == 1:
+        data = pack_native_frames(list(frames), bits)
+        frames, frame_bytes, n_frames = [data], len(data), 1
+    else:
+        frame_bytes = expected_frame_bytes(out)
+    if syntax != ImplicitVRLittleEndian:
+        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
+        return
+    total = frame_bytes * n_frames
+    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
+    written = 0
+    for data in frames:
+        if len(data) != frame_bytes:
+            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
+        handle.write(data)
+        written += 1
+    if written != n_frames:
+        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
+    if total % 2:
+        handle.write(b"\0")
+
+
+def _write_pixels(
+    handle: BinaryIO, out: Dataset, syntax: str, frames: Iterable[bytes], n_frames: int
+) -> None:
+    """Write Pixel Data in syntax: native frames (NATIVE_LE_SYNTAXES) or encoded ones."""
+    if syntax in NATIVE_LE_SYNTAXES:
+        _write_native_pixels(handle, frames, out, n_frames, int(out.BitsAllocated), syntax)
+        return
+    encoded = list(frames)
+    write_encapsulated_frames(
+        handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
+    )
+
+
 def transcode_file(
     path: Path,
     mode: TranscodeMode,
@@ -9584,7 +9623,6 @@ def transcode_file(
     raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
     out = _transcoded_dataset(header, raw=raw)
     n_frames = number_of_frames(header)
-    bits = int(out.BitsAllocated)
     jobs = _frame_jobs(path, header, location, raw, out)
     # Over the input with in_place; otherwise never over another file (_1, _2).
     output = OutputFile(target, replace=options.in_place)
@@ -9597,11 +9635,7 @@ def transcode_file(
         )
         with output as handle:
             write_header(handle, out, ExplicitVRLittleEndian)
-            if bits == 1:
-                data = pack_native_frames(list(frames), bits)
-                write_native_frames(handle, [data], len(data), 1, bits)
-            else:
-                write_native_frames(handle, frames, expected_frame_bytes(out), n_frames, bits)
+            _write_pixels(handle, out, ExplicitVRLittleEndian, frames, n_frames)
         assert output.path is not None
         message = f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
         return FileOutcome(path, DONE, message, (output.path,))
@@ -9610,9 +9644,7 @@ def transcode_file(
     )
     with output as handle:
         write_header(handle, out, mode.syntax)
-        write_encapsulated_frames(
-            handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
-        )
+        _write_pixels(handle, out, mode.syntax, encoded, n_frames)
     assert output.path is not None
     line = f"{path.name} -> {output.path.name}: {message}"
     return FileOutcome(path, DONE, line, (output.path,), data=quality)
@@ -10029,7 +10061,7 @@ def write_masked(
         out.LossyImageCompression, out.LossyImageCompressionMethod = "01", method
     warnings_ = [said[1:]] if said.startswith("!") else []
     encode = syntax not in NATIVE_LE_SYNTAXES
-    n_frames, bits = number_of_frames(header), int(out.BitsAllocated)
+    n_frames = number_of_frames(header)
     fill = black_fill(out)
     tasks = (
         dataclasses.replace(
@@ -10045,42 +10077,11 @@ def write_masked(
     encoded = list(frames) if encode else []
     with output as handle:
         write_header(handle, out, UID(syntax))
-        if encode:
-            write_encapsulated_frames(
-                handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
-            )
-        else:
-            _write_native_pixels(handle, frames, out, n_frames, bits, syntax)
+        _write_pixels(handle, out, syntax, encoded if encode else frames, n_frames)
     text = f"blacked out {len(boxes)} rectangle(s) in {n_frames} frame(s)"
     if said and not said.startswith("!"):
         text += f"; {said}"
     return text, warnings_
-
-
-def _write_native_pixels(
-    handle: BinaryIO, frames: Iterable[bytes], out: Dataset, n_frames: int, bits: int, syntax: str
-) -> None:
-    """Write native frames as Pixel Data, in Implicit or Explicit VR Little Endian."""
-    if bits == 1:
-        data = pack_native_frames(list(frames), bits)
-        frames, frame_bytes, n_frames = [data], len(data), 1
-    else:
-        frame_bytes = expected_frame_bytes(out)
-    if syntax != ImplicitVRLittleEndian:
-        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
-        return
-    total = frame_bytes * n_frames
-    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
-    written = 0
-    for data in frames:
-        if len(data) != frame_bytes:
-            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
-        handle.write(data)
-        written += 1
-    if written != n_frames:
-        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
-    if total % 2:
-        handle.write(b"\0")
 
 
 def anonymize_file(
