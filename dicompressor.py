@@ -12687,6 +12687,23 @@ def dicomdir_parent(
 # ---- conversions: images and videos to DICOM ----
 
 
+def _each_new_instance(
+    inputs: Sequence[Path],
+    params: str | None,
+    progress: ProgressFn,
+    convert: Callable[[Path, NewSeries, int], FileOutcome],
+    doing: str,
+) -> ActionResult:
+    """Convert each input in name order into one new series (new_series(params)), passing
+    convert its Instance Number: its place in that order, counted from 1."""
+    series = new_series(params)
+    order = sorted(inputs, key=natural_key)
+    numbers: dict[Path, int] = {}
+    for number, path in enumerate(order, 1):
+        numbers.setdefault(path, number)  # the same file twice: its first place
+    return _each_file(order, progress, lambda path: convert(path, series, numbers[path]), doing)
+
+
 def _image_file(
     path: Path, series: NewSeries, number: int, output_dir: Path | None
 ) -> FileOutcome:
@@ -12744,12 +12761,11 @@ def image_to_dicom(
         (anything but the pixel description and the SOP Class and Instance UIDs).
     """
     check_options(ACTIONS["image_to_dicom"], options)
-    series = new_series(options.params)
-    order = sorted(inputs, key=natural_key)
-    return _each_file(
-        order,
+    return _each_new_instance(
+        inputs,
+        options.params,
         progress,
-        lambda path: _image_file(path, series, order.index(path) + 1, output_dir),
+        lambda path, series, number: _image_file(path, series, number, output_dir),
         "convert the image",
     )
 
@@ -13150,12 +13166,11 @@ def video_to_dicom(
     """
     check_options(ACTIONS["video_to_dicom"], options)
     video_ffmpeg()
-    series = new_series(options.params)
-    order = sorted(inputs, key=natural_key)
-    return _each_file(
-        order,
+    return _each_new_instance(
+        inputs,
+        options.params,
         progress,
-        lambda path: _video_file(path, series, order.index(path) + 1, output_dir, options),
+        lambda path, series, number: _video_file(path, series, number, output_dir, options),
         "convert the video",
     )
 
