@@ -10506,6 +10506,78 @@ def file_set_of(paths: Iterable[Path]) -> FileSet:
     return fs
 
 
+def _dicomdir_copy(fs: FileSet, root: Path, parent: Path) -> Path:
+    """Write fs as a conformant copy (DICOMDIR and PT/ST/SE/IM files) in parent; return it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+    staging.mkdir()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs.write(staging)
+        copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+        os.rename(staging, copy_root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return copy_root
+
+
+def _write_dicomdir(
+    result: ActionResult,
+    found: tuple[list[tuple[DirectoryEntry, Path]], dict[str, list[str]], Counter[str]],
+    root: Path,
+    output_dir: Path | None,
+    target: Path,
+    texts: tuple[str, str, str, str],
+    check: Callable[[Path], None] | None = None,
+) -> ActionResult:
+    """Write the DICOMDIR of what directory_entries found (-d, -D); log what was made.
+
+    Without output_dir and with every File ID conformant it is target, referencing the
+    files in place (check(target) first, when given); otherwise a conformant copy of
+    root's files (_dicomdir_copy). texts: how the placeholder warning ends, where the
+    in-place DICOMDIR is and how its line ends, and why a copy is made without output_dir.
+    """
+    entries, file_ids, invented = found
+    unchanged, where, in_place_end, why_copy = texts
+    if invented:
+        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
+        result.warn(
+            f"directory records got placeholder values for keys the files lack: {keys}; "
+            f"the files themselves are unchanged{unchanged}"
+        )
+    if not file_ids:
+        return result
+    if output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values()):
+        if check is not None:
+            check(target)
+        replaced = target.exists()
+        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
+        # one); a new one is not, as no new file beside untouched inputs is.
+        with OutputFile(target, replace=True, durable=replaced) as handle:
+            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
+        result.outputs.append(target)
+        result.info(
+            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {where} referencing "
+            f"{len(file_ids)} files in place{in_place_end}"
+        )
+    else:
+        fs = file_set_of(path for _, path in entries)
+        copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
+        result.outputs.append(copy_root / "DICOMDIR")
+        result.outputs.extend(
+            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+        )
+        why = "--output-dir given" if output_dir is not None else why_copy
+        result.info(
+            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
+            f"{copy_root} ({why})"
+        )
+    result.info("Done.")
+    return result
+
+
 def dicomdir(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -10540,58 +10612,14 @@ def dicomdir(
         raise DicomPressorError("no DICOM files to put in a DICOMDIR")
     root = Path(os.path.commonpath([str(p.parent) for p in inputs]))
     result = ActionResult()
-    entries, file_ids, invented = directory_entries(inputs, root, result, progress)
-    if invented:
-        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
-        result.warn(
-            f"directory records got placeholder values for keys the files lack: {keys}; "
-            "the files themselves are unchanged (anonymized files empty these)"
-        )
-    if not file_ids:
-        return result
-    in_place = output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values())
-    if in_place:
-        target = root / "DICOMDIR"
-        replaced = target.exists()
-        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
-        # one); a new one is not, as no new file beside untouched inputs is.
-        with OutputFile(target, replace=True, durable=replaced) as handle:
-            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
-        result.outputs.append(target)
-        result.info(
-            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {root.name}/ referencing "
-            f"{len(file_ids)} files in place (their names are conformant File IDs)"
-        )
-    else:
-        parent = output_folder(root, output_dir)
-        parent.mkdir(parents=True, exist_ok=True)
-        fs = file_set_of(path for _, path in entries)
-        staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-        staging.mkdir()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fs.write(staging)
-            copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-            os.rename(staging, copy_root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        result.outputs.append(copy_root / "DICOMDIR")
-        result.outputs.extend(
-            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
-        )
-        why = (
-            "--output-dir given"
-            if output_dir is not None
-            else "file names are not conformant File IDs (<= 8 characters A-Z 0-9 _)"
-        )
-        result.info(
-            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
-            f"{copy_root} ({why})"
-        )
-    result.info("Done.")
-    return result
+    found = directory_entries(inputs, root, result, progress)
+    texts = (
+        " (anonymized files empty these)",
+        f"{root.name}/",
+        " (their names are conformant File IDs)",
+        "file names are not conformant File IDs (<= 8 characters A-Z 0-9 _)",
+    )
+    return _write_dicomdir(result, found, root, output_dir, root / "DICOMDIR", texts)
 
 
 # ---- export: the pixel pipeline (pure functions) ----
@@ -12584,23 +12612,6 @@ def _check_replaceable(target: Path, root: Path) -> None:
         )
 
 
-def _dicomdir_copy(fs: FileSet, root: Path, parent: Path) -> Path:
-    """Write fs as a conformant copy (DICOMDIR and PT/ST/SE/IM files) in parent; return it."""
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-    staging.mkdir()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fs.write(staging)
-        copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-        os.rename(staging, copy_root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return copy_root
-
-
 def dicomdir_parent(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -12641,47 +12652,23 @@ def dicomdir_parent(
         raise DicomPressorError(f"the files are not under {root}")
     top = root.parent
     result = ActionResult()
-    entries, file_ids, invented = directory_entries(inputs, top, result, progress)
-    if invented:
-        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
-        result.warn(
-            f"directory records got placeholder values for keys the files lack: {keys}; "
-            "the files themselves are unchanged"
-        )
-    if not file_ids:
-        return result
-    if output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values()):
-        target = top / "DICOMDIR"
-        _check_replaceable(target, root)
-        replaced = target.exists()
-        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
-        # one); a new one is not, as no new file beside untouched inputs is.
-        with OutputFile(target, replace=True, durable=replaced) as handle:
-            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
-        result.outputs.append(target)
-        result.info(
-            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {top} referencing "
-            f"{len(file_ids)} files in place under {root.name}/"
-        )
-    else:
-        fs = file_set_of(path for _, path in entries)
-        copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
-        result.outputs.append(copy_root / "DICOMDIR")
-        result.outputs.extend(
-            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
-        )
-        why = (
-            "--output-dir given"
-            if output_dir is not None
-            else f"{root.name}/ and the names below it must be conformant File IDs "
-            "(<= 8 characters A-Z 0-9 _) to be referenced in place"
-        )
-        result.info(
-            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
-            f"{copy_root} ({why})"
-        )
-    result.info("Done.")
-    return result
+    found = directory_entries(inputs, top, result, progress)
+    texts = (
+        "",
+        f"{top}",
+        f" under {root.name}/",
+        f"{root.name}/ and the names below it must be conformant File IDs "
+        "(<= 8 characters A-Z 0-9 _) to be referenced in place",
+    )
+    return _write_dicomdir(
+        result,
+        found,
+        root,
+        output_dir,
+        top / "DICOMDIR",
+        texts,
+        lambda target: _check_replaceable(target, root),
+    )
 
 
 # ---- conversions: images and videos to DICOM ----
