@@ -134,7 +134,6 @@ import html
 import importlib.util
 import io
 import ipaddress
-import itertools
 import json
 import logging
 import math
@@ -9740,6 +9739,38 @@ def quality_line(done: Sequence[FileOutcome]) -> str | None:
     return f"{line}, sampled: {where} (--verify measures every frame)"
 
 
+def run_multi_frame_last(
+    worker: Callable[[Any], FileOutcome | int],
+    tasks: list[Any],
+    jobs: int,
+    progress: ProgressFn,
+    again: Callable[[int, int], FileOutcome],
+    *,
+    batch: int = 1,
+) -> tuple[list[FileOutcome], list[int]]:
+    """Run a worker over per-file tasks, jobs side by side; multi-frame files afterwards.
+
+    The worker reads its file's header once; a multi-frame file it hands back (its frame
+    count instead of an outcome) is run by again(index, frames), one at a time, with
+    every worker on its frames. Return the outcomes in task order and the indices run
+    afterwards; progress counts files done.
+    """
+    total = len(tasks)
+    results: list[Any] = []
+    done = 0
+    for result in iter_ordered(worker, tasks, jobs, _no_progress, total, batch=batch):
+        results.append(result)
+        if not isinstance(result, int):
+            done += 1
+            progress(done, total)
+    later = [index for index, result in enumerate(results) if isinstance(result, int)]
+    for index in later:
+        results[index] = again(index, results[index])
+        done += 1
+        progress(done, total)
+    return results, later
+
+
 #: FileOutcome.data of a file _transcode_task could not read the header of.
 NOT_READ = "not read"
 
@@ -9799,15 +9830,18 @@ def _transcode(
         (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()), False)
         for i, p in enumerate(inputs)
     ]
-    first = run_tasks(_transcode_task, tasks, outer, lambda n, _: progress(n, total))
-    unread = [o for o in first if isinstance(o, FileOutcome) and o.data == NOT_READ]
-    outcomes = [o for o in first if isinstance(o, FileOutcome) and o.data != NOT_READ]
-    multi = [(path, o) for path, o in zip(inputs, first, strict=True) if isinstance(o, int)]
-    for path, frames in multi:
+
+    def again(index: int, frames: int) -> FileOutcome:
         measured = None if every else spread(frames, RMSE_SAMPLE_FRAMES)
-        outcome = _transcode_task((path, mode, output_dir, options, measured, True))
+        outcome = _transcode_task((inputs[index], mode, output_dir, options, measured, True))
         assert isinstance(outcome, FileOutcome)
-        outcomes.append(outcome)
+        return outcome
+
+    ran, later = run_multi_frame_last(_transcode_task, tasks, outer, progress, again)
+    handed_back = set(later)
+    first = [o for index, o in enumerate(ran) if index not in handed_back]
+    unread = [o for o in first if o.data == NOT_READ]
+    outcomes = [o for o in first if o.data != NOT_READ] + [ran[index] for index in later]
     for outcome in [*unread, *outcomes]:
         result.record(outcome)
     quality = quality_line([o for o in outcomes if o.status == DONE]) if mode.lossy else None
@@ -10093,6 +10127,7 @@ def anonymize_file(
     *,
     replace: bool,
     jobs: int = 1,
+    read: tuple[Dataset, PixelLocation | None] | None = None,
 ) -> tuple[Path, list[str], str]:
     """Write the anonymized copy of path; return (the name it got, warnings, log text).
 
@@ -10100,9 +10135,9 @@ def anonymize_file(
     over target (``-A``, target is the input); otherwise target is never overwritten
     (``_1``, ``_2``...). Rectangles of the params that apply to the image are blacked out
     in every frame (write_masked, with jobs workers for the frames); otherwise the pixel
-    data is copied as it is.
+    data is copied as it is. read: read_header(path), when the caller has read it.
     """
-    ds, location = read_header(path)
+    ds, location = read if read is not None else read_header(path)
     check_integrity(ds, location)
     boxes, warnings_ = mask_boxes(params.rectangles, ds, path.name)
     if not boxes and str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
@@ -10229,22 +10264,19 @@ def anonymize(
         result.warn("descriptions are kept as they are: check them for identifying text")
     # Masked multi-frame files run one at a time with every worker on their frames; the
     # other files side by side (share_workers), as compression does.
-    single, multi = _by_frames(inputs) if params.rectangles else (list(range(len(inputs))), [])
-    outer, inner = share_workers(options.jobs, len(single))
+    outer, inner = share_workers(options.jobs, len(inputs))
     each = dataclasses.replace(options, jobs=inner)
-    tasks = [(inputs[i], output_dir, each, params, choice) for i in single]
-    outcomes = itertools.chain(
-        iter_ordered(_anonymize_task, tasks, outer, progress, len(inputs), batch=8),
-        (_anonymize_task((inputs[i], output_dir, options, params, choice)) for i in multi),
-    )
-    by_input: dict[int, FileOutcome] = {}
-    for done, (index, outcome) in enumerate(zip([*single, *multi], outcomes, strict=True), 1):
-        if done > len(single):
-            progress(done, len(inputs))
-        by_input[index] = outcome
+    tasks = [(path, output_dir, each, params, choice, False) for path in inputs]
+
+    def again(index: int, _frames: int) -> FileOutcome:
+        outcome = _anonymize_task((inputs[index], output_dir, options, params, choice, True))
+        assert isinstance(outcome, FileOutcome)
+        return outcome
+
+    outcomes, _ = run_multi_frame_last(_anonymize_task, tasks, outer, progress, again, batch=8)
     replaced = 0
     mapped: dict[str, str] = {}
-    for _, outcome in sorted(by_input.items()):
+    for outcome in outcomes:
         result.record(outcome)
         pairs = outcome.data or {}
         replaced += len(pairs)
@@ -10257,24 +10289,26 @@ def anonymize(
     return result
 
 
-def _by_frames(inputs: Sequence[Path]) -> tuple[list[int], list[int]]:
-    """Return the indices of the (single-frame or unreadable, multi-frame) inputs."""
-    single, multi = [], []
-    for index, path in enumerate(inputs):
-        try:
-            header, _ = read_header(path)
-        except DicomPressorError:
-            single.append(index)  # it fails in its task, named
-            continue
-        (multi if number_of_frames(header) > 1 else single).append(index)
-    return single, multi
-
-
 def _anonymize_task(
-    task: tuple[Path, Path | None, Options, AnonymizeParams, ProfileChoice | None],
-) -> FileOutcome:
-    """Worker: anonymize one file (its data: the original -> new UIDs of the file)."""
-    return guarded(_anonymize_one, *task, doing="anonymize")
+    task: tuple[Path, Path | None, Options, AnonymizeParams, ProfileChoice | None, bool],
+) -> FileOutcome | int:
+    """Worker: anonymize one file (its data: the original -> new UIDs of the file).
+
+    Its header is read once, here. Unless whole is true, a multi-frame file with
+    rectangles to black out is left to the caller (run_multi_frame_last), which gives its
+    frames every worker: its frame count comes back instead of an outcome.
+    """
+    path, output_dir, options, params, choice, whole = task
+    header = guarded(lambda p: FileOutcome(p, data=read_header(p)), path, doing="anonymize")
+    if header.status == FAILED:
+        return header
+    frames = number_of_frames(header.data[0])
+    if params.rectangles and frames > 1 and not whole:
+        return frames
+    read = header.data
+    return guarded(
+        _anonymize_one, path, output_dir, options, params, choice, read, doing="anonymize"
+    )
 
 
 def _anonymize_one(
@@ -10283,12 +10317,13 @@ def _anonymize_one(
     options: Options,
     params: AnonymizeParams,
     choice: ProfileChoice | None,
+    read: tuple[Dataset, PixelLocation | None],
 ) -> FileOutcome:
-    """Anonymize one file into its output (or over itself in place)."""
+    """Anonymize one file into its output (or over itself in place); read: its header."""
     target = output_path(path, output_dir, suffix=ANON_SUFFIX, in_place=options.in_place)
     uids = UidMap(options.uid_secret)
     written, notes, masked = anonymize_file(
-        path, target, params, choice, uids, replace=options.in_place, jobs=options.jobs
+        path, target, params, choice, uids, replace=options.in_place, jobs=options.jobs, read=read
     )
     shown = "replaced" if options.in_place else f"-> {written.name}"
     message = f"Anonymized {path.name} {shown}" + (f" ({masked})" if masked else "")
