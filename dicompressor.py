@@ -134,6 +134,7 @@ import html
 import importlib.util
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -11105,10 +11106,11 @@ def render_spec(
         if frame_voi is not None and frame_voi.get("VOILUTFunction"):
             function = str(frame_voi.VOILUTFunction).upper()
         window = Window(float(override[0]), float(override[1]), function)
-    elif frame_voi is not None and _window_of(frame_voi, function) is not None:
-        window = _window_of(frame_voi, function)
-    elif _window_of(ds, function) is not None:
-        window = _window_of(ds, function)
+    elif (
+        own := (_window_of(frame_voi, function) if frame_voi is not None else None)
+        or _window_of(ds, function)
+    ) is not None:
+        window = own  # the frame's window, else the file's
     elif ds.get("VOILUTSequence"):
         modality_signed = signed or intercept < 0 or slope < 0
         voi_lut = _lut_of(ds.VOILUTSequence[0], signed_first=modality_signed)
@@ -11496,14 +11498,18 @@ def _frame_range(path: Path, job: RenderJob) -> FileOutcome:
     return FileOutcome(path, data=value_range(modality_values(frame, job.spec), frame, job.spec))
 
 
-def first_job(jobs: Iterator[RenderJob]) -> RenderJob | None:
-    """Return the first job without an error (the generator is closed), or None."""
-    try:
-        return next((job for job in jobs if job.error is None), None)
-    finally:
-        close = getattr(jobs, "close", None)
-        if close is not None:
-            close()
+def first_job(jobs: Iterator[RenderJob]) -> tuple[RenderJob | None, Iterator[RenderJob]]:
+    """Return the first job without an error (None when none has) and every job again.
+
+    The jobs read to find it come first, then the rest of jobs: one plan of the file and
+    one read of each frame serve both (the caller closes jobs when it stops early).
+    """
+    before: list[RenderJob] = []
+    for job in jobs:
+        before.append(job)
+        if job.error is None:
+            return job, itertools.chain(before, jobs)
+    return None, iter(before)
 
 
 def shared_range(
@@ -11523,11 +11529,11 @@ def _file_voi(source: ExportSource, options: Options) -> SharedVoi | None:
     VOI LUT (``-I``), so its frames stay comparable; None when there is nothing to share."""
     if source.frames < 2 or options.window is not None or int(options.png_bits or 8) != 8:
         return None
-    targets = [None] * source.frames
-    first = first_job(_frame_jobs_of(source, options, targets, ""))
-    if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
-        return None
-    found = shared_range(_frame_jobs_of(source, options, targets, ""), options.jobs, source.frames)
+    with contextlib.closing(_frame_jobs_of(source, options, [None] * source.frames, "")) as jobs:
+        first, every = first_job(jobs)
+        if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
+            return None
+        found = shared_range(every, options.jobs, source.frames)
     return SharedVoi(value_range=found, keep_own=True) if found is not None else None
 
 
@@ -11837,14 +11843,13 @@ def _video_voi(plan: VideoPlan, options: Options) -> SharedVoi | None:
     its frames (padding left out). Colour videos have none."""
     if options.window is not None:
         return None
-    first = first_job(_video_jobs(plan, options))
-    if first is None or not windowed(first.spec):
-        return None
-    if first.spec.window is not None or first.spec.voi_lut is not None:
-        return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
-    return SharedVoi(
-        value_range=shared_range(_video_jobs(plan, options), options.jobs, len(plan.parts))
-    )
+    with contextlib.closing(_video_jobs(plan, options)) as jobs:
+        first, every = first_job(jobs)
+        if first is None or not windowed(first.spec):
+            return None
+        if first.spec.window is not None or first.spec.voi_lut is not None:
+            return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
+        return SharedVoi(value_range=shared_range(every, options.jobs, len(plan.parts)))
 
 
 def _video_frames(
