@@ -11378,6 +11378,7 @@ class ExportSource:
     header: Dataset
     location: PixelLocation | None
     frames: int
+    spans: list[list[tuple[int, int]]] | None = None  # stored_frame_spans, found once
 
 
 def _render_plan(
@@ -11389,7 +11390,11 @@ def _render_plan(
     if decoded_photometric(ds, raw=False) == "PALETTE COLOR":
         palette = _palette_table(ds)
     specs = [render_spec(ds, i, options, path, palette=palette) for i in indices]
-    return FileOutcome(path, data=(specs, stored_frames(path, ds, source.location)))
+    if source.spans is not None:  # found when the file was read (_exportable)
+        stored = (read_spans(path, frame) for frame in source.spans)
+    else:
+        stored = stored_frames(path, ds, source.location)
+    return FileOutcome(path, data=(specs, stored))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11589,9 +11594,7 @@ def _image_targets(folder: Path, stem: str, frames: int, suffix: str) -> list[Pa
     return [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(frames)]
 
 
-def _read_sources(
-    inputs: Sequence[Path], result: ActionResult
-) -> list[tuple[Path, Dataset, PixelLocation | None]]:
+def _read_sources(inputs: Sequence[Path], result: ActionResult) -> list[ExportSource]:
     """Read the headers of inputs; images without pixel data fail, other instances are
     passed over (no_pixels_reason).
     """
@@ -11601,21 +11604,20 @@ def _read_sources(
         if outcome.status != DONE:
             result.record(outcome)
             continue
-        readable.append((path, ds, location))
+        readable.append(ExportSource(path, ds, location, number_of_frames(ds), outcome.data))
     return readable
 
 
 def _exportable(path: Path, ds: Dataset, location: PixelLocation | None) -> FileOutcome:
     """Check that a file's frames can be found before any is planned (NumberOfFrames may
-    be absurd); an instance that is no image is skipped."""
+    be absurd); an instance that is no image is skipped. data: stored_frame_spans."""
     if location is None:
         reason = no_pixels_reason(ds)
         if reason is not None:
             return FileOutcome(path, SKIPPED, reason)
         raise DicomPressorError("no (7FE0,0010) Pixel Data to export")
     check_pixel_description(ds)
-    stored_frames(path, ds, location)
-    return FileOutcome(path)
+    return FileOutcome(path, data=stored_frame_spans(path, ds, location))
 
 
 def export_png(
@@ -11672,10 +11674,7 @@ def export_png(
     check_options(ACTIONS["export_png"], options)
     image_format = options.image_format
     result = ActionResult()
-    sources = [
-        ExportSource(path, ds, location, number_of_frames(ds))
-        for path, ds, location in _read_sources(inputs, result)
-    ]
+    sources = _read_sources(inputs, result)
     if not sources:
         if not result.failures:
             raise DicomPressorError("nothing to export: no DICOM images found")
@@ -12022,10 +12021,7 @@ def export_video(
     check_options(ACTIONS["export_video"], options)
     ffmpeg_executable()
     result = ActionResult()
-    sources = [
-        ExportSource(path, ds, location, number_of_frames(ds))
-        for path, ds, location in _read_sources(inputs, result)
-    ]
+    sources = _read_sources(inputs, result)
     if not sources:
         if not result.failures:
             raise DicomPressorError("nothing to export: no DICOM images found")
