@@ -8936,17 +8936,25 @@ class MergeWarning(TypedDict):
     message: str
 
 
-def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[MergeWarning]:
+def _series_label(series_uid: str) -> str:
+    """Name a series in messages: by its UID, or as slices without one."""
+    return f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+
+
+def merge_warnings(
+    plan: MergePlan, series_uid: str, target: Path, spacing: list[SpacingIssue]
+) -> list[MergeWarning]:
     """Say what readers will get wrong in a merged file: slices not evenly spaced (gaps,
     uneven steps, duplicates) and frames whose rescale differs from the first's.
 
-    ``slices`` names the source slices concerned: both sides of each irregular step, or
-    the frames whose Rescale Slope/Intercept is not the first frame's.
+    ``spacing`` is spacing_issues() of the plan's distances. ``slices`` names the source
+    slices concerned: both sides of each irregular step, or the frames whose Rescale
+    Slope/Intercept is not the first frame's.
     """
     names = [s.path.name for s in plan.order.slices]
     found: list[tuple[str, str, list[str]]] = []
     if plan.order.by_position:
-        for issue in spacing_issues(plan.order.distances):
+        for issue in spacing:
             steps = sorted({i for step in issue.steps for i in (step, step + 1)})
             found.append((issue.kind, issue.note, [names[i] for i in steps]))
     per_frame = plan.dataset.get("PerFrameFunctionalGroupsSequence") or []
@@ -8963,7 +8971,7 @@ def merge_warnings(plan: MergePlan, series_uid: str, target: Path) -> list[Merge
             f"frames differ from the first; slopes {slopes[0]:g} to {slopes[-1]:g})"
         )
         found.append((RESCALE_DIFFERS, note, differ))
-    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+    series = _series_label(series_uid)
     return [
         MergeWarning(
             kind=kind,
@@ -8992,9 +9000,10 @@ def _merge_stack(
     target = write_merged(plan, output_folder(first, output_dir) / name)
     kind = uid_name(plan.dataset.SOPClassUID)
     message = f"Merged {len(members)} slices -> {target.name} ({kind}, {plan.syntax.name})"
-    series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
-    found = merge_warnings(plan, series_uid, target)
-    spacing = {i.note for i in spacing_issues(plan.order.distances)}
+    series = _series_label(series_uid)
+    issues = spacing_issues(plan.order.distances)
+    found = merge_warnings(plan, series_uid, target, issues)
+    spacing = {i.note for i in issues}
     notes = [f"{series}: {note}" for note in plan.order.notes if note not in spacing]
     notes.extend(w["message"] for w in found)
     return FileOutcome(first, DONE, message, (target,), tuple(notes), found)
@@ -9065,7 +9074,7 @@ def merge(
     per_series_seen: Counter[str] = Counter()
     for series_uid, members in stacks:
         per_series_seen[series_uid] += 1
-        series = f"series {series_uid}" if series_uid else "slices without Series Instance UID"
+        series = _series_label(series_uid)
         number = (per_series_seen[series_uid], per_series_count[series_uid])
         outcome = guarded(
             _merge_stack, members[0].path, members, series_uid, number, output_dir, doing=""
@@ -9384,6 +9393,16 @@ def _made_from(output: Path, source: Dataset) -> bool:
     )
 
 
+def _earlier_output(target: Path, ds: Dataset) -> Path | None:
+    """Return target, target_1, ... when one is ds's earlier output (_made_from), else None."""
+    n = 0
+    while (candidate := numbered(target, n)).exists():
+        if _made_from(candidate, ds):
+            return candidate
+        n += 1
+    return None
+
+
 def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> str | None:
     """Return why a file is left alone, or None when it must be transcoded."""
     syntax = transfer_syntax_of(ds)
@@ -9391,12 +9410,8 @@ def _skip_reason(path: Path, ds: Dataset, mode: TranscodeMode, target: Path) -> 
         return "already uncompressed (Explicit VR Little Endian)"
     if mode.syntax is not None and syntax == mode.syntax:
         return f"already {uid_name(syntax)}"
-    if target != path:
-        n = 0  # target, target_1, ...: one of them may be this file's earlier output
-        while (candidate := numbered(target, n)).exists():
-            if _made_from(candidate, ds):
-                return f"{candidate.name} exists already"
-            n += 1
+    if target != path and (earlier := _earlier_output(target, ds)) is not None:
+        return f"{earlier.name} exists already"
     if "PixelData" not in ds:
         reason = no_pixels_reason(ds)
         if reason is None:  # an image without its pixels: damaged
@@ -9486,6 +9501,45 @@ def _frame_jobs(
         yield FrameJob(pack_native_frames([data], bits), str(ExplicitVRLittleEndian), native, True)
 
 
+def _write_native_pixels(
+    handle: BinaryIO, frames: Iterable[bytes], out: Dataset, n_frames: int, bits: int, syntax: str
+) -> None:
+    """Write native frames as Pixel Data, in Implicit or Explicit VR Little Endian."""
+    if bits == 1:
+        data = pack_native_frames(list(frames), bits)
+        frames, frame_bytes, n_frames = [data], len(data), 1
+    else:
+        frame_bytes = expected_frame_bytes(out)
+    if syntax != ImplicitVRLittleEndian:
+        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
+        return
+    total = frame_bytes * n_frames
+    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
+    written = 0
+    for data in frames:
+        if len(data) != frame_bytes:
+            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
+        handle.write(data)
+        written += 1
+    if written != n_frames:
+        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
+    if total % 2:
+        handle.write(b"\0")
+
+
+def _write_pixels(
+    handle: BinaryIO, out: Dataset, syntax: str, frames: Iterable[bytes], n_frames: int
+) -> None:
+    """Write Pixel Data in syntax: native frames (NATIVE_LE_SYNTAXES) or encoded ones."""
+    if syntax in NATIVE_LE_SYNTAXES:
+        _write_native_pixels(handle, frames, out, n_frames, int(out.BitsAllocated), syntax)
+        return
+    encoded = list(frames)
+    write_encapsulated_frames(
+        handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
+    )
+
+
 def transcode_file(
     path: Path,
     mode: TranscodeMode,
@@ -9513,7 +9567,6 @@ def transcode_file(
     raw = not transfer_syntax_of(header).is_compressed  # native YBR stays YBR: bit-exact
     out = _transcoded_dataset(header, raw=raw)
     n_frames = number_of_frames(header)
-    bits = int(out.BitsAllocated)
     jobs = _frame_jobs(path, header, location, raw, out)
     # Over the input with in_place; otherwise never over another file (_1, _2).
     output = OutputFile(target, replace=options.in_place)
@@ -9526,11 +9579,7 @@ def transcode_file(
         )
         with output as handle:
             write_header(handle, out, ExplicitVRLittleEndian)
-            if bits == 1:
-                data = pack_native_frames(list(frames), bits)
-                write_native_frames(handle, [data], len(data), 1, bits)
-            else:
-                write_native_frames(handle, frames, expected_frame_bytes(out), n_frames, bits)
+            _write_pixels(handle, out, ExplicitVRLittleEndian, frames, n_frames)
         assert output.path is not None
         message = f"{path.name} -> {output.path.name}: decompressed {n_frames} frame(s)"
         return FileOutcome(path, DONE, message, (output.path,))
@@ -9539,9 +9588,7 @@ def transcode_file(
     )
     with output as handle:
         write_header(handle, out, mode.syntax)
-        write_encapsulated_frames(
-            handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
-        )
+        _write_pixels(handle, out, mode.syntax, encoded, n_frames)
     assert output.path is not None
     line = f"{path.name} -> {output.path.name}: {message}"
     return FileOutcome(path, DONE, line, (output.path,), data=quality)
@@ -9637,6 +9684,38 @@ def quality_line(done: Sequence[FileOutcome]) -> str | None:
     return f"{line}, sampled: {where} (--verify measures every frame)"
 
 
+def run_multi_frame_last(
+    worker: Callable[[Any], FileOutcome | int],
+    tasks: list[Any],
+    jobs: int,
+    progress: ProgressFn,
+    again: Callable[[int, int], FileOutcome],
+    *,
+    batch: int = 1,
+) -> tuple[list[FileOutcome], list[int]]:
+    """Run a worker over per-file tasks, jobs side by side; multi-frame files afterwards.
+
+    The worker reads its file's header once; a multi-frame file it hands back (its frame
+    count instead of an outcome) is run by again(index, frames), one at a time, with
+    every worker on its frames. Return the outcomes in task order and the indices run
+    afterwards; progress counts files done.
+    """
+    total = len(tasks)
+    results: list[Any] = []
+    done = 0
+    for result in iter_ordered(worker, tasks, jobs, _no_progress, total, batch=batch):
+        results.append(result)
+        if not isinstance(result, int):
+            done += 1
+            progress(done, total)
+    later = [index for index, result in enumerate(results) if isinstance(result, int)]
+    for index in later:
+        results[index] = again(index, results[index])
+        done += 1
+        progress(done, total)
+    return results, later
+
+
 #: FileOutcome.data of a file _transcode_task could not read the header of.
 NOT_READ = "not read"
 
@@ -9696,17 +9775,18 @@ def _transcode(
         (p, mode, output_dir, each, None if every else ((0,) if i in sampled else ()), False)
         for i, p in enumerate(inputs)
     ]
-    first = list(
-        iter_ordered(_transcode_task, tasks, outer, lambda n, _: progress(n, total), total)
-    )
-    unread = [o for o in first if isinstance(o, FileOutcome) and o.data == NOT_READ]
-    outcomes = [o for o in first if isinstance(o, FileOutcome) and o.data != NOT_READ]
-    multi = [(path, o) for path, o in zip(inputs, first, strict=True) if isinstance(o, int)]
-    for path, frames in multi:
+
+    def again(index: int, frames: int) -> FileOutcome:
         measured = None if every else spread(frames, RMSE_SAMPLE_FRAMES)
-        outcome = _transcode_task((path, mode, output_dir, options, measured, True))
+        outcome = _transcode_task((inputs[index], mode, output_dir, options, measured, True))
         assert isinstance(outcome, FileOutcome)
-        outcomes.append(outcome)
+        return outcome
+
+    ran, later = run_multi_frame_last(_transcode_task, tasks, outer, progress, again)
+    handed_back = set(later)
+    first = [o for index, o in enumerate(ran) if index not in handed_back]
+    unread = [o for o in first if o.data == NOT_READ]
+    outcomes = [o for o in first if o.data != NOT_READ] + [ran[index] for index in later]
     for outcome in [*unread, *outcomes]:
         result.record(outcome)
     quality = quality_line([o for o in outcomes if o.status == DONE]) if mode.lossy else None
@@ -9743,16 +9823,13 @@ def compress_lossless(
     """
     check_options(ACTIONS["compress_lossless"], options)
     codec = CODECS[options.codec]
-    if codec.name == "htj2k":  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
-        if htj2k_encoder() is None:
-            raise DicomPressorError(
-                f"no encoder for {uid_name(codec.syntax)}: pip install 'imagecodecs>=2026.1' "
-                "(Python 3.11 or later)"
-            )
-    elif not pydicom.pixels.get_encoder(codec.syntax).is_available:
-        raise DicomPressorError(
-            f"no encoder for {uid_name(codec.syntax)}: pip install {codec.package}"
+    if not codec_available(codec):  # pydicom 3.0 decodes HTJ2K; imagecodecs (OpenJPH) encodes
+        package = (
+            "'imagecodecs>=2026.1' (Python 3.11 or later)"
+            if codec.name == "htj2k"
+            else codec.package
         )
+        raise DicomPressorError(f"no encoder for {uid_name(codec.syntax)}: pip install {package}")
     mode = TranscodeMode("compress_lossless", codec.syntax, codec.suffix)
     return _transcode(inputs, mode, output_dir, options, progress)
 
@@ -9963,7 +10040,7 @@ def write_masked(
         out.LossyImageCompression, out.LossyImageCompressionMethod = "01", method
     warnings_ = [said[1:]] if said.startswith("!") else []
     encode = syntax not in NATIVE_LE_SYNTAXES
-    n_frames, bits = number_of_frames(header), int(out.BitsAllocated)
+    n_frames = number_of_frames(header)
     fill = black_fill(out)
     tasks = (
         dataclasses.replace(
@@ -9979,42 +10056,11 @@ def write_masked(
     encoded = list(frames) if encode else []
     with output as handle:
         write_header(handle, out, UID(syntax))
-        if encode:
-            write_encapsulated_frames(
-                handle, ([e] for e in encoded), [encapsulated_size([len(e)]) for e in encoded]
-            )
-        else:
-            _write_native_pixels(handle, frames, out, n_frames, bits, syntax)
+        _write_pixels(handle, out, syntax, encoded if encode else frames, n_frames)
     text = f"blacked out {len(boxes)} rectangle(s) in {n_frames} frame(s)"
     if said and not said.startswith("!"):
         text += f"; {said}"
     return text, warnings_
-
-
-def _write_native_pixels(
-    handle: BinaryIO, frames: Iterable[bytes], out: Dataset, n_frames: int, bits: int, syntax: str
-) -> None:
-    """Write native frames as Pixel Data, in Implicit or Explicit VR Little Endian."""
-    if bits == 1:
-        data = pack_native_frames(list(frames), bits)
-        frames, frame_bytes, n_frames = [data], len(data), 1
-    else:
-        frame_bytes = expected_frame_bytes(out)
-    if syntax != ImplicitVRLittleEndian:
-        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
-        return
-    total = frame_bytes * n_frames
-    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
-    written = 0
-    for data in frames:
-        if len(data) != frame_bytes:
-            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
-        handle.write(data)
-        written += 1
-    if written != n_frames:
-        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
-    if total % 2:
-        handle.write(b"\0")
 
 
 def anonymize_file(
@@ -10026,6 +10072,7 @@ def anonymize_file(
     *,
     replace: bool,
     jobs: int = 1,
+    read: tuple[Dataset, PixelLocation | None] | None = None,
 ) -> tuple[Path, list[str], str]:
     """Write the anonymized copy of path; return (the name it got, warnings, log text).
 
@@ -10033,9 +10080,9 @@ def anonymize_file(
     over target (``-A``, target is the input); otherwise target is never overwritten
     (``_1``, ``_2``...). Rectangles of the params that apply to the image are blacked out
     in every frame (write_masked, with jobs workers for the frames); otherwise the pixel
-    data is copied as it is.
+    data is copied as it is. read: read_header(path), when the caller has read it.
     """
-    ds, location = read_header(path)
+    ds, location = read if read is not None else read_header(path)
     check_integrity(ds, location)
     boxes, warnings_ = mask_boxes(params.rectangles, ds, path.name)
     if not boxes and str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
@@ -10162,22 +10209,19 @@ def anonymize(
         result.warn("descriptions are kept as they are: check them for identifying text")
     # Masked multi-frame files run one at a time with every worker on their frames; the
     # other files side by side (share_workers), as compression does.
-    single, multi = _by_frames(inputs) if params.rectangles else (list(range(len(inputs))), [])
-    outer, inner = share_workers(options.jobs, len(single))
+    outer, inner = share_workers(options.jobs, len(inputs))
     each = dataclasses.replace(options, jobs=inner)
-    tasks = [(inputs[i], output_dir, each, params, choice) for i in single]
-    outcomes = itertools.chain(
-        iter_ordered(_anonymize_task, tasks, outer, progress, len(inputs), batch=8),
-        (_anonymize_task((inputs[i], output_dir, options, params, choice)) for i in multi),
-    )
-    by_input: dict[int, FileOutcome] = {}
-    for done, (index, outcome) in enumerate(zip([*single, *multi], outcomes, strict=True), 1):
-        if done > len(single):
-            progress(done, len(inputs))
-        by_input[index] = outcome
+    tasks = [(path, output_dir, each, params, choice, False) for path in inputs]
+
+    def again(index: int, _frames: int) -> FileOutcome:
+        outcome = _anonymize_task((inputs[index], output_dir, options, params, choice, True))
+        assert isinstance(outcome, FileOutcome)
+        return outcome
+
+    outcomes, _ = run_multi_frame_last(_anonymize_task, tasks, outer, progress, again, batch=8)
     replaced = 0
     mapped: dict[str, str] = {}
-    for _, outcome in sorted(by_input.items()):
+    for outcome in outcomes:
         result.record(outcome)
         pairs = outcome.data or {}
         replaced += len(pairs)
@@ -10190,24 +10234,26 @@ def anonymize(
     return result
 
 
-def _by_frames(inputs: Sequence[Path]) -> tuple[list[int], list[int]]:
-    """Return the indices of the (single-frame or unreadable, multi-frame) inputs."""
-    single, multi = [], []
-    for index, path in enumerate(inputs):
-        try:
-            header, _ = read_header(path)
-        except DicomPressorError:
-            single.append(index)  # it fails in its task, named
-            continue
-        (multi if number_of_frames(header) > 1 else single).append(index)
-    return single, multi
-
-
 def _anonymize_task(
-    task: tuple[Path, Path | None, Options, AnonymizeParams, ProfileChoice | None],
-) -> FileOutcome:
-    """Worker: anonymize one file (its data: the original -> new UIDs of the file)."""
-    return guarded(_anonymize_one, *task, doing="anonymize")
+    task: tuple[Path, Path | None, Options, AnonymizeParams, ProfileChoice | None, bool],
+) -> FileOutcome | int:
+    """Worker: anonymize one file (its data: the original -> new UIDs of the file).
+
+    Its header is read once, here. Unless whole is true, a multi-frame file with
+    rectangles to black out is left to the caller (run_multi_frame_last), which gives its
+    frames every worker: its frame count comes back instead of an outcome.
+    """
+    path, output_dir, options, params, choice, whole = task
+    header = guarded(lambda p: FileOutcome(p, data=read_header(p)), path, doing="anonymize")
+    if header.status == FAILED:
+        return header
+    frames = number_of_frames(header.data[0])
+    if params.rectangles and frames > 1 and not whole:
+        return frames
+    read = header.data
+    return guarded(
+        _anonymize_one, path, output_dir, options, params, choice, read, doing="anonymize"
+    )
 
 
 def _anonymize_one(
@@ -10216,12 +10262,13 @@ def _anonymize_one(
     options: Options,
     params: AnonymizeParams,
     choice: ProfileChoice | None,
+    read: tuple[Dataset, PixelLocation | None],
 ) -> FileOutcome:
-    """Anonymize one file into its output (or over itself in place)."""
+    """Anonymize one file into its output (or over itself in place); read: its header."""
     target = output_path(path, output_dir, suffix=ANON_SUFFIX, in_place=options.in_place)
     uids = UidMap(options.uid_secret)
     written, notes, masked = anonymize_file(
-        path, target, params, choice, uids, replace=options.in_place, jobs=options.jobs
+        path, target, params, choice, uids, replace=options.in_place, jobs=options.jobs, read=read
     )
     shown = "replaced" if options.in_place else f"-> {written.name}"
     message = f"Anonymized {path.name} {shown}" + (f" ({masked})" if masked else "")
@@ -10439,6 +10486,78 @@ def file_set_of(paths: Iterable[Path]) -> FileSet:
     return fs
 
 
+def _dicomdir_copy(fs: FileSet, root: Path, parent: Path) -> Path:
+    """Write fs as a conformant copy (DICOMDIR and PT/ST/SE/IM files) in parent; return it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+    staging.mkdir()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fs.write(staging)
+        copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
+        os.rename(staging, copy_root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return copy_root
+
+
+def _write_dicomdir(
+    result: ActionResult,
+    found: tuple[list[tuple[DirectoryEntry, Path]], dict[str, list[str]], Counter[str]],
+    root: Path,
+    output_dir: Path | None,
+    target: Path,
+    texts: tuple[str, str, str, str],
+    check: Callable[[Path], None] | None = None,
+) -> ActionResult:
+    """Write the DICOMDIR of what directory_entries found (-d, -D); log what was made.
+
+    Without output_dir and with every File ID conformant it is target, referencing the
+    files in place (check(target) first, when given); otherwise a conformant copy of
+    root's files (_dicomdir_copy). texts: how the placeholder warning ends, where the
+    in-place DICOMDIR is and how its line ends, and why a copy is made without output_dir.
+    """
+    entries, file_ids, invented = found
+    unchanged, where, in_place_end, why_copy = texts
+    if invented:
+        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
+        result.warn(
+            f"directory records got placeholder values for keys the files lack: {keys}; "
+            f"the files themselves are unchanged{unchanged}"
+        )
+    if not file_ids:
+        return result
+    if output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values()):
+        if check is not None:
+            check(target)
+        replaced = target.exists()
+        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
+        # one); a new one is not, as no new file beside untouched inputs is.
+        with OutputFile(target, replace=True, durable=replaced) as handle:
+            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
+        result.outputs.append(target)
+        result.info(
+            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {where} referencing "
+            f"{len(file_ids)} files in place{in_place_end}"
+        )
+    else:
+        fs = file_set_of(path for _, path in entries)
+        copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
+        result.outputs.append(copy_root / "DICOMDIR")
+        result.outputs.extend(
+            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+        )
+        why = "--output-dir given" if output_dir is not None else why_copy
+        result.info(
+            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
+            f"{copy_root} ({why})"
+        )
+    result.info("Done.")
+    return result
+
+
 def dicomdir(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -10473,58 +10592,14 @@ def dicomdir(
         raise DicomPressorError("no DICOM files to put in a DICOMDIR")
     root = Path(os.path.commonpath([str(p.parent) for p in inputs]))
     result = ActionResult()
-    entries, file_ids, invented = directory_entries(inputs, root, result, progress)
-    if invented:
-        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
-        result.warn(
-            f"directory records got placeholder values for keys the files lack: {keys}; "
-            "the files themselves are unchanged (anonymized files empty these)"
-        )
-    if not file_ids:
-        return result
-    in_place = output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values())
-    if in_place:
-        target = root / "DICOMDIR"
-        replaced = target.exists()
-        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
-        # one); a new one is not, as no new file beside untouched inputs is.
-        with OutputFile(target, replace=True, durable=replaced) as handle:
-            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
-        result.outputs.append(target)
-        result.info(
-            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {root.name}/ referencing "
-            f"{len(file_ids)} files in place (their names are conformant File IDs)"
-        )
-    else:
-        parent = output_folder(root, output_dir)
-        parent.mkdir(parents=True, exist_ok=True)
-        fs = file_set_of(path for _, path in entries)
-        staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-        staging.mkdir()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fs.write(staging)
-            copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-            os.rename(staging, copy_root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        result.outputs.append(copy_root / "DICOMDIR")
-        result.outputs.extend(
-            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
-        )
-        why = (
-            "--output-dir given"
-            if output_dir is not None
-            else "file names are not conformant File IDs (<= 8 characters A-Z 0-9 _)"
-        )
-        result.info(
-            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
-            f"{copy_root} ({why})"
-        )
-    result.info("Done.")
-    return result
+    found = directory_entries(inputs, root, result, progress)
+    texts = (
+        " (anonymized files empty these)",
+        f"{root.name}/",
+        " (their names are conformant File IDs)",
+        "file names are not conformant File IDs (<= 8 characters A-Z 0-9 _)",
+    )
+    return _write_dicomdir(result, found, root, output_dir, root / "DICOMDIR", texts)
 
 
 # ---- export: the pixel pipeline (pure functions) ----
@@ -10975,10 +11050,11 @@ def render_spec(
         if frame_voi is not None and frame_voi.get("VOILUTFunction"):
             function = str(frame_voi.VOILUTFunction).upper()
         window = Window(float(override[0]), float(override[1]), function)
-    elif frame_voi is not None and _window_of(frame_voi, function) is not None:
-        window = _window_of(frame_voi, function)
-    elif _window_of(ds, function) is not None:
-        window = _window_of(ds, function)
+    elif (
+        own := (_window_of(frame_voi, function) if frame_voi is not None else None)
+        or _window_of(ds, function)
+    ) is not None:
+        window = own  # the frame's window, else the file's
     elif ds.get("VOILUTSequence"):
         modality_signed = signed or intercept < 0 or slope < 0
         voi_lut = _lut_of(ds.VOILUTSequence[0], signed_first=modality_signed)
@@ -11247,6 +11323,7 @@ class ExportSource:
     header: Dataset
     location: PixelLocation | None
     frames: int
+    spans: list[list[tuple[int, int]]] | None = None  # stored_frame_spans, found once
 
 
 def _render_plan(
@@ -11258,7 +11335,11 @@ def _render_plan(
     if decoded_photometric(ds, raw=False) == "PALETTE COLOR":
         palette = _palette_table(ds)
     specs = [render_spec(ds, i, options, path, palette=palette) for i in indices]
-    return FileOutcome(path, data=(specs, stored_frames(path, ds, source.location)))
+    if source.spans is not None:  # found when the file was read (_exportable)
+        stored = (read_spans(path, frame) for frame in source.spans)
+    else:
+        stored = stored_frames(path, ds, source.location)
+    return FileOutcome(path, data=(specs, stored))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11367,14 +11448,18 @@ def _frame_range(path: Path, job: RenderJob) -> FileOutcome:
     return FileOutcome(path, data=value_range(modality_values(frame, job.spec), frame, job.spec))
 
 
-def first_job(jobs: Iterator[RenderJob]) -> RenderJob | None:
-    """Return the first job without an error (the generator is closed), or None."""
-    try:
-        return next((job for job in jobs if job.error is None), None)
-    finally:
-        close = getattr(jobs, "close", None)
-        if close is not None:
-            close()
+def first_job(jobs: Iterator[RenderJob]) -> tuple[RenderJob | None, Iterator[RenderJob]]:
+    """Return the first job without an error (None when none has) and every job again.
+
+    The jobs read to find it come first, then the rest of jobs: one plan of the file and
+    one read of each frame serve both (the caller closes jobs when it stops early).
+    """
+    before: list[RenderJob] = []
+    for job in jobs:
+        before.append(job)
+        if job.error is None:
+            return job, itertools.chain(before, jobs)
+    return None, iter(before)
 
 
 def shared_range(
@@ -11394,11 +11479,11 @@ def _file_voi(source: ExportSource, options: Options) -> SharedVoi | None:
     VOI LUT (``-I``), so its frames stay comparable; None when there is nothing to share."""
     if source.frames < 2 or options.window is not None or int(options.png_bits or 8) != 8:
         return None
-    targets = [None] * source.frames
-    first = first_job(_frame_jobs_of(source, options, targets, ""))
-    if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
-        return None
-    found = shared_range(_frame_jobs_of(source, options, targets, ""), options.jobs, source.frames)
+    with contextlib.closing(_frame_jobs_of(source, options, [None] * source.frames, "")) as jobs:
+        first, every = first_job(jobs)
+        if first is None or not windowed(first.spec) or first.spec.window or first.spec.voi_lut:
+            return None
+        found = shared_range(every, options.jobs, source.frames)
     return SharedVoi(value_range=found, keep_own=True) if found is not None else None
 
 
@@ -11454,9 +11539,7 @@ def _image_targets(folder: Path, stem: str, frames: int, suffix: str) -> list[Pa
     return [folder / f"{stem}_frame{i + 1:04d}{suffix}" for i in range(frames)]
 
 
-def _read_sources(
-    inputs: Sequence[Path], result: ActionResult
-) -> list[tuple[Path, Dataset, PixelLocation | None]]:
+def _read_sources(inputs: Sequence[Path], result: ActionResult) -> list[ExportSource]:
     """Read the headers of inputs; images without pixel data fail, other instances are
     passed over (no_pixels_reason).
     """
@@ -11466,21 +11549,20 @@ def _read_sources(
         if outcome.status != DONE:
             result.record(outcome)
             continue
-        readable.append((path, ds, location))
+        readable.append(ExportSource(path, ds, location, number_of_frames(ds), outcome.data))
     return readable
 
 
 def _exportable(path: Path, ds: Dataset, location: PixelLocation | None) -> FileOutcome:
     """Check that a file's frames can be found before any is planned (NumberOfFrames may
-    be absurd); an instance that is no image is skipped."""
+    be absurd); an instance that is no image is skipped. data: stored_frame_spans."""
     if location is None:
         reason = no_pixels_reason(ds)
         if reason is not None:
             return FileOutcome(path, SKIPPED, reason)
         raise DicomPressorError("no (7FE0,0010) Pixel Data to export")
     check_pixel_description(ds)
-    stored_frames(path, ds, location)
-    return FileOutcome(path)
+    return FileOutcome(path, data=stored_frame_spans(path, ds, location))
 
 
 def export_png(
@@ -11537,10 +11619,7 @@ def export_png(
     check_options(ACTIONS["export_png"], options)
     image_format = options.image_format
     result = ActionResult()
-    sources = [
-        ExportSource(path, ds, location, number_of_frames(ds))
-        for path, ds, location in _read_sources(inputs, result)
-    ]
+    sources = _read_sources(inputs, result)
     if not sources:
         if not result.failures:
             raise DicomPressorError("nothing to export: no DICOM images found")
@@ -11708,14 +11787,13 @@ def _video_voi(plan: VideoPlan, options: Options) -> SharedVoi | None:
     its frames (padding left out). Colour videos have none."""
     if options.window is not None:
         return None
-    first = first_job(_video_jobs(plan, options))
-    if first is None or not windowed(first.spec):
-        return None
-    if first.spec.window is not None or first.spec.voi_lut is not None:
-        return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
-    return SharedVoi(
-        value_range=shared_range(_video_jobs(plan, options), options.jobs, len(plan.parts))
-    )
+    with contextlib.closing(_video_jobs(plan, options)) as jobs:
+        first, every = first_job(jobs)
+        if first is None or not windowed(first.spec):
+            return None
+        if first.spec.window is not None or first.spec.voi_lut is not None:
+            return SharedVoi(window=first.spec.window, voi_lut=first.spec.voi_lut)
+        return SharedVoi(value_range=shared_range(every, options.jobs, len(plan.parts)))
 
 
 def _video_frames(
@@ -11888,10 +11966,7 @@ def export_video(
     check_options(ACTIONS["export_video"], options)
     ffmpeg_executable()
     result = ActionResult()
-    sources = [
-        ExportSource(path, ds, location, number_of_frames(ds))
-        for path, ds, location in _read_sources(inputs, result)
-    ]
+    sources = _read_sources(inputs, result)
     if not sources:
         if not result.failures:
             raise DicomPressorError("nothing to export: no DICOM images found")
@@ -12325,17 +12400,20 @@ def meta_end(data: bytes) -> int:
     return pos
 
 
-def _decompressed_copy(path: Path, folder: Path, options: Options) -> Path:
-    """Decompress a file to Explicit VR Little Endian in folder (as -u does); return it."""
+def _decompressed_copy(
+    path: Path, folder: Path, options: Options, read: tuple[Dataset, PixelLocation | None]
+) -> Path:
+    """Decompress a file to Explicit VR Little Endian in folder (as -u does); return it.
+
+    read: read_header(path).
+    """
     mode = TranscodeMode("decompress", None, "")
     each = dataclasses.replace(options, in_place=False)
-    outcome = transcode_file(path, mode, folder, each, _no_progress)
+    outcome = transcode_file(path, mode, folder, each, _no_progress, None, read)
     return outcome.outputs[0]
 
 
-def _bare_file(
-    path: Path, output_dir: Path | None, options: Options, progress: ProgressFn
-) -> FileOutcome:
+def _bare_file(path: Path, output_dir: Path | None, options: Options) -> FileOutcome:
     """Write the dataset of a Part 10 file without preamble and meta (see to_bare_dataset)."""
     header, location = read_header(path)
     check_integrity(header, location)
@@ -12347,7 +12425,8 @@ def _bare_file(
         body = data[meta_end(data) :]  # byte for byte
     elif syntax.is_encapsulated:
         with tempfile.TemporaryDirectory(prefix=".dicompressor-", dir=target.parent) as tmp:
-            native = pydicom.dcmread(_decompressed_copy(path, Path(tmp), options))
+            copy = _decompressed_copy(path, Path(tmp), options, (header, location))
+            native = pydicom.dcmread(copy)
         body = recode_dataset(native, implicit=True, little=True)
         notes.append(f"{uid_name(syntax)} decompressed: a bare dataset holds native pixels")
     else:
@@ -12387,7 +12466,7 @@ def to_bare_dataset(
     return _each_file(
         inputs,
         progress,
-        lambda path: _bare_file(path, output_dir, options, _no_progress),
+        lambda path: _bare_file(path, output_dir, options),
         "write a bare dataset",
     )
 
@@ -12411,13 +12490,10 @@ def _byte_order_file(
                 "pixels; decompress first (-u, or -l for Little Endian)"
             )
         mode = TranscodeMode("to_little_endian", None, LE_SUFFIX)
-        return transcode_file(path, mode, output_dir, options, _no_progress)
-    if target != path:
-        n = 0  # an earlier output of this same instance: nothing to do
-        while (candidate := numbered(target, n)).exists():
-            if _made_from(candidate, header):
-                return FileOutcome(path, DONE, f"{path.name}: left alone, {candidate.name} exists")
-            n += 1
+        read = (header, location)
+        return transcode_file(path, mode, output_dir, options, _no_progress, None, read)
+    if target != path and (earlier := _earlier_output(target, header)) is not None:
+        return FileOutcome(path, DONE, f"{path.name}: left alone, {earlier.name} exists")
     ds = pydicom.dcmread(path)
     body = recode_dataset(ds, implicit=False, little=little)
     output = OutputFile(target, replace=options.in_place)
@@ -12517,23 +12593,6 @@ def _check_replaceable(target: Path, root: Path) -> None:
         )
 
 
-def _dicomdir_copy(fs: FileSet, root: Path, parent: Path) -> Path:
-    """Write fs as a conformant copy (DICOMDIR and PT/ST/SE/IM files) in parent; return it."""
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = temp_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-    staging.mkdir()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fs.write(staging)
-        copy_root = unique_path(parent / f"{root.name}{DICOMDIR_COPY_SUFFIX}")
-        os.rename(staging, copy_root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return copy_root
-
-
 def dicomdir_parent(
     inputs: Sequence[Path],
     output_dir: Path | None,
@@ -12574,50 +12633,43 @@ def dicomdir_parent(
         raise DicomPressorError(f"the files are not under {root}")
     top = root.parent
     result = ActionResult()
-    entries, file_ids, invented = directory_entries(inputs, top, result, progress)
-    if invented:
-        keys = ", ".join(f"{k} ({n} files)" for k, n in sorted(invented.items()))
-        result.warn(
-            f"directory records got placeholder values for keys the files lack: {keys}; "
-            "the files themselves are unchanged"
-        )
-    if not file_ids:
-        return result
-    if output_dir is None and all(is_conformant_file_id(p) for p in file_ids.values()):
-        target = top / "DICOMDIR"
-        _check_replaceable(target, root)
-        replaced = target.exists()
-        # Synced when it replaces a DICOMDIR (a power cut leaves the old one or the new
-        # one); a new one is not, as no new file beside untouched inputs is.
-        with OutputFile(target, replace=True, durable=replaced) as handle:
-            handle.write(dicomdir_bytes([entry for entry, _ in entries], file_ids))
-        result.outputs.append(target)
-        result.info(
-            f"{'Replaced' if replaced else 'Wrote'} DICOMDIR in {top} referencing "
-            f"{len(file_ids)} files in place under {root.name}/"
-        )
-    else:
-        fs = file_set_of(path for _, path in entries)
-        copy_root = _dicomdir_copy(fs, root, output_folder(root, output_dir))
-        result.outputs.append(copy_root / "DICOMDIR")
-        result.outputs.extend(
-            sorted(p for p in copy_root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
-        )
-        why = (
-            "--output-dir given"
-            if output_dir is not None
-            else f"{root.name}/ and the names below it must be conformant File IDs "
-            "(<= 8 characters A-Z 0-9 _) to be referenced in place"
-        )
-        result.info(
-            f"Wrote a conformant copy of {len(file_ids)} files with its DICOMDIR in "
-            f"{copy_root} ({why})"
-        )
-    result.info("Done.")
-    return result
+    found = directory_entries(inputs, top, result, progress)
+    texts = (
+        "",
+        f"{top}",
+        f" under {root.name}/",
+        f"{root.name}/ and the names below it must be conformant File IDs "
+        "(<= 8 characters A-Z 0-9 _) to be referenced in place",
+    )
+    return _write_dicomdir(
+        result,
+        found,
+        root,
+        output_dir,
+        top / "DICOMDIR",
+        texts,
+        lambda target: _check_replaceable(target, root),
+    )
 
 
 # ---- conversions: images and videos to DICOM ----
+
+
+def _each_new_instance(
+    inputs: Sequence[Path],
+    params: str | None,
+    progress: ProgressFn,
+    convert: Callable[[Path, NewSeries, int], FileOutcome],
+    doing: str,
+) -> ActionResult:
+    """Convert each input in name order into one new series (new_series(params)), passing
+    convert its Instance Number: its place in that order, counted from 1."""
+    series = new_series(params)
+    order = sorted(inputs, key=natural_key)
+    numbers: dict[Path, int] = {}
+    for number, path in enumerate(order, 1):
+        numbers.setdefault(path, number)  # the same file twice: its first place
+    return _each_file(order, progress, lambda path: convert(path, series, numbers[path]), doing)
 
 
 def _image_file(
@@ -12677,12 +12729,11 @@ def image_to_dicom(
         (anything but the pixel description and the SOP Class and Instance UIDs).
     """
     check_options(ACTIONS["image_to_dicom"], options)
-    series = new_series(options.params)
-    order = sorted(inputs, key=natural_key)
-    return _each_file(
-        order,
+    return _each_new_instance(
+        inputs,
+        options.params,
         progress,
-        lambda path: _image_file(path, series, order.index(path) + 1, output_dir),
+        lambda path, series, number: _image_file(path, series, number, output_dir),
         "convert the image",
     )
 
@@ -13083,12 +13134,11 @@ def video_to_dicom(
     """
     check_options(ACTIONS["video_to_dicom"], options)
     video_ffmpeg()
-    series = new_series(options.params)
-    order = sorted(inputs, key=natural_key)
-    return _each_file(
-        order,
+    return _each_new_instance(
+        inputs,
+        options.params,
         progress,
-        lambda path: _video_file(path, series, order.index(path) + 1, output_dir, options),
+        lambda path, series, number: _video_file(path, series, number, output_dir, options),
         "convert the video",
     )
 
@@ -13268,6 +13318,16 @@ _MODIFY_HELP = (
 _NEW_INSTANCE_HELP = f"Patient and study values, one per line: {_TAG_LINES_HELP}"
 
 
+#: The params of the actions that make new instances (-w, -W, -v), spread into each spec.
+_NEW_INSTANCE_PARAMS: dict[str, Any] = {
+    "params": True,
+    "parse_params": parse_new_instance_params,
+    "params_help": _NEW_INSTANCE_HELP,
+    "params_example": "PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
+    "rule": _new_instance_rule,
+}
+
+
 _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 
 
@@ -13413,11 +13473,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert images (PNG, JPEG, BMP, TIFF, JPEG 2000) to Secondary Capture, one "
             "<stem>.dcm each",
             image_to_dicom,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=IMAGE_INPUTS,
         ),
         ActionSpec(
@@ -13426,11 +13482,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert a folder's images to one multi-frame Secondary Capture, multiframe.dcm",
             images_to_multiframe,
             takes=FOLDER,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=IMAGE_INPUTS,
         ),
         ActionSpec(
@@ -13439,11 +13491,7 @@ ACTIONS: dict[str, ActionSpec] = {
             "Convert videos to DICOM: H.264 copied as Video Photographic (or Endoscopic), "
             "others decoded into Multi-frame True Color SC",
             video_to_dicom,
-            params=True,
-            parse_params=parse_new_instance_params,
-            params_help=_NEW_INSTANCE_HELP,
-            params_example="PatientName=DOE^JANE\n(0010,0020)=PID7\n0008 1030 LO Wound photos",
-            rule=_new_instance_rule,
+            **_NEW_INSTANCE_PARAMS,
             inputs=VIDEO_INPUTS,
         ),
         ActionSpec(
