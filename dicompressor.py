@@ -4797,10 +4797,19 @@ def write_native_frames(
     frame_bytes: int,
     n_frames: int,
     bits: int,
+    *,
+    implicit: bool = False,
 ) -> None:
-    """Stream native frames as one Pixel Data element, padded to even length."""
+    """Stream native frames as one Pixel Data element, padded to even length.
+
+    The element header is Explicit VR Little Endian's, or Implicit VR's with implicit.
+    """
     total = frame_bytes * n_frames
-    handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), total + total % 2))
+    length = total + total % 2
+    if implicit:
+        handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, length))
+    else:
+        handle.write(element_header(0x7FE00010, pixel_data_vr(bits, False), length))
     written = 0
     for data in frames:
         if isinstance(data, FileSpan):
@@ -9510,21 +9519,8 @@ def _write_native_pixels(
         frames, frame_bytes, n_frames = [data], len(data), 1
     else:
         frame_bytes = expected_frame_bytes(out)
-    if syntax != ImplicitVRLittleEndian:
-        write_native_frames(handle, frames, frame_bytes, n_frames, bits)
-        return
-    total = frame_bytes * n_frames
-    handle.write(struct.pack("<HHL", 0x7FE0, 0x0010, total + total % 2))
-    written = 0
-    for data in frames:
-        if len(data) != frame_bytes:
-            raise DicomPressorError(f"frame holds {len(data)} bytes, expected {frame_bytes}")
-        handle.write(data)
-        written += 1
-    if written != n_frames:
-        raise DicomPressorError(f"wrote {written} frames, expected {n_frames}")
-    if total % 2:
-        handle.write(b"\0")
+    implicit = syntax == ImplicitVRLittleEndian
+    write_native_frames(handle, frames, frame_bytes, n_frames, bits, implicit=implicit)
 
 
 def _write_pixels(
