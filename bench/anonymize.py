@@ -93,28 +93,28 @@ def contenders(
     scripts: dict[str, Path], series: Path, work: Path
 ) -> list[tuple[str, str, list[str]]]:
     """Return (group, name, argv) of every contender that can run here."""
-    python = sys.executable
     params = work / "params.txt"
     params.write_text(PARAMS)
     out = work / "out"
     cd = conformant_copy(series, work / "CD")
     found = []
     for label, script in scripts.items():
+        ours = mb.command(script)
         found += [
             (
                 "anonymize",
                 f"{label} -a",
-                [python, str(script), "-a", str(params), "-F", str(series), "--output-dir",
+                [*ours, "-a", str(params), "-F", str(series), "--output-dir",
                  str(out / "anon"), "--quiet"],
             ),
             (
                 "headers",
                 f"{label} -t",
-                [python, str(script), "-t", "-F", str(series), "--output-dir", str(out / "txt"),
+                [*ours, "-t", "-F", str(series), "--output-dir", str(out / "txt"),
                  "--quiet"],
             ),
             ("dicomdir", f"{label} -d",
-             [python, str(script), "-d", "-F", str(cd), "--quiet"]),
+             [*ours, "-d", "-F", str(cd), "--quiet"]),
         ]  # fmt: skip
     pair = certificate(work) if shutil.which("gdcmanon") else None
     if pair is not None:
@@ -156,7 +156,7 @@ def print_fixed_costs(script: Path, work: Path, count: int, dcmdump: mb.Result, 
 
     dcmdump writes all dumps into one file; -t writes one per input, as the issue asks.
     """
-    starts = sorted(mb.measure([sys.executable, str(script), "-c"], log).wall_s for _ in range(5))
+    starts = sorted(mb.measure([*mb.command(script), "-c"], log).wall_s for _ in range(5))
     creates = sorted(create_files_s(work / f"touch{i}", count) for i in range(5))
     start, create = starts[2], creates[2]
     fixed = start + create
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = mb.script_labels([p.resolve() for p in (args.script or [mb.DEFAULT_SCRIPT])])
         scripts = mb.snapshot_scripts(sources, work)
+        if args.installed:
+            scripts |= mb.install_commands(scripts, work)
         series = work / "series"
         mb.generate_series(series, args.slices, args.size)
         floor = mb.measure(["true"], log)

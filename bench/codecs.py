@@ -131,7 +131,7 @@ def make_multiframe(script: Path, series: Path, target_dir: Path, log: Path) -> 
     before = {p.name for p in series.iterdir()}
     with log.open("ab") as sink:
         subprocess.run(
-            [sys.executable, str(script), "-j", "-F", str(series), "--quiet"],
+            [*mb.command(script), "-j", "-F", str(series), "--quiet"],
             stdout=sink,
             stderr=sink,
             check=True,
@@ -232,7 +232,7 @@ def contenders(scripts: dict[str, Path], tools: dict[str, str | None]) -> list[C
         found.append(Contender("gdcmconv --raw", "jll", "tool", [gdcmconv, "--raw"]))
     for c in found:
         if c.kind in scripts:
-            c.args = [sys.executable, str(scripts[c.kind]), *c.args]
+            c.args = [*mb.command(scripts[c.kind]), *c.args]
             c.kind = "dicompressor"
     return found
 
@@ -510,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "children.log"
     print(f"work folder: {work}  (child output in {log.name}); {mb.load_average()}")
     scripts = mb.snapshot_scripts(sources, work)
+    if args.installed:
+        scripts |= mb.install_commands(scripts, work)
     for label, source in sources.items():
         print(f"{label}: {source} (sha256 {mb.sha256_of(source)[:12]}, copied before the runs)")
     floor = mb.measure(["true"], log)

@@ -190,9 +190,19 @@ def main(argv: list[str] | None = None) -> int:
             python = [sys.executable, str(runner), str(snapshot)]
             return lambda out: [*python, action, source, str(out), jobs]
 
+        def installed(command: Path, action: str, source: str) -> object:
+            flag = {"png": ["-I", "png"], "mp4": ["-E"]}[action]
+            rest = ["--jobs", jobs, "--quiet"]
+            return lambda out: [str(command), *flag, "-F", source, "--output-dir", str(out), *rest]
+
+        versions = {label: (ours, snapshot) for label, snapshot in snapshots.items()}
+        if args.installed:
+            scripts = {label: where / "dicompressor.py" for label, where in snapshots.items()}
+            commands = mb.install_commands(scripts, work)
+            versions |= {label: (installed, command) for label, command in commands.items()}
         contenders = [
-            (f"{label} -I png", "single", ours(snapshot, "png", folder))
-            for label, snapshot in snapshots.items()
+            (f"{label} -I png", "single", run(where, "png", folder))
+            for label, (run, where) in versions.items()
         ]
         if dcmj2pnm:
             loop = (
@@ -204,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not args.no_video:
             contenders += [
-                (f"{label} -E", "multi", ours(snapshot, "mp4", str(multi)))
-                for label, snapshot in snapshots.items()
+                (f"{label} -E", "multi", run(where, "mp4", str(multi)))
+                for label, (run, where) in versions.items()
             ]
         results = [ExportResult(name, len(paths), case=case) for name, case, _ in contenders]
         for _ in range(args.repeat):  # rounds: every contender's runs alternate

@@ -461,7 +461,7 @@ def contenders_for(
     naive.write_text(NAIVE_SCRIPT)
     files = [str(p) for p in paths]
     found = [
-        Contender(label, [sys.executable, str(script), "-j", "-F", str(folder), "--quiet"])
+        Contender(label, [*command(script), "-j", "-F", str(folder), "--quiet"])
         for label, script in scripts.items()
     ]
     found += [
@@ -613,7 +613,9 @@ def profile_once(script: Path, folder: Path, log: Path, top: int = 15) -> list[s
 # ---- main ----
 
 
-def print_start_cost(script: Path, results: list[Result], log: Path, repeat: int) -> None:
+def print_start_cost(
+    label: str, script: Path, results: list[Result], log: Path, repeat: int
+) -> None:
     """Print what a merge pays before its first slice: start, imports, compiling the script.
 
     It is measured as ``-j`` on an empty folder (which loads numpy and pydicom, unlike
@@ -622,12 +624,13 @@ def print_start_cost(script: Path, results: list[Result], log: Path, repeat: int
     """
     empty = log.parent / "empty"
     empty.mkdir(exist_ok=True)
-    argv = [sys.executable, str(script), "-j", "-F", str(empty), "--quiet"]
-    walls = sorted(measure(argv, log).wall_s for _ in range(repeat))
-    start = walls[len(walls) // 2]
+    argv = [*command(script), "-j", "-F", str(empty), "--quiet"]
+    samples = [measure(argv, log) for _ in range(repeat)]
+    start = sorted(s.wall_s for s in samples)[len(samples) // 2]
+    rss = max(s.peak_rss_mb for s in samples)
     print(
-        f"\nstart-up alone (`{script.name} -j` on an empty folder: Python, imports, "
-        f"compiling): {start:.3f} s"
+        f"\n{label}: start-up alone (`-j` on an empty folder: Python, imports, compiling "
+        f"when run as a script): {start:.3f} s, peak RSS {rss:.1f} MB"
     )
     for r in results:
         if r.contender.startswith("dcmulti") and r.wall_s > 0:
@@ -680,6 +683,47 @@ def add_script_option(parser: argparse.ArgumentParser) -> None:
         help="a dicompressor.py to measure (default: the repo's); repeat it "
         "to compare versions, e.g. one from `git show REV:dicompressor.py`",
     )
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="measure each script also as the installed `dicompressor` command (pip "
+        "install into a venv in the work folder: bytecode compiled once, at install)",
+    )
+
+
+def command(script: Path) -> list[str]:
+    """The argv that runs a version: a script through this Python, an installed command as is."""
+    return [sys.executable, str(script)] if script.suffix == ".py" else [str(script)]
+
+
+def install_commands(scripts: dict[str, Path], work: Path) -> dict[str, Path]:
+    """Install each script as the ``dicompressor`` command (``--installed``); return them.
+
+    Each gets its own venv in work, which sees the packages installed here (the same
+    numpy, pydicom and codecs), and ``pip install`` of a project made of this
+    repository's pyproject.toml and the script, as a user's ``pip install .``. pip
+    compiles the module's bytecode at install time, so the command loads it compiled,
+    where ``python3 dicompressor.py`` compiles the whole script on every run. The label
+    is the script's with ``:installed`` (``dicompressor:installed``).
+    """
+    commands: dict[str, Path] = {}
+    for i, (label, script) in enumerate(scripts.items()):
+        project = work / "installed" / str(i) / "project"
+        project.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, project / name)
+        shutil.copy2(script, project / "dicompressor.py")
+        venv = project.parent / "venv"
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
+        )
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+             str(project)],
+            check=True,
+        )  # fmt: skip
+        commands[f"{label}:installed"] = venv / "bin" / "dicompressor"
+    return commands
 
 
 def add_work_options(parser: argparse.ArgumentParser, what: str = "the work folder") -> None:
@@ -762,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     profile: list[str] = []
     print(f"work folder: {work}  (child output in {log.name}); {load_average()}")
     scripts = snapshot_scripts(sources, work)
+    if args.installed:
+        scripts |= install_commands(scripts, work)
     first_script = next(iter(scripts.values()))
     for label, source in sources.items():
         print(f"{label}: {source} (sha256 {sha256_of(source)[:12]}, copied before the runs)")
@@ -800,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         lines, checks = report(results)
         print(f"\n{load_average()} (after the runs)")
         print("\n".join(lines))
-        print_start_cost(first_script, results, log, args.repeat)
+        for label, script in scripts.items():
+            print_start_cost(label, script, results, log, args.repeat)
         if profile:
             print(
                 f"\ncProfile of one merge by {next(iter(sources.values()))} "
