@@ -3979,6 +3979,24 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _first_number(value: Any) -> float | None:
+    """Return the first value of a (multi-valued) number, or None."""
+    if value is None or value == "":
+        return None
+    with contextlib.suppress(TypeError, IndexError):
+        if not isinstance(value, (str, bytes, int, float)):
+            value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+#: (Rescale Slope, Rescale Intercept) as _first_number() reads them.
+Rescale = tuple[float | None, float | None]
+
+
 def _float_tuple(value: Any, count: int) -> tuple[float, ...] | None:
     """Return value as a tuple of count floats, or None when it is not that."""
     try:
@@ -4145,7 +4163,7 @@ def same_in_all(datasets: Sequence[Dataset], tag: int) -> bool:
 # ---- geometry and slice sorting ----
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Slice:
     """One single-frame source instance, as merge needs it (the header stays on disk)."""
 
@@ -5051,11 +5069,12 @@ def multiframe_sop_class(template: Dataset, *, geometric: bool) -> tuple[UID, bo
 
 def build_multiframe_dataset(
     order: StackOrder, syntax: UID, photometric: str | None, *, offset_binary: bool = False
-) -> Dataset:
+) -> tuple[Dataset, list[Rescale]]:
     """Build the header of a Legacy Converted Enhanced or multi-frame SC instance.
 
     Modules follow PS3.3 A.70-A.72 (Legacy Converted Enhanced CT/MR/PET) and A.8.2-A.8.5
-    (multi-frame Secondary Capture). The result has no Pixel Data; merge streams it after.
+    (multi-frame Secondary Capture). The header has no Pixel Data; merge streams it after.
+    Returned with it: each frame's own rescale, as _frame_groups() gives it.
     """
     slices = order.slices
     template = slices[0].header
@@ -5154,7 +5173,7 @@ def build_multiframe_dataset(
             ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 9, 8
         ds.PixelRepresentation = 0
         ds.RescaleIntercept = str(-shift)
-    shared_groups, frames = _frame_groups(order, per_frame, unassigned, shift)
+    shared_groups, frames, rescales = _frame_groups(order, per_frame, unassigned, shift)
     rescale = shared_groups.get("PixelValueTransformationSequence")
     if sop_class == MF_GRAY_WORD_SC and rescale:
         # Word SC takes any rescale (C.8.6.3): the top level says what the frames say.
@@ -5176,7 +5195,7 @@ def build_multiframe_dataset(
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared_groups])
     add_raw_sequence(ds, Tag("PerFrameFunctionalGroupsSequence"), frames)
     _dimension_modules(ds)
-    return ds
+    return ds, rescales
 
 
 def source_reference(header: Dataset) -> Dataset:
@@ -5201,17 +5220,20 @@ def _frame_groups(
     per_frame: list[dict[int, DataElement]],
     unassigned_shared: list[DataElement],
     shift: int = 0,
-) -> tuple[Dataset, list[bytes]]:
+) -> tuple[Dataset, list[bytes], list[Rescale]]:
     """Build the shared functional groups and the encoded per-frame items (C.7.6.16).
 
     A macro whose content is the same for every frame goes into the shared group;
     otherwise each frame carries its own. Attributes with no macro of their own go into
     the Unassigned Shared / Per-Frame Converted Attributes Sequences (C.7.6.16.2.25).
     shift is the offset added to frames stored as offset binary: Rescale Intercepts
-    take it off again.
+    take it off again. Also returned: the (Rescale Slope, Rescale Intercept) of each
+    Pixel Value Transformation item the frames carry (none when it is shared), as the
+    written items say them, so that no one parses the encoded items back.
     """
     slices = order.slices
     shared = Dataset()
+    rescales: list[Rescale] = []
     frames: list[dict[int, bytes]] = [{} for _ in slices]
     macros = ["PixelValueTransformationSequence", "FrameVOILUTSequence"]
     if order.by_position:  # plane macros need a Frame of Reference (C.7.6.16.2.1)
@@ -5236,6 +5258,14 @@ def _frame_groups(
         for frame, item in zip(frames, items, strict=True):
             if item is not None:
                 frame.update(dataset_bytes(item))
+                if keyword == "PixelValueTransformationSequence":
+                    rescales += [
+                        (
+                            _first_number(v.get("RescaleSlope")),
+                            _first_number(v.get("RescaleIntercept")),
+                        )
+                        for v in item[keyword].value
+                    ]
     for index, (frame, s) in enumerate(zip(frames, slices, strict=True)):
         header = s.header
         if s.position is not None and order.by_position:
@@ -5269,7 +5299,7 @@ def _frame_groups(
         for elem in unassigned_shared:
             item.add(DataElement(elem.tag, elem.VR, elem.value))
         shared.UnassignedSharedConvertedAttributesSequence = DicomSequence([item])
-    return shared, [encode_items(frame) for frame in frames]
+    return shared, [encode_items(frame) for frame in frames], rescales
 
 
 def _frame_datetime(header: Dataset) -> str | None:
@@ -8778,6 +8808,8 @@ class MergePlan:
     decode: bool
     #: Signed frames stored as offset binary (multi-frame SC allows unsigned only).
     offset_binary: bool = False
+    #: The frames' own rescales (build_multiframe_dataset), for merge_warnings.
+    rescales: list[Rescale] = dataclasses.field(default_factory=list)
 
 
 def _plan_stack(members: list[Slice]) -> MergePlan:
@@ -8818,9 +8850,13 @@ def _plan_stack(members: list[Slice]) -> MergePlan:
     )
     # One decoded slice means all are decoded, so every frame has the same photometric.
     photometric = decoded_photometric(template, raw=False) if needs_decode else None
-    ds = build_multiframe_dataset(order, syntax, photometric, offset_binary=offset_binary)
+    ds, rescales = build_multiframe_dataset(
+        order, syntax, photometric, offset_binary=offset_binary
+    )
     frame_bytes = expected_frame_bytes(ds)
-    return MergePlan(ds, order, syntax, encapsulated, frame_bytes, needs_decode, offset_binary)
+    return MergePlan(
+        ds, order, syntax, encapsulated, frame_bytes, needs_decode, offset_binary, rescales
+    )
 
 
 def _native_frames(plan: MergePlan) -> Iterator[bytes | FileSpan]:
@@ -8912,6 +8948,9 @@ def _merge_candidate(path: Path, ds: Dataset, location: PixelLocation | None) ->
     uid = text_of(ds, 0x00080018) or ""  # SOP Instance UID
     candidate = make_slice(path, ds, location)
     candidate.stack = stack_key(candidate)  # malformed values fail this file
+    # Merge reads nothing more from a slice's File Meta (the Slice has its transfer
+    # syntax); at 1,200 slices the groups hold about 1 MB until the merge ends.
+    ds.file_meta = None  # type: ignore[assignment]
     return FileOutcome(path, DONE, data=(uid, candidate))
 
 
@@ -8966,12 +9005,7 @@ def merge_warnings(
         for issue in spacing:
             steps = sorted({i for step in issue.steps for i in (step, step + 1)})
             found.append((issue.kind, issue.note, [names[i] for i in steps]))
-    per_frame = plan.dataset.get("PerFrameFunctionalGroupsSequence") or []
-    values = [
-        (_first_number(item.get("RescaleSlope")), _first_number(item.get("RescaleIntercept")))
-        for frame in per_frame
-        for item in frame.get("PixelValueTransformationSequence") or []
-    ]
+    values = plan.rescales
     if len(values) == len(names) and len(set(values)) > 1:
         differ = [name for name, v in zip(names, values, strict=True) if v != values[0]]
         slopes = sorted({v[0] for v in values if v[0] is not None})
@@ -10898,20 +10932,6 @@ def _macro(ds: Dataset, index: int, keyword: str) -> Dataset | None:
             if sequence:
                 return sequence[0]
     return None
-
-
-def _first_number(value: Any) -> float | None:
-    """Return the first value of a (multi-valued) number, or None."""
-    if value is None or value == "":
-        return None
-    with contextlib.suppress(TypeError, IndexError):
-        if not isinstance(value, (str, bytes, int, float)):
-            value = value[0]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _window_of(item: Dataset, function_default: str) -> Window | None:
