@@ -699,7 +699,7 @@ def command(script: Path) -> list[str]:
 def install_commands(scripts: dict[str, Path], work: Path) -> dict[str, Path]:
     """Install each script as the ``dicompressor`` command (``--installed``); return them.
 
-    Each gets its own venv in work, which sees the packages installed here (the same
+    Each gets its own venv in work, which sees the packages this Python sees (the same
     numpy, pydicom and codecs), and ``pip install`` of a project made of this
     repository's pyproject.toml and the script, as a user's ``pip install .``. pip
     compiles the module's bytecode at install time, so the command loads it compiled,
@@ -714,9 +714,15 @@ def install_commands(scripts: dict[str, Path], work: Path) -> dict[str, Path]:
             shutil.copy2(REPO / name, project / name)
         shutil.copy2(script, project / "dicompressor.py")
         venv = project.parent / "venv"
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
-        )
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # The packages this Python sees, after the venv's own (--system-site-packages
+        # would give the base interpreter's, without those of a venv the bench runs in).
+        where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+        purelib = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", where], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        outer = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+        (Path(purelib) / "outer-packages.pth").write_text("\n".join(outer) + "\n")
         subprocess.run(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
              str(project)],
