@@ -23,7 +23,7 @@ Sections (each opened by a ``# ==== N. name ====`` banner, its parts by
 ``# ---- name ----``; code calls earlier sections, never later ones):
 
 1. Header: this docstring, imports (numpy and pydicom through ``load_toolkit()``, which a
-   text header dump run as a script defers), ``__version__``.
+   text header dump or a DICOMDIR run from the command line defers), ``__version__``.
 
 2. Constants and configuration: limits, DICOM tables with their PS3 citation, and
    ``OPTIONS``, the registry of every option (``Options`` is made from it).
@@ -166,14 +166,40 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import multipart
 
 
+def _run_by_launcher() -> bool:
+    """Tell whether the ``dicompressor`` command is importing this module to run it.
+
+    The launcher pip writes for the console script (a file on POSIX, an .exe's
+    ``__main__.py`` on Windows) runs ``from dicompressor import main_entry`` at the top
+    level of ``__main__``. That importer is the first frame outside the import machinery
+    above this module's code. Worker processes run the launcher as ``__mp_main__``, and
+    library callers import it from modules of their own: neither is the command line.
+    """
+    frame = sys._getframe(2)  # 0: here, 1: this module's top level
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        frame = frame.f_back
+    return (
+        frame is not None
+        and frame.f_globals.get("__name__") == "__main__"
+        and frame.f_code.co_name == "<module>"
+        and "main_entry" in frame.f_code.co_names
+    )
+
+
+#: This process runs the command line: ``python3 dicompressor.py`` or the installed
+#: ``dicompressor`` command (not a library caller, not a worker process).
+COMMAND_LINE = __name__ == "__main__" or _run_by_launcher()
+
+
 def load_toolkit() -> None:
     """Import numpy and pydicom into this module's namespace; later calls return at once.
 
-    Imported as a library (tests, the ``dicompressor`` command, worker processes), the
-    module loads them at once, below. Run as a script, it leaves them to main(): a text
-    header dump (``-t``) of plain files needs neither, and starts about 0.15 s sooner
-    without them (a third of its run over 400 files); it loads them for the first file
-    it must hand to pydicom. Every other request loads them before it starts.
+    Imported as a library (tests, worker processes), the module loads them at once,
+    below. Run as the command line (COMMAND_LINE), it leaves them to main(): a text
+    header dump (``-t``) of plain files and a DICOMDIR need neither, and start about
+    0.15 s sooner without them (a third of a dump of 400 files); they load them for the
+    first file they must hand to pydicom. Every other request loads them before it
+    starts.
     """
     global np, pydicom, pydicom_config, dictionary_has_tag, dictionary_VR, tag_for_keyword
     global DataElement, RawDataElement
@@ -182,7 +208,7 @@ def load_toolkit() -> None:
     global ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid, validate_value
     if "validate_value" in globals():
         return
-    if __name__ == "__main__":  # the command line: our workers are processes, not threads
+    if COMMAND_LINE:  # our workers are processes, not threads
         # OpenBLAS starts a thread per core when numpy loads, spinning for 50-100 ms on
         # 2 cores; this tool does no linear algebra worth them (a library caller's own
         # numpy is left as it is).
@@ -223,7 +249,7 @@ def load_toolkit() -> None:
             del sys.modules["requests"]
 
 
-if __name__ != "__main__":
+if not COMMAND_LINE:
     load_toolkit()
 
 

@@ -161,3 +161,37 @@ def test_a_merge_through_serve(command: Path, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+LAUNCH = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print("EXIT", code, "pydicom" in sys.modules, "numpy" in sys.modules)
+"""
+
+
+def test_the_command_starts_light_as_the_script_does(command: Path, tmp_path: Path) -> None:
+    """Like ``python3 dicompressor.py``, the command leaves numpy and pydicom unloaded for
+    a text dump of plain files; a library import of the same module loads them at once."""
+    synth.make_series(tmp_path / "in", n=2)
+    python = command.parent / ("python.exe" if os.name == "nt" else "python")
+
+    def launch(*args: str | Path) -> list[str]:
+        argv = [str(python), "-c", LAUNCH, str(command), *(str(a) for a in args)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        return proc.stdout.split()[-4:]
+
+    dump = ("-t", "-F", tmp_path / "in", "--output-dir", tmp_path / "txt", "--quiet")
+    assert launch(*dump) == ["EXIT", "0", "False", "False"]
+    assert len(list((tmp_path / "txt").glob("*.txt"))) == 2
+    merge = ("-j", "-F", tmp_path / "in", "--quiet")
+    assert launch(*merge) == ["EXIT", "0", "True", "True"]
+    library = "import sys, dicompressor; print('pydicom' in sys.modules)"
+    imported = subprocess.run(
+        [str(python), "-c", library], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert imported.stdout.split() == ["True"]
