@@ -175,7 +175,10 @@ def _run_by_launcher() -> bool:
     above this module's code. Worker processes run the launcher as ``__mp_main__``, and
     library callers import it from modules of their own: neither is the command line.
     """
-    frame = sys._getframe(2)  # 0: here, 1: this module's top level
+    try:
+        frame: types.FrameType | None = sys._getframe(2)  # 0: here, 1: the module's code
+    except ValueError:  # imported from C, with no Python frame above
+        return False
     while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
         frame = frame.f_back
     return (
