@@ -19,7 +19,7 @@ import pydicom
 import pytest
 import requests
 import synth
-from conftest import ROOT, SCRIPT, missing, run_cli, sha256_tree
+from conftest import LIGHT_RUN, ROOT, SCRIPT, missing, run_cli, sha256_tree
 
 
 def _bin(venv: Path, name: str) -> Path:
@@ -163,17 +163,6 @@ def test_a_merge_through_serve(command: Path, tmp_path: Path) -> None:
         proc.wait(20)
 
 
-LAUNCH = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-print("EXIT", code, "pydicom" in sys.modules, "numpy" in sys.modules)
-"""
-
-
 def test_the_command_starts_light_as_the_script_does(command: Path, tmp_path: Path) -> None:
     """Like ``python3 dicompressor.py``, the command leaves numpy and pydicom unloaded for
     a text dump of plain files; a library import of the same module loads them at once."""
@@ -181,7 +170,7 @@ def test_the_command_starts_light_as_the_script_does(command: Path, tmp_path: Pa
     python = command.parent / ("python.exe" if os.name == "nt" else "python")
 
     def launch(*args: str | Path) -> list[str]:
-        argv = [str(python), "-c", LAUNCH, str(command), *(str(a) for a in args)]
+        argv = [str(python), "-c", LIGHT_RUN, str(command), *(str(a) for a in args)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         return proc.stdout.split()[-4:]
 
