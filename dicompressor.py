@@ -216,7 +216,6 @@ def load_toolkit() -> None:
         # 2 cores; this tool does no linear algebra worth them (a library caller's own
         # numpy is left as it is).
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        tune_malloc()
     import numpy as np
 
     # pydicom's test-data module imports `requests` (about 70 ms, a third of pydicom's
@@ -261,9 +260,11 @@ def tune_malloc() -> None:
     encoded: several of 512 KB for a 512 x 512 CT slice) came as new pages every frame:
     -x --codec jpegls of 400 frames took 309,000 page faults and 0.77 s of system time,
     with this 51,000 and 0.22 s (bench/README.md). Blocks over 32 MB are still mapped,
-    and up to 64 MB freed at the heap's top is kept for the next frames. Called for the
-    command line and in worker processes, never for a library caller (a process-wide
-    setting); elsewhere (musl, macOS, Windows) it does nothing.
+    and up to 64 MB freed at the heap's top is kept for the next frames. Called by
+    main() for an action run from the command line, by worker processes and by the
+    API's job processes; never in a library caller's process (the setting is
+    process-wide) nor in the --serve process, which runs for days and transcodes
+    nothing itself. Elsewhere (musl, macOS, Windows) it does nothing.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -17596,6 +17597,8 @@ def main(argv: list[str] | None = None) -> int:
         load_toolkit()
     if args.serve:
         return run_server(server_config(args))
+    if COMMAND_LINE:
+        tune_malloc()
     if args.make_sample is not None:
         paths = write_sample_series(args.make_sample)
         print(f"Wrote {len(paths)} sample slices to {args.make_sample}")
