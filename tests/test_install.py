@@ -92,10 +92,11 @@ def test_the_command_runs_the_installed_compiled_module(command: Path) -> None:
 
 def test_header_dumps_are_the_scripts(command: Path, tmp_path: Path) -> None:
     paths = synth.make_series(tmp_path / "in", n=3)
-    for run, name in ((run_command, "cmd"), (run_cli, "script")):
-        args = ("-t", "-F", tmp_path / "in", "--output-dir", tmp_path / name)
-        code, _, err = run(command, *args) if name == "cmd" else run(*args)
-        assert code == 0, err
+    args = ("-t", "-F", tmp_path / "in", "--output-dir")
+    code, _, err = run_command(command, *args, tmp_path / "cmd")
+    assert code == 0, err
+    code, _, err = run_cli(*args, tmp_path / "script")
+    assert code == 0, err
     made = sha256_tree(tmp_path / "script")
     assert sorted(made) == sorted(f"{p.stem}.txt" for p in paths)
     assert sha256_tree(tmp_path / "cmd") == made
