@@ -2415,14 +2415,24 @@ def temp_path(target: Path) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id runs on this machine."""
+    """Tell whether a process with this id runs on this machine.
+
+    A process killed but not yet reaped by its parent (a zombie: a Dask or pool worker
+    killed a moment ago) still answers os.kill(pid, 0), but runs no more: where /proc
+    tells its state, it counts as gone, so its lock is stale at once.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OSError):
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]  # the name may hold ")"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS, Windows): as os.kill says
+    return state not in (b"Z", b"X")
 
 
 def clean_stale_temp(folder: Path, *, max_age_s: float) -> list[Path]:

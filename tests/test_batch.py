@@ -507,6 +507,26 @@ class TestLocks:
         assert (folder / DONE).is_file()
         assert not (folder / LOCK).exists()
 
+    @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+    def test_lock_of_a_killed_unreaped_process_is_taken_over(self, tmp_path):
+        """A worker killed a moment ago is a zombie until its parent reaps it: os.kill(pid, 0)
+        still finds it, but its lock is stale (a Dask task retried on another worker)."""
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            proc.kill()
+            stat = Path(f"/proc/{proc.pid}/stat")
+            wait_for(
+                lambda: stat.read_bytes().rpartition(b")")[2].split()[0] == b"Z", 10, "zombie"
+            )
+            write_lock(tmp_path, host=socket.gethostname(), pid=proc.pid, started=time.time())
+            assert not dicompressor.pid_alive(proc.pid)
+            lock, holder = dicompressor.acquire_lock(tmp_path, 3600)
+            assert lock == tmp_path / LOCK and holder == ""
+            assert json.loads(lock.read_text(encoding="utf-8"))["pid"] == os.getpid()
+            dicompressor.release_lock(lock)
+        finally:
+            proc.wait(10)
+
     def test_old_lock_is_taken_over(self, tmp_path, sleeper):
         folder = make_tree(tmp_path / "root", 1, n=3)[0]
         old = time.time() - 7200

@@ -728,7 +728,12 @@ class TestPlainHeaderReader:
         """The same element of two slices is one object (a merge holds every header)."""
         from dicompressor import read_plain_header
 
-        a, b = (read_plain_header(p) for p in make_series("s", n=2))
+        paths = make_series("s", n=2)
+        for index, path in enumerate(paths):  # UIDs of one length: the same offsets after
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.4.{index}"
+            ds.save_as(path, enforce_file_format=True)
+        a, b = (read_plain_header(p) for p in paths)
         assert a is not None and b is not None
         assert a._dict[0x00080060] is b._dict[0x00080060]  # Modality
         assert a._dict[0x00080018] is not b._dict[0x00080018]  # SOP Instance UID
