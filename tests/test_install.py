@@ -77,7 +77,7 @@ def test_the_command_runs_the_installed_compiled_module(command: Path) -> None:
     assert code == 0, err
     _, script_out, _ = run_cli("--version")
     assert out == script_out and out.startswith("dicompressor ")
-    python = command.parent / ("python.exe" if os.name == "nt" else "python")
+    python = _bin(command.parent.parent, "python")  # the venv of the command
     where = subprocess.run(
         [str(python), "-c", "import dicompressor, sys; print(dicompressor.__file__)"],
         capture_output=True,
@@ -168,7 +168,7 @@ def test_the_command_starts_light_as_the_script_does(command: Path, tmp_path: Pa
     """Like ``python3 dicompressor.py``, the command leaves numpy and pydicom unloaded for
     a text dump of plain files; a library import of the same module loads them at once."""
     synth.make_series(tmp_path / "in", n=2)
-    python = command.parent / ("python.exe" if os.name == "nt" else "python")
+    python = _bin(command.parent.parent, "python")  # the venv of the command
 
     def launch(*args: str | Path) -> list[str]:
         argv = [str(python), "-c", LIGHT_RUN, str(command), *(str(a) for a in args)]
